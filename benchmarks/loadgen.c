@@ -1,0 +1,772 @@
+/*
+ * loadgen.c - single-threaded epoll load generator for the trionet
+ * benchmark suite.  Loopback only; every phase is bounded in time.
+ *
+ * Modes:
+ *   pingpong  --conns N --size S    N connections, one S-byte message in
+ *                                   flight each (closed loop); msg/s and
+ *                                   round-trip latency percentiles.
+ *   bulk      --conns N --window B  N connections streaming 64 KiB chunks,
+ *                                   at most B bytes un-echoed per connection;
+ *                                   echoed MB/s.
+ *   connrate  --concurrency K       K parallel loops of connect, 16 B echo,
+ *                                   close; completed connections/s.
+ *   hold      --conns N             open N connections (16 B echo each,
+ *                                   --concurrency at a time), print a JSON
+ *                                   line, wait for a line/EOF on stdin (at
+ *                                   most --hold-timeout s), close, exit.
+ *
+ * Timed modes run --warmup seconds (discarded) then --duration seconds and
+ * print one JSON object on stdout.  The load generator's own CPU time
+ * (getrusage) and, with --server-pid, the server's CPU time (/proc/PID/stat)
+ * are reported for the measurement window as a fraction of one core.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+#define CHUNK 65536
+#define MAX_EVENTS 512
+#define NBUCKETS 4096
+
+/* ------------------------------------------------------------------ opts */
+
+static const char *opt_mode = NULL;
+static const char *opt_host = "127.0.0.1";
+static int opt_port = 0;
+static int opt_conns = 1;
+static int opt_size = 64;
+static int opt_concurrency = 32;
+static long opt_window = 256 * 1024;
+static double opt_warmup = 1.0;
+static double opt_duration = 4.0;
+static double opt_hold_timeout = 120.0;
+static int opt_server_pid = 0;
+static int opt_src_ips = 0;
+
+/* ------------------------------------------------------------ utilities */
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *what) {
+    int e = errno;
+    printf("{\"error\": \"%s: %s\"}\n", what, strerror(e));
+    fflush(stdout);
+    exit(1);
+}
+
+static double self_cpu(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+/* utime+stime of another process, in seconds; -1 if unavailable. */
+static double proc_cpu(int pid) {
+    if (pid <= 0)
+        return -1.0;
+    char path[64], text[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1.0;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0)
+        return -1.0;
+    text[n] = '\0';
+    char *p = strrchr(text, ')');
+    if (p == NULL)
+        return -1.0;
+    /* after ')': state ppid pgrp session tty tpgid flags minflt cminflt
+     * majflt cmajflt utime stime */
+    unsigned long long ut = 0, st = 0;
+    if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1.0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static void raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* ---------------------------------------------------- latency histogram */
+/* Log-linear buckets: exact below 128 ns, then 64 sub-buckets per power
+ * of two (<1.6 % relative error). */
+
+static uint64_t hist[NBUCKETS];
+static uint64_t hist_n;
+static uint64_t hist_max;
+
+static int bucket_of(uint64_t v) {
+    if (v < 128)
+        return (int)v;
+    int msb = 63 - __builtin_clzll(v);
+    int shift = msb - 6;
+    int idx = shift * 64 + (int)(v >> shift);
+    return idx < NBUCKETS ? idx : NBUCKETS - 1;
+}
+
+static double bucket_value(int idx) {
+    if (idx < 128)
+        return (double)idx;
+    int shift = idx / 64 - 1;
+    uint64_t top = (uint64_t)(idx - shift * 64);
+    return (double)(top << shift) + (double)(1ull << shift) / 2.0;
+}
+
+static void hist_add(uint64_t v) {
+    hist[bucket_of(v)]++;
+    hist_n++;
+    if (v > hist_max)
+        hist_max = v;
+}
+
+static void hist_reset(void) {
+    memset(hist, 0, sizeof hist);
+    hist_n = 0;
+    hist_max = 0;
+}
+
+static double hist_pct(double q) {
+    if (hist_n == 0)
+        return -1.0;
+    uint64_t rank = (uint64_t)(q * (double)hist_n);
+    if (rank >= hist_n)
+        rank = hist_n - 1;
+    uint64_t seen = 0;
+    for (int i = 0; i < NBUCKETS; i++) {
+        seen += hist[i];
+        if (seen > rank)
+            return bucket_value(i);
+    }
+    return (double)hist_max;
+}
+
+/* ------------------------------------------------------------- sockets */
+
+static struct sockaddr_storage dst;
+static socklen_t dstlen;
+static int dst_family;
+static unsigned src_rr;
+
+static void resolve(void) {
+    memset(&dst, 0, sizeof dst);
+    if (strchr(opt_host, ':') != NULL) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&dst;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((unsigned short)opt_port);
+        if (inet_pton(AF_INET6, opt_host, &a->sin6_addr) != 1)
+            die("inet_pton");
+        dstlen = sizeof *a;
+        dst_family = AF_INET6;
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&dst;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((unsigned short)opt_port);
+        if (inet_pton(AF_INET, opt_host, &a->sin_addr) != 1)
+            die("inet_pton");
+        if ((ntohl(a->sin_addr.s_addr) >> 24) != 127) {
+            errno = EINVAL;
+            die("refusing non-loopback destination");
+        }
+        dstlen = sizeof *a;
+        dst_family = AF_INET;
+    }
+}
+
+/* New non-blocking TCP socket with NODELAY; optionally bound to one of
+ * 127.0.0.2 .. 127.0.0.(1+opt_src_ips) so that connection-rate runs do not
+ * run out of ephemeral ports to TIME_WAIT. */
+static int new_socket(void) {
+    int fd = socket(dst_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt_src_ips > 0 && dst_family == AF_INET) {
+        struct sockaddr_in src;
+        memset(&src, 0, sizeof src);
+        src.sin_family = AF_INET;
+        src.sin_addr.s_addr = htonl((127u << 24) | (2u + (src_rr++ % (unsigned)opt_src_ips)));
+        (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) {
+            close(fd);
+            return -1;
+        }
+    }
+    return fd;
+}
+
+/* Connect with a bounded wait (used for the long-lived connections of
+ * pingpong/bulk, established before the clock starts). */
+static int connect_blocking(void) {
+    int fd = new_socket();
+    if (fd < 0)
+        die("socket");
+    if (connect(fd, (struct sockaddr *)&dst, dstlen) < 0) {
+        if (errno != EINPROGRESS)
+            die("connect");
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (poll(&p, 1, 5000) != 1)
+            die("connect timeout");
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err != 0) {
+            errno = err;
+            die("connect");
+        }
+    }
+    return fd;
+}
+
+static int ep;
+
+static void ep_set(int fd, unsigned events, void *ptr, int op) {
+    struct epoll_event ev = {.events = events, .data.ptr = ptr};
+    if (epoll_ctl(ep, op, fd, &ev) < 0)
+        die("epoll_ctl");
+}
+
+/* -------------------------------------------------------- measurement */
+
+static uint64_t t_start, t_measure, t_end;
+static int measuring;
+static uint64_t count, bytes, errors;
+static double cpu0, cpu1, srv0, srv1;
+static uint64_t m_begin, m_end;
+
+static void phase_init(void) {
+    t_start = now_ns();
+    t_measure = t_start + (uint64_t)(opt_warmup * 1e9);
+    t_end = t_measure + (uint64_t)(opt_duration * 1e9);
+    measuring = 0;
+    if (opt_warmup <= 0) {
+        measuring = 1;
+        m_begin = t_start;
+        cpu0 = self_cpu();
+        srv0 = proc_cpu(opt_server_pid);
+    }
+}
+
+/* Returns 0 when the run is over. */
+static int phase_tick(void) {
+    uint64_t t = now_ns();
+    if (!measuring && t >= t_measure) {
+        measuring = 1;
+        count = bytes = 0;
+        hist_reset();
+        m_begin = t;
+        cpu0 = self_cpu();
+        srv0 = proc_cpu(opt_server_pid);
+    }
+    if (t >= t_end) {
+        m_end = t;
+        cpu1 = self_cpu();
+        srv1 = proc_cpu(opt_server_pid);
+        return 0;
+    }
+    return 1;
+}
+
+static int wait_ms(void) {
+    uint64_t t = now_ns();
+    uint64_t next = measuring ? t_end : t_measure;
+    if (next <= t)
+        return 0;
+    uint64_t ms = (next - t) / 1000000ull + 1;
+    return ms > 50 ? 50 : (int)ms;
+}
+
+static void report(int conns) {
+    double secs = (double)(m_end - m_begin) / 1e9;
+    double srv = (srv0 >= 0 && srv1 >= 0) ? (srv1 - srv0) / secs : -1.0;
+    printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %d, \"seconds\": %.6f, "
+           "\"count\": %llu, \"rate\": %.3f, \"bytes\": %llu, \"mbps\": %.3f, "
+           "\"p50_us\": %.3f, \"p90_us\": %.3f, \"p99_us\": %.3f, \"max_us\": %.3f, "
+           "\"lg_cpu\": %.4f, \"srv_cpu\": %.4f, \"errors\": %llu}\n",
+           opt_mode, conns, opt_size, secs, (unsigned long long)count, (double)count / secs,
+           (unsigned long long)bytes, (double)bytes / secs / 1e6, hist_pct(0.50) / 1e3,
+           hist_pct(0.90) / 1e3, hist_pct(0.99) / 1e3, (double)hist_max / 1e3,
+           (cpu1 - cpu0) / secs, srv, (unsigned long long)errors);
+    fflush(stdout);
+}
+
+/* ------------------------------------------------------------ pingpong */
+
+struct pp_conn {
+    int fd;
+    int alive;
+    int want_out;
+    size_t sent, rcvd;
+    uint64_t t0;
+};
+
+static char *pattern;
+static char scratch[CHUNK];
+
+static void pp_kill(struct pp_conn *c, int *alive) {
+    if (!c->alive)
+        return;
+    c->alive = 0;
+    close(c->fd);
+    errors++;
+    (*alive)--;
+}
+
+static int pp_send(struct pp_conn *c) {
+    while (c->sent < (size_t)opt_size) {
+        ssize_t n = send(c->fd, pattern + c->sent, (size_t)opt_size - c->sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->sent += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && errno == EAGAIN) {
+            if (!c->want_out) {
+                c->want_out = 1;
+                ep_set(c->fd, EPOLLIN | EPOLLOUT, c, EPOLL_CTL_MOD);
+            }
+            return 0;
+        } else {
+            return -1;
+        }
+    }
+    if (c->want_out) {
+        c->want_out = 0;
+        ep_set(c->fd, EPOLLIN, c, EPOLL_CTL_MOD);
+    }
+    return 0;
+}
+
+static int run_pingpong(void) {
+    struct pp_conn *cs = calloc((size_t)opt_conns, sizeof *cs);
+    pattern = malloc((size_t)opt_size);
+    if (cs == NULL || pattern == NULL)
+        die("calloc");
+    for (int i = 0; i < opt_size; i++)
+        pattern[i] = (char)(i * 7 + 13);
+    for (int i = 0; i < opt_conns; i++) {
+        cs[i].fd = connect_blocking();
+        cs[i].alive = 1;
+        ep_set(cs[i].fd, EPOLLIN, &cs[i], EPOLL_CTL_ADD);
+    }
+    int alive = opt_conns;
+    phase_init();
+    for (int i = 0; i < opt_conns; i++) {
+        cs[i].t0 = now_ns();
+        if (pp_send(&cs[i]) < 0)
+            pp_kill(&cs[i], &alive);
+    }
+    struct epoll_event evs[MAX_EVENTS];
+    while (alive > 0 && phase_tick()) {
+        int n = epoll_wait(ep, evs, MAX_EVENTS, wait_ms());
+        if (n < 0 && errno != EINTR)
+            die("epoll_wait");
+        for (int i = 0; i < n; i++) {
+            struct pp_conn *c = evs[i].data.ptr;
+            if (!c->alive)
+                continue;
+            if ((evs[i].events & EPOLLOUT) && c->sent < (size_t)opt_size) {
+                if (pp_send(c) < 0) {
+                    pp_kill(c, &alive);
+                    continue;
+                }
+            }
+            if (!(evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+                continue;
+            size_t want = (size_t)opt_size - c->rcvd;
+            if (want > sizeof scratch)
+                want = sizeof scratch;
+            ssize_t r = recv(c->fd, scratch, want, 0);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            if (r <= 0 || c->rcvd + (size_t)r > c->sent ||
+                memcmp(scratch, pattern + c->rcvd, (size_t)r) != 0) {
+                pp_kill(c, &alive); /* EOF, error, or corrupted echo */
+                continue;
+            }
+            c->rcvd += (size_t)r;
+            if (c->rcvd == (size_t)opt_size) {
+                uint64_t t = now_ns();
+                if (measuring) {
+                    count++;
+                    bytes += (uint64_t)opt_size;
+                    hist_add(t - c->t0);
+                }
+                c->sent = c->rcvd = 0;
+                c->t0 = t;
+                if (pp_send(c) < 0)
+                    pp_kill(c, &alive);
+            }
+        }
+    }
+    if (alive == 0 && !m_end) {
+        printf("{\"error\": \"all connections failed\", \"errors\": %llu}\n",
+               (unsigned long long)errors);
+        return 1;
+    }
+    report(opt_conns);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- bulk */
+
+struct bulk_conn {
+    int fd;
+    int alive;
+    int want_out;
+    uint64_t sent, rcvd;
+};
+
+static char chunk_out[CHUNK];
+
+static int bulk_send(struct bulk_conn *c) {
+    for (;;) {
+        uint64_t inflight = c->sent - c->rcvd;
+        if (inflight >= (uint64_t)opt_window)
+            break;
+        size_t len = (size_t)((uint64_t)opt_window - inflight);
+        if (len > CHUNK)
+            len = CHUNK;
+        ssize_t n = send(c->fd, chunk_out, len, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->sent += (uint64_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && errno == EAGAIN) {
+            if (!c->want_out) {
+                c->want_out = 1;
+                ep_set(c->fd, EPOLLIN | EPOLLOUT, c, EPOLL_CTL_MOD);
+            }
+            return 0;
+        } else {
+            return -1;
+        }
+    }
+    if (c->want_out) { /* window full: wait for echoes, not for POLLOUT */
+        c->want_out = 0;
+        ep_set(c->fd, EPOLLIN, c, EPOLL_CTL_MOD);
+    }
+    return 0;
+}
+
+static int run_bulk(void) {
+    struct bulk_conn *cs = calloc((size_t)opt_conns, sizeof *cs);
+    if (cs == NULL)
+        die("calloc");
+    memset(chunk_out, 'x', sizeof chunk_out);
+    for (int i = 0; i < opt_conns; i++) {
+        cs[i].fd = connect_blocking();
+        cs[i].alive = 1;
+        ep_set(cs[i].fd, EPOLLIN, &cs[i], EPOLL_CTL_ADD);
+    }
+    int alive = opt_conns;
+    phase_init();
+    for (int i = 0; i < opt_conns; i++)
+        if (bulk_send(&cs[i]) < 0) {
+            cs[i].alive = 0;
+            alive--;
+            errors++;
+        }
+    struct epoll_event evs[MAX_EVENTS];
+    while (alive > 0 && phase_tick()) {
+        int n = epoll_wait(ep, evs, MAX_EVENTS, wait_ms());
+        if (n < 0 && errno != EINTR)
+            die("epoll_wait");
+        for (int i = 0; i < n; i++) {
+            struct bulk_conn *c = evs[i].data.ptr;
+            if (!c->alive)
+                continue;
+            int dead = 0;
+            if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+                ssize_t r = recv(c->fd, scratch, sizeof scratch, 0);
+                if (r > 0) {
+                    c->rcvd += (uint64_t)r;
+                    if (measuring)
+                        bytes += (uint64_t)r;
+                } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    dead = 1;
+                }
+            }
+            if (!dead && bulk_send(c) < 0)
+                dead = 1;
+            if (dead) {
+                c->alive = 0;
+                close(c->fd);
+                alive--;
+                errors++;
+            }
+        }
+    }
+    if (alive == 0 && !m_end) {
+        printf("{\"error\": \"all connections failed\", \"errors\": %llu}\n",
+               (unsigned long long)errors);
+        return 1;
+    }
+    count = bytes / CHUNK;
+    report(opt_conns);
+    return 0;
+}
+
+/* ------------------------------------------------- connrate and hold */
+
+enum { S_IDLE, S_CONNECTING, S_READING };
+
+struct cr_conn {
+    int fd;
+    int state;
+    size_t rcvd;
+    uint64_t t0;
+};
+
+static const char small_msg[16] = "0123456789abcdef";
+
+/* Start a new connection in slot c; returns -1 on immediate failure. */
+static int cr_start(struct cr_conn *c) {
+    c->fd = new_socket();
+    c->rcvd = 0;
+    c->t0 = now_ns();
+    if (c->fd < 0) {
+        c->state = S_IDLE;
+        return -1;
+    }
+    if (connect(c->fd, (struct sockaddr *)&dst, dstlen) < 0 && errno != EINPROGRESS) {
+        close(c->fd);
+        c->state = S_IDLE;
+        return -1;
+    }
+    c->state = S_CONNECTING;
+    ep_set(c->fd, EPOLLOUT, c, EPOLL_CTL_ADD);
+    return 0;
+}
+
+static void cr_fail(struct cr_conn *c) {
+    close(c->fd);
+    c->fd = -1;
+    c->state = S_IDLE;
+    errors++;
+}
+
+/* Drive one event; returns 1 when the 16 B echo has completed. */
+static int cr_event(struct cr_conn *c, unsigned events) {
+    if (c->state == S_CONNECTING) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err != 0 || (events & (EPOLLERR | EPOLLHUP))) {
+            cr_fail(c);
+            return 0;
+        }
+        if (send(c->fd, small_msg, sizeof small_msg, MSG_NOSIGNAL) != (ssize_t)sizeof small_msg) {
+            cr_fail(c);
+            return 0;
+        }
+        c->state = S_READING;
+        ep_set(c->fd, EPOLLIN, c, EPOLL_CTL_MOD);
+        return 0;
+    }
+    ssize_t r = recv(c->fd, scratch, sizeof small_msg - c->rcvd, 0);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (r <= 0 || memcmp(scratch, small_msg + c->rcvd, (size_t)r) != 0) {
+        cr_fail(c);
+        return 0;
+    }
+    c->rcvd += (size_t)r;
+    return c->rcvd == sizeof small_msg;
+}
+
+static int run_connrate(void) {
+    int k = opt_concurrency;
+    struct cr_conn *cs = calloc((size_t)k, sizeof *cs);
+    if (cs == NULL)
+        die("calloc");
+    phase_init();
+    for (int i = 0; i < k; i++)
+        if (cr_start(&cs[i]) < 0)
+            errors++;
+    struct epoll_event evs[MAX_EVENTS];
+    uint64_t ok_total = 0;
+    while (phase_tick()) {
+        if (errors > 10000 && ok_total == 0) {
+            printf("{\"error\": \"no connection succeeded\", \"errors\": %llu}\n",
+                   (unsigned long long)errors);
+            return 1;
+        }
+        int n = epoll_wait(ep, evs, MAX_EVENTS, wait_ms());
+        if (n < 0 && errno != EINTR)
+            die("epoll_wait");
+        for (int i = 0; i < n; i++) {
+            struct cr_conn *c = evs[i].data.ptr;
+            if (c->state == S_IDLE)
+                continue;
+            if (cr_event(c, evs[i].events)) {
+                uint64_t t = now_ns();
+                close(c->fd); /* graceful close: we take the TIME_WAIT */
+                c->state = S_IDLE;
+                ok_total++;
+                if (measuring) {
+                    count++;
+                    hist_add(t - c->t0);
+                }
+            }
+        }
+        for (int i = 0; i < k; i++) /* refill idle slots */
+            if (cs[i].state == S_IDLE && cr_start(&cs[i]) < 0)
+                errors++;
+    }
+    report(k);
+    return 0;
+}
+
+static int run_hold(void) {
+    /* opt_duration bounds the time allowed to establish the connections. */
+    int k = opt_concurrency;
+    struct cr_conn *cs = calloc((size_t)k, sizeof *cs);
+    int *held = calloc((size_t)opt_conns, sizeof *held);
+    if (cs == NULL || held == NULL)
+        die("calloc");
+    int nheld = 0, inflight = 0;
+    uint64_t begin = now_ns();
+    uint64_t deadline = begin + (uint64_t)(opt_duration * 1e9);
+    double c0 = self_cpu();
+    struct epoll_event evs[MAX_EVENTS];
+    while (nheld < opt_conns && now_ns() < deadline && errors < 1000) {
+        for (int i = 0; i < k && nheld + inflight < opt_conns; i++)
+            if (cs[i].state == S_IDLE) {
+                if (cr_start(&cs[i]) < 0)
+                    errors++;
+                else
+                    inflight++;
+            }
+        int n = epoll_wait(ep, evs, MAX_EVENTS, 50);
+        if (n < 0 && errno != EINTR)
+            die("epoll_wait");
+        for (int i = 0; i < n; i++) {
+            struct cr_conn *c = evs[i].data.ptr;
+            if (c->state == S_IDLE)
+                continue;
+            int done = cr_event(c, evs[i].events);
+            if (c->state == S_IDLE) { /* failed */
+                inflight--;
+            } else if (done) {
+                (void)epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                held[nheld++] = c->fd;
+                c->state = S_IDLE;
+                inflight--;
+            }
+        }
+    }
+    double secs = (double)(now_ns() - begin) / 1e9;
+    printf("{\"mode\": \"hold\", \"conns\": %d, \"held\": %d, \"seconds\": %.6f, "
+           "\"lg_cpu\": %.4f, \"errors\": %llu}\n",
+           opt_conns, nheld, secs, (self_cpu() - c0) / (secs > 0 ? secs : 1),
+           (unsigned long long)errors);
+    fflush(stdout);
+    /* Wait for the runner to read the server's RSS (line or EOF on stdin). */
+    struct pollfd p = {.fd = 0, .events = POLLIN};
+    (void)poll(&p, 1, (int)(opt_hold_timeout * 1000));
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    return nheld == opt_conns ? 0 : 1;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static void usage(const char *argv0) {
+    fprintf(stderr,
+            "usage: %s pingpong|bulk|connrate|hold --port P [--host H] [--conns N]\n"
+            "       [--size S] [--concurrency K] [--window B] [--warmup S] [--duration S]\n"
+            "       [--hold-timeout S] [--server-pid PID] [--src-ips N]\n",
+            argv0);
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2)
+        usage(argv[0]);
+    opt_mode = argv[1];
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (i + 1 >= argc)
+            usage(argv[0]);
+        const char *v = argv[++i];
+        if (!strcmp(a, "--host"))
+            opt_host = v;
+        else if (!strcmp(a, "--port"))
+            opt_port = atoi(v);
+        else if (!strcmp(a, "--conns"))
+            opt_conns = atoi(v);
+        else if (!strcmp(a, "--size"))
+            opt_size = atoi(v);
+        else if (!strcmp(a, "--concurrency"))
+            opt_concurrency = atoi(v);
+        else if (!strcmp(a, "--window"))
+            opt_window = atol(v);
+        else if (!strcmp(a, "--warmup"))
+            opt_warmup = atof(v);
+        else if (!strcmp(a, "--duration"))
+            opt_duration = atof(v);
+        else if (!strcmp(a, "--hold-timeout"))
+            opt_hold_timeout = atof(v);
+        else if (!strcmp(a, "--server-pid"))
+            opt_server_pid = atoi(v);
+        else if (!strcmp(a, "--src-ips"))
+            opt_src_ips = atoi(v);
+        else
+            usage(argv[0]);
+    }
+    if (opt_port <= 0 || opt_port > 65535 || opt_conns < 1 || opt_size < 1 || opt_size > CHUNK ||
+        opt_concurrency < 1 || opt_window < 1 || opt_duration <= 0 || opt_warmup < 0)
+        usage(argv[0]);
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    resolve();
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        die("epoll_create1");
+    /* Hard stop whatever happens: warmup + duration + generous slack. */
+    double limit = opt_warmup + opt_duration + 60.0;
+    if (!strcmp(opt_mode, "hold"))
+        limit = opt_duration + opt_hold_timeout + 30.0;
+    alarm((unsigned)limit);
+
+    if (!strcmp(opt_mode, "pingpong"))
+        return run_pingpong();
+    if (!strcmp(opt_mode, "bulk"))
+        return run_bulk();
+    if (!strcmp(opt_mode, "connrate"))
+        return run_connrate();
+    if (!strcmp(opt_mode, "hold"))
+        return run_hold();
+    usage(argv[0]);
+    return 2;
+}

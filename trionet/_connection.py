@@ -1,0 +1,678 @@
+"""``Connection``: a half-closeable Trio stream built straight on a socket.
+
+Design notes
+============
+
+``Connection`` is what a server hands to each handler and what
+:func:`trionet.connect` returns.  It implements
+:class:`trio.abc.HalfCloseableStream`, adds peer/local addresses, byte
+counters, and buffered reads (``receive_exactly``, ``receive_until``,
+``receive_line``) that share one buffer with ``receive_some``.
+
+Why not wrap :class:`trio.SocketStream`?  Speed.  Every echoed message in a
+``SocketStream`` echo server crosses three wrapper layers and two scheduler
+passes.  ``Connection`` talks to the kernel socket directly when it has one
+(the *fast path*: the stdlib socket inside a real Trio socket, plus
+``trio.lowlevel.wait_readable``/``wait_writable``), and falls back to the
+``trio.socket.SocketType`` methods for sockets made by a custom Trio socket
+factory, which have no descriptor (the *generic path*).  Both paths are
+tested.
+
+Checkpoints
+-----------
+Every operation is a *cancel point*: it starts with
+``trio.lowlevel.checkpoint_if_cancelled()``, so a cancelled task never does
+I/O.  An operation that has to wait for the kernel is also a *schedule point*
+(the wait is one).  An operation that completes immediately ends with a
+schedule point too -- unless the connection has a ``schedule_budget`` larger
+than 1, in which case (like Tokio's cooperative budget) only every
+``schedule_budget``-th immediately-completed operation yields to the
+scheduler.  Fairness is kept -- a task streaming at full speed still yields
+every few operations -- but the common case skips a full scheduler pass.
+``schedule_budget=1`` gives Trio's strict "every operation is a schedule
+point" semantics, which is what ``trio.testing.check_half_closeable_stream``
+verifies.
+
+Errors
+------
+``OSError`` from the socket is translated in one place
+(:func:`trionet._exceptions.translate_stream_error`): our own close means
+``trio.ClosedResourceError``; a reset or broken pipe means
+``trio.BrokenResourceError``.  Buffered reads raise
+:class:`~trionet.MessageTooLong` and :class:`~trionet.IncompleteRead`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import socket as _stdlib_socket
+import struct
+import time
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import attrs
+import trio
+from trio.lowlevel import (
+    cancel_shielded_checkpoint,
+    checkpoint,
+    checkpoint_if_cancelled,
+    wait_readable,
+    wait_writable,
+)
+
+from ._address import Address, address_from_sockaddr
+from ._exceptions import IncompleteRead, MessageTooLong, translate_stream_error
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["DEFAULT_RECEIVE_SIZE", "DEFAULT_SCHEDULE_BUDGET", "Connection", "ConnectionInfo"]
+
+#: How many bytes ``receive_some()`` asks for when given no ``max_bytes``.
+DEFAULT_RECEIVE_SIZE: Final = 65536
+#: Immediately-completed operations between two schedule points (1 = strict Trio).
+DEFAULT_SCHEDULE_BUDGET: Final = 1
+
+_ids = itertools.count(1)
+
+try:  # the class of real (descriptor-backed) Trio sockets; private, so guarded
+    from trio._socket import _SocketType as _RealTrioSocket
+except ImportError:  # pragma: no cover - a future Trio moved it: generic path only
+    _RealTrioSocket = None  # type: ignore[assignment,misc]
+
+_SO_PEERCRED = getattr(_stdlib_socket, "SO_PEERCRED", None)
+_AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
+
+
+class _Owner(Protocol):
+    """What a Connection needs from the server that owns it (none for clients)."""
+
+    draining: bool
+
+
+@attrs.frozen
+class ConnectionInfo:
+    """A read-only snapshot of one connection, for stats, logs and access policies."""
+
+    #: Process-unique connection id (also ``Connection.id``).
+    id: int
+    #: The remote address.
+    peer: Address
+    #: The local address.
+    local: Address
+    #: Wall-clock time (``time.time()``) when the connection was accepted or made.
+    opened_at: float
+    #: Bytes received so far.
+    bytes_received: int = 0
+    #: Bytes sent so far.
+    bytes_sent: int = 0
+    #: ``(pid, uid, gid)`` of a Unix-socket peer (``SO_PEERCRED``), else None.
+    peer_credentials: tuple[int, int, int] | None = None
+
+
+def raw_socket_of(sock: trio.socket.SocketType) -> _stdlib_socket.socket | None:
+    """The stdlib socket inside a real Trio socket, or None (custom factory sockets)."""
+    if _RealTrioSocket is not None and type(sock) is _RealTrioSocket:
+        raw = sock._sock
+        if isinstance(raw, _stdlib_socket.socket):
+            return raw
+    return None
+
+
+class Connection(trio.abc.HalfCloseableStream):
+    """A connected byte stream: a :class:`trio.abc.HalfCloseableStream` plus extras.
+
+    Servers create one per accepted socket and hand it to the handler;
+    :func:`trionet.connect` returns one to the caller, who owns it (use
+    ``async with conn:`` or ``await conn.aclose()``).
+
+    Attributes:
+        socket: the underlying ``trio.socket.SocketType``.
+        peer: the remote :class:`~trionet.TCPAddress` / :class:`~trionet.UnixAddress`.
+        local: the local address (for a client: the one the kernel chose).
+        id: a process-unique integer, used in logs and ``ConnectionInfo``.
+        opened_at: wall-clock time the connection was accepted or made.
+        bytes_received: bytes read from the socket so far.
+        bytes_sent: bytes written to the socket so far.
+
+    Buffered reads (:meth:`receive_exactly`, :meth:`receive_until`,
+    :meth:`receive_line`) and :meth:`receive_some` share one buffer, so they
+    can be mixed freely.  ``async for chunk in conn`` yields chunks until EOF
+    -- and, on a server connection, until a graceful drain begins while
+    nothing is buffered, so keep-alive loops end by themselves.
+
+    Example::
+
+        async def handler(conn: trionet.Connection) -> None:
+            request = await conn.receive_line()
+            await conn.send_all(b"you said: " + request + b"\\n")
+    """
+
+    __slots__ = (
+        "_budget",
+        "_buf",
+        "_closed",
+        "_coop_left",
+        "_drain_event",
+        "_eof_sent",
+        "_iter_scope",
+        "_local",
+        "_owner",
+        "_raw",
+        "_receive_busy",
+        "_send_busy",
+        "_scope",
+        "_seen_at",
+        "_seen_bytes",
+        "bytes_received",
+        "bytes_sent",
+        "id",
+        "opened_at",
+        "peer",
+        "peer_reset",
+        "socket",
+    )
+
+    def __init__(
+        self,
+        socket: trio.socket.SocketType,
+        *,
+        peer: Address | None = None,
+        local: Address | None = None,
+        schedule_budget: int = DEFAULT_SCHEDULE_BUDGET,
+        _owner: _Owner | None = None,
+    ) -> None:
+        if not isinstance(socket, trio.socket.SocketType):
+            raise TypeError(f"Connection needs a trio socket, not {type(socket).__name__}")
+        if socket.type != _stdlib_socket.SOCK_STREAM:
+            raise ValueError("Connection needs a SOCK_STREAM socket")
+        if type(schedule_budget) is not int or schedule_budget < 1:
+            raise ValueError(f"schedule_budget must be an int >= 1, not {schedule_budget!r}")
+        self.socket = socket
+        self._raw = raw_socket_of(socket)
+        if peer is None:
+            peer = address_from_sockaddr(socket.family, socket.getpeername())
+        self.peer: Address = peer
+        self._local = local
+        self.id = next(_ids)
+        self.opened_at = time.time()
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        #: True once an operation on this connection failed because the peer
+        #: reset it or the pipe broke (used to tell resets from handler bugs).
+        self.peer_reset = False
+        self._buf: bytearray | None = None
+        self._receive_busy = False
+        self._send_busy = False
+        self._closed = False
+        self._eof_sent = False
+        self._budget = schedule_budget
+        self._coop_left = schedule_budget
+        self._owner = _owner
+        self._drain_event: trio.Event | None = None
+        self._iter_scope: trio.CancelScope | None = None
+        # Server bookkeeping (idle reaper): the handler's cancel scope and the
+        # byte total / time at which the reaper last saw progress.
+        self._scope: trio.CancelScope | None = None
+        self._seen_bytes = 0
+        self._seen_at = 0.0
+
+    # ------------------------------------------------------------------
+    # Introspection
+
+    @property
+    def local(self) -> Address:
+        """The local address (computed once, on first use)."""
+        if self._local is None:
+            self._local = address_from_sockaddr(self.socket.family, self.socket.getsockname())
+        return self._local
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` or :meth:`abort` was called."""
+        return self._closed
+
+    @property
+    def draining(self) -> trio.Event:
+        """A :class:`trio.Event` set when the owning server begins a graceful drain.
+
+        Never set for client connections.
+        """
+        ev = self._drain_event
+        if ev is None:
+            ev = self._drain_event = trio.Event()
+            if self._owner is not None and self._owner.draining:
+                ev.set()
+        return ev
+
+    @property
+    def peer_credentials(self) -> tuple[int, int, int] | None:
+        """``(pid, uid, gid)`` of a Unix-socket peer via ``SO_PEERCRED``; None otherwise."""
+        if _SO_PEERCRED is None or self.socket.family != _AF_UNIX or self._closed:
+            return None
+        raw = self.socket.getsockopt(_stdlib_socket.SOL_SOCKET, _SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return (pid, uid, gid)
+
+    def info(self) -> ConnectionInfo:
+        """A frozen :class:`ConnectionInfo` snapshot of this connection."""
+        try:
+            local = self.local
+        except OSError:
+            local = self.peer
+        creds = None
+        if self.socket.family == _AF_UNIX:
+            try:
+                creds = self.peer_credentials
+            except OSError:
+                creds = None
+        return ConnectionInfo(
+            self.id,
+            self.peer,
+            local,
+            self.opened_at,
+            self.bytes_received,
+            self.bytes_sent,
+            creds,
+        )
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<trionet.Connection #{self.id} peer={self.peer}{state}>"
+
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        """Set a socket option on the underlying socket."""
+        self.socket.setsockopt(level, option, value)
+
+    def getsockopt(self, level: int, option: int) -> int:
+        """Read an integer socket option from the underlying socket."""
+        return self.socket.getsockopt(level, option)
+
+    # ------------------------------------------------------------------
+    # Internal helpers
+
+    async def _coop(self) -> None:
+        # Called after an operation that completed without waiting.
+        self._coop_left -= 1
+        if self._coop_left <= 0:
+            self._coop_left = self._budget
+            await cancel_shielded_checkpoint()
+
+    def _mark_broken(self, exc: OSError) -> BaseException:
+        err = translate_stream_error(exc)
+        if isinstance(err, trio.BrokenResourceError):
+            self.peer_reset = True
+        return err
+
+    async def _recv_into_nothing(self, max_bytes: int, interruptible: bool) -> bytes | None:
+        """Receive from the socket (not the buffer).  None means "drain interrupted"."""
+        raw = self._raw
+        self._receive_busy = True
+        try:
+            if raw is None:
+                return await self._recv_generic(max_bytes, interruptible)
+            await checkpoint_if_cancelled()
+            try:
+                data = raw.recv(max_bytes)
+            except BlockingIOError:
+                pass
+            else:
+                self.bytes_received += len(data)
+                await self._coop()
+                return data
+            self._coop_left = self._budget
+            while True:
+                if interruptible and self._owner is not None and self._owner.draining:
+                    # Drain has begun and nothing is waiting in the kernel.
+                    return None
+                if interruptible:
+                    with trio.CancelScope() as scope:
+                        self._iter_scope = scope
+                        await wait_readable(raw)
+                    self._iter_scope = None
+                    if scope.cancelled_caught:
+                        return None
+                else:
+                    await wait_readable(raw)
+                try:
+                    data = raw.recv(max_bytes)
+                except BlockingIOError:
+                    continue
+                self.bytes_received += len(data)
+                return data
+        except OSError as exc:
+            raise self._mark_broken(exc) from exc
+        finally:
+            self._iter_scope = None
+            self._receive_busy = False
+
+    async def _recv_generic(self, max_bytes: int, interruptible: bool) -> bytes | None:
+        if interruptible and self._owner is not None and self._owner.draining:
+            await checkpoint()
+            return None
+        if interruptible:
+            with trio.CancelScope() as scope:
+                self._iter_scope = scope
+                data = await self.socket.recv(max_bytes)
+            if scope.cancelled_caught:
+                return None
+        else:
+            data = await self.socket.recv(max_bytes)
+        self.bytes_received += len(data)
+        return data
+
+    def _check_receive(self) -> None:
+        if self._receive_busy:
+            raise trio.BusyResourceError("another task is already receiving on this connection")
+        if self._closed:
+            raise trio.ClosedResourceError("this connection was already closed")
+
+    async def _fill(self, minimum_chunk: int) -> bool:
+        """Read more into the buffer; False at EOF."""
+        data = await self._recv_into_nothing(max(minimum_chunk, DEFAULT_RECEIVE_SIZE), False)
+        if not data:
+            return False
+        if self._buf is None:
+            self._buf = bytearray(data)
+        else:
+            self._buf += data
+        return True
+
+    def _take(self, n: int) -> bytes:
+        buf = self._buf
+        assert buf is not None
+        if n >= len(buf):
+            self._buf = None
+            return bytes(buf)
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    # ------------------------------------------------------------------
+    # trio.abc.ReceiveStream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Receive up to ``max_bytes`` (default 64 KiB); ``b""`` means end-of-file.
+
+        Buffered bytes left by the buffered helpers are returned first.
+        """
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        elif type(max_bytes) is not int:
+            max_bytes = operator.index(max_bytes)
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self._check_receive()
+        if self._buf:
+            await checkpoint_if_cancelled()
+            out = self._take(max_bytes)
+            await self._coop()
+            return out
+        data = await self._recv_into_nothing(max_bytes, False)
+        assert data is not None
+        return data
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._check_receive()
+        if self._buf:
+            await checkpoint_if_cancelled()
+            out = self._take(DEFAULT_RECEIVE_SIZE)
+            await self._coop()
+            return out
+        owner = self._owner
+        if owner is None:
+            data = await self._recv_into_nothing(DEFAULT_RECEIVE_SIZE, False)
+        else:
+            # During a drain this still takes what the kernel already holds
+            # (a request that arrived just before the drain is served), and
+            # stops instead of waiting for more.
+            data = await self._recv_into_nothing(DEFAULT_RECEIVE_SIZE, True)
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    def _interrupt_iteration(self) -> None:
+        """Wake an ``async for`` blocked waiting for data (drain has begun)."""
+        scope = self._iter_scope
+        if scope is not None:
+            scope.cancel()
+
+    # ------------------------------------------------------------------
+    # Buffered reads
+
+    async def receive_exactly(self, n: int) -> bytes:
+        """Receive exactly ``n`` bytes.
+
+        Raises:
+            IncompleteRead: end-of-file came first; ``.partial`` has what arrived.
+        """
+        if type(n) is not int:
+            n = operator.index(n)
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        self._check_receive()
+        while self._buf is None or len(self._buf) < n:
+            if not await self._fill(n - (len(self._buf) if self._buf else 0)):
+                partial = self._take(len(self._buf)) if self._buf else b""
+                raise IncompleteRead(
+                    f"connection closed after {len(partial)} of {n} bytes",
+                    partial=partial,
+                    expected=n,
+                )
+        if n == 0:
+            await checkpoint()
+            return b""
+        await checkpoint_if_cancelled()
+        out = self._take(n)
+        await self._coop()
+        return out
+
+    async def receive_until(self, delimiter: bytes, *, max_size: int) -> bytes:
+        """Receive up to ``delimiter`` and return the data before it.
+
+        The delimiter is consumed but not returned.
+
+        Raises:
+            MessageTooLong: no delimiter within ``max_size`` bytes (the data
+                stays buffered).
+            IncompleteRead: end-of-file before the delimiter; ``.partial`` has
+                the bytes that did arrive (``b""`` at a clean end-of-file).
+        """
+        if not isinstance(delimiter, (bytes, bytearray)) or not delimiter:
+            raise ValueError("delimiter must be non-empty bytes")
+        if type(max_size) is not int or max_size < 0:
+            raise ValueError(f"max_size must be an int >= 0, not {max_size!r}")
+        self._check_receive()
+        dlen = len(delimiter)
+        start = 0
+        while True:
+            buf = self._buf
+            if buf:
+                idx = buf.find(delimiter, start)
+                if idx >= 0:
+                    if idx > max_size:
+                        break
+                    await checkpoint_if_cancelled()
+                    out = bytes(buf[:idx])
+                    if idx + dlen >= len(buf):
+                        self._buf = None
+                    else:
+                        del buf[: idx + dlen]
+                    await self._coop()
+                    return out
+                if len(buf) >= max_size + dlen:
+                    break
+                start = max(0, len(buf) - dlen + 1)
+            if not await self._fill(DEFAULT_RECEIVE_SIZE):
+                partial = self._take(len(self._buf)) if self._buf else b""
+                raise IncompleteRead(
+                    f"connection closed before {delimiter!r} "
+                    f"(after {len(partial)} bytes)",
+                    partial=partial,
+                )
+        raise MessageTooLong(
+            f"no {delimiter!r} within {max_size} bytes", max_size=max_size
+        )
+
+    async def receive_line(self, *, max_size: int = 65536) -> bytes:
+        """Receive one ``\\n``-terminated line, without the ``\\n`` (or ``\\r\\n``).
+
+        Raises:
+            MessageTooLong: the line is longer than ``max_size`` bytes.
+            IncompleteRead: end-of-file before a full line.
+        """
+        if type(max_size) is not int or max_size < 0:
+            raise ValueError(f"max_size must be an int >= 0, not {max_size!r}")
+        line = await self.receive_until(b"\n", max_size=max_size + 1)
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > max_size:
+            raise MessageTooLong(f"line longer than {max_size} bytes", max_size=max_size)
+        return line
+
+    # ------------------------------------------------------------------
+    # trio.abc.SendStream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``; raises ``ClosedResourceError`` after ``send_eof``/close."""
+        if self._send_busy:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        if self._closed:
+            raise trio.ClosedResourceError("this connection was already closed")
+        if self._eof_sent:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        raw = self._raw
+        self._send_busy = True
+        try:
+            await checkpoint_if_cancelled()
+            with memoryview(data) as view:
+                total = len(view)
+                if raw is None:
+                    await self._send_generic(view, total)
+                    return
+                try:
+                    sent = raw.send(view) if total else 0
+                except BlockingIOError:
+                    sent = 0
+                self.bytes_sent += sent
+                if sent == total:
+                    await self._coop()
+                    return
+                self._coop_left = self._budget
+                while sent < total:
+                    await wait_writable(raw)
+                    try:
+                        with view[sent:] as rest:
+                            n = raw.send(rest)
+                    except BlockingIOError:
+                        continue
+                    sent += n
+                    self.bytes_sent += n
+        except OSError as exc:
+            raise self._mark_broken(exc) from exc
+        finally:
+            self._send_busy = False
+
+    async def _send_generic(self, view: memoryview, total: int) -> None:
+        if total == 0:
+            await checkpoint()
+            return
+        sent = 0
+        while sent < total:
+            with view[sent:] as rest:
+                n = await self.socket.send(rest)
+            sent += n
+            self.bytes_sent += n
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the socket can take more data."""
+        if self._send_busy:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        if self._closed:
+            raise trio.ClosedResourceError("this connection was already closed")
+        self._send_busy = True
+        try:
+            await self.socket.wait_writable()
+        except OSError as exc:
+            raise self._mark_broken(exc) from exc
+        finally:
+            self._send_busy = False
+
+    async def send_eof(self) -> None:
+        """Half-close: tell the peer we will send no more.  Idempotent."""
+        if self._send_busy:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        self._send_busy = True
+        try:
+            await checkpoint()
+            if self._closed:
+                raise trio.ClosedResourceError("this connection was already closed")
+            if self._eof_sent:
+                return
+            self._eof_sent = True
+            self.socket.shutdown(_stdlib_socket.SHUT_WR)
+        except OSError as exc:
+            raise self._mark_broken(exc) from exc
+        finally:
+            self._send_busy = False
+
+    # ------------------------------------------------------------------
+    # Closing
+
+    def close(self) -> None:
+        """Close the socket now (synchronous; tasks blocked on it get ``ClosedResourceError``)."""
+        if not self._closed:
+            self._closed = True
+            self._buf = None
+            self.socket.close()
+
+    def abort(self) -> None:
+        """Close at once with a TCP reset (RST) instead of an orderly FIN."""
+        if self._closed:
+            return
+        if self.socket.family != _AF_UNIX:
+            try:
+                self.socket.setsockopt(
+                    _stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            except OSError:
+                pass
+        self.close()
+
+    async def aclose(self) -> None:
+        """Close the connection (a checkpoint, per Trio's ``AsyncResource`` contract)."""
+        self.close()
+        await checkpoint()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+
+def configure_tcp_socket(
+    sock: Any, *, nodelay: bool = True, keepalive: bool | float = False
+) -> None:
+    """Apply trionet's TCP defaults: ``TCP_NODELAY``, optional keepalive.
+
+    ``keepalive=True`` turns on ``SO_KEEPALIVE`` with the system timers; a
+    number also sets the idle time before probes (``TCP_KEEPIDLE``) in seconds.
+    Failures are ignored (options are best effort, e.g. on Unix sockets).
+    """
+    try:
+        if nodelay:
+            sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+        if keepalive:
+            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, 1)
+            if not isinstance(keepalive, bool):
+                idle = max(1, int(keepalive))
+                if hasattr(_stdlib_socket, "TCP_KEEPIDLE"):
+                    sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPIDLE, idle)
+                if hasattr(_stdlib_socket, "TCP_KEEPINTVL"):
+                    sock.setsockopt(
+                        _stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPINTVL, max(1, idle // 3)
+                    )
+    except OSError:
+        pass

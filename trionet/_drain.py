@@ -1,0 +1,106 @@
+"""The drain protocol's report, and wiring a drain to POSIX signals.
+
+A graceful drain (``Server.shutdown``) proceeds in four steps:
+
+1. **Stop accepting.**  For each listener, accept everything the kernel has
+   already completed (those clients finished the handshake and believe they
+   are connected -- they are served, and counted in ``swept``), then close the
+   listener; new connects are refused from then on.  *Residual race*: a SYN
+   that completes its handshake after the final non-blocking ``accept()`` but
+   before ``close()`` is reset by the kernel.  The window is a few
+   microseconds of synchronous code; closing a listening socket atomically
+   with draining its queue is not something the sockets API offers.
+2. **Tell handlers.**  ``conn.draining`` (a :class:`trio.Event`) is set on
+   every connection, and ``async for chunk in conn`` ends once nothing more
+   is waiting -- data already in the kernel is still delivered first.
+3. **Wait** up to ``grace`` seconds for handlers to finish.
+4. **Cancel** the rest and close their connections.  ``shutdown`` returns
+   within ``grace`` plus the time handlers take to unwind from cancellation.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+log = logging.getLogger("trionet.drain")
+
+__all__ = ["ShutdownReport", "drain_on_signals"]
+
+
+@attrs.frozen
+class ShutdownReport:
+    """What a graceful drain did."""
+
+    #: Connections whose handlers finished by themselves during the drain.
+    finished: int
+    #: Connections still running when the grace period ran out, and cancelled.
+    cancelled: int
+    #: Connections found queued in the kernel when the drain began, and served.
+    swept: int
+    #: Seconds from the start of the drain to the server having stopped.
+    elapsed: float = 0.0
+
+
+_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def drain_on_signals(
+    server: Server,
+    signals: Sequence[int] = _DEFAULT_SIGNALS,
+    grace: float | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> ShutdownReport:
+    """Wait for one of ``signals``, then drain ``server`` gracefully.
+
+    A second signal during the drain cuts the grace period short (handlers are
+    cancelled at once).  Must run in the main thread (a Python rule for signal
+    handlers).  Reports readiness through ``task_status`` once the handlers
+    are installed.
+
+    Args:
+        server: the server to drain.
+        signals: which signals trigger the drain (default SIGINT and SIGTERM).
+        grace: seconds handlers get to finish; None = the server's ``shutdown_grace``.
+
+    Returns:
+        The :class:`ShutdownReport` of the drain.
+
+    Example::
+
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(trionet.serve, handler, "tcp://127.0.0.1:7007")
+            report = await trionet.drain_on_signals(server, grace=5.0)
+            print(report)
+    """
+    if not signals:
+        raise ValueError("drain_on_signals needs at least one signal")
+    with trio.open_signal_receiver(*signals) as received:
+        task_status.started()
+        async for signum in received:
+            log.info("received %s: draining", signal.Signals(signum).name)
+            break
+        report: ShutdownReport | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def second_signal() -> None:
+                async for signum in received:
+                    log.warning("received %s again: cancelling handlers now",
+                                signal.Signals(signum).name)
+                    await server.shutdown(0)
+                    return
+
+            nursery.start_soon(second_signal)
+            report = await server.shutdown(grace)
+            nursery.cancel_scope.cancel()
+        assert report is not None
+        return report

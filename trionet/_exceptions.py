@@ -1,0 +1,204 @@
+"""The trionet exception tree, and the one place where ``OSError`` is translated.
+
+Like h11, trionet says *whose fault* an error is:
+
+* :class:`LocalProtocolError` -- the caller misused the API (a bad argument, a
+  call in the wrong state).  Fix your code.
+* :class:`RemoteProtocolError` -- the peer misbehaved (sent a line longer than
+  allowed, hung up mid-message).  Costs that one connection, nothing more.
+
+Operating-system failures (``OSError``) are translated into trionet errors in
+exactly one place -- the ``translate_*`` helpers at the bottom of this module --
+always with ``raise ... from exc`` so the original errno and traceback stay
+visible in ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from ._address import Address
+
+__all__ = [
+    "AddressInUse",
+    "ConnectAttempt",
+    "ConnectError",
+    "ConnectTimeout",
+    "IncompleteRead",
+    "InvalidAddress",
+    "ListenError",
+    "LocalProtocolError",
+    "MessageTooLong",
+    "RemoteProtocolError",
+    "TrionetError",
+]
+
+
+class TrionetError(Exception):
+    """Base class of every exception trionet raises on purpose."""
+
+
+class LocalProtocolError(TrionetError):
+    """The caller used trionet wrongly: a bad argument or a call in the wrong state."""
+
+
+class RemoteProtocolError(TrionetError):
+    """The peer misbehaved: its data broke a limit or ended too soon."""
+
+
+class InvalidAddress(LocalProtocolError, ValueError):
+    """An address or bind spec could not be parsed.
+
+    The message names the offending spec and what is wrong with it, e.g.
+    ``invalid address 'tcp://127.0.0.1': a port is required``.
+    """
+
+    def __init__(self, spec: object, problem: str) -> None:
+        self.spec = spec
+        self.problem = problem
+        super().__init__(f"invalid address {spec!r}: {problem}")
+
+
+class ListenError(TrionetError, OSError):
+    """A listening socket could not be opened (permission, bad interface, ...).
+
+    ``errno`` and ``strerror`` are copied from the underlying ``OSError``, which
+    is also available as ``__cause__``.
+    """
+
+
+class AddressInUse(ListenError):
+    """The address to listen on is already taken (``EADDRINUSE``).
+
+    Also raised for a Unix socket path on which another process is listening.
+    """
+
+
+class MessageTooLong(RemoteProtocolError):
+    """A delimited read exceeded its ``max_size`` before the delimiter arrived.
+
+    The bytes read so far stay buffered in the connection.
+    """
+
+    def __init__(self, message: str, *, max_size: int) -> None:
+        super().__init__(message)
+        self.max_size = max_size
+
+
+class IncompleteRead(RemoteProtocolError, EOFError):
+    """The peer closed its side in the middle of a message.
+
+    Attributes:
+        partial: the bytes that did arrive before end-of-file.
+        expected: how many bytes were wanted, or ``None`` for a delimited read.
+    """
+
+    def __init__(self, message: str, *, partial: bytes, expected: int | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.expected = expected
+
+
+@attrs.frozen
+class ConnectAttempt:
+    """One connection attempt made by :func:`trionet.connect`."""
+
+    #: The resolved address that was tried (host, port) or a Unix path.
+    address: Address
+    #: What went wrong; ``None`` for the attempt that succeeded.
+    error: BaseException | None = attrs.field(eq=False)
+    #: Which retry round (0 = the first) the attempt belonged to.
+    round: int = 0
+
+
+class ConnectError(TrionetError, OSError):
+    """A connection could not be established.
+
+    Attributes:
+        target: what the caller asked to connect to.
+        attempts: every :class:`ConnectAttempt` made, in order, each with the
+            address tried and the error it met.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        target: object = None,
+        attempts: Sequence[ConnectAttempt] = (),
+        errno_: int | None = None,
+    ) -> None:
+        if errno_ is not None:
+            super().__init__(errno_, message)
+        else:
+            super().__init__(message)
+        self.target = target
+        self.attempts: tuple[ConnectAttempt, ...] = tuple(attempts)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> Any:  # keep pickling (e.g. across to_thread) working
+        return (_rebuild_connect_error, (type(self), self.message, self.target, self.attempts))
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """``connect`` ran out of time (its ``timeout`` covers every attempt and retry)."""
+
+
+def _rebuild_connect_error(
+    cls: type[ConnectError], message: str, target: object, attempts: tuple[ConnectAttempt, ...]
+) -> ConnectError:
+    return cls(message, target=target, attempts=attempts)
+
+
+################################################################
+# OSError translation -- the one place.
+################################################################
+
+# errnos that mean "this descriptor is gone", i.e. *we* closed it.
+_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+
+def translate_stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+    """Map an ``OSError`` met on a connected socket to Trio's stream errors.
+
+    ``EBADF``/``ENOTSOCK`` mean our own side closed the socket (Trio's
+    ``ClosedResourceError``); everything else -- ``ECONNRESET``, ``EPIPE``,
+    ``ETIMEDOUT`` -- means the connection broke (``BrokenResourceError``).
+    The caller must ``raise translate_stream_error(exc) from exc``.
+    """
+    if exc.errno in _CLOSED_ERRNOS:
+        return trio.ClosedResourceError("this connection was already closed")
+    return trio.BrokenResourceError(f"connection broken: {exc}")
+
+
+def translate_listen_error(exc: OSError, address: object) -> ListenError:
+    """Map an ``OSError`` from ``bind``/``listen`` to :class:`ListenError`.
+
+    The caller must ``raise translate_listen_error(exc, address) from exc``.
+    """
+    cls = AddressInUse if exc.errno == errno.EADDRINUSE else ListenError
+    what = exc.strerror or str(exc)
+    err = cls(exc.errno, f"cannot listen on {address}: {what}")
+    return err
+
+
+def translate_connect_error(
+    exc: OSError, target: object, attempts: Sequence[ConnectAttempt]
+) -> ConnectError:
+    """Map the last ``OSError`` of a failed connect to :class:`ConnectError`."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return ConnectError(
+        f"cannot connect to {target}: {what}",
+        target=target,
+        attempts=attempts,
+        errno_=exc.errno,
+    )

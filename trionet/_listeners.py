@@ -1,0 +1,278 @@
+"""Opening listening sockets: TCP (dual stack), Unix paths, abstract names, inherited.
+
+The guide's recipe is ``socket()``, ``bind()``, ``listen(backlog)``.  The
+details that make it production-grade:
+
+* **Dual stack with one port.**  ``tcp://*:0`` binds every address family
+  ``getaddrinfo(None, 0, AI_PASSIVE)`` offers, each with ``IPV6_V6ONLY`` so
+  the IPv6 socket does not swallow IPv4.  With port 0 the first socket's
+  ephemeral port is reused for the others; if another process holds it on
+  the second family, everything is closed and retried (bounded).
+* **Unix sockets.**  A leftover socket file from a crashed process would make
+  ``bind`` fail with ``EADDRINUSE``.  We only unlink it after a connect probe
+  shows nothing listens there (``ECONNREFUSED``); a live one raises
+  :class:`~trionet.AddressInUse`.  ``unix_mode`` is applied with ``chmod``
+  *before* ``listen()``, so there is no window in which a client can connect
+  through a too-permissive file.  At close the file is removed only if it is
+  still the inode we created (another server may have replaced it since).
+* **Backlog.**  ``None`` asks for 65535 and lets the kernel clamp it to
+  ``somaxconn``, as Trio does.
+* Sockets come only from ``trio.socket.socket()`` and names only from
+  ``trio.socket.getaddrinfo``, so Trio's socket-factory and resolver hooks
+  see every call.
+
+Every ``OSError`` here is translated by
+:func:`trionet._exceptions.translate_listen_error`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket as _stdlib_socket
+import stat
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ._address import Address, TCPAddress, UnixAddress, address_from_sockaddr, parse_address
+from ._exceptions import (
+    AddressInUse,
+    ListenError,
+    LocalProtocolError,
+    translate_listen_error,
+)
+
+log = logging.getLogger("trionet.listeners")
+
+__all__ = ["Bind", "Listener", "close_listeners", "open_listeners"]
+
+_AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
+_DUAL_STACK_RETRIES = 20
+
+#: What a bind may be: a spec string, a (host, port) tuple, an address
+#: record, or an already-bound listening socket.
+Bind = Any
+
+
+@attrs.define(eq=False)
+class Listener:
+    """One listening socket and what we need to clean up after it (internal)."""
+
+    sock: trio.socket.SocketType
+    address: Address
+    #: (st_dev, st_ino) of a Unix socket file we created and must remove.
+    unix_inode: tuple[int, int] | None = None
+    unix_path: str | None = None
+    closed: bool = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.sock.close()
+        if self.unix_path is not None and self.unix_inode is not None:
+            try:
+                st = os.stat(self.unix_path)
+                if (st.st_dev, st.st_ino) == self.unix_inode:
+                    os.unlink(self.unix_path)
+            except OSError:
+                pass
+
+
+def _backlog(backlog: int | None) -> int:
+    return 0xFFFF if backlog is None else min(backlog, 0xFFFF)
+
+
+def close_listeners(listeners: Sequence[Listener]) -> None:
+    for listener in listeners:
+        listener.close()
+
+
+async def open_listeners(
+    binds: Sequence[Bind], *, backlog: int | None = None, unix_mode: int | None = None
+) -> list[Listener]:
+    """Open every bind, in order; on any failure close what was opened and raise.
+
+    Raises:
+        InvalidAddress: a malformed spec.
+        AddressInUse: the address is taken (or a live Unix socket is there).
+        ListenError: any other failure to bind or listen.
+    """
+    opened: list[Listener] = []
+    try:
+        for bind in binds:
+            opened.extend(await _open_one(bind, _backlog(backlog), unix_mode))
+    except BaseException:
+        close_listeners(opened)
+        raise
+    return opened
+
+
+async def _open_one(bind: Bind, backlog: int, unix_mode: int | None) -> list[Listener]:
+    if isinstance(bind, _stdlib_socket.socket):
+        bind = trio.socket.from_stdlib_socket(bind)
+    if isinstance(bind, trio.socket.SocketType):
+        return [_adopt(bind)]
+    address = parse_address(bind)
+    if isinstance(address, UnixAddress):
+        return [await _open_unix(address, backlog, unix_mode)]
+    return await _open_tcp(address, backlog)
+
+
+def _adopt(sock: trio.socket.SocketType) -> Listener:
+    if sock.type != _stdlib_socket.SOCK_STREAM:
+        raise LocalProtocolError(f"a listening socket must be SOCK_STREAM, got {sock.type!r}")
+    try:
+        accepting = sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN)
+    except OSError:
+        accepting = 1  # not knowable here (e.g. a custom socket factory); trust the caller
+    if not accepting:
+        raise LocalProtocolError("the socket passed as a bind is not listening (call listen())")
+    return Listener(sock, address_from_sockaddr(sock.family, sock.getsockname()))
+
+
+async def _resolve_passive(address: TCPAddress) -> list[tuple[Any, ...]]:
+    host = None if address.is_wildcard else address.host
+    try:
+        infos = await trio.socket.getaddrinfo(
+            host,
+            address.port,
+            type=_stdlib_socket.SOCK_STREAM,
+            flags=_stdlib_socket.AI_PASSIVE | _stdlib_socket.AI_ADDRCONFIG * (host is None),
+        )
+    except OSError as exc:
+        raise translate_listen_error(exc, address) from exc
+    # One socket per (family, sockaddr); IPv6 first for wildcard is not needed,
+    # keep the resolver's order but drop duplicates.
+    seen = set()
+    unique = []
+    for family, type_, proto, _canon, sockaddr in infos:
+        key = (family, sockaddr[:2])
+        if key not in seen:
+            seen.add(key)
+            unique.append((family, type_, proto, sockaddr))
+    if not unique:
+        raise ListenError(errno.EADDRNOTAVAIL, f"cannot listen on {address}: no usable address")
+    return unique
+
+
+async def _open_tcp(address: TCPAddress, backlog: int) -> list[Listener]:
+    infos = await _resolve_passive(address)
+    for _attempt in range(_DUAL_STACK_RETRIES):
+        port = address.port
+        opened: list[Listener] = []
+        try:
+            for family, type_, proto, sockaddr in infos:
+                sock = trio.socket.socket(family, type_, proto)
+                try:
+                    if os.name != "nt":
+                        sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+                    if family == _stdlib_socket.AF_INET6:
+                        sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
+                    target = (sockaddr[0], port, *sockaddr[2:])
+                    await sock.bind(target)
+                    sock.listen(backlog)
+                except BaseException:
+                    sock.close()
+                    raise
+                bound = address_from_sockaddr(family, sock.getsockname())
+                assert isinstance(bound, TCPAddress)
+                opened.append(Listener(sock, bound))
+                port = bound.port
+        except OSError as exc:
+            close_listeners(opened)
+            if exc.errno == errno.EADDRINUSE and address.port == 0 and opened:
+                continue  # the ephemeral port was free on one family only: retry
+            raise translate_listen_error(exc, address) from exc
+        except BaseException:
+            close_listeners(opened)
+            raise
+        return opened
+    raise AddressInUse(
+        errno.EADDRINUSE,
+        f"cannot listen on {address}: no ephemeral port free on every address family",
+    )
+
+
+async def _probe_unix(path: str) -> bool:
+    """True if something accepts connections on the Unix socket at ``path``."""
+    probe = trio.socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+    try:
+        with trio.move_on_after(2.0):
+            await probe.connect(path)
+            return True
+        return True  # a connect that hangs means a live (if overloaded) listener
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        return True
+    finally:
+        probe.close()
+
+
+async def _open_unix(address: UnixAddress, backlog: int, unix_mode: int | None) -> Listener:
+    if _AF_UNIX is None:  # pragma: no cover - Windows without AF_UNIX
+        raise ListenError(errno.EAFNOSUPPORT, f"cannot listen on {address}: no Unix sockets here")
+    path = address.path
+    if not address.is_abstract:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise translate_listen_error(exc, address) from exc
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ListenError(
+                    errno.EEXIST, f"cannot listen on {address}: the path exists and is not a socket"
+                )
+            if await _probe_unix(path):
+                raise AddressInUse(
+                    errno.EADDRINUSE, f"cannot listen on {address}: another process listens there"
+                )
+            log.info("replacing stale Unix socket file %s", path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise translate_listen_error(exc, address) from exc
+    sock = trio.socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+    inode = None
+    try:
+        await sock.bind(address.sockaddr)
+        if not address.is_abstract:
+            st = os.stat(path)
+            inode = (st.st_dev, st.st_ino)
+            if unix_mode is not None:
+                os.chmod(path, unix_mode)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if inode is not None:
+            _unlink_if_same(path, inode)
+        raise translate_listen_error(exc, address) from exc
+    except BaseException:
+        sock.close()
+        if inode is not None:
+            _unlink_if_same(path, inode)
+        raise
+    return Listener(
+        sock,
+        address,
+        unix_inode=inode,
+        unix_path=None if address.is_abstract else path,
+    )
+
+
+def _unlink_if_same(path: str, inode: tuple[int, int]) -> None:
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == inode:
+            os.unlink(path)
+    except OSError:
+        pass

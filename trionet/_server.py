@@ -1,0 +1,557 @@
+"""``serve``, ``open_server`` and ``Server``: accept tasks, a connection nursery, stats.
+
+Structure
+=========
+
+::
+
+    serve()                                  -- runs until cancelled or shut down
+      open_listeners()                       -- errors raised bare, before started()
+      connection nursery                     -- one task per connection
+        [idle reaper]                        -- only with idle_timeout
+        accept nursery                       -- one accept task per listener
+          accept_loop(listener) ...
+        (accept nursery done: drain has begun)
+        wait until no connections remain
+      close listeners; set "stopped"
+
+Handlers run in a nursery *outside* the accept nursery, so accepting can stop
+(drain step 1) while connections finish (steps 2-4).  Data flows one way:
+listener -> accept task -> admission (access policy, per-host limit) ->
+Connection -> handler -> release (stats, close).  Admission is synchronous
+and happens before any task is spawned, so a refused peer costs no task and
+no handler code runs for it.
+
+Handler isolation
+=================
+
+With ``handler_errors="log"`` (the default) an exception escaping a handler
+is logged once -- connection id, peer, full traceback (exception groups
+included), rate-limited under a storm -- counted, and only that connection is
+closed.  A peer reset on the handler's *own* connection
+(``trio.BrokenResourceError`` raised by it) is not a handler bug: it is
+counted in ``stats.resets`` and logged at debug level, under either setting.
+``handler_errors="raise"`` lets real errors propagate out of ``serve``
+(unwrapped), which is what tests want.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import socket as _stdlib_socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, final
+
+import trio
+
+from . import _accept
+from ._address import Address, UnixAddress, address_from_sockaddr
+from ._admission import AccessPolicy, HostCounter
+from ._config import ServerConfig
+from ._connection import Connection, ConnectionInfo, configure_tcp_socket
+from ._drain import ShutdownReport
+from ._exceptions import LocalProtocolError, RemoteProtocolError
+from ._idle import IdleReaper
+from ._listeners import Bind, Listener, close_listeners, open_listeners
+from ._ratelimit import RateLimiter
+from ._stats import Counters, ServerStats
+from ._unwrap import unwrap_single
+
+log = logging.getLogger("trionet.server")
+
+__all__ = ["Handler", "Server", "open_server", "serve"]
+
+#: A connection handler: an async function taking the :class:`Connection`.
+Handler = Callable[[Connection], Awaitable[Any]]
+
+_AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
+_ANY = frozenset({"0.0.0.0", "::", "", "*"})
+_NOT_ERRORS = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _only(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+    """True if ``exc`` is ``kind``, or a group whose every leaf is."""
+    if isinstance(exc, BaseExceptionGroup):
+        _match, rest = exc.split(kind)
+        return rest is None
+    return isinstance(exc, kind)
+
+
+@final
+class Server:
+    """A running server: its addresses, live stats, connections, and ``shutdown``.
+
+    You get one from ``await nursery.start(functools.partial(trionet.serve, ...))``
+    or ``async with trionet.open_server(...) as server``; you do not create it.
+    """
+
+    def __init__(self, handler: Handler, listeners: list[Listener], config: ServerConfig) -> None:
+        self._handler = handler
+        self._listeners = listeners
+        self.config = config
+        #: True once a graceful drain has begun (read by connections).
+        self.draining = False
+        self._counters = Counters()
+        self._conns: dict[int, Connection] = {}
+        self._active = 0
+        self._max = config.max_connections
+        self._hosts = (
+            HostCounter(config.max_connections_per_host)
+            if config.max_connections_per_host is not None
+            else None
+        )
+        self._access = config.access
+        self._policy = config.access if isinstance(config.access, AccessPolicy) else None
+        self._reaper = (
+            IdleReaper(config.idle_timeout, self._conns, self._counters)
+            if config.idle_timeout is not None
+            else None
+        )
+        self._conn_nursery: trio.Nursery | None = None
+        self._accept_scope: trio.CancelScope | None = None
+        self._slot_event: trio.Event | None = None
+        self._empty = trio.Event()
+        self._stopped = trio.Event()
+        self._grace_scope: trio.CancelScope | None = None
+        self._shutdown_started = False
+        self._drain_started_at = 0.0
+        self._closed_during_drain = 0
+        self._cancelled = 0
+        self._report: ShutdownReport | None = None
+        self._error_log = RateLimiter()
+
+    # ------------------------------------------------------------------
+    # Public surface
+
+    @property
+    def addresses(self) -> list[Address]:
+        """The actual bound addresses, in bind order (ephemeral ports resolved)."""
+        return [listener.address for listener in self._listeners]
+
+    @property
+    def stats(self) -> ServerStats:
+        """A fresh frozen :class:`ServerStats` snapshot."""
+        c = self._counters
+        rx = c.bytes_received
+        tx = c.bytes_sent
+        for conn in self._conns.values():
+            rx += conn.bytes_received
+            tx += conn.bytes_sent
+        return ServerStats(
+            accepted=c.accepted,
+            active=len(self._conns),
+            closed=c.closed,
+            handler_errors=c.handler_errors,
+            resets=c.resets,
+            protocol_errors=c.protocol_errors,
+            bytes_received=rx,
+            bytes_sent=tx,
+            rejected_access=c.rejected_access,
+            rejected_limit=c.rejected_limit,
+            accept_errors=c.accept_errors,
+            idle_closed=c.idle_closed,
+            swept=c.swept,
+        )
+
+    @property
+    def connections(self) -> tuple[ConnectionInfo, ...]:
+        """Read-only :class:`ConnectionInfo` records of the live connections."""
+        return tuple(conn.info() for conn in list(self._conns.values()))
+
+    @property
+    def stopped(self) -> bool:
+        """True once the server has stopped (after ``shutdown`` or cancellation)."""
+        return self._stopped.is_set()
+
+    def __repr__(self) -> str:
+        addrs = ", ".join(str(a) for a in self.addresses)
+        return f"<trionet.Server [{addrs}] active={len(self._conns)}>"
+
+    async def shutdown(self, grace: float | None = None) -> ShutdownReport:
+        """Drain gracefully: stop accepting, tell handlers, wait ``grace``, cancel the rest.
+
+        Args:
+            grace: seconds handlers get to finish (positional or keyword);
+                None uses the server's ``shutdown_grace`` option (default 10).
+                A second call with a shorter grace shortens the wait.
+
+        Returns:
+            A :class:`ShutdownReport` (``finished``, ``cancelled``, ``swept``).
+        """
+        if grace is None:
+            grace = self.config.shutdown_grace
+        if (
+            not isinstance(grace, (int, float))
+            or isinstance(grace, bool)
+            or math.isnan(grace)
+            or grace < 0
+        ):
+            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        if self._shutdown_started:
+            if self._grace_scope is not None:
+                self._grace_scope.deadline = min(
+                    self._grace_scope.deadline, trio.current_time() + grace
+                )
+            await self._stopped.wait()
+            assert self._report is not None
+            return self._report
+        self._shutdown_started = True
+        self._begin_drain()
+        with trio.CancelScope(deadline=trio.current_time() + grace) as scope:
+            self._grace_scope = scope
+            await self._empty.wait()
+        if self._conns:
+            self._cancelled = len(self._conns)
+            log.info("grace period over: cancelling %d handler(s)", self._cancelled)
+            assert self._conn_nursery is not None
+            self._conn_nursery.cancel_scope.cancel()
+        await self._stopped.wait()
+        assert self._report is not None
+        return self._report
+
+    # ------------------------------------------------------------------
+    # Running
+
+    async def _run(self, task_status: trio.TaskStatus[Server]) -> None:
+        try:
+            with unwrap_single():
+                async with trio.open_nursery() as conn_nursery:
+                    self._conn_nursery = conn_nursery
+                    reaper_scope = trio.CancelScope()
+                    if self._reaper is not None:
+                        conn_nursery.start_soon(self._run_reaper, reaper_scope)
+                    async with trio.open_nursery() as accept_nursery:
+                        self._accept_scope = accept_nursery.cancel_scope
+                        for listener in self._listeners:
+                            accept_nursery.start_soon(
+                                _accept.accept_loop, self, listener, name=f"accept {listener.address}"
+                            )
+                        task_status.started(self)
+                    # Only a drain ends the accept nursery without an error.
+                    await self._empty.wait()
+                    reaper_scope.cancel()
+        finally:
+            close_listeners(self._listeners)
+            if self._report is None:
+                self._report = ShutdownReport(
+                    finished=self._closed_during_drain - self._cancelled,
+                    cancelled=self._cancelled,
+                    swept=self._counters.swept,
+                    elapsed=(trio.current_time() - self._drain_started_at)
+                    if self._shutdown_started
+                    else 0.0,
+                )
+            self._stopped.set()
+
+    async def _run_reaper(self, scope: trio.CancelScope) -> None:
+        assert self._reaper is not None
+        with scope:
+            await self._reaper.run()
+
+    def _begin_drain(self) -> None:
+        self.draining = True
+        self._drain_started_at = trio.current_time()
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        swept = 0
+        for listener in self._listeners:
+            swept += _accept.sweep(self, listener)
+            listener.close()
+        if swept:
+            log.info("drain: served %d connection(s) queued in the kernel", swept)
+        for conn in list(self._conns.values()):
+            if conn._drain_event is not None:
+                conn._drain_event.set()
+            conn._interrupt_iteration()
+        if not self._conns:
+            self._empty.set()
+
+    # ------------------------------------------------------------------
+    # Capacity (used by the accept loops)
+
+    def _has_capacity(self) -> bool:
+        return self._max is None or self._active < self._max
+
+    async def _wait_for_capacity(self) -> None:
+        while not self._has_capacity():
+            await self._slot_freed().wait()
+
+    def _slot_freed(self) -> trio.Event:
+        ev = self._slot_event
+        if ev is None:
+            ev = self._slot_event = trio.Event()
+        return ev
+
+    async def _wait_slot_freed(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._slot_freed().wait()
+
+    # ------------------------------------------------------------------
+    # Admission
+
+    def _admit_raw(
+        self, sock: _stdlib_socket.socket, addr: Any, listener: Listener, *, swept: bool
+    ) -> bool:
+        """Admit a freshly accepted stdlib socket; False if it was refused."""
+        family = sock.family
+        try:
+            peer = address_from_sockaddr(family, addr)
+        except Exception:
+            peer = UnixAddress("")
+        if self._access is not None and not self._check_access(sock, peer, listener, family):
+            _accept.reset_close(sock)
+            return False
+        hostkey = None
+        if self._hosts is not None:
+            hostkey = HostCounter.key(peer)
+            if not self._hosts.try_add(hostkey):
+                self._counters.rejected_limit += 1
+                log.debug("refused %s: over max_connections_per_host", peer)
+                _accept.reset_close(sock)
+                return False
+        tsock = trio.socket.from_stdlib_socket(sock)
+        self._start(tsock, peer, listener, family, hostkey, swept)
+        return True
+
+    def _admit_trio_socket(self, tsock: trio.socket.SocketType, addr: Any, listener: Listener) -> None:
+        family = tsock.family
+        try:
+            peer = address_from_sockaddr(family, addr)
+        except Exception:
+            peer = UnixAddress("")
+        if self._access is not None and not self._check_access(tsock, peer, listener, family):
+            tsock.close()
+            return
+        hostkey = None
+        if self._hosts is not None:
+            hostkey = HostCounter.key(peer)
+            if not self._hosts.try_add(hostkey):
+                self._counters.rejected_limit += 1
+                tsock.close()
+                return
+        self._start(tsock, peer, listener, family, hostkey, False)
+
+    def _check_access(self, sock: Any, peer: Address, listener: Listener, family: int) -> bool:
+        creds = None
+        if family == _AF_UNIX and (self._policy is None or self._policy.needs_credentials):
+            creds = _peer_credentials(sock)
+        try:
+            if self._policy is not None:
+                ok = self._policy.allows(peer, creds)
+            else:
+                info = ConnectionInfo(0, peer, listener.address, time.time(), 0, 0, creds)
+                ok = bool(self._access(info))
+        except Exception:
+            log.exception("access policy raised for %s; refusing the peer", peer)
+            ok = False
+        if not ok:
+            self._counters.rejected_access += 1
+            log.debug("refused %s: access policy", peer)
+        return ok
+
+    def _start(
+        self,
+        tsock: trio.socket.SocketType,
+        peer: Address,
+        listener: Listener,
+        family: int,
+        hostkey: str | None,
+        swept: bool,
+    ) -> None:
+        config = self.config
+        if family != _AF_UNIX and (config.tcp_nodelay or config.keepalive):
+            configure_tcp_socket(tsock, nodelay=config.tcp_nodelay, keepalive=config.keepalive)
+        laddr = listener.address
+        # The listener's address is the connection's local address, except on
+        # a wildcard listener (0.0.0.0 / ::), where Connection asks lazily.
+        known_local = None if laddr.__class__ is not UnixAddress and laddr.host in _ANY else laddr
+        conn = Connection(
+            tsock,
+            peer=peer,
+            local=known_local,
+            schedule_budget=config.schedule_budget,
+            _owner=self,
+        )
+        self._conns[conn.id] = conn
+        self._active += 1
+        self._counters.accepted += 1
+        if swept:
+            self._counters.swept += 1
+        if self._reaper is not None:
+            self._reaper.watch(conn)
+        assert self._conn_nursery is not None
+        self._conn_nursery.start_soon(self._connection_task, conn, hostkey)
+
+    # ------------------------------------------------------------------
+    # Connections
+
+    async def _connection_task(self, conn: Connection, hostkey: str | None) -> None:
+        try:
+            if self._reaper is None:
+                await self._call_handler(conn)
+            else:
+                with trio.CancelScope() as scope:
+                    conn._scope = scope
+                    await self._call_handler(conn)
+        finally:
+            self._release(conn, hostkey)
+
+    async def _call_handler(self, conn: Connection) -> None:
+        try:
+            await self._handler(conn)
+        except _NOT_ERRORS:
+            raise
+        except BaseException as exc:
+            rest: BaseException | None = exc
+            cancelled: BaseException | None = None
+            if isinstance(exc, BaseExceptionGroup):
+                cancelled, rest = exc.split(_NOT_ERRORS)
+            if rest is not None:
+                self._handler_failed(conn, rest)
+            if cancelled is not None:
+                raise cancelled from None
+
+    def _handler_failed(self, conn: Connection, exc: BaseException) -> None:
+        if conn.peer_reset and _only(exc, trio.BrokenResourceError):
+            self._counters.resets += 1
+            log.debug("connection #%d from %s: reset by peer (%s)", conn.id, conn.peer, exc)
+            return
+        if _only(exc, RemoteProtocolError):
+            self._counters.protocol_errors += 1
+            log.info("connection #%d from %s: peer broke the protocol: %s", conn.id, conn.peer, exc)
+            return
+        self._counters.handler_errors += 1
+        if self.config.handler_errors == "raise":
+            raise exc
+        if self._error_log.allow():
+            suppressed = self._error_log.take_suppressed()
+            more = f" ({suppressed} similar errors not logged)" if suppressed else ""
+            log.error(
+                "handler failed on connection #%d from %s%s",
+                conn.id,
+                conn.peer,
+                more,
+                exc_info=exc,
+            )
+
+    def _release(self, conn: Connection, hostkey: str | None) -> None:
+        c = self._counters
+        c.closed += 1
+        c.bytes_received += conn.bytes_received
+        c.bytes_sent += conn.bytes_sent
+        del self._conns[conn.id]
+        self._active -= 1
+        if self._hosts is not None:
+            self._hosts.remove(hostkey)
+        conn.close()
+        ev = self._slot_event
+        if ev is not None:
+            self._slot_event = None
+            ev.set()
+        if self.draining:
+            self._closed_during_drain += 1
+            if not self._conns:
+                self._empty.set()
+
+
+def _peer_credentials(sock: Any) -> tuple[int, int, int] | None:
+    so_peercred = getattr(_stdlib_socket, "SO_PEERCRED", None)
+    if so_peercred is None:
+        return None
+    import struct
+
+    try:
+        raw = sock.getsockopt(_stdlib_socket.SOL_SOCKET, so_peercred, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, gid = struct.unpack("3i", raw)
+    return (pid, uid, gid)
+
+
+def _check_handler(handler: object, binds: tuple[Bind, ...]) -> None:
+    if not callable(handler):
+        raise TypeError(f"handler must be an async function taking a Connection, not {handler!r}")
+    if not binds:
+        raise LocalProtocolError("serve needs at least one bind (e.g. 'tcp://127.0.0.1:0')")
+
+
+async def serve(
+    handler: Handler,
+    *binds: Bind,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Serve ``handler`` on every bind until cancelled or shut down.
+
+    Each listening socket gets its own accept task; each connection its own
+    handler task, in a separate nursery so accepting can stop while
+    connections finish.  When a handler returns, its connection is closed.
+
+    Args:
+        handler: ``async def handler(conn: trionet.Connection) -> None``.
+        *binds: ``"tcp://HOST:PORT"``, ``"unix:PATH"``, ``"unix:@NAME"``,
+            ``(host, port)``, an address record, or a bound listening socket.
+        **options: see :class:`~trionet.ServerConfig` (``backlog``,
+            ``handler_errors``, ``access``, ``max_connections``, ...).
+        task_status: reports the :class:`Server` once every socket listens.
+
+    Raises:
+        InvalidAddress: a malformed bind spec.
+        AddressInUse: an address is taken.
+        ListenError: another failure to listen.
+        TypeError, ValueError: a bad option (raised before anything opens).
+
+    Example::
+
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                functools.partial(trionet.serve, handler, "tcp://127.0.0.1:0", backlog=128)
+            )
+            print(server.addresses)
+            ...
+            await server.shutdown(5.0)
+    """
+    config = ServerConfig(**options)
+    _check_handler(handler, binds)
+    listeners = await open_listeners(binds, backlog=config.backlog, unix_mode=config.unix_mode)
+    try:
+        server = Server(handler, listeners, config)
+    except BaseException:
+        close_listeners(listeners)
+        raise
+    await server._run(task_status)
+
+
+@asynccontextmanager
+async def open_server(handler: Handler, *binds: Bind, **options: Any) -> AsyncIterator[Server]:
+    """``async with`` form of :func:`serve`; leaving the block drains the server.
+
+    A normal exit drains with the ``shutdown_grace`` option (default 10 s); an
+    exception leaving the block stops the server without a grace period and
+    propagates unchanged (never wrapped in an ``ExceptionGroup``).
+
+    Example::
+
+        async with trionet.open_server(handler, "tcp://127.0.0.1:0") as server:
+            conn = await trionet.connect(server.addresses[0])
+            ...
+    """
+    config = ServerConfig(**options)  # validate before anything starts
+    _check_handler(handler, binds)
+    body_error: BaseException | None = None
+    with unwrap_single():
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(functools.partial(serve, handler, *binds, **options))
+            try:
+                yield server
+            except BaseException as exc:
+                body_error = exc
+            await server.shutdown(
+                config.shutdown_grace if body_error is None else 0.0
+            )
+    if body_error is not None:
+        raise body_error

@@ -1,0 +1,78 @@
+"""Server statistics: live counters and the frozen snapshot users read."""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["ServerStats"]
+
+
+@attrs.frozen
+class ServerStats:
+    """A snapshot of a server's counters (``Server.stats`` makes a fresh one each time).
+
+    Counters are cumulative over the server's life.  A connection's bytes are
+    added before its socket is closed, so a client that has seen EOF can rely
+    on the figures.
+    """
+
+    #: Connections accepted and handed to a handler (includes ``swept``).
+    accepted: int = 0
+    #: Connections whose handler is running now.
+    active: int = 0
+    #: Connections finished and closed.
+    closed: int = 0
+    #: Handlers that raised (not counting peer resets).
+    handler_errors: int = 0
+    #: Connections ended by a peer reset / broken pipe on the handler's own connection.
+    resets: int = 0
+    #: Connections ended because the peer broke a protocol limit
+    #: (an uncaught :class:`~trionet.RemoteProtocolError`).
+    protocol_errors: int = 0
+    #: Bytes received over all connections (closed and active).
+    bytes_received: int = 0
+    #: Bytes sent over all connections (closed and active).
+    bytes_sent: int = 0
+    #: Peers refused by the access policy (reset before any handler ran).
+    rejected_access: int = 0
+    #: Peers refused by ``max_connections_per_host``.
+    rejected_limit: int = 0
+    #: Failed ``accept()`` calls (descriptor exhaustion, aborted handshakes).
+    accept_errors: int = 0
+    #: Connections closed by the idle timeout.
+    idle_closed: int = 0
+    #: Connections found queued in the kernel when a drain began, and served.
+    swept: int = 0
+
+
+class Counters:
+    """The mutable counters behind :class:`ServerStats` (internal)."""
+
+    __slots__ = (
+        "accept_errors",
+        "accepted",
+        "bytes_received",
+        "bytes_sent",
+        "closed",
+        "handler_errors",
+        "idle_closed",
+        "protocol_errors",
+        "rejected_access",
+        "rejected_limit",
+        "resets",
+        "swept",
+    )
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.closed = 0
+        self.handler_errors = 0
+        self.resets = 0
+        self.protocol_errors = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.rejected_access = 0
+        self.rejected_limit = 0
+        self.accept_errors = 0
+        self.idle_closed = 0
+        self.swept = 0

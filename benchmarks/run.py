@@ -1,0 +1,792 @@
+"""Run the trionet benchmark suite.
+
+    .venv/bin/python benchmarks/run.py            # full run, ~15 min
+    .venv/bin/python benchmarks/run.py --quick    # ~1 min sanity check
+
+Every echo server runs in its own process pinned to one core; the C load
+generator (or the Python client for the client-side workload) is pinned to
+another.  Peers are alternated within each round (A..Z, then Z..A in the
+next round) so slow drift of the machine hits every peer alike.  See
+benchmarks/README.md and docs/source/benchmarks.rst.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import report
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BUILD = HERE / "build"
+LOGS = BUILD / "logs"
+RESULTS = HERE / "results"
+DOCS_RST = REPO / "docs" / "source" / "benchmarks.rst"
+DOCS_PNG = REPO / "docs" / "source" / "_static" / "benchmarks.png"
+C_SOURCES = {"loadgen": HERE / "loadgen.c", "echo_epoll": HERE / "echo_epoll.c"}
+HOST = "127.0.0.1"  # loopback only, always
+
+
+# --------------------------------------------------------------- catalogue
+
+
+@dataclass(frozen=True)
+class Peer:
+    key: str
+    label: str
+    argv: tuple[str, ...]  # "{python}" and "{build}" are substituted
+    quick: bool
+
+
+PEERS: tuple[Peer, ...] = (
+    Peer("trionet", "trionet", ("{python}", "servers/trionet_server.py"), True),
+    Peer(
+        "trionet-all-on",
+        "trionet (all on)",
+        ("{python}", "servers/trionet_server.py", "--all-on"),
+        True,
+    ),
+    Peer("trio", "trio.serve_tcp", ("{python}", "servers/trio_server.py"), True),
+    Peer(
+        "anyio-trio",
+        "anyio on Trio",
+        ("{python}", "servers/anyio_server.py", "--backend", "trio"),
+        False,
+    ),
+    Peer(
+        "anyio-asyncio",
+        "anyio on asyncio",
+        ("{python}", "servers/anyio_server.py", "--backend", "asyncio"),
+        False,
+    ),
+    Peer("asyncio", "asyncio streams", ("{python}", "servers/asyncio_streams_server.py"), True),
+    Peer(
+        "uvloop",
+        "uvloop streams",
+        ("{python}", "servers/asyncio_streams_server.py", "--uvloop"),
+        False,
+    ),
+    Peer(
+        "uvloop-protocol",
+        "uvloop Protocol",
+        ("{python}", "servers/asyncio_protocol_server.py"),
+        False,
+    ),
+    Peer("c-epoll", "C epoll", ("{build}/echo_epoll",), True),
+)
+BASELINE = "trio"
+
+#: The Python clients of the client-side workload (server: C epoll).
+CLIENTS: tuple[Peer, ...] = (
+    Peer(
+        "client-trionet",
+        "trionet.connect",
+        ("{python}", "clients/pingpong_client.py", "--impl", "trionet"),
+        True,
+    ),
+    Peer(
+        "client-trio",
+        "trio.open_tcp_stream",
+        ("{python}", "clients/pingpong_client.py", "--impl", "trio"),
+        True,
+    ),
+)
+CLIENT_BASELINE = "client-trio"
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    short: str
+    unit: str
+    metric: str  # key of the load generator's JSON holding the figure
+    kind: str  # "loadgen" | "rss" | "client"
+    args: tuple[str, ...] = ()
+    higher_is_better: bool = True
+    latency: bool = True
+    quick: bool = False
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        "pingpong-64x1",
+        "Ping-pong, 64 B, 1 connection",
+        "ping-pong 64 B ×1",
+        "msg/s",
+        "rate",
+        "loadgen",
+        ("pingpong", "--conns", "1", "--size", "64"),
+    ),
+    Workload(
+        "pingpong-64x100",
+        "Ping-pong, 64 B, 100 connections",
+        "ping-pong 64 B ×100",
+        "msg/s",
+        "rate",
+        "loadgen",
+        ("pingpong", "--conns", "100", "--size", "64"),
+        quick=True,
+    ),
+    Workload(
+        "pingpong-4kx100",
+        "Ping-pong, 4 KiB, 100 connections",
+        "ping-pong 4 KiB ×100",
+        "msg/s",
+        "rate",
+        "loadgen",
+        ("pingpong", "--conns", "100", "--size", "4096"),
+    ),
+    Workload(
+        "bulk-64k-x10",
+        "Bulk stream, 64 KiB chunks, 10 connections (echoed MB/s)",
+        "bulk 64 KiB ×10",
+        "MB/s",
+        "mbps",
+        "loadgen",
+        ("bulk", "--conns", "10", "--window", str(256 * 1024)),
+        latency=False,
+        quick=True,
+    ),
+    Workload(
+        "connrate",
+        "Connection rate: connect, 16 B echo, close (32 in parallel)",
+        "connect+echo+close",
+        "conn/s",
+        "rate",
+        "loadgen",
+        ("connrate", "--concurrency", "32", "--src-ips", "32"),
+        quick=True,
+    ),
+    Workload(
+        "rss-idle",
+        "Server RSS per idle connection, 5,000 held",
+        "RSS per idle conn",
+        "KiB/conn",
+        "kib_per_conn",
+        "rss",
+        higher_is_better=False,
+        latency=False,
+        quick=True,
+    ),
+    Workload(
+        "client-pingpong",
+        "Client-side ping-pong, 64 B, 1 connection, against the C epoll server",
+        "client ping-pong 64 B",
+        "msg/s",
+        "rate",
+        "client",
+        quick=True,
+    ),
+)
+
+
+# ----------------------------------------------------------------- helpers
+
+
+class PeerFailed(Exception):
+    """The server under test did not start (reported as *missing*)."""
+
+
+class MeasurementFailed(Exception):
+    """One measurement failed (reported as an error for that round)."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def child_env() -> dict[str, str]:
+    """Environment of every child: the working tree's trionet comes first."""
+    env = dict(os.environ)
+    paths = [str(REPO)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    env.pop("PYTHONDEVMODE", None)
+    return env
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL if the runner dies (even by SIGKILL)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+
+
+def spawn(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group, tied to the runner's life."""
+    return subprocess.Popen(
+        list(cmd),
+        cwd=HERE,
+        env=child_env(),
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+        **kwargs,
+    )
+
+
+def raise_nofile_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def build_c(cc: str) -> dict[str, Path]:
+    """Compile the C programs into build/ (only when the source is newer)."""
+    BUILD.mkdir(exist_ok=True)
+    binaries: dict[str, Path] = {}
+    for name, source in C_SOURCES.items():
+        binary = BUILD / name
+        if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+            cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source)]
+            log(f"building {binary.relative_to(REPO)}: {' '.join(cmd)}")
+            subprocess.run(cmd, check=True, timeout=120)
+        binaries[name] = binary
+    return binaries
+
+
+@dataclass(frozen=True)
+class Pinning:
+    server: tuple[str, ...]
+    loadgen: tuple[str, ...]
+    description: str
+
+
+def choose_pinning(enabled: bool) -> Pinning:
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cpus) < 2 or shutil.which("taskset") is None:
+        why = "disabled" if not enabled else "needs taskset and two CPUs"
+        return Pinning((), (), f"no CPU pinning ({why})")
+    srv, lg = cpus[0], cpus[1]
+    return Pinning(
+        ("taskset", "-c", str(srv)),
+        ("taskset", "-c", str(lg)),
+        f"server pinned to CPU {srv}, load generator to CPU {lg} (taskset)",
+    )
+
+
+def read_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise MeasurementFailed(f"no VmRSS for pid {pid}")
+
+
+def read_line(stream: IO[bytes], timeout: float) -> bytes | None:
+    """One line from a pipe, or None on timeout/EOF (bounded in time)."""
+    deadline = time.monotonic() + timeout
+    fd = stream.fileno()
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    """SIGTERM the child's process group, then SIGKILL; always reaps."""
+    if proc.poll() is None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+
+
+# ------------------------------------------------------------ the servers
+
+
+class Server:
+    """One echo server process, in its own process group."""
+
+    def __init__(self, peer: Peer, pinning: Pinning) -> None:
+        self.peer = peer
+        self.pinning = pinning
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log_path = LOGS / f"{peer.key}.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 20.0) -> None:
+        argv = [
+            a.replace("{python}", sys.executable).replace("{build}", str(BUILD))
+            for a in self.peer.argv
+        ]
+        cmd = [*self.pinning.server, *argv, "--host", HOST, "--port", "0"]
+        LOGS.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logf:
+            logf.write(f"\n=== {dt.datetime.now().isoformat()} {' '.join(cmd)}\n".encode())
+            logf.flush()
+            self.proc = spawn(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf
+            )
+        assert self.proc.stdout is not None
+        line = read_line(self.proc.stdout, timeout)
+        if line is None or not line.startswith(b"LISTENING "):
+            raise PeerFailed(self._why(line))
+        self.port = int(line.split()[1])
+        self._probe(timeout)
+
+    def _probe(self, timeout: float) -> None:
+        """Bounded connect loop: the server really accepts connections."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1.0):
+                    return
+            except OSError as exc:
+                if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
+                    raise PeerFailed(f"connect probe failed: {exc}") from exc
+                time.sleep(0.05)
+
+    def _why(self, line: bytes | None) -> str:
+        assert self.proc is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=0.5)
+        rc = self.proc.poll()
+        tail = ""
+        with contextlib.suppress(OSError):
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+            tail = lines[-1].strip() if lines else ""
+        if rc is None:
+            return f"no LISTENING line (got {line!r})"
+        return f"exited with code {rc}: {tail}" if tail else f"exited with code {rc}"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+
+
+@contextlib.contextmanager
+def running(peer: Peer, pinning: Pinning) -> Iterator[Server]:
+    server = Server(peer, pinning)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------- measurements
+
+
+@dataclass
+class Settings:
+    warmup: float
+    duration: float
+    rounds: int
+    rss_conns: int
+    pinning: Pinning
+    quick: bool
+
+
+def run_json(cmd: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run a measuring child; return the JSON object on its last stdout line."""
+    proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise MeasurementFailed(f"timed out after {timeout:.0f} s") from exc
+    finally:
+        kill_group(proc)
+    lines = out.decode(errors="replace").strip().splitlines()
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError) as exc:
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise MeasurementFailed(f"exit code {proc.returncode}: {tail[0]}") from exc
+    if "error" in result:
+        raise MeasurementFailed(str(result["error"]))
+    if proc.returncode != 0:
+        raise MeasurementFailed(f"exit code {proc.returncode}")
+    return result
+
+
+def measure_loadgen(wl: Workload, server: Server, s: Settings) -> dict[str, Any]:
+    cmd = [
+        *s.pinning.loadgen,
+        str(BUILD / "loadgen"),
+        *wl.args,
+        "--host",
+        HOST,
+        "--port",
+        str(server.port),
+        "--warmup",
+        str(s.warmup),
+        "--duration",
+        str(s.duration),
+        "--server-pid",
+        str(server.pid),
+    ]
+    result = run_json(cmd, timeout=s.warmup + s.duration + 60)
+    if not server.alive():
+        raise MeasurementFailed("server died during the measurement")
+    return result
+
+
+def measure_rss(server: Server, s: Settings) -> dict[str, Any]:
+    loadgen = [*s.pinning.loadgen, str(BUILD / "loadgen"), "hold", "--host", HOST]
+    port = ["--port", str(server.port), "--concurrency", "100"]
+    # Warm-up: open and close a few hundred connections so that one-off
+    # allocations (code paths, caches, first arena growth) are in the baseline.
+    run_json([*loadgen, *port, "--conns", "200", "--duration", "20", "--hold-timeout", "0"], 40)
+    time.sleep(0.3)
+    before = read_rss_kib(server.pid)
+    proc = spawn(
+        [*loadgen, *port, "--conns", str(s.rss_conns), "--duration", "30", "--hold-timeout", "60"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = read_line(proc.stdout, 45)
+        if line is None:
+            raise MeasurementFailed("load generator did not report held connections")
+        held: dict[str, Any] = json.loads(line)
+        if held.get("held", 0) < s.rss_conns:
+            raise MeasurementFailed(
+                f"held {held.get('held', 0)} of {s.rss_conns} connections ({held})"
+            )
+        # Let the server finish setting up the last connections: wait until
+        # RSS is stable (bounded).
+        time.sleep(0.3)
+        after = read_rss_kib(server.pid)
+        for _ in range(20):
+            time.sleep(0.1)
+            now = read_rss_kib(server.pid)
+            if abs(now - after) <= max(64, after // 200):
+                after = max(after, now)
+                break
+            after = now
+        proc.stdin.write(b"done\n")
+        proc.stdin.flush()
+    finally:
+        kill_group(proc)
+    if not server.alive():
+        raise MeasurementFailed("server died while holding connections")
+    return {
+        "kib_per_conn": (after - before) / s.rss_conns,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "conns": s.rss_conns,
+        "lg_cpu": held.get("lg_cpu"),
+        "connect_seconds": held.get("seconds"),
+        "errors": held.get("errors", 0),
+    }
+
+
+def measure_client(client: Peer, server: Server, s: Settings) -> dict[str, Any]:
+    argv = [a.replace("{python}", sys.executable) for a in client.argv]
+    cmd = [
+        *s.pinning.loadgen,
+        *argv,
+        "--port",
+        str(server.port),
+        "--warmup",
+        str(s.warmup),
+        "--duration",
+        str(s.duration),
+        "--server-pid",
+        str(server.pid),
+    ]
+    return run_json(cmd, timeout=s.warmup + s.duration + 60)
+
+
+@dataclass
+class Run:
+    settings: Settings
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)  # peer key -> reason
+
+
+def clean(result: dict[str, Any]) -> dict[str, Any]:
+    """Negative percentiles/CPU from the C side mean "not available"."""
+    return {
+        k: (None if isinstance(v, float) and v < 0 and k.endswith(("_us", "_cpu")) else v)
+        for k, v in result.items()
+    }
+
+
+def one(run: Run, wl: Workload, peer: Peer, rnd: int, c_epoll: Peer) -> None:
+    record: dict[str, Any] = {"workload": wl.key, "peer": peer.key, "round": rnd}
+    server_peer = c_epoll if wl.kind == "client" else peer
+    if server_peer.key in run.missing:
+        return
+    t0 = time.monotonic()
+    try:
+        with running(server_peer, run.settings.pinning) as server:
+            if wl.kind == "loadgen":
+                result = measure_loadgen(wl, server, run.settings)
+            elif wl.kind == "rss":
+                result = measure_rss(server, run.settings)
+            else:
+                result = measure_client(peer, server, run.settings)
+    except PeerFailed as exc:
+        run.missing[server_peer.key] = str(exc)
+        log(f"    {peer.label:<22} MISSING: {exc}")
+        return
+    except MeasurementFailed as exc:
+        record.update(ok=False, error=str(exc))
+        log(f"    {peer.label:<22} FAILED: {exc}")
+        run.measurements.append(record)
+        return
+    result = clean(result)
+    record.update(ok=True, value=result[wl.metric], result=result)
+    run.measurements.append(record)
+    lg = result.get("lg_cpu")
+    srv = result.get("srv_cpu")
+    extra = f"  lg {lg:.0%}" if lg is not None else ""
+    extra += f"  srv {srv:.0%}" if srv is not None else ""
+    log(
+        f"    {peer.label:<22} {report.fmt_value(result[wl.metric], wl.unit):>12} {wl.unit}"
+        f"{extra}  ({time.monotonic() - t0:.1f} s)"
+    )
+
+
+def execute(run: Run, peers: Sequence[Peer], workloads: Sequence[Workload]) -> None:
+    c_epoll = next(p for p in PEERS if p.key == "c-epoll")
+    for rnd in range(run.settings.rounds):
+        for wl in workloads:
+            log(f"[round {rnd + 1}/{run.settings.rounds}] {wl.title}")
+            candidates = CLIENTS if wl.kind == "client" else peers
+            # A..Z in even rounds, Z..A in odd ones: linear drift cancels out.
+            order = list(candidates) if rnd % 2 == 0 else list(reversed(candidates))
+            for peer in order:
+                one(run, wl, peer, rnd, c_epoll)
+
+
+# -------------------------------------------------------------- metadata
+
+
+def versions() -> dict[str, str]:
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "out = {}\n"
+        "for name in ('trio', 'anyio', 'uvloop', 'attrs'):\n"
+        "    try: out[name] = m.version(name)\n"
+        "    except m.PackageNotFoundError: out[name] = 'not installed'\n"
+        "try:\n"
+        "    import trionet\n"
+        "    out['trionet'] = getattr(trionet, '__version__', '?') + ' (' + trionet.__file__ + ')'\n"
+        "except Exception as exc:\n"
+        "    out['trionet'] = 'not importable: ' + repr(exc)\n"
+        "print(json.dumps(out))\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        result: dict[str, str] = json.loads(out)
+        return result
+    except (subprocess.SubprocessError, json.JSONDecodeError) as exc:
+        return {"error": repr(exc)}
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "trionet"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev or "no commit") + (" + uncommitted changes" if dirty else "")
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def metadata(s: Settings, peers: Sequence[Peer], workloads: Sequence[Workload]) -> dict[str, Any]:
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": "quick" if s.quick else "full",
+        "rounds": s.rounds,
+        "warmup_s": s.warmup,
+        "duration_s": s.duration,
+        "rss_conns": s.rss_conns,
+        "pinning": s.pinning.description,
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "git": git_revision(),
+        "versions": versions(),
+        "baseline": BASELINE,
+        "client_baseline": CLIENT_BASELINE,
+        "peers": [{"key": p.key, "label": p.label} for p in peers],
+        "clients": [{"key": p.key, "label": p.label} for p in CLIENTS],
+        "workloads": [
+            {
+                "key": w.key,
+                "title": w.title,
+                "short": w.short,
+                "unit": w.unit,
+                "higher_is_better": w.higher_is_better,
+                "latency": w.latency,
+                "kind": w.kind,
+            }
+            for w in workloads
+        ],
+    }
+
+
+# ------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="~1 minute subset (one round)")
+    parser.add_argument("--rounds", type=int, help="rounds of alternation (full: 2, quick: 1)")
+    parser.add_argument("--warmup", type=float, help="seconds discarded before measuring")
+    parser.add_argument("--duration", type=float, help="seconds per measurement")
+    parser.add_argument("--rss-conns", type=int, default=5000, help="held connections for RSS")
+    parser.add_argument("--peers", help="comma-separated peer keys (default: all, or quick set)")
+    parser.add_argument("--workloads", help="comma-separated workload keys")
+    parser.add_argument("--output", help="result name in results/ (default: latest / quick)")
+    docs = parser.add_mutually_exclusive_group()
+    docs.add_argument("--update-docs", action="store_true", help="also update the docs page")
+    docs.add_argument("--no-docs", action="store_true", help="never touch docs/")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--cc", default=os.environ.get("CC", "gcc"), help="C compiler")
+    parser.add_argument("--list", action="store_true", help="list peers and workloads, then exit")
+    return parser.parse_args(argv)
+
+
+def select_by_key(items: Sequence[Any], spec: str | None, quick: bool, what: str) -> list[Any]:
+    if spec:
+        keys = [k.strip() for k in spec.split(",") if k.strip()]
+        known = {i.key: i for i in items}
+        unknown = [k for k in keys if k not in known]
+        if unknown:
+            sys.exit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+        return [known[k] for k in keys]
+    return [i for i in items if i.quick or not quick]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for p in (*PEERS, *CLIENTS):
+            print(f"peer      {p.key:<18} {p.label}{'  [quick]' if p.quick else ''}")
+        for w in WORKLOADS:
+            print(f"workload  {w.key:<18} {w.title}{'  [quick]' if w.quick else ''}")
+        return 0
+    peers = select_by_key(PEERS, args.peers, args.quick, "peers")
+    workloads = select_by_key(WORKLOADS, args.workloads, args.quick, "workloads")
+    settings = Settings(
+        warmup=args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0),
+        duration=args.duration if args.duration is not None else (1.5 if args.quick else 4.0),
+        rounds=args.rounds if args.rounds is not None else (1 if args.quick else 2),
+        rss_conns=args.rss_conns,
+        pinning=choose_pinning(not args.no_pin),
+        quick=args.quick,
+    )
+    name = args.output or ("quick" if args.quick else "latest")
+    update_docs = args.update_docs or (not args.quick and not args.no_docs and not args.output)
+
+    raise_nofile_limit()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwind: every server is killed in a finally
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        build_c(args.cc)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log(f"cannot build the C load generator / echo server: {exc}")
+        return 2
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(LOGS)
+    meta = metadata(settings, peers, workloads)
+    log(f"trionet: {meta['versions'].get('trionet')}")
+    log(f"{settings.pinning.description}; {settings.rounds} round(s) of {len(peers)} peers")
+    run = Run(settings)
+    started = time.monotonic()
+    try:
+        execute(run, peers, workloads)
+    except KeyboardInterrupt:
+        log("interrupted: writing what was measured so far")
+    meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    meta["missing"] = run.missing
+
+    data = {"meta": meta, "measurements": run.measurements}
+    summary = report.summarize(data)
+    RESULTS.mkdir(exist_ok=True)
+    paths = report.write_all(summary, data, RESULTS / name)
+    if update_docs:
+        paths += report.update_docs(summary, RESULTS / f"{name}.png", DOCS_RST, DOCS_PNG)
+    print(report.render_markdown(summary))
+    log(f"done in {meta['elapsed_s']:.0f} s; wrote " + ", ".join(str(p.relative_to(REPO)) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

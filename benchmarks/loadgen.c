@@ -109,6 +109,23 @@ static double proc_cpu(int pid) {
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* Busy (user+nice+system+irq+softirq) and steal time of the whole machine,
+ * in seconds summed over all CPUs, from /proc/stat. */
+static void machine_cpu(double *busy, double *steal) {
+    *busy = *steal = -1.0;
+    FILE *f = fopen("/proc/stat", "re");
+    if (f == NULL)
+        return;
+    unsigned long long us, ni, sy, id, io, irq, sirq, st;
+    if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &us, &ni, &sy, &id, &io, &irq,
+               &sirq, &st) == 8) {
+        double hz = (double)sysconf(_SC_CLK_TCK);
+        *busy = (double)(us + ni + sy + irq + sirq) / hz;
+        *steal = (double)st / hz;
+    }
+    fclose(f);
+}
+
 static void raise_nofile(void) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -261,7 +278,7 @@ static void ep_set(int fd, unsigned events, void *ptr, int op) {
 static uint64_t t_start, t_measure, t_end;
 static int measuring;
 static uint64_t count, bytes, errors;
-static double cpu0, cpu1, srv0, srv1;
+static double cpu0, cpu1, srv0, srv1, busy0, busy1, steal0, steal1;
 static uint64_t m_begin, m_end;
 
 static void phase_init(void) {
@@ -274,6 +291,7 @@ static void phase_init(void) {
         m_begin = t_start;
         cpu0 = self_cpu();
         srv0 = proc_cpu(opt_server_pid);
+        machine_cpu(&busy0, &steal0);
     }
 }
 
@@ -287,11 +305,13 @@ static int phase_tick(void) {
         m_begin = t;
         cpu0 = self_cpu();
         srv0 = proc_cpu(opt_server_pid);
+        machine_cpu(&busy0, &steal0);
     }
     if (t >= t_end) {
         m_end = t;
         cpu1 = self_cpu();
         srv1 = proc_cpu(opt_server_pid);
+        machine_cpu(&busy1, &steal1);
         return 0;
     }
     return 1;
@@ -309,14 +329,17 @@ static int wait_ms(void) {
 static void report(int conns) {
     double secs = (double)(m_end - m_begin) / 1e9;
     double srv = (srv0 >= 0 && srv1 >= 0) ? (srv1 - srv0) / secs : -1.0;
+    double busy = (busy0 >= 0 && busy1 >= 0) ? (busy1 - busy0) / secs : -1.0;
+    double steal = (steal0 >= 0 && steal1 >= 0) ? (steal1 - steal0) / secs : -1.0;
     printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %d, \"seconds\": %.6f, "
            "\"count\": %llu, \"rate\": %.3f, \"bytes\": %llu, \"mbps\": %.3f, "
            "\"p50_us\": %.3f, \"p90_us\": %.3f, \"p99_us\": %.3f, \"max_us\": %.3f, "
-           "\"lg_cpu\": %.4f, \"srv_cpu\": %.4f, \"errors\": %llu}\n",
+           "\"lg_cpu\": %.4f, \"srv_cpu\": %.4f, \"machine_cpu\": %.4f, \"steal_cpu\": %.4f, "
+           "\"errors\": %llu}\n",
            opt_mode, conns, opt_size, secs, (unsigned long long)count, (double)count / secs,
            (unsigned long long)bytes, (double)bytes / secs / 1e6, hist_pct(0.50) / 1e3,
            hist_pct(0.90) / 1e3, hist_pct(0.99) / 1e3, (double)hist_max / 1e3,
-           (cpu1 - cpu0) / secs, srv, (unsigned long long)errors);
+           (cpu1 - cpu0) / secs, srv, busy, steal, (unsigned long long)errors);
     fflush(stdout);
 }
 

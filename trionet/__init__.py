@@ -10,6 +10,7 @@ from ._address import TCPAddress as TCPAddress
 from ._address import UnixAddress as UnixAddress
 from ._address import parse_address as parse_address
 from ._admission import AccessPolicy as AccessPolicy
+from ._client import connect as connect
 from ._config import ServerConfig as ServerConfig
 from ._connection import Connection as Connection
 from ._connection import ConnectionInfo as ConnectionInfo
@@ -26,6 +27,8 @@ from ._exceptions import LocalProtocolError as LocalProtocolError
 from ._exceptions import MessageTooLong as MessageTooLong
 from ._exceptions import RemoteProtocolError as RemoteProtocolError
 from ._exceptions import TrionetError as TrionetError
+from ._pool import ConnectionPool as ConnectionPool
+from ._pool import PoolStats as PoolStats
 from ._server import Handler as Handler
 from ._server import Server as Server
 from ._server import open_server as open_server
@@ -42,12 +45,14 @@ __all__ = [
     "ConnectTimeout",
     "Connection",
     "ConnectionInfo",
+    "ConnectionPool",
     "Handler",
     "IncompleteRead",
     "InvalidAddress",
     "ListenError",
     "LocalProtocolError",
     "MessageTooLong",
+    "PoolStats",
     "RemoteProtocolError",
     "Server",
     "ServerConfig",
@@ -57,6 +62,7 @@ __all__ = [
     "TrionetError",
     "UnixAddress",
     "__version__",
+    "connect",
     "drain_on_signals",
     "open_server",
     "parse_address",

@@ -14,11 +14,20 @@ the dangerous one.  The pending connection stays in the kernel queue, so the
 listener stays readable and a naive loop spins at 100 % CPU writing a log
 line per spin.  We:
 
-* log once per *burst* (the first error, and a "recovered" line at the end),
-  counting the rest;
-* back off with a jittered, doubling delay capped at 0.5 s; and
+* log once per *burst*: a warning at the first error and one "recovered"
+  line when the burst ends, counting the rest in ``stats.accept_errors``.
+  A burst ends when ``accept()`` reports the kernel queue *empty*
+  (``EAGAIN``), not at the first success: at the descriptor limit every
+  closing connection frees one slot, so success and failure alternate for
+  as long as the flood lasts, and "first success ends the burst" would log
+  two lines per closed connection.  Bursts themselves are rate-limited too
+  (a few per minute per listener), so a server flapping at its limit for
+  hours writes a handful of lines, not thousands;
+* back off with a jittered, doubling delay (10 ms up to a cap of 0.5 s);
+  a successful accept resets the delay; and
 * retry at once when one of the server's own connections closes (the usual
-  way a descriptor frees up), so recovery comes within moments of relief.
+  way a descriptor frees up), so recovery comes within moments of relief --
+  and at most 0.5 s after descriptors free up any other way.
 
 *Anything else* (``EBADF``, ``EINVAL``: the listener itself is broken) is a
 real error and propagates, translated.
@@ -40,17 +49,20 @@ import errno
 import logging
 import random
 import socket as _stdlib_socket
-from typing import TYPE_CHECKING, Any
+import struct
+from typing import TYPE_CHECKING
 
 import trio
 from trio.lowlevel import wait_readable
 
 from ._connection import raw_socket_of
 from ._exceptions import translate_listen_error
+from ._ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from ._listeners import Listener
     from ._server import Server
+    from ._stats import Counters
 
 log = logging.getLogger("trionet.accept")
 
@@ -58,6 +70,10 @@ _BATCH = 64
 _SWEEP_MAX = 1_000_000
 _BACKOFF_FIRST = 0.01
 _BACKOFF_CAP = 0.5
+# At most this many bursts logged per listener per _BURST_LOG_PERIOD seconds.
+_BURST_LOG_LIMIT = 3
+_BURST_LOG_PERIOD = 60.0
+_LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff=1, l_linger=0}
 
 _RESOURCE_ERRNOS = frozenset(
     getattr(errno, name)
@@ -86,40 +102,56 @@ _TRANSIENT_ERRNOS = frozenset(
 
 
 class _Storm:
-    """Logs an accept-error burst once, and its end once."""
+    """Resource-exhaustion bursts on one listener: back-off state and their log lines."""
 
-    __slots__ = ("count", "delay", "listener", "started")
+    __slots__ = ("_limiter", "count", "delay", "listener", "logged", "started")
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
+        #: Errors in the current burst (0: no burst in progress).
         self.count = 0
         self.started = 0.0
         self.delay = _BACKOFF_FIRST
+        #: Whether the current burst's start was logged (then so is its end).
+        self.logged = False
+        self._limiter = RateLimiter(burst=_BURST_LOG_LIMIT, period=_BURST_LOG_PERIOD)
 
     def error(self, exc: OSError) -> float:
+        """Count a resource error; returns how long to back off."""
         if self.count == 0:
             self.started = trio.current_time()
-            log.warning(
-                "accept() on %s failed: %s; backing off (errors in this burst are "
-                "counted in stats.accept_errors, not logged)",
-                self.listener.address,
-                exc,
-            )
+            self.logged = self._limiter.allow()
+            if self.logged:
+                skipped = self._limiter.take_suppressed()
+                more = f"; {skipped} earlier burst(s) not logged" if skipped else ""
+                log.warning(
+                    "accept() on %s failed: %s; backing off (further errors in this "
+                    "burst are counted in stats.accept_errors, not logged%s)",
+                    self.listener.address,
+                    exc,
+                    more,
+                )
         self.count += 1
         delay = self.delay * random.uniform(0.5, 1.0)
         self.delay = min(self.delay * 2, _BACKOFF_CAP)
         return delay
 
+    def accepted(self) -> None:
+        """An accept succeeded: descriptors were available, so back off briefly next time."""
+        self.delay = _BACKOFF_FIRST
+
     def recovered(self) -> None:
-        if self.count:
+        """The kernel queue is empty again: the burst is over."""
+        if self.logged:
             log.warning(
-                "accept() on %s recovered after %d failures in %.2f s",
+                "accept() on %s recovered after %d failure(s) in %.2f s",
                 self.listener.address,
                 self.count,
                 trio.current_time() - self.started,
             )
-            self.count = 0
-            self.delay = _BACKOFF_FIRST
+        self.count = 0
+        self.logged = False
+        self.delay = _BACKOFF_FIRST
 
 
 async def accept_loop(server: Server, listener: Listener) -> None:
@@ -135,23 +167,32 @@ async def accept_loop(server: Server, listener: Listener) -> None:
         if listener.closed:
             return
         if raw is None:
+            # Generic path: no descriptor, so no way to see EAGAIN; a success
+            # is the best sign of recovery we get.
             try:
                 sock, addr = await listener.sock.accept()
             except OSError as exc:
+                if listener.closed:  # closed by a drain while we were being woken
+                    return
                 delay = _classify(exc, listener, storm, counters)
                 if delay:
                     await server._wait_slot_freed(delay)
                 continue
-            storm.recovered()
-            server._admit_trio_socket(sock, addr, listener)
+            if storm.count:
+                storm.recovered()
+            server._admit(sock, addr, listener, swept=False)
             continue
         await wait_readable(raw)
+        if listener.closed:  # a drain closed it after we were woken, before we ran
+            return
         for _ in range(_BATCH):
             if not server._has_capacity():
                 break
             try:
                 s, addr = raw.accept()
             except BlockingIOError:
+                if storm.count:
+                    storm.recovered()
                 break
             except OSError as exc:
                 delay = _classify(exc, listener, storm, counters)
@@ -160,11 +201,11 @@ async def accept_loop(server: Server, listener: Listener) -> None:
                     break
                 continue
             if storm.count:
-                storm.recovered()
-            server._admit_raw(s, addr, listener, swept=False)
+                storm.accepted()
+            server._admit(s, addr, listener, swept=False)
 
 
-def _classify(exc: OSError, listener: Listener, storm: _Storm, counters: Any) -> float:
+def _classify(exc: OSError, listener: Listener, storm: _Storm, counters: Counters) -> float:
     """Returns a back-off delay (resource errors), 0 (ignore), or raises."""
     if exc.errno in _RESOURCE_ERRNOS:
         counters.accept_errors += 1
@@ -193,16 +234,23 @@ def sweep(server: Server, listener: Listener) -> int:
             if not isinstance(exc, BlockingIOError):
                 log.debug("sweep of %s stopped: %s", listener.address, exc)
             break
-        if server._admit_raw(s, addr, listener, swept=True):
+        if server._admit(s, addr, listener, swept=True):
             n += 1
     return n
 
 
-def reset_close(sock: _stdlib_socket.socket) -> None:
-    """Close with RST (SO_LINGER 0): the peer learns at once, we keep no TIME_WAIT."""
+def reset_close(sock: _stdlib_socket.socket | trio.socket.SocketType) -> None:
+    """Close with RST (SO_LINGER 0): the peer learns at once, we keep no TIME_WAIT.
+
+    Unix sockets have no reset; they are simply closed (the peer sees EOF or
+    ``ECONNRESET`` if it had sent data we never read).
+    """
     try:
-        if sock.family != getattr(_stdlib_socket, "AF_UNIX", None):
-            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        if sock.family != _AF_UNIX:
+            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, _LINGER_RESET)
     except OSError:
         pass
     sock.close()
+
+
+_AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)

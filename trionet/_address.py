@@ -10,15 +10,18 @@ A spec is a string a human writes in a config file or on a command line:
 
 :func:`parse_address` turns a spec into a frozen :class:`TCPAddress` or
 :class:`UnixAddress`, and ``str()`` of either gives the spec back, so
-``parse_address(str(addr)) == addr`` always holds.  Every malformed spec
-raises :class:`~trionet.InvalidAddress`, which names the spec and the problem.
+``parse_address(str(addr)) == addr`` holds for every address that can be
+bound or connected to (the one exception is the unnamed Unix peer
+``UnixAddress("")``, which ``getpeername`` reports for an unbound client).
+Every malformed spec raises :class:`~trionet.InvalidAddress`, which names the
+spec and the problem.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket as _stdlib_socket
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import attrs
 
@@ -37,6 +40,30 @@ def _valid_port(instance: object, attribute: attrs.Attribute[int], value: int) -
         raise InvalidAddress(value, "port must be in 0-65535")
 
 
+# Characters no host may contain: they would make ``str()`` of the address
+# parse differently (``/?#`` end the authority, brackets delimit IPv6) or are
+# never part of a host name or IP literal (whitespace, control characters).
+_HOST_FORBIDDEN = frozenset("/?#[]") | frozenset(chr(c) for c in range(32)) | {"\x7f"}
+
+
+def _valid_host(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    # Validated here, not only in parse_address, so that *every* TCPAddress --
+    # from a spec, a (host, port) tuple or the constructor -- round-trips
+    # through str() and parse_address().
+    if not isinstance(value, str):
+        raise TypeError(f"host must be a str, not {type(value).__name__}")
+    for c in value:
+        if c in _HOST_FORBIDDEN or c.isspace():
+            raise InvalidAddress(value, f"the host contains the character {c!r}")
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            raise InvalidAddress(
+                value, f"{value!r} is not an IPv6 address (only IPv6 literals contain ':')"
+            ) from None
+
+
 @attrs.frozen(repr=False)
 class TCPAddress:
     """A TCP endpoint: a host (IP literal or name) and a port.
@@ -45,7 +72,7 @@ class TCPAddress:
     """
 
     #: An IPv4/IPv6 literal, a host name, or ``""``/``"*"`` for every interface.
-    host: str = attrs.field(validator=attrs.validators.instance_of(str))
+    host: str = attrs.field(validator=_valid_host)
     #: The port, 0-65535 (0 = ephemeral when binding).
     port: int = attrs.field(validator=_valid_port)
 
@@ -66,8 +93,15 @@ def _valid_unix_path(instance: object, attribute: attrs.Attribute[str], value: s
     if not isinstance(value, str):
         raise TypeError(f"path must be a str, not {type(value).__name__}")
     if "\0" in value:
-        raise InvalidAddress(value, "a Unix socket path cannot contain NUL (use '@name' for abstract)")
-    if len(value.encode("utf-8", "surrogateescape")) > _UNIX_PATH_MAX:
+        raise InvalidAddress(
+            value, "a Unix socket path cannot contain NUL (use '@name' for abstract)"
+        )
+    try:
+        size = len(value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        # A lone surrogate that surrogateescape cannot map back to a byte.
+        raise InvalidAddress(value, "the path is not encodable as bytes") from None
+    if size > _UNIX_PATH_MAX:
         raise InvalidAddress(value, f"a Unix socket path is limited to {_UNIX_PATH_MAX} bytes")
 
 
@@ -79,6 +113,10 @@ class UnixAddress:
     path: str = attrs.field(validator=_valid_unix_path)
 
     def __str__(self) -> str:
+        # parse_address reads "unix:///p" as the URL form of "/p", so a path
+        # that itself starts with "//" is written in that form to survive.
+        if self.path.startswith("//"):
+            return f"unix://{self.path}"
         return f"unix:{self.path}"
 
     def __repr__(self) -> str:
@@ -97,7 +135,7 @@ class UnixAddress:
         return self.path
 
 
-Address = Union[TCPAddress, UnixAddress]
+Address: TypeAlias = TCPAddress | UnixAddress
 
 
 def parse_address(spec: object) -> Address:
@@ -125,7 +163,9 @@ def parse_address(spec: object) -> Address:
     if isinstance(spec, tuple):
         return _parse_tuple(spec)
     if not isinstance(spec, str):
-        raise InvalidAddress(spec, f"expected a spec string or (host, port), not {type(spec).__name__}")
+        raise InvalidAddress(
+            spec, f"expected a spec string or (host, port), not {type(spec).__name__}"
+        )
     scheme, sep, rest = spec.partition(":")
     if not sep:
         raise InvalidAddress(spec, "missing scheme (expected 'tcp://HOST:PORT' or 'unix:PATH')")
@@ -152,7 +192,12 @@ def _parse_port(spec: object, text: str) -> int:
         raise InvalidAddress(spec, "a port is required (use 0 for an ephemeral port)")
     if not text.isascii() or not text.isdigit():
         raise InvalidAddress(spec, f"port {text!r} is not a number")
-    port = int(text)
+    # Strip leading zeros and check the length first: int() refuses strings
+    # of more than 4300 digits with a plain ValueError.
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 5:
+        raise InvalidAddress(spec, f"port {text!r} is out of range 0-65535")
+    port = int(digits)
     if port > 65535:
         raise InvalidAddress(spec, f"port {port} is out of range 0-65535")
     return port
@@ -173,15 +218,21 @@ def _parse_tcp(spec: str, hostport: str) -> TCPAddress:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise InvalidAddress(spec, f"{host!r} is not an IPv6 address") from None
-        return TCPAddress(host, _parse_port(spec, after[1:]))
+        return _tcp_address(spec, host, _parse_port(spec, after[1:]))
     host, sep, port = hostport.rpartition(":")
     if not sep:
         raise InvalidAddress(spec, "a port is required (use 0 for an ephemeral port)")
     if ":" in host:
         raise InvalidAddress(spec, "IPv6 addresses must be in brackets, e.g. tcp://[::1]:80")
-    if any(c.isspace() for c in host):
-        raise InvalidAddress(spec, "the host contains whitespace")
-    return TCPAddress(host, _parse_port(spec, port))
+    return _tcp_address(spec, host, _parse_port(spec, port))
+
+
+def _tcp_address(spec: object, host: str, port: int) -> TCPAddress:
+    """Build a TCPAddress, re-raising a validator's InvalidAddress under ``spec``."""
+    try:
+        return TCPAddress(host, port)
+    except InvalidAddress as exc:
+        raise InvalidAddress(spec, exc.problem) from None
 
 
 def _parse_tuple(spec: tuple[Any, ...]) -> TCPAddress:
@@ -196,7 +247,7 @@ def _parse_tuple(spec: tuple[Any, ...]) -> TCPAddress:
         raise InvalidAddress(spec, "the port must be an int")
     if not 0 <= port <= 65535:
         raise InvalidAddress(spec, f"port {port} is out of range 0-65535")
-    return TCPAddress(host, port)
+    return _tcp_address(spec, host, port)
 
 
 def address_from_sockaddr(family: int, sockaddr: Any) -> Address:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from typing import Union
+from typing import TypeAlias
 
 import attrs
 
@@ -30,8 +30,8 @@ from ._connection import ConnectionInfo
 
 __all__ = ["AccessCheck", "AccessPolicy"]
 
-_Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-_IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+_Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+_IP: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _to_networks(value: Iterable[str] | str | None) -> tuple[_Network, ...] | None:
@@ -39,6 +39,8 @@ def _to_networks(value: Iterable[str] | str | None) -> tuple[_Network, ...] | No
         return None
     if isinstance(value, str):
         value = [value]
+    elif isinstance(value, (bytes, bytearray)) or not isinstance(value, Iterable):
+        raise TypeError(f"CIDR lists must be iterables of str, not {value!r}")
     nets = []
     for item in value:
         if not isinstance(item, str):
@@ -53,20 +55,31 @@ def _to_networks(value: Iterable[str] | str | None) -> tuple[_Network, ...] | No
 
 def _normalise_net(net: _Network) -> _Network:
     # ::ffff:10.0.0.0/104 is 10.0.0.0/8 in disguise.
-    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None:
-        if net.prefixlen >= 96:
-            return ipaddress.IPv4Network(
-                f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}", strict=False
-            )
+    if (
+        isinstance(net, ipaddress.IPv6Network)
+        and net.network_address.ipv4_mapped is not None
+        and net.prefixlen >= 96
+    ):
+        return ipaddress.IPv4Network(
+            f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}", strict=False
+        )
     return net
+
+
+def _to_deny(value: Iterable[str] | str | None) -> tuple[_Network, ...]:
+    return _to_networks(value) or ()
 
 
 def _to_uids(value: Iterable[int] | None) -> frozenset[int] | None:
     if value is None:
         return None
+    if isinstance(value, (int, str, bytes)):
+        raise TypeError(f"unix_uids must be an iterable of ints (e.g. [1000]), not {value!r}")
     uids = frozenset(value)
     for uid in uids:
-        if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0:
+        if not isinstance(uid, int) or isinstance(uid, bool):
+            raise TypeError(f"unix_uids must hold ints, not {uid!r}")
+        if uid < 0:
             raise ValueError(f"unix_uids must hold non-negative ints, not {uid!r}")
     return uids
 
@@ -105,9 +118,7 @@ class AccessPolicy:
     #: Admitted networks, or None for "everyone not denied".
     allow: tuple[_Network, ...] | None = attrs.field(default=None, converter=_to_networks)
     #: Refused networks (checked first).
-    deny: tuple[_Network, ...] = attrs.field(
-        default=(), converter=lambda v: _to_networks(v) or ()
-    )
+    deny: tuple[_Network, ...] = attrs.field(default=(), converter=_to_deny)
     #: Admitted uids for Unix-socket peers, or None for all.
     unix_uids: frozenset[int] | None = attrs.field(default=None, converter=_to_uids)
 
@@ -137,7 +148,7 @@ class AccessPolicy:
 
 
 #: What ``access=`` takes: a policy or any sync callable ``(ConnectionInfo) -> bool``.
-AccessCheck = Union[AccessPolicy, Callable[[ConnectionInfo], bool]]
+AccessCheck: TypeAlias = AccessPolicy | Callable[[ConnectionInfo], bool]
 
 
 class HostCounter:

@@ -65,7 +65,7 @@ from ._address import Address, address_from_sockaddr
 from ._exceptions import IncompleteRead, MessageTooLong, translate_stream_error
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["DEFAULT_RECEIVE_SIZE", "DEFAULT_SCHEDULE_BUDGET", "Connection", "ConnectionInfo"]
 
@@ -161,10 +161,10 @@ class Connection(trio.abc.HalfCloseableStream):
         "_owner",
         "_raw",
         "_receive_busy",
-        "_send_busy",
         "_scope",
         "_seen_at",
         "_seen_bytes",
+        "_send_busy",
         "bytes_received",
         "bytes_sent",
         "id",
@@ -455,6 +455,9 @@ class Connection(trio.abc.HalfCloseableStream):
         if n < 0:
             raise ValueError("n must be >= 0")
         self._check_receive()
+        if n == 0:
+            await checkpoint()
+            return b""
         while self._buf is None or len(self._buf) < n:
             if not await self._fill(n - (len(self._buf) if self._buf else 0)):
                 partial = self._take(len(self._buf)) if self._buf else b""
@@ -463,9 +466,6 @@ class Connection(trio.abc.HalfCloseableStream):
                     partial=partial,
                     expected=n,
                 )
-        if n == 0:
-            await checkpoint()
-            return b""
         await checkpoint_if_cancelled()
         out = self._take(n)
         await self._coop()
@@ -476,63 +476,96 @@ class Connection(trio.abc.HalfCloseableStream):
 
         The delimiter is consumed but not returned.
 
+        Args:
+            delimiter: the non-empty byte string that ends a message.
+            max_size: the longest message (delimiter not counted) accepted.
+
+        Returns:
+            The bytes before the first occurrence of ``delimiter``.
+
         Raises:
             MessageTooLong: no delimiter within ``max_size`` bytes (the data
                 stays buffered).
             IncompleteRead: end-of-file before the delimiter; ``.partial`` has
                 the bytes that did arrive (``b""`` at a clean end-of-file).
+
+        Example::
+
+            header = await conn.receive_until(b"\\r\\n\\r\\n", max_size=16384)
         """
         if not isinstance(delimiter, (bytes, bytearray)) or not delimiter:
             raise ValueError("delimiter must be non-empty bytes")
         if type(max_size) is not int or max_size < 0:
             raise ValueError(f"max_size must be an int >= 0, not {max_size!r}")
+        return await self._receive_delimited(bytes(delimiter), max_size, False)
+
+    async def receive_line(self, *, max_size: int = 65536) -> bytes:
+        """Receive one ``\\n``-terminated line, without the ``\\n`` (or ``\\r\\n``).
+
+        Args:
+            max_size: the longest line accepted, terminator not counted.
+
+        Returns:
+            The line, without its ``\\n`` and without a ``\\r`` before it.
+
+        Raises:
+            MessageTooLong: the line is longer than ``max_size`` bytes (the
+                data stays buffered).
+            IncompleteRead: end-of-file before a full line.
+
+        Example::
+
+            command = await conn.receive_line(max_size=1024)
+        """
+        if type(max_size) is not int or max_size < 0:
+            raise ValueError(f"max_size must be an int >= 0, not {max_size!r}")
+        return await self._receive_delimited(b"\n", max_size, True)
+
+    async def _receive_delimited(self, delimiter: bytes, max_size: int, strip_cr: bool) -> bytes:
+        # One search loop for receive_until and receive_line.  The limit is
+        # checked *before* anything is consumed, so MessageTooLong always
+        # leaves the buffer untouched.  With L buffered bytes and no
+        # delimiter, the message is at least L - len(delim) + 1 bytes long
+        # (the delimiter may have begun in the last bytes), so it is hopeless
+        # once L >= max_size + len(delim).  A line may also carry one "\r"
+        # beyond max_size (it is stripped): one byte of slack.  Each search
+        # resumes len(delim) - 1 bytes before the previous end, so a
+        # delimiter split across reads is found, and found leftmost.
         self._check_receive()
         dlen = len(delimiter)
+        slack = 1 if strip_cr else 0
         start = 0
         while True:
             buf = self._buf
             if buf:
                 idx = buf.find(delimiter, start)
                 if idx >= 0:
-                    if idx > max_size:
+                    end = idx
+                    if strip_cr and end > 0 and buf[end - 1] == 0x0D:
+                        end -= 1
+                    if end > max_size:
                         break
                     await checkpoint_if_cancelled()
-                    out = bytes(buf[:idx])
+                    out = bytes(buf[:end])
                     if idx + dlen >= len(buf):
                         self._buf = None
                     else:
                         del buf[: idx + dlen]
                     await self._coop()
                     return out
-                if len(buf) >= max_size + dlen:
+                if len(buf) >= max_size + slack + dlen:
                     break
                 start = max(0, len(buf) - dlen + 1)
             if not await self._fill(DEFAULT_RECEIVE_SIZE):
                 partial = self._take(len(self._buf)) if self._buf else b""
                 raise IncompleteRead(
-                    f"connection closed before {delimiter!r} "
-                    f"(after {len(partial)} bytes)",
+                    f"connection closed before {delimiter!r} (after {len(partial)} bytes)",
                     partial=partial,
                 )
+        what = "line" if strip_cr else "message"
         raise MessageTooLong(
-            f"no {delimiter!r} within {max_size} bytes", max_size=max_size
+            f"no {delimiter!r} within {max_size} bytes ({what} too long)", max_size=max_size
         )
-
-    async def receive_line(self, *, max_size: int = 65536) -> bytes:
-        """Receive one ``\\n``-terminated line, without the ``\\n`` (or ``\\r\\n``).
-
-        Raises:
-            MessageTooLong: the line is longer than ``max_size`` bytes.
-            IncompleteRead: end-of-file before a full line.
-        """
-        if type(max_size) is not int or max_size < 0:
-            raise ValueError(f"max_size must be an int >= 0, not {max_size!r}")
-        line = await self.receive_until(b"\n", max_size=max_size + 1)
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if len(line) > max_size:
-            raise MessageTooLong(f"line longer than {max_size} bytes", max_size=max_size)
-        return line
 
     # ------------------------------------------------------------------
     # trio.abc.SendStream

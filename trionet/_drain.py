@@ -21,6 +21,7 @@ A graceful drain (``Server.shutdown``) proceeds in four steps:
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -60,20 +61,31 @@ async def drain_on_signals(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> ShutdownReport:
-    """Wait for one of ``signals``, then drain ``server`` gracefully.
+    """Drain ``server`` gracefully when one of ``signals`` arrives; return the report.
 
-    A second signal during the drain cuts the grace period short (handlers are
-    cancelled at once).  Must run in the main thread (a Python rule for signal
-    handlers).  Reports readiness through ``task_status`` once the handlers
-    are installed.
+    The first signal starts ``server.shutdown(grace)``; a second one during
+    the drain cuts the grace period short (the remaining handlers are
+    cancelled at once).  If the server stops some other way first (someone
+    else called ``shutdown``, or it was cancelled), this returns that stop's
+    report instead of waiting forever -- so it can sit in the same nursery as
+    the server.  While it runs, the signals do not raise
+    ``KeyboardInterrupt`` or kill the process.
+
+    Must run in the main thread (a Python rule for signal handlers).  Reports
+    readiness through ``task_status`` once the handlers are installed.
 
     Args:
         server: the server to drain.
         signals: which signals trigger the drain (default SIGINT and SIGTERM).
         grace: seconds handlers get to finish; None = the server's ``shutdown_grace``.
+        task_status: reports (``None``) once the signal handlers are installed.
 
     Returns:
         The :class:`ShutdownReport` of the drain.
+
+    Raises:
+        ValueError: no signals, or a bad ``grace``.
+        RuntimeError: not called from the main thread.
 
     Example::
 
@@ -82,25 +94,41 @@ async def drain_on_signals(
             report = await trionet.drain_on_signals(server, grace=5.0)
             print(report)
     """
+    signals = tuple(signals)
     if not signals:
         raise ValueError("drain_on_signals needs at least one signal")
+    if grace is not None and (
+        not isinstance(grace, (int, float))
+        or isinstance(grace, bool)
+        or math.isnan(grace)
+        or grace < 0
+    ):
+        raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
     with trio.open_signal_receiver(*signals) as received:
-        task_status.started()
-        async for signum in received:
-            log.info("received %s: draining", signal.Signals(signum).name)
-            break
-        report: ShutdownReport | None = None
+
+        async def on_signals(nursery: trio.Nursery) -> None:
+            first = True
+            async for signum in received:
+                name = _signal_name(signum)
+                if first:
+                    first = False
+                    log.info("received %s: draining", name)
+                    nursery.start_soon(server.shutdown, grace)
+                else:
+                    log.warning("received %s again: cancelling the remaining handlers", name)
+                    nursery.start_soon(server.shutdown, 0)
+
         async with trio.open_nursery() as nursery:
-
-            async def second_signal() -> None:
-                async for signum in received:
-                    log.warning("received %s again: cancelling handlers now",
-                                signal.Signals(signum).name)
-                    await server.shutdown(0)
-                    return
-
-            nursery.start_soon(second_signal)
-            report = await server.shutdown(grace)
+            nursery.start_soon(on_signals, nursery)
+            task_status.started()
+            await server._stopped.wait()
             nursery.cancel_scope.cancel()
-        assert report is not None
-        return report
+    assert server._report is not None
+    return server._report
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -16,6 +16,7 @@ visible in ``__cause__``.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -105,16 +106,65 @@ class IncompleteRead(RemoteProtocolError, EOFError):
         self.expected = expected
 
 
+#: The values ``ConnectAttempt.outcome`` can take.
+CONNECT_OUTCOMES = frozenset({"connected", "failed", "abandoned", "timed out", "cancelled"})
+
+
+def _default_outcome(attempt: ConnectAttempt) -> str:
+    return "connected" if attempt.error is None else "failed"
+
+
 @attrs.frozen
 class ConnectAttempt:
-    """One connection attempt made by :func:`trionet.connect`."""
+    """One connection attempt made by :func:`trionet.connect`.
+
+    A name-resolution step that failed or ran out of time is recorded too,
+    with the unresolved ``TCPAddress(host, port)`` as its address.
+    """
 
     #: The resolved address that was tried (host, port) or a Unix path.
     address: Address
-    #: What went wrong; ``None`` for the attempt that succeeded.
+    #: What went wrong; ``None`` for the attempt that succeeded (and for one
+    #: abandoned because another attempt won).  A ``TimeoutError`` for an
+    #: attempt still pending when ``connect``'s timeout expired.
     error: BaseException | None = attrs.field(eq=False)
     #: Which retry round (0 = the first) the attempt belonged to.
     round: int = 0
+    #: ``"connected"``, ``"failed"``, ``"abandoned"`` (another attempt won
+    #: first), ``"timed out"`` or ``"cancelled"`` (by an enclosing scope).
+    outcome: str = attrs.field(
+        default=attrs.Factory(_default_outcome, takes_self=True),
+        validator=attrs.validators.in_(CONNECT_OUTCOMES),
+    )
+    #: Seconds after the ``connect`` call began at which the attempt started.
+    started: float = attrs.field(default=0.0, eq=False)
+    #: Seconds the attempt lasted.
+    elapsed: float = attrs.field(default=0.0, eq=False)
+
+    def describe(self) -> str:
+        """One line for messages and logs: ``"tcp://127.0.0.1:80: Connection refused"``."""
+        what = self.outcome if self.error is None else _reason(self.error)
+        return f"{self.address}: {what}"
+
+
+def _reason(err: BaseException) -> str:
+    """A short reason for an attempt's error.
+
+    Trio's connect errors decorate the standard text with the address
+    (``"Error connecting to ('127.0.0.1', 80): Connection refused"``), which
+    our messages already name; then the standard ``os.strerror`` text is
+    enough.  Any other ``strerror`` is kept as it is.
+    """
+    if isinstance(err, OSError):
+        code = err.errno
+        text = err.strerror
+        if isinstance(code, int) and code > 0:
+            standard = os.strerror(code)
+            if not text or standard in text:
+                return standard
+        if text:
+            return str(text)
+    return str(err) or type(err).__name__
 
 
 class ConnectError(TrionetError, OSError):
@@ -191,14 +241,42 @@ def translate_listen_error(exc: OSError, address: object) -> ListenError:
     return err
 
 
+def _attempts_summary(attempts: Sequence[ConnectAttempt]) -> str:
+    shown = [a.describe() for a in attempts[-5:]]
+    if len(attempts) > 5:
+        shown.insert(0, f"... {len(attempts) - 5} earlier")
+    return "; ".join(shown)
+
+
 def translate_connect_error(
     exc: OSError, target: object, attempts: Sequence[ConnectAttempt]
 ) -> ConnectError:
-    """Map the last ``OSError`` of a failed connect to :class:`ConnectError`."""
-    what = exc.strerror or str(exc) or type(exc).__name__
+    """Map the last ``OSError`` of a failed connect to :class:`ConnectError`.
+
+    With several attempts the message lists them (the last five at most).
+    The caller must ``raise translate_connect_error(...) from exc``.
+    """
+    what = _reason(exc)
+    if len(attempts) == 1 and str(attempts[0].address) != str(target):
+        what = f"{what} ({attempts[0].address})"
+    elif len(attempts) > 1:
+        what = f"all {len(attempts)} attempts failed ({_attempts_summary(attempts)})"
     return ConnectError(
         f"cannot connect to {target}: {what}",
         target=target,
         attempts=attempts,
         errno_=exc.errno,
+    )
+
+
+def connect_timeout_error(
+    target: object, timeout: float, attempts: Sequence[ConnectAttempt]
+) -> ConnectTimeout:
+    """The :class:`ConnectTimeout` for a connect whose ``timeout`` expired."""
+    detail = f" ({_attempts_summary(attempts)})" if attempts else ""
+    return ConnectTimeout(
+        f"cannot connect to {target}: timed out after {timeout:g} s{detail}",
+        target=target,
+        attempts=attempts,
+        errno_=errno.ETIMEDOUT,
     )

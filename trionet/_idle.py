@@ -6,56 +6,112 @@ keep anyway: every ``tick`` it compares each connection's
 ``bytes_received + bytes_sent`` with what it saw last time.  Progress moves
 the connection's "last seen active" stamp to *now*; no progress for
 ``idle_timeout`` seconds closes it and cancels its handler.  The hot path pays
-nothing at all.
+nothing at all: no timer is armed, moved or cancelled when bytes flow.
 
-Bounds: the stamp is never earlier than the real last activity, so no
-connection is closed early; it is at most one tick late, and detection is at
-most one more tick late, so the close happens within ``idle_timeout + 2 *
-tick``.  With ``tick = min(idle_timeout / 4, 0.25)`` that is at most half a
-second late.
+Bounds
+------
+The stamp is taken at the scan that *noticed* the progress, so it is never
+earlier than the real last activity: no connection is ever closed early.  It
+is at most one tick later than the activity, and the scan that notices the
+timeout is at most one more tick late, so the close happens within
+``idle_timeout + 2 * tick``.  With ``tick = min(idle_timeout / 4, 0.25)``
+that is at most half a second late (plus scheduling delay), inside the
+promised ``idle_timeout + 1 s``.  Ticks are scheduled on an absolute grid
+(``sleep_until``), so the time a scan takes does not add up into drift.
+
+Cost
+----
+One scan touches every live connection: a dict walk and two attribute reads
+each, about 10 ms per 100,000 connections, four times a second at most.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 if TYPE_CHECKING:
-    from ._connection import Connection
+    from ._stats import Counters
 
 log = logging.getLogger("trionet.idle")
 
 __all__ = ["IdleReaper"]
 
+#: Longest interval between two scans (seconds).
+MAX_TICK = 0.25
+
+
+class Watched(Protocol):
+    """What the reaper needs from a connection (``Connection`` provides it)."""
+
+    id: int
+    bytes_received: int
+    bytes_sent: int
+    _seen_bytes: int
+    _seen_at: float
+    _scope: trio.CancelScope | None
+
+    @property
+    def closed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
 
 class IdleReaper:
+    """Closes connections that moved no bytes for ``timeout`` seconds (internal).
+
+    Args:
+        timeout: the idle timeout in seconds (> 0).
+        conns: the server's live connections, by id (read, never modified).
+        counters: where ``idle_closed`` is counted.
+    """
+
     __slots__ = ("_conns", "_counters", "tick", "timeout")
 
-    def __init__(self, timeout: float, conns: dict[int, Connection], counters: object) -> None:
+    def __init__(
+        self, timeout: float, conns: Mapping[int, Watched], counters: Counters
+    ) -> None:
         self.timeout = timeout
-        self.tick = min(timeout / 4, 0.25)
+        self.tick = min(timeout / 4, MAX_TICK)
         self._conns = conns
         self._counters = counters
 
-    def watch(self, conn: Connection) -> None:
+    def watch(self, conn: Watched) -> None:
+        """Start the clock for a new connection (called at accept)."""
         conn._seen_bytes = 0
         conn._seen_at = trio.current_time()
 
     async def run(self) -> None:
-        timeout = self.timeout
+        """Scan every ``tick`` seconds until cancelled."""
+        deadline = trio.current_time()
         while True:
-            await trio.sleep(self.tick)
+            deadline += self.tick
+            await trio.sleep_until(deadline)
             now = trio.current_time()
-            for conn in list(self._conns.values()):
-                total = conn.bytes_received + conn.bytes_sent
-                if total != conn._seen_bytes:
-                    conn._seen_bytes = total
-                    conn._seen_at = now
-                elif now - conn._seen_at >= timeout and not conn.closed:
-                    log.debug("closing idle connection #%d from %s", conn.id, conn.peer)
-                    self._counters.idle_closed += 1  # type: ignore[attr-defined]
-                    if conn._scope is not None:
-                        conn._scope.cancel()
-                    conn.close()
+            if now > deadline + self.tick:
+                deadline = now  # we fell behind (a busy loop): do not scan in a burst
+            self.scan(now)
+
+    def scan(self, now: float) -> int:
+        """One pass: stamp connections that made progress, close those idle too long.
+
+        Returns how many connections were closed.
+        """
+        timeout = self.timeout
+        closed = 0
+        for conn in list(self._conns.values()):
+            total = conn.bytes_received + conn.bytes_sent
+            if total != conn._seen_bytes:
+                conn._seen_bytes = total
+                conn._seen_at = now
+            elif now - conn._seen_at >= timeout and not conn.closed:
+                log.debug("closing connection #%d: idle for %.1f s", conn.id, now - conn._seen_at)
+                self._counters.idle_closed += 1
+                closed += 1
+                if conn._scope is not None:
+                    conn._scope.cancel()
+                conn.close()
+        return closed

@@ -5,9 +5,11 @@ details that make it production-grade:
 
 * **Dual stack with one port.**  ``tcp://*:0`` binds every address family
   ``getaddrinfo(None, 0, AI_PASSIVE)`` offers, each with ``IPV6_V6ONLY`` so
-  the IPv6 socket does not swallow IPv4.  With port 0 the first socket's
-  ephemeral port is reused for the others; if another process holds it on
-  the second family, everything is closed and retried (bounded).
+  the IPv6 socket does not swallow IPv4 (a family the kernel does not
+  support, ``EAFNOSUPPORT``, is skipped as long as another one works).  With
+  port 0 the first socket's ephemeral port is reused for the others; if
+  another process holds it on the second family, everything is closed and
+  retried (bounded).
 * **Unix sockets.**  A leftover socket file from a crashed process would make
   ``bind`` fail with ``EADDRINUSE``.  We only unlink it after a connect probe
   shows nothing listens there (``ECONNREFUSED``); a live one raises
@@ -142,7 +144,11 @@ async def _resolve_passive(address: TCPAddress) -> list[tuple[Any, ...]]:
             host,
             address.port,
             type=_stdlib_socket.SOCK_STREAM,
-            flags=_stdlib_socket.AI_PASSIVE | _stdlib_socket.AI_ADDRCONFIG * (host is None),
+            # No AI_ADDRCONFIG: glibc ignores loopback addresses for it, so a
+            # host (or container) whose only IPv6 address is ::1 would get
+            # no IPv6 listener on "tcp://*:PORT" -- and ::1 clients would be
+            # refused.  Families the kernel lacks are skipped in _open_tcp.
+            flags=_stdlib_socket.AI_PASSIVE,
         )
     except OSError as exc:
         raise translate_listen_error(exc, address) from exc
@@ -165,9 +171,19 @@ async def _open_tcp(address: TCPAddress, backlog: int) -> list[Listener]:
     for _attempt in range(_DUAL_STACK_RETRIES):
         port = address.port
         opened: list[Listener] = []
+        unsupported: list[OSError] = []
         try:
             for family, type_, proto, sockaddr in infos:
-                sock = trio.socket.socket(family, type_, proto)
+                try:
+                    sock = trio.socket.socket(family, type_, proto)
+                except OSError as exc:
+                    if exc.errno != errno.EAFNOSUPPORT or len(infos) == 1:
+                        raise
+                    # As in trio.open_tcp_listeners: getaddrinfo offers both
+                    # families even where the kernel has only one; listen on
+                    # the ones that exist.
+                    unsupported.append(exc)
+                    continue
                 try:
                     if os.name != "nt":
                         sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
@@ -183,6 +199,8 @@ async def _open_tcp(address: TCPAddress, backlog: int) -> list[Listener]:
                 assert isinstance(bound, TCPAddress)
                 opened.append(Listener(sock, bound))
                 port = bound.port
+            if not opened:
+                raise unsupported[0]
         except OSError as exc:
             close_listeners(opened)
             if exc.errno == errno.EADDRINUSE and address.port == 0 and opened:
@@ -207,9 +225,7 @@ async def _probe_unix(path: str) -> bool:
             return True
         return True  # a connect that hangs means a live (if overloaded) listener
     except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            return False
-        return True
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
     finally:
         probe.close()
 

@@ -22,6 +22,25 @@ Connection -> handler -> release (stats, close).  Admission is synchronous
 and happens before any task is spawned, so a refused peer costs no task and
 no handler code runs for it.
 
+Who enforces the grace period
+=============================
+
+``shutdown()`` only *starts* the drain and records the deadline; the
+server's own task (``_run``) waits for the connections and cancels the
+stragglers when the deadline passes.  So the drain completes on time even if
+the task that called ``shutdown()`` is itself cancelled half-way, and a
+second ``shutdown(shorter)`` simply moves the deadline forward.
+
+``max_connections`` during a drain
+==================================
+
+The drain sweep accepts *everything* already queued in the kernel, whatever
+the limit -- those clients are connected and must not be reset.  Swept
+connections beyond ``max_connections`` are accepted (their descriptors are
+ours) but their handlers wait for a free slot before they start, so the
+limit on concurrently running handlers holds even then.  If the grace period
+ends first, they are closed and counted as ``cancelled``.
+
 Handler isolation
 =================
 
@@ -38,18 +57,20 @@ counted in ``stats.resets`` and logged at debug level, under either setting.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import socket as _stdlib_socket
+import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, final
 
 import trio
 
 from . import _accept
-from ._address import Address, UnixAddress, address_from_sockaddr
+from ._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
 from ._admission import AccessPolicy, HostCounter
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionInfo, configure_tcp_socket
@@ -117,6 +138,7 @@ class Server:
         self._empty = trio.Event()
         self._stopped = trio.Event()
         self._grace_scope: trio.CancelScope | None = None
+        self._grace_deadline = math.inf
         self._shutdown_started = False
         self._drain_started_at = 0.0
         self._closed_during_drain = 0
@@ -174,13 +196,34 @@ class Server:
     async def shutdown(self, grace: float | None = None) -> ShutdownReport:
         """Drain gracefully: stop accepting, tell handlers, wait ``grace``, cancel the rest.
 
+        1. Every connection already completed in the kernel's accept queue is
+           accepted and served (counted in ``swept``), then the listeners
+           close; new connects are refused.
+        2. ``conn.draining`` is set on every connection, and ``async for
+           chunk in conn`` ends once nothing more is buffered.
+        3. Handlers get up to ``grace`` seconds to finish by themselves.
+        4. The rest are cancelled and their connections closed.
+
+        Safe to call more than once and from several tasks: later calls wait
+        for the same drain, and a shorter ``grace`` moves the deadline
+        forward.  The drain goes on even if the calling task is cancelled.
+        Do not await it from inside a handler of the same server: the drain
+        waits for that handler too (start it in another task instead).
+
         Args:
             grace: seconds handlers get to finish (positional or keyword);
                 None uses the server's ``shutdown_grace`` option (default 10).
-                A second call with a shorter grace shortens the wait.
 
         Returns:
             A :class:`ShutdownReport` (``finished``, ``cancelled``, ``swept``).
+
+        Raises:
+            ValueError: ``grace`` is negative or not a number.
+
+        Example::
+
+            report = await server.shutdown(5.0)
+            print(f"{report.finished} finished, {report.cancelled} cancelled")
         """
         if grace is None:
             grace = self.config.shutdown_grace
@@ -191,24 +234,15 @@ class Server:
             or grace < 0
         ):
             raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
-        if self._shutdown_started:
+        deadline = trio.current_time() + grace
+        if not self._shutdown_started:
+            self._shutdown_started = True
+            self._grace_deadline = deadline
+            self._begin_drain()
+        elif deadline < self._grace_deadline:
+            self._grace_deadline = deadline
             if self._grace_scope is not None:
-                self._grace_scope.deadline = min(
-                    self._grace_scope.deadline, trio.current_time() + grace
-                )
-            await self._stopped.wait()
-            assert self._report is not None
-            return self._report
-        self._shutdown_started = True
-        self._begin_drain()
-        with trio.CancelScope(deadline=trio.current_time() + grace) as scope:
-            self._grace_scope = scope
-            await self._empty.wait()
-        if self._conns:
-            self._cancelled = len(self._conns)
-            log.info("grace period over: cancelling %d handler(s)", self._cancelled)
-            assert self._conn_nursery is not None
-            self._conn_nursery.cancel_scope.cancel()
+                self._grace_scope.deadline = deadline
         await self._stopped.wait()
         assert self._report is not None
         return self._report
@@ -228,17 +262,27 @@ class Server:
                         self._accept_scope = accept_nursery.cancel_scope
                         for listener in self._listeners:
                             accept_nursery.start_soon(
-                                _accept.accept_loop, self, listener, name=f"accept {listener.address}"
+                                _accept.accept_loop,
+                                self,
+                                listener,
+                                name=f"trionet accept {listener.address}",
                             )
                         task_status.started(self)
                     # Only a drain ends the accept nursery without an error.
-                    await self._empty.wait()
+                    with trio.CancelScope(deadline=self._grace_deadline) as grace_scope:
+                        self._grace_scope = grace_scope
+                        await self._empty.wait()
+                    self._grace_scope = None
+                    if self._conns:
+                        self._cancelled = len(self._conns)
+                        log.info("grace period over: cancelling %d handler(s)", self._cancelled)
+                        conn_nursery.cancel_scope.cancel()
                     reaper_scope.cancel()
         finally:
             close_listeners(self._listeners)
             if self._report is None:
                 self._report = ShutdownReport(
-                    finished=self._closed_during_drain - self._cancelled,
+                    finished=max(0, self._closed_during_drain - self._cancelled),
                     cancelled=self._cancelled,
                     swept=self._counters.swept,
                     elapsed=(trio.current_time() - self._drain_started_at)
@@ -293,10 +337,19 @@ class Server:
     # ------------------------------------------------------------------
     # Admission
 
-    def _admit_raw(
-        self, sock: _stdlib_socket.socket, addr: Any, listener: Listener, *, swept: bool
+    def _admit(
+        self,
+        sock: _stdlib_socket.socket | trio.socket.SocketType,
+        addr: Any,
+        listener: Listener,
+        *,
+        swept: bool,
     ) -> bool:
-        """Admit a freshly accepted stdlib socket; False if it was refused."""
+        """Admit a freshly accepted socket (stdlib on the fast path); False if refused.
+
+        Refused peers are reset at once (``SO_LINGER`` 0), before any task
+        exists for them.
+        """
         family = sock.family
         try:
             peer = address_from_sockaddr(family, addr)
@@ -313,27 +366,12 @@ class Server:
                 log.debug("refused %s: over max_connections_per_host", peer)
                 _accept.reset_close(sock)
                 return False
-        tsock = trio.socket.from_stdlib_socket(sock)
+        if isinstance(sock, _stdlib_socket.socket):
+            tsock = trio.socket.from_stdlib_socket(sock)
+        else:
+            tsock = sock
         self._start(tsock, peer, listener, family, hostkey, swept)
         return True
-
-    def _admit_trio_socket(self, tsock: trio.socket.SocketType, addr: Any, listener: Listener) -> None:
-        family = tsock.family
-        try:
-            peer = address_from_sockaddr(family, addr)
-        except Exception:
-            peer = UnixAddress("")
-        if self._access is not None and not self._check_access(tsock, peer, listener, family):
-            tsock.close()
-            return
-        hostkey = None
-        if self._hosts is not None:
-            hostkey = HostCounter.key(peer)
-            if not self._hosts.try_add(hostkey):
-                self._counters.rejected_limit += 1
-                tsock.close()
-                return
-        self._start(tsock, peer, listener, family, hostkey, False)
 
     def _check_access(self, sock: Any, peer: Address, listener: Listener, family: int) -> bool:
         creds = None
@@ -344,7 +382,13 @@ class Server:
                 ok = self._policy.allows(peer, creds)
             else:
                 info = ConnectionInfo(0, peer, listener.address, time.time(), 0, 0, creds)
-                ok = bool(self._access(info))
+                result = self._access(info)
+                if inspect.isawaitable(result):
+                    # A coroutine is truthy: never let it admit anybody.
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    raise TypeError("the access callable returned an awaitable, not a bool")
+                ok = bool(result)
         except Exception:
             log.exception("access policy raised for %s; refusing the peer", peer)
             ok = False
@@ -368,7 +412,7 @@ class Server:
         laddr = listener.address
         # The listener's address is the connection's local address, except on
         # a wildcard listener (0.0.0.0 / ::), where Connection asks lazily.
-        known_local = None if laddr.__class__ is not UnixAddress and laddr.host in _ANY else laddr
+        known_local = None if isinstance(laddr, TCPAddress) and laddr.host in _ANY else laddr
         conn = Connection(
             tsock,
             peer=peer,
@@ -377,13 +421,16 @@ class Server:
             _owner=self,
         )
         self._conns[conn.id] = conn
-        self._active += 1
         self._counters.accepted += 1
-        if swept:
-            self._counters.swept += 1
         if self._reaper is not None:
             self._reaper.watch(conn)
         assert self._conn_nursery is not None
+        if swept:
+            self._counters.swept += 1
+            if not self._has_capacity():
+                self._conn_nursery.start_soon(self._queued_connection_task, conn, hostkey)
+                return
+        self._active += 1
         self._conn_nursery.start_soon(self._connection_task, conn, hostkey)
 
     # ------------------------------------------------------------------
@@ -391,14 +438,32 @@ class Server:
 
     async def _connection_task(self, conn: Connection, hostkey: str | None) -> None:
         try:
-            if self._reaper is None:
-                await self._call_handler(conn)
-            else:
-                with trio.CancelScope() as scope:
-                    conn._scope = scope
-                    await self._call_handler(conn)
+            await self._run_handler(conn)
         finally:
             self._release(conn, hostkey)
+
+    async def _queued_connection_task(self, conn: Connection, hostkey: str | None) -> None:
+        # A connection swept at drain time while at max_connections: it holds
+        # no slot until its handler can start (see the module docstring).
+        running = False
+        try:
+            with trio.CancelScope() as scope:
+                conn._scope = scope  # the idle reaper may close it while it waits
+                await self._wait_for_capacity()
+                self._active += 1
+                running = True
+            if running:
+                await self._run_handler(conn)
+        finally:
+            self._release(conn, hostkey, running=running)
+
+    async def _run_handler(self, conn: Connection) -> None:
+        if self._reaper is None:
+            await self._call_handler(conn)
+        else:
+            with trio.CancelScope() as scope:
+                conn._scope = scope
+                await self._call_handler(conn)
 
     async def _call_handler(self, conn: Connection) -> None:
         try:
@@ -438,13 +503,14 @@ class Server:
                 exc_info=exc,
             )
 
-    def _release(self, conn: Connection, hostkey: str | None) -> None:
+    def _release(self, conn: Connection, hostkey: str | None, *, running: bool = True) -> None:
         c = self._counters
         c.closed += 1
         c.bytes_received += conn.bytes_received
         c.bytes_sent += conn.bytes_sent
         del self._conns[conn.id]
-        self._active -= 1
+        if running:
+            self._active -= 1
         if self._hosts is not None:
             self._hosts.remove(hostkey)
         conn.close()
@@ -462,8 +528,6 @@ def _peer_credentials(sock: Any) -> tuple[int, int, int] | None:
     so_peercred = getattr(_stdlib_socket, "SO_PEERCRED", None)
     if so_peercred is None:
         return None
-    import struct
-
     try:
         raw = sock.getsockopt(_stdlib_socket.SOL_SOCKET, so_peercred, struct.calcsize("3i"))
     except OSError:
@@ -515,7 +579,7 @@ async def serve(
             ...
             await server.shutdown(5.0)
     """
-    config = ServerConfig(**options)
+    config = ServerConfig.from_options(options)
     _check_handler(handler, binds)
     listeners = await open_listeners(binds, backlog=config.backlog, unix_mode=config.unix_mode)
     try:
@@ -540,12 +604,14 @@ async def open_server(handler: Handler, *binds: Bind, **options: Any) -> AsyncIt
             conn = await trionet.connect(server.addresses[0])
             ...
     """
-    config = ServerConfig(**options)  # validate before anything starts
+    config = ServerConfig.from_options(options)  # validate before anything starts
     _check_handler(handler, binds)
     body_error: BaseException | None = None
     with unwrap_single():
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(functools.partial(serve, handler, *binds, **options))
+            server: Server = await nursery.start(
+                functools.partial(serve, handler, *binds, **options)
+            )
             try:
                 yield server
             except BaseException as exc:

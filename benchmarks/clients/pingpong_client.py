@@ -27,6 +27,17 @@ def proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, steal) seconds summed over all CPUs, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, v[7] / hz
+
+
 def self_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -76,7 +87,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         warm_end = clock() + int(args.warmup * 1e9)
         while clock() < warm_end:
             await round_trip()
-        cpu0, srv0 = self_cpu(), proc_cpu(args.server_pid)
+        cpu0, srv0, mach0 = self_cpu(), proc_cpu(args.server_pid), machine_cpu()
         begin = clock()
         end = begin + int(args.duration * 1e9)
         t0 = begin
@@ -85,7 +96,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             t1 = clock()
             latencies.append(t1 - t0)
             t0 = t1
-        cpu1, srv1 = self_cpu(), proc_cpu(args.server_pid)
+        cpu1, srv1, mach1 = self_cpu(), proc_cpu(args.server_pid), machine_cpu()
     finally:
         await aclose()
     secs = (t0 - begin) / 1e9
@@ -110,6 +121,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "max_us": latencies[-1] / 1e3 if n else None,
         "lg_cpu": (cpu1 - cpu0) / secs,
         "srv_cpu": (srv1 - srv0) / secs if srv0 is not None and srv1 is not None else None,
+        "machine_cpu": (mach1[0] - mach0[0]) / secs if mach0 and mach1 else None,
+        "steal_cpu": (mach1[1] - mach0[1]) / secs if mach0 and mach1 else None,
         "errors": 0,
     }
 

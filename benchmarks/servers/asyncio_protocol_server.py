@@ -2,6 +2,8 @@
 
 Uses :class:`asyncio.BufferedProtocol` with a 64 KiB receive buffer so the
 handler shape matches the other peers (read up to 64 KiB, write it back).
+The buffer is shared by all connections, like the C server's: the loop
+fills it and calls ``buffer_updated`` synchronously, which copies it out.
 """
 
 from __future__ import annotations
@@ -11,21 +13,22 @@ from typing import cast
 
 from _common import BACKLOG, CHUNK, announce, raise_nofile_limit, server_args
 
+_BUFFER = memoryview(bytearray(CHUNK))
+
 
 class EchoProtocol(asyncio.BufferedProtocol):
     def __init__(self) -> None:
-        self._buffer = memoryview(bytearray(CHUNK))
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer
+        return _BUFFER
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._transport is not None
-        self._transport.write(bytes(self._buffer[:nbytes]))
+        self._transport.write(bytes(_BUFFER[:nbytes]))
 
     def pause_writing(self) -> None:  # back-pressure: stop reading while the
         assert self._transport is not None  # write buffer is above its high mark

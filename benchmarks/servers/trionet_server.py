@@ -44,7 +44,9 @@ async def main(host: str, port: int, all_on: bool) -> None:
 
 if __name__ == "__main__":
     parser = server_args(__doc__ or "")
-    parser.add_argument("--all-on", action="store_true", help="access policy, limits, idle timeout, stats")
+    parser.add_argument(
+        "--all-on", action="store_true", help="access policy, limits, idle timeout, stats"
+    )
     args = parser.parse_args()
     raise_nofile_limit()
     trio.run(main, args.host, args.port, args.all_on)

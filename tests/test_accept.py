@@ -1,0 +1,423 @@
+"""The accept loop: resilience to accept() errors, batching, the generic path.
+
+Errors are injected in-process by wrapping the listener's raw socket (the
+pending connection stays in the kernel queue, exactly as with a real
+``EMFILE``); one test lowers ``RLIMIT_NOFILE`` for real, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from trio._socket import _SocketType
+
+import trionet
+from trionet import TCPAddress, _accept
+from trionet._stats import Counters
+
+ServerFactory = Any
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+def port_of(server: trionet.Server) -> int:
+    address = server.addresses[0]
+    assert isinstance(address, TCPAddress)
+    return address.port
+
+
+async def echo(conn: trionet.Connection) -> None:
+    async for chunk in conn:
+        await conn.send_all(chunk)
+
+
+async def open_client(port: int) -> trio.socket.SocketType:
+    sock = trio.socket.socket()
+    try:
+        with trio.fail_after(5):
+            await sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def round_trip(sock: trio.socket.SocketType, data: bytes = b"ping") -> bytes:
+    with trio.fail_after(5):
+        await sock.send(data)
+        return await sock.recv(100)
+
+
+class FlakyListener:
+    """Wraps a listener's raw socket; ``accept()`` raises what ``inject()`` says."""
+
+    def __init__(self, raw: socket.socket, inject: Callable[[], int | None]) -> None:
+        self._raw = raw
+        self._inject = inject
+        self.calls = 0
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self.calls += 1
+        code = self._inject()
+        if code is not None:
+            raise OSError(code, os.strerror(code))
+        return self._raw.accept()
+
+
+@pytest.fixture
+def flaky(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], int | None]], FlakyListener]:
+    """Install an error injector on the next server's listener."""
+
+    def install(inject: Callable[[], int | None]) -> FlakyListener:
+        real = _accept.raw_socket_of
+        holder: list[FlakyListener] = []
+
+        def wrapped(sock: trio.socket.SocketType) -> Any:
+            raw = real(sock)
+            assert raw is not None
+            if not holder:
+                holder.append(FlakyListener(raw, inject))
+            return holder[0]
+
+        monkeypatch.setattr(_accept, "raw_socket_of", wrapped)
+
+        class Lazy(FlakyListener):
+            def __init__(self) -> None:
+                pass
+
+            def __getattribute__(self, name: str) -> Any:
+                return getattr(holder[0], name)
+
+        return Lazy()
+
+    return install
+
+
+# ----------------------------------------------------------------------
+# Classification and back-off (pure logic)
+
+
+@attrs.define
+class _FakeListener:
+    address: TCPAddress = TCPAddress("127.0.0.1", 1)
+
+
+@pytest.mark.parametrize(
+    "code", [errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.EHOSTUNREACH]
+)
+async def test_per_connection_errors_are_ignored(code: int) -> None:
+    counters = Counters()
+    storm = _accept._Storm(_FakeListener())  # type: ignore[arg-type]
+    delay = _accept._classify(OSError(code, "x"), _FakeListener(), storm, counters)  # type: ignore[arg-type]
+    assert delay == 0
+    assert counters.accept_errors == 1
+    assert storm.count == 0  # not a resource burst
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
+async def test_resource_errors_back_off_with_jitter_capped(code: int) -> None:
+    counters = Counters()
+    storm = _accept._Storm(_FakeListener())  # type: ignore[arg-type]
+    delays = [
+        _accept._classify(OSError(code, "x"), _FakeListener(), storm, counters)  # type: ignore[arg-type]
+        for _ in range(12)
+    ]
+    assert counters.accept_errors == 12
+    assert all(0 < d <= _accept._BACKOFF_CAP for d in delays)
+    nominal = _accept._BACKOFF_FIRST
+    for d in delays:  # jittered within [nominal/2, nominal], nominal doubling to the cap
+        assert nominal / 2 <= d <= nominal
+        nominal = min(nominal * 2, _accept._BACKOFF_CAP)
+    assert max(delays) > _accept._BACKOFF_CAP / 2
+    assert len(set(delays)) == len(delays)  # jitter: no two equal
+
+
+async def test_listener_breakage_is_a_real_error() -> None:
+    storm = _accept._Storm(_FakeListener())  # type: ignore[arg-type]
+    with pytest.raises(trionet.ListenError) as info:
+        _accept._classify(OSError(errno.EBADF, "bad"), _FakeListener(), storm, Counters())  # type: ignore[arg-type]
+    assert info.value.errno == errno.EBADF
+    assert isinstance(info.value.__cause__, OSError)
+
+
+async def test_bursts_are_logged_once_and_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="trionet.accept")
+    storm = _accept._Storm(_FakeListener())  # type: ignore[arg-type]
+    for _burst in range(20):
+        for _ in range(50):
+            storm.error(OSError(errno.EMFILE, "Too many open files"))
+        storm.accepted()  # successes inside a burst do not end it ...
+        storm.error(OSError(errno.EMFILE, "Too many open files"))
+        storm.recovered()  # ... only an empty queue does
+    lines = [r.getMessage() for r in caplog.records]
+    starts = [m for m in lines if "failed" in m]
+    ends = [m for m in lines if "recovered" in m]
+    assert len(starts) == len(ends) == _accept._BURST_LOG_LIMIT
+    assert "Too many open files" in starts[0]
+    assert "after 51 failure(s)" in ends[0]
+
+
+# ----------------------------------------------------------------------
+# The accept loop with injected errors (real sockets)
+
+
+async def test_transient_errors_are_skipped_without_delay(
+    trionet_server: ServerFactory, flaky: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trionet")
+    pending = [errno.ECONNABORTED, errno.EPROTO, errno.ECONNABORTED]
+    listener = flaky(lambda: pending.pop(0) if pending else None)
+    server = await trionet_server(echo)
+    sock = await open_client(port_of(server))
+    with sock:
+        start = time.monotonic()
+        assert await round_trip(sock) == b"ping"
+        assert time.monotonic() - start < 0.5
+    assert server.stats.accept_errors == 3
+    assert listener.calls >= 4
+    assert not [r for r in caplog.records if r.name == "trionet.accept"]  # debug only
+
+
+async def test_emfile_backs_off_keeps_serving_and_recovers(
+    trionet_server: ServerFactory, flaky: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trionet.accept")
+    exhausted = True
+    listener = flaky(lambda: errno.EMFILE if exhausted else None)
+    server = await trionet_server(echo)
+    port = port_of(server)
+    waiting = [await open_client(port) for _ in range(3)]
+    await trio.sleep(1.2)  # a long burst: the back-off reaches its cap
+    errors_in_burst = server.stats.accept_errors
+    # Bounded retrying: doubling from 10 ms to 0.5 s over 1.2 s is ~10 tries, not a spin.
+    assert 3 <= errors_in_burst <= 15
+    assert listener.calls == errors_in_burst
+    freed_at = time.monotonic()
+    exhausted = False  # descriptors free up (not through one of our connections)
+    for sock in waiting:
+        assert await round_trip(sock) == b"ping"
+    assert time.monotonic() - freed_at < 0.5 + 0.3
+    accept_lines = [r for r in caplog.records if r.name == "trionet.accept"]
+    assert len(accept_lines) == 2, [r.getMessage() for r in accept_lines]
+    assert "Too many open files" in accept_lines[0].getMessage()
+    assert "recovered" in accept_lines[1].getMessage()
+    for sock in waiting:
+        sock.close()
+
+
+async def test_a_closing_connection_retries_accept_at_once(
+    trionet_server: ServerFactory, flaky: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Make the back-off long, so only the "a connection closed" wake-up can
+    # explain a quick recovery.
+    monkeypatch.setattr(_accept, "_BACKOFF_FIRST", 5.0)
+    monkeypatch.setattr(_accept, "_BACKOFF_CAP", 5.0)
+    started: list[float] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        started.append(time.monotonic())
+        await echo(conn)
+
+    server: trionet.Server | None = None
+    # Pretend the process can hold one connection: EMFILE while one is open.
+    flaky(lambda: errno.EMFILE if server is not None and server.stats.active >= 1 else None)
+    server = await trionet_server(handler)
+    port = port_of(server)
+    first = await open_client(port)
+    assert await round_trip(first) == b"ping"
+    second = await open_client(port)
+    await wait_until(lambda: server is not None and server.stats.accept_errors >= 1)
+    await trio.sleep(0.1)
+    assert len(started) == 1  # backing off
+    closed_at = time.monotonic()
+    first.close()
+    with second:
+        assert await round_trip(second) == b"ping"
+    assert started[1] - closed_at < 0.3  # far sooner than the 2.5-5 s back-off
+
+
+async def test_generic_path_for_sockets_without_a_descriptor(
+    trionet_server: ServerFactory, flaky: Any
+) -> None:
+    # A custom Trio socket factory whose sockets are not Trio's own class: the
+    # accept loop must use `await sock.accept()` and still apply admission.
+    class Opaque(_SocketType):
+        pass
+
+    class Factory(trio.abc.SocketFactory):
+        def socket(
+            self,
+            family: socket.AddressFamily | int = socket.AF_INET,
+            type: socket.SocketKind | int = socket.SOCK_STREAM,
+            proto: int = 0,
+        ) -> trio.socket.SocketType:
+            return Opaque(socket.socket(family, type, proto))
+
+    previous = trio.socket.set_custom_socket_factory(Factory())
+    try:
+        server = await trionet_server(
+            echo, access=trionet.AccessPolicy(deny=["127.0.0.2/32"]), max_connections=1
+        )
+        assert type(server._listeners[0].sock) is Opaque
+        port = port_of(server)
+        denied = trio.socket.socket()
+        with denied:
+            await denied.bind(("127.0.0.2", 0))
+            with pytest.raises(ConnectionResetError), trio.fail_after(5):
+                await denied.connect(("127.0.0.1", port))
+                await denied.recv(10)
+        a = await open_client(port)
+        b = await open_client(port)
+        with a, b:
+            assert await round_trip(a) == b"ping"
+            with trio.move_on_after(0.2):
+                await b.send(b"queued")
+                await b.recv(10)
+                pytest.fail("max_connections=1 must hold b back")  # pragma: no cover
+            a.close()
+            with trio.fail_after(5):
+                assert await b.recv(10) == b"queued"
+        assert server.stats.rejected_access == 1
+        assert server.stats.accepted == 2
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+
+
+async def test_batch_accepts_a_burst_in_one_wakeup(trionet_server: ServerFactory) -> None:
+    server = await trionet_server(echo)
+    port = port_of(server)
+    clients = [await open_client(port) for _ in range(100)]
+    try:
+        for sock in clients:
+            assert await round_trip(sock) == b"ping"
+        assert server.stats.accepted == 100
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+# ----------------------------------------------------------------------
+# A real descriptor limit, in a subprocess
+
+_EMFILE_SERVER = textwrap.dedent(
+    """
+    import functools, json, logging, resource, sys
+    import attrs, trio, trionet
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.DEBUG, format="%(name)s %(levelname)s %(message)s"
+    )
+
+    async def echo(conn):
+        async for chunk in conn:
+            await conn.send_all(chunk)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                functools.partial(trionet.serve, echo, "tcp://127.0.0.1:0")
+            )
+            async with trio.open_nursery() as inner:
+                await inner.start(trionet.drain_on_signals, server)
+                print(server.addresses[0].port, flush=True)
+        print(json.dumps(attrs.asdict(server.stats)), flush=True)
+
+    trio.run(main)
+    """
+)
+
+
+async def test_real_descriptor_exhaustion_in_a_subprocess() -> None:
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _EMFILE_SERVER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout = b""
+    stderr = b""
+    flood: list[trio.socket.SocketType] = []
+
+    async def collect_stderr() -> None:
+        nonlocal stderr
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.receive_some():
+            stderr += chunk
+
+    async def read_stdout_line() -> bytes:
+        nonlocal stdout
+        assert proc.stdout is not None
+        with trio.fail_after(10):
+            while b"\n" not in stdout:
+                chunk = await proc.stdout.receive_some()
+                assert chunk, f"server exited early; stderr:\n{stderr.decode()}"
+                stdout += chunk
+        line, _, stdout = stdout.partition(b"\n")
+        return line
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect_stderr)
+            port = int(await read_stdout_line())
+
+            # Flood: 200 idle clients, far more than 64 descriptors allow.
+            for _ in range(200):
+                flood.append(await open_client(port))
+            await wait_until(lambda: b"Too many open files" in stderr)
+            await trio.sleep(0.5)
+            assert proc.poll() is None, "the server died"
+            # It keeps serving the connections it has (the first ones were accepted).
+            assert await round_trip(flood[0]) == b"ping"
+
+            # The clients leave; the server serves again within 1 s.
+            for sock in flood:
+                sock.close()
+            flood.clear()
+            left_at = time.monotonic()
+            fresh = await open_client(port)
+            with fresh, trio.fail_after(1.0):
+                assert await round_trip(fresh) == b"ping"
+            assert time.monotonic() - left_at < 1.0
+
+            proc.send_signal(signal.SIGTERM)
+            stats = json.loads(await read_stdout_line())
+            with trio.fail_after(10):
+                await proc.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        for sock in flood:
+            sock.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    assert proc.returncode == 0, stderr.decode()
+    assert stats["accept_errors"] >= 1
+    assert stats["accepted"] >= 200
+    lines = stderr.decode().splitlines()
+    accept_lines = [line for line in lines if "accept" in line]
+    assert 1 <= len(accept_lines) <= 5, "\n".join(accept_lines)
+    assert len(lines) <= 20, "\n".join(lines)

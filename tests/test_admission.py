@@ -1,0 +1,454 @@
+"""Admission control on real loopback sockets: access policies and connection limits."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+
+import trionet
+from trionet import AccessPolicy, TCPAddress, UnixAddress
+
+ServerFactory = Any
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def connect_from(source: str, port: int, host: str = "127.0.0.1") -> trio.socket.SocketType:
+    """A raw client socket bound to ``source`` and connected to ``host:port``."""
+    sock = trio.socket.socket()
+    try:
+        await sock.bind((source, 0))
+        with trio.fail_after(5):
+            await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def refused(source: str, port: int, host: str = "127.0.0.1") -> str:
+    """Connect from ``source`` and report how the server turned us away.
+
+    Returns ``"reset"`` for a TCP RST -- seen by ``connect`` itself (Trio reads
+    ``SO_ERROR`` after the handshake, and the server may have reset us by
+    then) or by the first ``recv`` -- and ``"eof"`` for an orderly close.
+    Fails if the server sends anything.
+    """
+    sock = trio.socket.socket()
+    with sock:
+        await sock.bind((source, 0))
+        try:
+            with trio.fail_after(5):
+                await sock.connect((host, port))
+                data = await sock.recv(100)
+        except ConnectionResetError:
+            return "reset"
+        assert data == b"", f"a refused peer received {data!r}"
+        return "eof"
+
+
+async def round_trip(sock: trio.socket.SocketType, data: bytes = b"ping\n") -> bytes:
+    with trio.fail_after(5):
+        await sock.send(data)
+        return await sock.recv(100)
+
+
+def port_of(server: trionet.Server) -> int:
+    address = server.addresses[0]
+    assert isinstance(address, TCPAddress)
+    return address.port
+
+
+# ----------------------------------------------------------------------
+# AccessPolicy, as a pure function
+
+
+def test_policy_allow_none_admits_everyone_not_denied() -> None:
+    policy = AccessPolicy(deny=["10.0.0.0/8", "2001:db8::/32"])
+    assert policy.allows(TCPAddress("192.0.2.1", 1))
+    assert policy.allows(TCPAddress("::1", 1))
+    assert not policy.allows(TCPAddress("10.200.0.1", 1))
+    assert not policy.allows(TCPAddress("2001:db8::5", 1))
+
+
+def test_policy_deny_wins_over_allow() -> None:
+    policy = AccessPolicy(allow=["10.0.0.0/8"], deny=["10.9.0.0/16"])
+    assert policy.allows(TCPAddress("10.1.2.3", 1))
+    assert not policy.allows(TCPAddress("10.9.2.3", 1))
+    assert not policy.allows(TCPAddress("192.0.2.1", 1))  # not in allow
+
+
+def test_policy_empty_allow_admits_no_tcp_peer() -> None:
+    policy = AccessPolicy(allow=[])
+    assert not policy.allows(TCPAddress("127.0.0.1", 1))
+    assert policy.allows(UnixAddress(""))  # Unix peers: governed by unix_uids only
+
+
+def test_policy_normalises_ipv4_mapped_addresses() -> None:
+    # A mapped peer matches IPv4 rules ...
+    policy = AccessPolicy(deny=["127.0.0.2/32"])
+    assert not policy.allows(TCPAddress("::ffff:127.0.0.2", 1))
+    assert policy.allows(TCPAddress("::ffff:127.0.0.1", 1))
+    # ... and a mapped network is an IPv4 network in disguise.
+    policy = AccessPolicy(allow=["::ffff:10.0.0.0/104"])
+    assert policy.allow == (ipaddress.IPv4Network("10.0.0.0/8"),)
+    assert policy.allows(TCPAddress("10.3.4.5", 1))
+    assert policy.allows(TCPAddress("::ffff:10.3.4.5", 1))
+    assert not policy.allows(TCPAddress("11.0.0.1", 1))
+
+
+def test_policy_single_string_and_scoped_ipv6() -> None:
+    policy = AccessPolicy(allow="fe80::/10")
+    assert policy.allows(TCPAddress("fe80::1%lo", 1))
+    assert not policy.allows(TCPAddress("::1", 1))
+    assert not policy.allows(TCPAddress("not-an-ip", 1))
+
+
+def test_policy_unix_uids() -> None:
+    policy = AccessPolicy(unix_uids=[1000])
+    assert policy.needs_credentials
+    assert policy.allows(UnixAddress(""), (123, 1000, 1000))
+    assert not policy.allows(UnixAddress(""), (123, 0, 0))
+    assert not policy.allows(UnixAddress(""), None)  # unknown credentials: refuse
+    assert not AccessPolicy().needs_credentials
+
+
+def test_policy_is_a_callable_on_connection_info() -> None:
+    policy = AccessPolicy(deny=["127.0.0.2/32"])
+    info = trionet.ConnectionInfo(1, TCPAddress("127.0.0.2", 5), TCPAddress("127.0.0.1", 80), 0.0)
+    assert policy(info) is False
+
+
+# ----------------------------------------------------------------------
+# Access policies on real sockets
+
+
+async def test_denied_peer_is_reset_before_its_handler_runs(
+    trionet_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trionet.server")
+    peers: list[str] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        assert isinstance(conn.peer, TCPAddress)
+        peers.append(conn.peer.host)
+        await conn.send_all(await conn.receive_some())
+
+    server = await trionet_server(handler, access=AccessPolicy(deny=["127.0.0.2/32"]))
+    port = port_of(server)
+
+    assert await refused("127.0.0.2", port) == "reset"
+    served = await connect_from("127.0.0.1", port)
+    with served:
+        assert await round_trip(served) == b"ping\n"
+
+    assert peers == ["127.0.0.1"]
+    stats = server.stats
+    assert (stats.rejected_access, stats.accepted) == (1, 1)
+    assert any(
+        r.levelno == logging.DEBUG and "127.0.0.2" in r.getMessage() and "access" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_ten_thousand_denied_attempts_reach_no_handler(
+    trionet_server: ServerFactory,
+) -> None:
+    handled = 0
+
+    async def handler(conn: trionet.Connection) -> None:
+        nonlocal handled
+        handled += 1
+        await conn.send_all(await conn.receive_some())
+
+    server = await trionet_server(handler, access=AccessPolicy(deny=["127.0.0.2/32"]))
+    port = port_of(server)
+    total = 10_000
+    outcomes = {"reset": 0, "eof": 0}
+    limiter = trio.CapacityLimiter(200)
+
+    async def attempt() -> None:
+        async with limiter:
+            outcomes[await refused("127.0.0.2", port)] += 1
+
+    start = time.monotonic()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(total):
+                nursery.start_soon(attempt)
+    elapsed = time.monotonic() - start
+
+    assert handled == 0
+    assert outcomes["reset"] + outcomes["eof"] == total
+    assert outcomes["reset"] >= total * 0.99  # a reset, not a polite close
+    assert server.stats.rejected_access == total
+    assert server.stats.accepted == 0
+    # ... and the server still serves an admitted peer.
+    served = await connect_from("127.0.0.1", port)
+    with served:
+        assert await round_trip(served) == b"ping\n"
+    assert handled == 1
+    assert elapsed < 30, f"10,000 refusals took {elapsed:.1f} s"
+
+
+async def test_allow_list_admits_only_listed_networks(trionet_server: ServerFactory) -> None:
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.send_all(await conn.receive_some())
+
+    server = await trionet_server(handler, access=AccessPolicy(allow=["127.0.0.1/32"]))
+    port = port_of(server)
+    assert await refused("127.0.0.3", port) == "reset"
+    sock = await connect_from("127.0.0.1", port)
+    with sock:
+        assert await round_trip(sock) == b"ping\n"
+    assert server.stats.rejected_access == 1
+
+
+async def test_callable_access_check_sees_connection_info(trionet_server: ServerFactory) -> None:
+    seen: list[trionet.ConnectionInfo] = []
+
+    def check(info: trionet.ConnectionInfo) -> bool:
+        seen.append(info)
+        assert isinstance(info.peer, TCPAddress)
+        return info.peer.host != "127.0.0.4"
+
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.send_all(await conn.receive_some())
+
+    server = await trionet_server(handler, access=check)
+    port = port_of(server)
+    assert await refused("127.0.0.4", port) == "reset"
+    sock = await connect_from("127.0.0.5", port)
+    with sock:
+        assert await round_trip(sock) == b"ping\n"
+    assert [info.peer.host for info in seen] == ["127.0.0.4", "127.0.0.5"]  # type: ignore[union-attr]
+    assert all(info.local == server.addresses[0] for info in seen)
+    assert server.stats.rejected_access == 1
+
+
+async def test_broken_access_check_refuses_and_logs(
+    trionet_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(info: trionet.ConnectionInfo) -> bool:
+        raise RuntimeError("policy database unavailable")
+
+    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
+        raise AssertionError("a broken policy must not admit anybody")
+
+    server = await trionet_server(handler, access=explode)
+    assert await refused("127.0.0.1", port_of(server)) == "reset"
+    assert server.stats.rejected_access == 1
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert "policy database unavailable" in str(errors[0].exc_info[1])
+
+
+async def test_access_check_returning_a_coroutine_admits_nobody(
+    trionet_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def yes() -> bool:  # pragma: no cover - closed unawaited
+        return True
+
+    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
+        raise AssertionError("a coroutine is truthy but must not admit")
+
+    server = await trionet_server(handler, access=lambda info: yes())
+    assert await refused("127.0.0.1", port_of(server)) == "reset"
+    assert server.stats.rejected_access == 1
+    assert any("awaitable" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+async def test_ipv4_mapped_peer_on_a_dual_stack_socket(trionet_server: ServerFactory) -> None:
+    # Our own listeners set IPV6_V6ONLY; an adopted dual-stack socket does not,
+    # so IPv4 peers arrive as ::ffff:a.b.c.d and must match IPv4 rules.
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.bind(("::", 0))
+    except OSError as exc:  # pragma: no cover - no IPv6 on this host
+        listener.close()
+        pytest.fail(f"cannot make a dual-stack socket: {exc}")
+    listener.listen()
+    hosts: list[str] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        assert isinstance(conn.peer, TCPAddress)
+        hosts.append(conn.peer.host)
+        await conn.send_all(await conn.receive_some())
+
+    server = await trionet_server(handler, listener, access=AccessPolicy(deny=["127.0.0.2/32"]))
+    port = port_of(server)
+    assert await refused("127.0.0.2", port) == "reset"
+    sock = await connect_from("127.0.0.1", port)
+    with sock:
+        assert await round_trip(sock) == b"ping\n"
+    assert hosts == ["::ffff:127.0.0.1"]
+    assert server.stats.rejected_access == 1
+
+
+# ----------------------------------------------------------------------
+# Limits
+
+
+async def test_max_connections_is_backpressure_not_rejection(
+    trionet_server: ServerFactory,
+) -> None:
+    limit, clients = 5, 20
+    running = peak = 0
+    at_limit = trio.Event()
+    gate = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if running == limit:
+            at_limit.set()
+        try:
+            line = await conn.receive_line()
+            await gate.wait()
+            await conn.send_all(line + b"!\n")
+        finally:
+            running -= 1
+
+    server = await trionet_server(handler, max_connections=limit)
+    port = port_of(server)
+    connected = 0
+    replies: list[bytes] = []
+
+    async def client(i: int) -> None:
+        nonlocal connected
+        sock = await connect_from("127.0.0.1", port)
+        with sock:
+            connected += 1
+            await sock.send(b"%d\n" % i)
+            with trio.fail_after(10):
+                reply = b""
+                while not reply.endswith(b"\n"):
+                    chunk = await sock.recv(100)
+                    assert chunk, "connection closed without a reply"
+                    reply += chunk
+            replies.append(reply)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(clients):
+            nursery.start_soon(client, i)
+        # Every client connects (the kernel completes the handshake and holds
+        # it in the backlog), but only `limit` handlers run.
+        await wait_until(lambda: connected == clients)
+        with trio.fail_after(5):
+            await at_limit.wait()
+        await trio.sleep(0.2)  # time for a wrong implementation to over-accept
+        assert running == limit
+        assert server.stats.accepted == limit
+        assert server.stats.active == limit
+        gate.set()
+
+    assert sorted(replies) == sorted(b"%d!\n" % i for i in range(clients))
+    assert peak == limit
+    stats = server.stats
+    assert (stats.accepted, stats.rejected_limit, stats.rejected_access) == (clients, 0, 0)
+
+
+async def test_max_connections_resumes_as_soon_as_a_slot_frees(
+    trionet_server: ServerFactory,
+) -> None:
+    release = trio.Event()
+    started: list[float] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        started.append(trio.current_time())
+        if len(started) == 1:
+            await release.wait()
+        await conn.send_all(b"hi\n")
+
+    server = await trionet_server(handler, max_connections=1)
+    port = port_of(server)
+    first = await connect_from("127.0.0.1", port)
+    await wait_until(lambda: len(started) == 1)
+    second = await connect_from("127.0.0.1", port)
+    with first, second:
+        await trio.sleep(0.1)
+        assert len(started) == 1  # paused at the limit
+        freed_at = trio.current_time()
+        release.set()
+        with trio.fail_after(5):
+            assert await second.recv(10) == b"hi\n"
+    assert started[1] - freed_at < 0.1
+    assert server.stats.accepted == 2
+
+
+async def test_max_connections_per_host_rejects_the_excess(
+    trionet_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trionet.server")
+    per_host: dict[str, int] = {}
+
+    async def handler(conn: trionet.Connection) -> None:
+        assert isinstance(conn.peer, TCPAddress)
+        per_host[conn.peer.host] = per_host.get(conn.peer.host, 0) + 1
+        try:
+            while data := await conn.receive_some():
+                await conn.send_all(data)
+        finally:
+            per_host[conn.peer.host] -= 1
+
+    server = await trionet_server(handler, max_connections_per_host=2)
+    port = port_of(server)
+    a = await connect_from("127.0.0.1", port)
+    b = await connect_from("127.0.0.1", port)
+    assert await round_trip(a) == await round_trip(b) == b"ping\n"
+    assert await refused("127.0.0.1", port) == "reset"
+    assert server.stats.rejected_limit == 1
+    assert any("max_connections_per_host" in r.getMessage() for r in caplog.records)
+
+    other = await connect_from("127.0.0.2", port)  # another host is not limited
+    with other:
+        assert await round_trip(other) == b"ping\n"
+
+    a.close()  # frees a slot for 127.0.0.1
+    await wait_until(lambda: per_host["127.0.0.1"] == 1)
+    d = await connect_from("127.0.0.1", port)
+    with b, d:
+        assert await round_trip(d) == b"ping\n"
+    assert server.stats.rejected_limit == 1
+    assert server.stats.accepted == 4
+
+
+async def test_refused_unix_peer_is_closed(
+    trionet_server: ServerFactory, unused_unix_path: str
+) -> None:
+    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
+        raise AssertionError("refused peers never reach the handler")
+
+    server = await trionet_server(
+        handler, f"unix:{unused_unix_path}", access=AccessPolicy(unix_uids=[12345])
+    )
+    sock = trio.socket.socket(socket.AF_UNIX)
+    with sock:
+        await sock.connect(unused_unix_path)
+        with trio.fail_after(5):
+            try:
+                data = await sock.recv(10)
+            except ConnectionResetError:
+                data = b""
+        assert data == b""
+    assert server.stats.rejected_access == 1
+
+
+def test_errno_constants_used_by_these_tests_exist() -> None:
+    assert errno.ECONNRESET and errno.ECONNREFUSED

@@ -1,0 +1,662 @@
+"""The ``trionet`` command line: argument handling in-process, behaviour in subprocesses.
+
+Subprocess tests run ``python -m trionet ...``, wait for the printed
+``listening on ...`` line (never a sleep), bind port 0 and parse the port,
+bound every wait with a timeout, and kill whatever is left in teardown.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import queue
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require_program
+
+import trionet
+from trionet import services
+from trionet._cli import (
+    DEFAULT_BIND,
+    CLIError,
+    bind_specs,
+    build_parser,
+    main,
+    resolve_handler,
+    server_options,
+)
+
+TIMEOUT = 10.0
+LOCAL = "tcp://127.0.0.1:0"
+
+
+################################################################
+# Subprocess helpers
+################################################################
+
+
+class CLIProcess:
+    """``python -m trionet ARGS`` with its stdout read line by line in a thread."""
+
+    def __init__(self, args: tuple[str, ...], cwd: Path | None, stdin: Any) -> None:
+        self.args = args
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "trionet", *args],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for raw in self.popen.stdout:
+            self._lines.put(raw.decode("utf-8", "replace"))
+        self._lines.put(None)
+
+    def line(self) -> str | None:
+        """The next stdout line (None at EOF); fails after TIMEOUT seconds."""
+        try:
+            return self._lines.get(timeout=TIMEOUT)
+        except queue.Empty:
+            raise AssertionError(f"no output from trionet {self.args} in {TIMEOUT}s") from None
+
+    def listening(self, count: int = 1) -> list[trionet.Address]:
+        """Wait for ``count`` "listening on" lines; the addresses they name."""
+        addresses = []
+        for _ in range(count):
+            line = self.line()
+            if line is None:
+                rc, _out, err = self.finish()
+                raise AssertionError(f"trionet exited {rc} before listening: {err}")
+            assert line.startswith("listening on "), line
+            addresses.append(trionet.parse_address(line.removeprefix("listening on ").strip()))
+        return addresses
+
+    def port(self) -> int:
+        (address,) = self.listening()
+        assert isinstance(address, trionet.TCPAddress)
+        assert address.host == "127.0.0.1"
+        return address.port
+
+    def finish(self, timeout: float = TIMEOUT) -> tuple[int, str, str]:
+        """Wait for exit: (exit status, rest of stdout, all of stderr)."""
+        rc = self.popen.wait(timeout)
+        self._reader.join(timeout)
+        rest = []
+        while (line := self._lines.get_nowait()) is not None:
+            rest.append(line)
+        assert self.popen.stderr is not None
+        return rc, "".join(rest), self.popen.stderr.read().decode("utf-8", "replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str, str]:
+        self.popen.send_signal(sig)
+        return self.finish()
+
+
+Start = Callable[..., CLIProcess]
+
+
+@pytest.fixture
+def cli() -> Iterator[Start]:
+    """Start ``python -m trionet`` processes; every one still running is killed afterwards."""
+    started: list[CLIProcess] = []
+
+    def start(*args: str, cwd: Path | None = None, stdin: Any = subprocess.DEVNULL) -> CLIProcess:
+        proc = CLIProcess(args, cwd, stdin)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+        proc.popen.wait(TIMEOUT)
+        for stream in (proc.popen.stdin, proc.popen.stdout, proc.popen.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def socat(*args: str, data: bytes = b"") -> bytes:
+    """Run socat with ``data`` on stdin; its stdout (it must exit 0 within TIMEOUT)."""
+    result = subprocess.run(
+        [require_program("socat"), *args], input=data, capture_output=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def stats_of(output: str) -> dict[str, int]:
+    match = re.search(r"^stats: (.*)$", output, re.M)
+    assert match, output
+    return {k: int(v) for k, v in (item.split("=") for item in match.group(1).split())}
+
+
+def report_of(output: str) -> dict[str, str]:
+    match = re.search(r"^shutdown: (.*)$", output, re.M)
+    assert match, output
+    return dict(item.split("=") for item in match.group(1).split())
+
+
+def assert_one_error_line(stderr: str, *fragments: str) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("trionet: error: "), stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def closed_port() -> socket.socket:
+    """A bound but not listening socket: connecting to its port is refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+HANDLERS = textwrap.dedent(
+    """
+    import trio
+
+    async def ack_then_wait(conn):
+        line = await conn.receive_line()
+        await conn.send_all(b"ack\\n")
+        await conn.draining.wait()
+        await conn.send_all(b"bye " + line + b"\\n")
+
+    async def stubborn(conn):
+        await conn.send_all(b"ack\\n")
+        await trio.sleep_forever()
+
+    class Nested:
+        async def handle(conn):
+            await conn.send_all(b"nested\\n")
+
+    not_callable = 42
+    """
+)
+
+
+@pytest.fixture
+def handlers_dir(tmp_path: Path) -> Path:
+    (tmp_path / "cli_test_handlers.py").write_text(HANDLERS)
+    return tmp_path
+
+
+################################################################
+# In-process: parsing, options, handler resolution, errors
+################################################################
+
+
+def run_main(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's own errors and --help
+        assert isinstance(exc.code, int)
+        return exc.code
+
+
+def test_defaults() -> None:
+    args = build_parser().parse_args(["serve", "echo"])
+    assert bind_specs(args) == [DEFAULT_BIND] == ["tcp://127.0.0.1:7007"]
+    assert args.log_level == "info"
+    assert args.grace == 10.0
+    options = server_options(args)
+    assert options["access"] is None
+    assert options["max_connections"] is None
+    assert trionet.ServerConfig(**options) == trionet.ServerConfig()
+    connect_args = build_parser().parse_args(["connect", "tcp://127.0.0.1:1"])
+    assert connect_args.log_level == "warning"
+    assert connect_args.timeout is None
+    assert connect_args.local_address is None
+
+
+def test_every_serve_flag_reaches_the_server_options() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve", "chargen",
+            "--bind", "tcp://127.0.0.1:0", "--bind", "unix:/tmp/x.sock",
+            "--backlog", "17", "--grace", "2.5", "--log-level", "debug",
+            "--allow", "127.0.0.0/8", "--allow", "::1/128", "--deny", "127.0.0.9/32",
+            "--max-connections", "50", "--max-per-host", "3",
+            "--idle-timeout", "30", "--unix-mode", "660",
+        ]
+    )  # fmt: skip
+    assert bind_specs(args) == ["tcp://127.0.0.1:0", "unix:/tmp/x.sock"]
+    assert args.log_level == "debug"
+    options = server_options(args)
+    config = trionet.ServerConfig(**options)
+    assert config.backlog == 17
+    assert config.shutdown_grace == 2.5
+    assert config.max_connections == 50
+    assert config.max_connections_per_host == 3
+    assert config.idle_timeout == 30.0
+    assert config.unix_mode == 0o660
+    policy = config.access
+    assert isinstance(policy, trionet.AccessPolicy)
+    assert policy.allows(trionet.TCPAddress("127.0.0.1", 1))
+    assert policy.allows(trionet.TCPAddress("::1", 1))
+    assert not policy.allows(trionet.TCPAddress("127.0.0.9", 1))
+    assert not policy.allows(trionet.TCPAddress("10.0.0.1", 1))
+
+
+def test_deny_alone_admits_everyone_else() -> None:
+    args = build_parser().parse_args(["serve", "echo", "--deny", "10.0.0.0/8"])
+    policy = server_options(args)["access"]
+    assert policy == trionet.AccessPolicy(allow=None, deny=["10.0.0.0/8"])
+    assert policy.allows(trionet.TCPAddress("192.0.2.1", 1))
+    assert not policy.allows(trionet.TCPAddress("10.1.2.3", 1))
+
+
+def test_unix_mode_accepts_0o_prefix() -> None:
+    args = build_parser().parse_args(["serve", "echo", "--unix-mode", "0o600"])
+    assert server_options(args)["unix_mode"] == 0o600
+
+
+def test_builtin_and_module_handlers_resolve(
+    handlers_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("echo", "discard", "daytime", "chargen"):
+        assert resolve_handler(name) is services.SERVICES[name]
+    monkeypatch.syspath_prepend(str(handlers_dir))
+    module = __import__("cli_test_handlers")
+    assert resolve_handler("cli_test_handlers:stubborn") is module.stubborn
+    assert resolve_handler("cli_test_handlers:Nested.handle") is module.Nested.handle
+    assert resolve_handler("trionet.services:echo") is services.echo
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        ([], ["required: COMMAND"]),
+        (["serve"], ["required: HANDLER"]),
+        (["frobnicate"], ["invalid choice: 'frobnicate'"]),
+        (["serve", "echo", "--bind", "127.0.0.1:80"], ["invalid address '127.0.0.1:80'"]),
+        (["serve", "echo", "--bind", "tcp://127.0.0.1"], ["a port is required"]),
+        (["serve", "echo", "--bind", "tcp://[::1:80"], ["unclosed '['"]),
+        (["serve", "echo", "--allow", "10.0.0.0/33"], ["invalid CIDR '10.0.0.0/33'"]),
+        (["serve", "echo", "--deny", "nonsense"], ["invalid CIDR 'nonsense'"]),
+        (["serve", "echo", "--max-connections", "0"], ["--max-connections must be >= 1"]),
+        (["serve", "echo", "--max-per-host", "0"], ["--max-per-host must be >= 1"]),
+        (["serve", "echo", "--idle-timeout", "0"], ["--idle-timeout must be > 0"]),
+        (["serve", "echo", "--backlog", "many"], ["--backlog", "'many' is not a whole number"]),
+        (["serve", "echo", "--grace", "-1"], ["--grace", "not a number of seconds >= 0"]),
+        (["serve", "echo", "--grace", "nan"], ["--grace"]),
+        (["serve", "echo", "--unix-mode", "999"], ["--unix-mode", "not an octal mode"]),
+        (["serve", "echo", "--log-level", "loud"], ["--log-level", "invalid choice"]),
+        (["serve", "ekko"], ["unknown service 'ekko'", "echo, discard, daytime, chargen"]),
+        (["serve", "no_such_module_xyz:handler"], ["no module named 'no_such_module_xyz'"]),
+        (["serve", "trionet.services:nothing"], ["has no attribute 'nothing'"]),
+        (["serve", "trionet.services:SERVICES"], ["not a handler"]),
+        (["serve", "json:"], ["unknown service 'json:'"]),
+        (["connect"], ["required: TARGET"]),
+        (["connect", "127.0.0.1:7"], ["invalid address '127.0.0.1:7'"]),
+        (["connect", "tcp://127.0.0.1:7", "--timeout", "soon"], ["--timeout"]),
+        (["connect", "tcp://127.0.0.1:7", "--local-address", "nope"], ["'nope'"]),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_one_error_line(err, *fragments)
+
+
+def test_handler_module_that_raises_on_import_is_a_runtime_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "cli_broken_module.py").write_text("1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert run_main(["serve", "cli_broken_module:handler"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_one_error_line(err, "'cli_broken_module'", "ZeroDivisionError", "--log-level debug")
+
+
+def test_a_missing_module_inside_the_handler_module_is_a_runtime_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The user's module exists but imports something that does not: that is
+    # the module's bug (exit 1), not a mistyped MODULE (exit 2).
+    (tmp_path / "cli_bad_import.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert run_main(["serve", "cli_bad_import:handler"]) == 1
+    _out, err = capsys.readouterr()
+    assert_one_error_line(err, "ModuleNotFoundError", "no_such_dependency_xyz")
+
+
+def test_cli_error_carries_its_exit_code() -> None:
+    assert CLIError("x").exit_code == 1
+    assert CLIError("x", 2).exit_code == 2
+
+
+def test_version_and_console_script(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"trionet {trionet.__version__}"
+    (script,) = importlib.metadata.entry_points(group="console_scripts", name="trionet")
+    assert script.value == "trionet._cli:main"
+    assert script.load() is main
+
+
+################################################################
+# serve, in a subprocess
+################################################################
+
+
+def test_serve_echo_answers_socat_then_drains_on_sigterm(cli: Start) -> None:
+    server = cli("serve", "echo", "--bind", LOCAL)
+    port = server.port()
+    assert socat("-", f"TCP:127.0.0.1:{port}", data=b"hello, trionet\n") == b"hello, trionet\n"
+    rc, out, err = server.stop(signal.SIGTERM)
+    assert rc == 0, err
+    stats = stats_of(out)
+    assert stats["accepted"] == 1
+    assert stats["closed"] == 1
+    assert stats["bytes_received"] == stats["bytes_sent"] == len(b"hello, trionet\n")
+    assert stats["handler_errors"] == 0
+    assert report_of(out)["cancelled"] == "0"
+    assert "received SIGTERM: draining" in err  # --log-level info is the default
+
+
+def test_serve_discard_never_answers(cli: Start) -> None:
+    server = cli("serve", "discard", "--bind", LOCAL)
+    port = server.port()
+    assert socat("-", f"TCP:127.0.0.1:{port}", data=b"into the void\n" * 100) == b""
+    rc, out, _err = server.stop()
+    assert rc == 0
+    stats = stats_of(out)
+    assert stats["bytes_received"] == len(b"into the void\n") * 100
+    assert stats["bytes_sent"] == 0
+
+
+def test_serve_daytime_sends_one_crlf_line_then_eof(cli: Start) -> None:
+    server = cli("serve", "daytime", "--bind", LOCAL)
+    port = server.port()
+    # socat -u: read only; it exits when the server's EOF arrives.
+    data = socat("-u", f"TCP:127.0.0.1:{port}", "STDOUT")
+    assert re.fullmatch(
+        rb"[A-Z][a-z]+day, [A-Z][a-z]+ \d\d, \d{4} \d\d:\d\d:\d\d-[ -~]*\r\n", data
+    ), data
+    rc, _out, _err = server.stop()
+    assert rc == 0
+
+
+def test_serve_chargen_streams_rfc_864_lines(cli: Start) -> None:
+    server = cli("serve", "chargen", "--bind", LOCAL)
+    port = server.port()
+    n_lines = 200
+    reader = subprocess.Popen(
+        [require_program("socat"), "-u", f"TCP:127.0.0.1:{port}", "STDOUT"],
+        stdout=subprocess.PIPE,
+    )
+    watchdog = threading.Timer(TIMEOUT, reader.kill)
+    watchdog.start()
+    try:
+        assert reader.stdout is not None
+        data = reader.stdout.read(n_lines * 74)
+    finally:
+        watchdog.cancel()
+        reader.kill()
+        reader.wait(TIMEOUT)
+        assert reader.stdout is not None
+        reader.stdout.close()
+    printable = bytes(range(0x20, 0x7F))
+    assert len(data) == n_lines * 74
+    for i in range(n_lines):
+        line = data[i * 74 : (i + 1) * 74]
+        assert line == bytes(printable[(i + j) % 95] for j in range(72)) + b"\r\n", (i, line)
+    rc, out, _err = server.stop()
+    assert rc == 0
+    stats = stats_of(out)
+    assert stats["accepted"] == 1
+    assert stats["handler_errors"] == 0  # the client going away is chargen's normal end
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_drains_and_the_in_flight_client_gets_its_reply(
+    cli: Start, handlers_dir: Path, sig: int
+) -> None:
+    server = cli("serve", "cli_test_handlers:ack_then_wait", "--bind", LOCAL, cwd=handlers_dir)
+    port = server.port()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+        client.sendall(b"in flight\n")
+        reader = client.makefile("rb")
+        assert reader.readline() == b"ack\n"  # the handler is now waiting for the drain
+        server.popen.send_signal(sig)
+        assert reader.readline() == b"bye in flight\n"
+        assert reader.read() == b""  # then the server closes
+    rc, out, err = server.finish()
+    assert rc == 0, err
+    assert report_of(out)["finished"] == "1"
+    assert report_of(out)["cancelled"] == "0"
+    stats = stats_of(out)
+    assert stats["accepted"] == stats["closed"] == 1
+    assert stats["handler_errors"] == 0
+    assert f"received {signal.Signals(sig).name}: draining" in err
+
+
+def test_grace_flag_bounds_the_drain(cli: Start, handlers_dir: Path) -> None:
+    server = cli(
+        "serve", "cli_test_handlers:stubborn", "--bind", LOCAL, "--grace", "0.2", cwd=handlers_dir
+    )
+    port = server.port()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+        reader = client.makefile("rb")
+        assert reader.readline() == b"ack\n"
+        rc, out, err = server.stop(signal.SIGTERM)
+        assert reader.read() == b""  # cancelled, and its connection closed
+    assert rc == 0, err
+    report = report_of(out)
+    assert report["cancelled"] == "1"
+    assert report["finished"] == "0"
+    assert 0.2 <= float(report["elapsed"].rstrip("s")) < 5
+
+
+def test_deny_flag_resets_the_peer_before_any_handler_runs(cli: Start) -> None:
+    server = cli("serve", "daytime", "--bind", LOCAL, "--deny", "127.0.0.1/32")
+    port = server.port()
+    # The server's RST can arrive while connect() is still returning, so the
+    # reset may surface from create_connection itself as well as from recv.
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            data = client.recv(1024)
+    except ConnectionResetError:
+        data = b""
+    assert data == b""  # daytime would have answered: no handler ran
+    rc, out, _err = server.stop()
+    assert rc == 0
+    stats = stats_of(out)
+    assert stats["rejected_access"] == 1
+    assert stats["accepted"] == 0
+
+
+def test_max_per_host_flag_limits_one_peer(cli: Start, handlers_dir: Path) -> None:
+    server = cli(
+        "serve", "cli_test_handlers:stubborn", "--bind", LOCAL, "--max-per-host", "1",
+        "--grace", "0", cwd=handlers_dir,
+    )  # fmt: skip
+    port = server.port()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as first:
+        assert first.makefile("rb").readline() == b"ack\n"
+        # The RST may surface from create_connection itself or from recv.
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as second:
+                data = second.recv(1024)
+        except ConnectionResetError:
+            data = b""
+        assert data == b""
+        rc, out, _err = server.stop()
+    assert rc == 0
+    stats = stats_of(out)
+    assert stats["accepted"] == 1
+    assert stats["rejected_limit"] == 1
+
+
+def test_unix_bind_with_mode(cli: Start, unused_unix_path: str) -> None:
+    server = cli("serve", "echo", "--bind", f"unix:{unused_unix_path}", "--unix-mode", "600")
+    (address,) = server.listening()
+    assert address == trionet.UnixAddress(unused_unix_path)
+    assert stat.S_IMODE(os.stat(unused_unix_path).st_mode) == 0o600
+    assert socat("-", f"UNIX-CONNECT:{unused_unix_path}", data=b"over unix\n") == b"over unix\n"
+    rc, _out, _err = server.stop()
+    assert rc == 0
+    assert not os.path.exists(unused_unix_path)  # the server removed its socket file
+
+
+def test_several_binds_are_all_printed(cli: Start) -> None:
+    server = cli("serve", "echo", "--bind", LOCAL, "--bind", LOCAL)
+    first, second = server.listening(2)
+    assert isinstance(first, trionet.TCPAddress) and isinstance(second, trionet.TCPAddress)
+    assert first.port != second.port
+    for address in (first, second):
+        assert socat("-", f"TCP:127.0.0.1:{address.port}", data=b"x\n") == b"x\n"
+    rc, out, _err = server.stop()
+    assert rc == 0
+    assert stats_of(out)["accepted"] == 2
+
+
+def test_bad_bind_spec_in_a_subprocess(cli: Start) -> None:
+    rc, out, err = cli("serve", "echo", "--bind", "tcp://127.0.0.1:99999").finish()
+    assert rc == 2
+    assert out == ""
+    assert_one_error_line(err, "'tcp://127.0.0.1:99999'", "out of range")
+
+
+def test_address_in_use_in_a_subprocess(cli: Start) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, out, err = cli("serve", "echo", "--bind", f"tcp://127.0.0.1:{port}").finish()
+    assert rc == 1
+    assert out == ""
+    assert_one_error_line(err, f"tcp://127.0.0.1:{port}", "Address already in use")
+
+
+def test_default_bind_is_127_0_0_1_port_7007(cli: Start) -> None:
+    # `make run` is `trionet serve echo`.  Whether or not something else
+    # holds port 7007 right now, the outcome proves which address was used.
+    server = cli("serve", "echo")
+    first = server.line()
+    if first is None:
+        rc, _out, err = server.finish()
+        assert rc == 1
+        assert_one_error_line(err, "tcp://127.0.0.1:7007", "Address already in use")
+        return
+    assert first == "listening on tcp://127.0.0.1:7007\n"
+    try:
+        assert socat("-", "TCP:127.0.0.1:7007", data=b"make run\n") == b"make run\n"
+    finally:
+        rc, _out, err = server.stop()
+    assert rc == 0, err
+
+
+################################################################
+# connect, in a subprocess
+################################################################
+
+
+def test_connect_round_trips_through_serve_echo(cli: Start) -> None:
+    server = cli("serve", "echo", "--bind", LOCAL)
+    port = server.port()
+    payload = os.urandom(300_000) + b"\nlast line\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "trionet", "connect", f"tcp://127.0.0.1:{port}"],
+        input=payload,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == payload
+    assert result.stderr == b""  # --log-level warning by default: nothing to say
+    rc, out, _err = server.stop()
+    assert rc == 0
+    assert stats_of(out)["bytes_received"] == len(payload)
+
+
+def test_connect_with_empty_stdin_half_closes_at_once(cli: Start) -> None:
+    server = cli("serve", "echo", "--bind", LOCAL)
+    port = server.port()
+    result = subprocess.run(
+        [sys.executable, "-m", "trionet", "connect", f"tcp://127.0.0.1:{port}",
+         "--local-address", "127.0.0.1", "--timeout", "5"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b""
+    server.stop()
+
+
+def test_connect_exits_when_the_peer_closes_even_with_stdin_open(cli: Start) -> None:
+    server = cli("serve", "daytime", "--bind", LOCAL)
+    port = server.port()
+    client = cli("connect", f"tcp://127.0.0.1:{port}", stdin=subprocess.PIPE)
+    # stdin stays open: only the server's close can end the command.
+    rc, out, err = client.finish()
+    assert rc == 0, err
+    assert out.endswith("\r\n")
+    assert re.fullmatch(r"[A-Z][a-z]+day, .*\r\n", out)
+    server.stop()
+
+
+def test_connect_refused_is_one_line_and_exit_1() -> None:
+    with closed_port() as sock:
+        port = sock.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "trionet", "connect", f"tcp://127.0.0.1:{port}"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert_one_error_line(
+        result.stderr.decode(), f"cannot connect to tcp://127.0.0.1:{port}", "refused"
+    )
+
+
+def test_connect_to_a_unix_socket(cli: Start, unused_unix_path: str) -> None:
+    server = cli("serve", "echo", "--bind", f"unix:{unused_unix_path}")
+    server.listening()
+    result = subprocess.run(
+        [sys.executable, "-m", "trionet", "connect", f"unix:{unused_unix_path}"],
+        input=b"via unix\n",
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"via unix\n"
+    server.stop()
+
+
+def test_connect_interrupted_by_ctrl_c_exits_130(cli: Start) -> None:
+    server = cli("serve", "echo", "--bind", LOCAL)
+    port = server.port()
+    client = cli("connect", f"tcp://127.0.0.1:{port}", stdin=subprocess.PIPE)
+    assert client.popen.stdin is not None
+    client.popen.stdin.write(b"are you there?\n")
+    client.popen.stdin.flush()
+    assert client.line() == "are you there?\n"  # connected, and copying both ways
+    rc, out, err = client.stop(signal.SIGINT)
+    assert rc == 130
+    assert out == ""
+    assert err == ""
+    server.stop()

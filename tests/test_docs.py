@@ -1,0 +1,173 @@
+"""The documentation's promises: every example runs, every public name is documented.
+
+Each ``docs/source/examples/*.py`` is a complete program that starts a server
+on loopback (or a Unix socket), talks to it, prints what happened and ends
+with a line ``ok``.  Here each one runs in a subprocess, and its output must
+contain the lines the pages quote.  The Sphinx build itself (``make docs``,
+warnings are errors) is checked by CI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import trionet
+import trionet.pytest_plugin
+import trionet.services
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "source"
+EXAMPLES = DOCS / "examples"
+TIMEOUT = 20.0
+
+# What each example must print (besides its final "ok" line).  Only output
+# that is deterministic is listed: ports, pids and timings vary.
+EXPECTED: dict[str, list[str]] = {
+    "echo_server.py": [
+        "listening on tcp://127.0.0.1:",
+        "reply: hello, trionet",
+        "live connections: 1",
+        "drain: 1 finished, 0 cancelled",
+        "client sees EOF: True",
+        "stats: 1 accepted, 14 bytes in",
+    ],
+    "binds.py": [
+        "unix:@trionet-example-" if sys.platform == "linux" else "unix:/",
+        "app.sock",
+        "-> hello from unix:",
+        "-> hello from tcp://127.0.0.1:",
+        "stopped: True | file left: False",
+    ],
+    "buffered_reads.py": [
+        "OK 5\nHELLO Trio\nERR line too long\n",
+        "server: peer hung up mid-line after b'NAM'",
+        "protocol errors: 1",
+    ],
+    "handler_errors.py": [
+        "divide 0 -> b''",
+        "divide 4 -> b'25\\n'",
+        "handler_errors=1 resets=1 closed=3",
+        "raised: ZeroDivisionError(",
+    ],
+    "graceful_drain.py": [
+        "finished=2 cancelled=1 swept=0",
+        "took at least the grace period: True",
+        "echo client got b''",
+        "polite client got b'goodbye\\n'",
+        "stubborn client got b''",
+        "new connections refused",
+    ],
+    "drain_on_signals.py": [
+        "client got b'ping'",
+        "client then got b'' (EOF: the server drained)",
+        "drained: finished=1 cancelled=0",
+    ],
+    "access_control.py": [
+        "10/8 only, from 127.0.0.1: reset",
+        "rejected_access = 1",
+        "policy admits 127.0.0.2? False",
+        "from 127.0.0.1: welcome",
+        "before the ban: welcome",
+        "after the ban: reset",
+    ],
+    "limits.py": [
+        "first: hello second: hello",
+        "third, while two are served: (nothing yet)",
+        "third, after one left: hello",
+        "two: (reset)",
+        "rejected_limit = 1",
+        "then: (EOF)",
+        "idle_closed = 1",
+    ],
+    "unix_sockets.py": [
+        "mode: 0o600",
+        "reply is about us: True",
+        "second server: AddressInUse",
+        "file removed on close: True",
+        f"unix_uids=[{os.getuid()}]: admitted",
+        f"unix_uids=[{os.getuid() + 1}]: refused",
+        "abstract: unix:@trionet-doc-",
+    ],
+    "testing_with_pytest.py": ["4 passed"],
+    "client_connect.py": [
+        "hello trio, you are tcp://127.0.0.1:",
+        "local: TCPAddress peer: True",
+        "hello unix, you are unix:",
+        "ConnectError: cannot connect to tcp://127.0.0.1:",
+        "  round 0: failed\n  round 1: failed\n  round 2: failed",
+        "ConnectTimeout after 0.3 s",
+        "observed: ['failed']",
+    ],
+    "connection_pool.py": [
+        "created=2 reused=8 idle=2",
+        "created=3 expired=2",
+        "discarded=1",
+        "pool closed: True",
+    ],
+    "cli_session.py": [
+        "serve printed: listening on tcp://127.0.0.1:",
+        "connect printed: hello from the command line",
+        "shutdown: finished=",
+        "stats: accepted=1 active=0 closed=1",
+        "exit status: 0",
+    ],
+}
+
+
+def _examples() -> list[str]:
+    return sorted(p.name for p in EXAMPLES.glob("*.py"))
+
+
+def test_every_example_has_expectations() -> None:
+    assert _examples(), f"no examples found in {EXAMPLES}"
+    assert set(_examples()) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    report = f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    assert proc.returncode == 0, report
+    assert proc.stdout.splitlines()[-1] == "ok", report
+    for expected in EXPECTED[name]:
+        assert expected in proc.stdout, f"missing {expected!r}\n{report}"
+
+
+def _rst_sources() -> str:
+    return "\n".join(p.read_text() for p in sorted(DOCS.rglob("*.rst")))
+
+
+def test_every_example_is_shown_in_the_docs() -> None:
+    pattern = r"^\.\. literalinclude:: \S*examples/(\S+\.py)$"
+    included = set(re.findall(pattern, _rst_sources(), re.M))
+    assert set(_examples()) <= included
+
+
+def test_reference_documents_every_public_name() -> None:
+    reference = (DOCS / "reference.rst").read_text()
+    documented = set(
+        re.findall(r"^\.\. (?:auto\w+|py:\w+|data|function|class)::\s+([\w.]+)", reference, re.M)
+    )
+    missing = [n for n in trionet.__all__ if n not in documented]
+    assert not missing, f"add these to docs/source/reference.rst: {missing}"
+    fixtures = [n for n in trionet.pytest_plugin.__all__ if n not in documented]
+    assert not fixtures, f"document these pytest fixtures in reference.rst: {fixtures}"
+    services = [
+        n for n in trionet.services.__all__ if f"trionet.services.{n}" not in documented
+    ]
+    assert not services, f"document these in reference.rst: {services}"
+
+
+def test_changelog_names_this_version() -> None:
+    assert trionet.__version__ in (DOCS / "changelog.rst").read_text()

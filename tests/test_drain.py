@@ -1,0 +1,476 @@
+"""Graceful drain on real loopback sockets: lose nothing, and finish on time."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+
+import trionet
+from trionet import ShutdownReport, TCPAddress
+
+ServerFactory = Any
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+def port_of(server: trionet.Server) -> int:
+    address = server.addresses[0]
+    assert isinstance(address, TCPAddress)
+    return address.port
+
+
+async def open_client(port: int) -> trionet.Connection:
+    sock = trio.socket.socket()
+    try:
+        with trio.fail_after(5):
+            await sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return trionet.Connection(sock)
+
+
+async def assert_refused(port: int) -> None:
+    sock = trio.socket.socket()
+    with sock, trio.fail_after(5), pytest.raises(ConnectionRefusedError):
+        await sock.connect(("127.0.0.1", port))
+
+
+class Shutdown:
+    """Runs ``server.shutdown(grace)`` in the background and keeps the report."""
+
+    def __init__(self, nursery: trio.Nursery, server: trionet.Server, grace: float) -> None:
+        self.report: ShutdownReport | None = None
+        self.started_at = trio.current_time()
+        self.returned_at = 0.0
+        self.done = trio.Event()
+        nursery.start_soon(self._run, server, grace)
+
+    async def _run(self, server: trionet.Server, grace: float) -> None:
+        self.report = await server.shutdown(grace)
+        self.returned_at = trio.current_time()
+        self.done.set()
+
+    async def wait(self, timeout: float = 10.0) -> ShutdownReport:
+        with trio.fail_after(timeout):
+            await self.done.wait()
+        assert self.report is not None
+        return self.report
+
+
+# ----------------------------------------------------------------------
+
+
+async def test_fifty_in_flight_requests_all_get_replies(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    n = 50
+    waiting = 0
+    all_waiting = trio.Event()
+    release = trio.Event()
+
+    async def slow(conn: trionet.Connection) -> None:
+        nonlocal waiting
+        request = await conn.receive_line()
+        waiting += 1
+        if waiting == n:
+            all_waiting.set()
+        await release.wait()  # a slow request, still in flight when the drain begins
+        await conn.send_all(request + b" done\n")
+
+    server = await trionet_server(slow)
+    port = port_of(server)
+    replies: list[bytes] = []
+
+    async def client(i: int) -> None:
+        conn = await open_client(port)
+        async with conn:
+            await conn.send_all(b"req %d\n" % i)
+            with trio.fail_after(10):
+                replies.append(await conn.receive_line())
+                assert await conn.receive_some() == b""  # closed after the reply
+
+    async with trio.open_nursery() as clients:
+        for i in range(n):
+            clients.start_soon(client, i)
+        with trio.fail_after(5):
+            await all_waiting.wait()
+        shutdown = Shutdown(nursery, server, grace=10)
+        await wait_until(lambda: server.draining)
+        await assert_refused(port)  # new connects are refused once the drain began
+        assert not shutdown.done.is_set()
+        release.set()
+
+    report = await shutdown.wait()
+    assert sorted(replies) == sorted(b"req %d done" % i for i in range(n))
+    assert (report.finished, report.cancelled, report.swept) == (n, 0, 0)
+    assert report.elapsed < 5
+    assert server.stopped
+    assert server.stats.accepted == n
+
+
+async def test_connections_queued_in_the_kernel_are_served_not_reset(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    # max_connections=1 and a blocked handler pause accepting, so the next
+    # clients complete their handshakes and wait in the kernel's accept queue.
+    queued = 5
+    release = trio.Event()
+    first_running = trio.Event()
+    running = peak = 0
+
+    async def handler(conn: trionet.Connection) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            request = await conn.receive_line()
+            if request == b"first":
+                first_running.set()
+                await release.wait()
+            await conn.send_all(request + b" served\n")
+        finally:
+            running -= 1
+
+    server = await trionet_server(handler, max_connections=1)
+    port = port_of(server)
+    first = await open_client(port)
+    await first.send_all(b"first\n")
+    with trio.fail_after(5):
+        await first_running.wait()
+    waiting = [await open_client(port) for _ in range(queued)]
+    for i, conn in enumerate(waiting):
+        await conn.send_all(b"queued %d\n" % i)
+    await trio.sleep(0.05)
+    assert server.stats.accepted == 1  # the others really are in the kernel queue
+
+    shutdown = Shutdown(nursery, server, grace=10)
+    await wait_until(lambda: server.draining)
+    assert server.stats.swept == queued  # accepted synchronously when the drain began
+    await assert_refused(port)
+    release.set()
+
+    with trio.fail_after(5):
+        assert await first.receive_line() == b"first served"
+        for i, conn in enumerate(waiting):
+            assert await conn.receive_line() == b"queued %d served" % i
+    for conn in [first, *waiting]:
+        await conn.aclose()
+    report = await shutdown.wait()
+    assert (report.finished, report.cancelled, report.swept) == (queued + 1, 0, queued)
+    assert peak == 1  # max_connections still held during the drain
+    assert server.stats.accepted == queued + 1
+
+
+async def test_short_grace_cancels_stragglers_on_time(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    grace = 0.3
+    cancelled = 0
+    started = 0
+
+    async def handler(conn: trionet.Connection) -> None:
+        nonlocal cancelled, started
+        request = await conn.receive_line()
+        started += 1
+        if request == b"quick":
+            await conn.draining.wait()
+            await conn.send_all(b"bye\n")
+            return
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled += 1
+            raise
+
+    server = await trionet_server(handler)
+    port = port_of(server)
+    clients = [await open_client(port) for _ in range(4)]
+    await clients[0].send_all(b"quick\n")
+    for conn in clients[1:]:
+        await conn.send_all(b"stuck\n")
+    await wait_until(lambda: started == 4)
+
+    shutdown = Shutdown(nursery, server, grace=grace)
+    report = await shutdown.wait()
+    took = shutdown.returned_at - shutdown.started_at
+    assert grace <= took < grace + 0.5
+    assert (report.finished, report.cancelled, report.swept) == (1, 3, 0)
+    assert cancelled == 3
+    with trio.fail_after(5):
+        assert await clients[0].receive_line() == b"bye"
+        for conn in clients[1:]:
+            assert await conn.receive_some() == b""  # closed by the server
+    for conn in clients:
+        await conn.aclose()
+
+
+async def test_keep_alive_loop_exits_by_itself_on_drain(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    exits: list[str] = []
+
+    async def keep_alive(conn: trionet.Connection) -> None:
+        try:
+            async for chunk in conn:
+                await conn.send_all(chunk)
+        except trio.Cancelled:  # pragma: no cover - would be the bug
+            exits.append("cancelled")
+            raise
+        exits.append("drained" if conn.draining.is_set() else "eof")
+
+    server = await trionet_server(keep_alive)
+    conn = await open_client(port_of(server))
+    async with conn:
+        for word in (b"one", b"two"):
+            await conn.send_all(word)
+            with trio.fail_after(5):
+                assert await conn.receive_some() == word
+        shutdown = Shutdown(nursery, server, grace=30)
+        report = await shutdown.wait(timeout=5)
+        with trio.fail_after(5):
+            assert await conn.receive_some() == b""
+    assert exits == ["drained"]
+    assert (report.finished, report.cancelled) == (1, 0)
+    assert report.elapsed < 1
+
+
+async def test_data_already_in_the_kernel_is_delivered_before_iteration_ends(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    go = trio.Event()
+    ready = trio.Event()
+    got: list[bytes] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        ready.set()
+        await go.wait()  # not reading while the request arrives and the drain begins
+        async for chunk in conn:
+            got.append(chunk)
+            await conn.send_all(b"ack:" + chunk)
+
+    server = await trionet_server(handler)
+    conn = await open_client(port_of(server))
+    async with conn:
+        with trio.fail_after(5):
+            await ready.wait()
+        await conn.send_all(b"last request")
+        await trio.sleep(0.05)  # let loopback deliver it into the server's buffer
+        shutdown = Shutdown(nursery, server, grace=30)
+        await wait_until(lambda: server.draining)
+        go.set()
+        with trio.fail_after(5):
+            assert await conn.receive_some() == b"ack:last request"
+            assert await conn.receive_some() == b""
+        report = await shutdown.wait(timeout=5)
+    assert got == [b"last request"]
+    assert report.finished == 1
+
+
+async def test_draining_event_is_set_for_every_connection(
+    trionet_server: ServerFactory,
+) -> None:
+    observed: list[bool] = []
+    started = 0
+
+    async def handler(conn: trionet.Connection) -> None:
+        nonlocal started
+        assert not conn.draining.is_set()
+        started += 1
+        await conn.draining.wait()
+        observed.append(True)
+
+    server = await trionet_server(handler)
+    clients = [await open_client(port_of(server)) for _ in range(3)]
+    await wait_until(lambda: started == 3)
+    with trio.fail_after(5):
+        report = await server.shutdown(30)
+    assert observed == [True, True, True]
+    assert (report.finished, report.cancelled) == (3, 0)
+    for conn in clients:
+        await conn.aclose()
+
+
+async def test_second_shutdown_with_shorter_grace_cuts_the_wait(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    async def stuck(conn: trionet.Connection) -> None:
+        await trio.sleep_forever()
+
+    server = await trionet_server(stuck)
+    conn = await open_client(port_of(server))
+    await wait_until(lambda: server.stats.active == 1)
+    long = Shutdown(nursery, server, grace=60)
+    await wait_until(lambda: server.draining)
+    start = trio.current_time()
+    with trio.fail_after(2):
+        report = await server.shutdown(0.1)
+    assert trio.current_time() - start < 0.6
+    assert report.cancelled == 1
+    assert await long.wait(timeout=1) is report  # both callers get the same report
+    with trio.fail_after(1):
+        assert await server.shutdown(60) is report  # and later calls return at once
+    await conn.aclose()
+
+
+async def test_drain_finishes_on_time_even_if_the_caller_is_cancelled(
+    trionet_server: ServerFactory,
+) -> None:
+    async def stuck(conn: trionet.Connection) -> None:
+        await trio.sleep_forever()
+
+    server = await trionet_server(stuck)
+    conn = await open_client(port_of(server))
+    await wait_until(lambda: server.stats.active == 1)
+    start = trio.current_time()
+    with trio.move_on_after(0.05):
+        await server.shutdown(0.3)
+    assert server.draining and not server.stopped
+    await wait_until(lambda: server.stopped, timeout=2)
+    assert 0.3 <= trio.current_time() - start < 0.8
+    with trio.fail_after(1):
+        report = await server.shutdown()
+    assert report.cancelled == 1
+    await conn.aclose()
+
+
+async def test_open_server_exit_drains_and_body_errors_propagate_bare() -> None:
+    served = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.draining.wait()
+        await conn.send_all(b"drained\n")
+        served.set()
+
+    with trio.fail_after(10):
+        async with trionet.open_server(handler, "tcp://127.0.0.1:0", shutdown_grace=5) as server:
+            conn = await open_client(port_of(server))
+            await wait_until(lambda: server.stats.active == 1)
+    assert served.is_set()  # the exit waited for the handler
+    assert server.stopped
+    async with conn:
+        assert await conn.receive_line() == b"drained"
+
+    class Boom(Exception):
+        pass
+
+    async def stuck(conn: trionet.Connection) -> None:
+        await trio.sleep_forever()
+
+    start = trio.current_time()
+    with trio.fail_after(10), pytest.raises(Boom):  # bare, not an ExceptionGroup
+        async with trionet.open_server(stuck, "tcp://127.0.0.1:0", shutdown_grace=60) as server:
+            conn = await open_client(port_of(server))
+            await wait_until(lambda: server.stats.active == 1)
+            raise Boom
+    assert trio.current_time() - start < 1  # no grace period on an error
+    assert server.stopped
+    await conn.aclose()
+
+
+# ----------------------------------------------------------------------
+# drain_on_signals
+
+
+class SignalDrain:
+    def __init__(self) -> None:
+        self.report: ShutdownReport | None = None
+        self.done = trio.Event()
+
+    async def run(
+        self,
+        server: trionet.Server,
+        grace: float,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.report = await trionet.drain_on_signals(
+            server, (signal.SIGTERM,), grace, task_status=task_status
+        )
+        self.done.set()
+
+
+async def test_sigterm_drains_and_a_second_signal_cuts_the_grace(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    async def stuck(conn: trionet.Connection) -> None:
+        await trio.sleep_forever()
+
+    server = await trionet_server(stuck)
+    conn = await open_client(port_of(server))
+    await wait_until(lambda: server.stats.active == 1)
+    drain = SignalDrain()
+    await nursery.start(functools.partial(drain.run, server, 60))
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    await wait_until(lambda: server.draining)
+    await assert_refused(port_of(server))
+    await trio.sleep(0.1)
+    assert not server.stopped  # the 60 s grace is running
+
+    start = trio.current_time()
+    os.kill(os.getpid(), signal.SIGTERM)
+    with trio.fail_after(2):
+        await drain.done.wait()
+    assert trio.current_time() - start < 1
+    assert drain.report is not None
+    assert (drain.report.finished, drain.report.cancelled) == (0, 1)
+    assert server.stopped
+    await conn.aclose()
+
+
+async def test_sigterm_lets_handlers_finish(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    async def polite(conn: trionet.Connection) -> None:
+        async for chunk in conn:
+            await conn.send_all(chunk)
+
+    server = await trionet_server(polite)
+    conn = await open_client(port_of(server))
+    await wait_until(lambda: server.stats.active == 1)
+    drain = SignalDrain()
+    await nursery.start(functools.partial(drain.run, server, 60))
+    os.kill(os.getpid(), signal.SIGTERM)
+    with trio.fail_after(5):
+        await drain.done.wait()
+    assert drain.report is not None
+    assert (drain.report.finished, drain.report.cancelled) == (1, 0)
+    await conn.aclose()
+
+
+async def test_drain_on_signals_returns_when_the_server_stops_otherwise(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
+        pass
+
+    server = await trionet_server(handler)
+    drain = SignalDrain()
+    await nursery.start(functools.partial(drain.run, server, 60))
+    with trio.fail_after(3):
+        report = await server.shutdown(1)
+        await drain.done.wait()
+    assert drain.report is report
+
+
+async def test_drain_on_signals_validates_its_arguments(trionet_server: ServerFactory) -> None:
+    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
+        pass
+
+    server = await trionet_server(handler)
+    with pytest.raises(ValueError, match="at least one signal"):
+        await trionet.drain_on_signals(server, ())
+    with pytest.raises(ValueError, match="grace must be a number"):
+        await trionet.drain_on_signals(server, grace=-1)

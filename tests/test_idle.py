@@ -1,0 +1,235 @@
+"""The idle timeout: on real sockets, and the reaper's logic on a fake clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import trionet
+from trionet import TCPAddress
+from trionet._idle import MAX_TICK, IdleReaper
+from trionet._stats import Counters
+
+ServerFactory = Any
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def open_client(server: trionet.Server) -> trio.socket.SocketType:
+    address = server.addresses[0]
+    assert isinstance(address, TCPAddress)
+    sock = trio.socket.socket()
+    try:
+        with trio.fail_after(5):
+            await sock.connect(("127.0.0.1", address.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def time_until_closed(sock: trio.socket.SocketType, since: float, limit: float) -> float:
+    """Read (and drop) data until the server closes; seconds from ``since`` to the EOF."""
+    with trio.fail_after(limit):
+        while True:
+            try:
+                data = await sock.recv(4096)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                return time.monotonic() - since
+
+
+# ----------------------------------------------------------------------
+# Real sockets
+
+TIMEOUT = 0.3
+
+
+async def test_silent_client_is_closed_within_its_bound(trionet_server: ServerFactory) -> None:
+    outcome: list[str] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        try:
+            await conn.receive_some()
+        except trio.Cancelled:
+            outcome.append("cancelled")
+            raise
+        outcome.append("returned")  # pragma: no cover - would be the bug
+
+    server = await trionet_server(handler, idle_timeout=TIMEOUT)
+    sock = await open_client(server)
+    connected = time.monotonic()
+    with sock:
+        took = await time_until_closed(sock, connected, limit=TIMEOUT + 3)
+    assert TIMEOUT <= took <= TIMEOUT + 1.0
+    await wait_until(lambda: server.stats.active == 0)
+    assert outcome == ["cancelled"]  # the handler was cancelled, not just its socket closed
+    assert server.stats.idle_closed == 1
+    assert server.stats.handler_errors == 0
+
+
+async def test_active_client_is_never_closed(trionet_server: ServerFactory) -> None:
+    async def echo(conn: trionet.Connection) -> None:
+        async for chunk in conn:
+            await conn.send_all(chunk)
+
+    server = await trionet_server(echo, idle_timeout=TIMEOUT)
+    sock = await open_client(server)
+    with sock:
+        # Talk every TIMEOUT/3 for more than four timeouts: never idle.
+        for i in range(14):
+            with trio.fail_after(2):
+                await sock.send(b"%d" % i)
+                assert await sock.recv(100) == b"%d" % i
+            await trio.sleep(TIMEOUT / 3)
+        assert server.stats.idle_closed == 0
+        # Then fall silent: closed within the bound.
+        took = await time_until_closed(sock, time.monotonic(), limit=TIMEOUT + 3)
+    assert TIMEOUT - TIMEOUT / 3 <= took <= TIMEOUT + 1.0
+    assert server.stats.idle_closed == 1
+
+
+async def test_bytes_in_either_direction_count_as_activity(trionet_server: ServerFactory) -> None:
+    async def ticker(conn: trionet.Connection) -> None:
+        for _ in range(12):  # 12 * TIMEOUT/3 = 4 timeouts of server-to-client traffic
+            await conn.send_all(b".")
+            await trio.sleep(TIMEOUT / 3)
+        await conn.send_all(b"done")
+
+    server = await trionet_server(ticker, idle_timeout=TIMEOUT)
+    sock = await open_client(server)
+    received = b""
+    with sock, trio.fail_after(10):
+        while not received.endswith(b"done"):
+            chunk = await sock.recv(100)
+            assert chunk, "closed while the server was still sending"
+            received += chunk
+    assert received == b"." * 12 + b"done"
+    assert server.stats.idle_closed == 0
+
+
+async def test_one_shared_reaper_not_a_task_per_connection(
+    trionet_server: ServerFactory,
+) -> None:
+    started = 0
+
+    async def handler(conn: trionet.Connection) -> None:
+        nonlocal started
+        started += 1
+        await conn.receive_some()
+
+    server = await trionet_server(handler, idle_timeout=30)
+    clients = [await open_client(server) for _ in range(20)]
+    await wait_until(lambda: started == 20)
+    nursery = server._conn_nursery
+    assert nursery is not None
+    # One task per handler plus the reaper: nothing per connection besides.
+    assert len(nursery.child_tasks) == 20 + 1
+    for sock in clients:
+        sock.close()
+
+
+# ----------------------------------------------------------------------
+# The reaper's logic, with fake connections and a fake clock (no I/O)
+
+
+@attrs.define(eq=False)
+class FakeConn:
+    id: int
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    _seen_bytes: int = 0
+    _seen_at: float = 0.0
+    _scope: trio.CancelScope | None = attrs.field(factory=trio.CancelScope)
+    closed_at: float | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_at is not None
+
+    def close(self) -> None:
+        if self.closed_at is None:
+            self.closed_at = trio.current_time()
+
+
+def test_tick_is_a_quarter_of_the_timeout_capped() -> None:
+    assert IdleReaper(0.4, {}, Counters()).tick == pytest.approx(0.1)
+    assert IdleReaper(60, {}, Counters()).tick == MAX_TICK
+
+
+@pytest.mark.parametrize("timeout", [0.3, 2.0, 30.0])
+async def test_reaper_bounds_on_a_fake_clock(
+    autojump_clock: trio.testing.MockClock, timeout: float
+) -> None:
+    counters = Counters()
+    conns: dict[int, FakeConn] = {}
+    reaper = IdleReaper(timeout, conns, counters)
+    last_activity: dict[int, float] = {}
+
+    def add(conn_id: int) -> FakeConn:
+        conn = FakeConn(conn_id)
+        conns[conn_id] = conn
+        reaper.watch(conn)
+        last_activity[conn_id] = trio.current_time()
+        return conn
+
+    async def chatter(conn: FakeConn, gap: float, times: int, sending: bool = False) -> None:
+        for _ in range(times):
+            await trio.sleep(gap)
+            assert not conn.closed, f"conn {conn.id} closed while active"
+            if sending:
+                conn.bytes_sent += 1
+            else:
+                conn.bytes_received += 1
+            last_activity[conn.id] = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reaper.run)
+        silent = add(1)
+        # Active at just under the timeout between bytes: must never be closed
+        # while it talks, only after it stops.
+        busy = add(2)
+        nursery.start_soon(chatter, busy, timeout * 0.9, 10)
+        # Sends (bytes_sent counts too) at odd moments between ticks.
+        odd = add(3)
+        nursery.start_soon(chatter, odd, reaper.tick * 1.37, 7, True)
+        late = add(4)  # one late byte, just before it would have timed out
+        nursery.start_soon(chatter, late, timeout * 0.99, 1)
+        await trio.sleep(timeout * 20)
+        nursery.cancel_scope.cancel()
+
+    for conn in (silent, busy, odd, late):
+        assert conn.closed_at is not None, f"conn {conn.id} never closed"
+        idle_for = conn.closed_at - last_activity[conn.id]
+        assert timeout <= idle_for <= timeout + 2 * reaper.tick + 1e-9, (conn.id, idle_for)
+        assert timeout + 2 * reaper.tick <= timeout + 1.0
+        assert conn._scope is not None and conn._scope.cancel_called
+    assert counters.idle_closed == 4
+
+
+async def test_scan_stamps_progress_and_closes_once() -> None:
+    counters = Counters()
+    conn = FakeConn(7)
+    reaper = IdleReaper(1.0, {7: conn}, counters)
+    reaper.watch(conn)
+    t0 = conn._seen_at
+    assert reaper.scan(t0 + 0.5) == 0
+    conn.bytes_sent = 10
+    assert reaper.scan(t0 + 0.9) == 0
+    assert conn._seen_at == t0 + 0.9  # progress moved the stamp
+    assert reaper.scan(t0 + 1.8) == 0  # idle 0.9 s: not yet
+    assert reaper.scan(t0 + 1.9) == 1  # idle 1.0 s: closed
+    assert reaper.scan(t0 + 5.0) == 0  # already closed: not counted twice
+    assert counters.idle_closed == 1

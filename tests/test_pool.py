@@ -1,0 +1,495 @@
+"""Tests for ``trionet.ConnectionPool`` (trionet/_pool.py), against real loopback servers."""
+
+from __future__ import annotations
+
+import socket as stdlib_socket
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import trionet
+from trionet import ConnectError, ConnectionPool, PoolStats, TCPAddress
+from trionet._pool import unusable_reason
+
+
+async def echo_lines(conn: trionet.Connection) -> None:
+    async for chunk in conn:
+        await conn.send_all(chunk)
+
+
+async def roundtrip(conn: trionet.Connection, text: bytes) -> None:
+    await conn.send_all(text + b"\n")
+    assert await conn.receive_line() == text
+
+
+class CountingEcho:
+    """An echo handler that counts live and total connections, server side."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.max_live = 0
+        self.total = 0
+        self.closed = trio.Event()
+
+    async def __call__(self, conn: trionet.Connection) -> None:
+        self.live += 1
+        self.total += 1
+        self.max_live = max(self.max_live, self.live)
+        try:
+            await echo_lines(conn)
+        finally:
+            self.live -= 1
+            self.closed.set()
+            self.closed = trio.Event()
+
+
+################################################################
+# Lending and reuse
+################################################################
+
+
+async def test_sequential_lends_reuse_one_connection(trionet_server: Any) -> None:
+    server = await trionet_server(echo_lines)
+    async with ConnectionPool(server.addresses[0], max_size=4) as pool:
+        ids = set()
+        with trio.fail_after(5):
+            for i in range(5):
+                async with pool.connection() as conn:
+                    await roundtrip(conn, b"n%d" % i)
+                    ids.add(conn.id)
+        assert len(ids) == 1
+        assert pool.stats == PoolStats(created=1, reused=4, idle=1)
+    assert server.stats.accepted == 1
+    assert pool.closed
+    assert pool.stats.idle == 0
+
+
+async def test_30_tasks_through_max_size_3_never_open_more_than_3(trionet_server: Any) -> None:
+    handler = CountingEcho()
+    server = await trionet_server(handler)
+    pool = ConnectionPool(server.addresses[0], max_size=3)
+    max_waiting = 0
+    max_lent = 0
+    done: list[int] = []
+
+    async def worker(i: int) -> None:
+        nonlocal max_waiting, max_lent
+        async with pool.connection() as conn:
+            stats = pool.stats
+            max_waiting = max(max_waiting, stats.waiting)
+            max_lent = max(max_lent, stats.lent + stats.opening)
+            await roundtrip(conn, b"task %d" % i)
+            await trio.sleep(0.005)  # hold it a moment: "work"
+            await roundtrip(conn, b"again %d" % i)
+        done.append(i)
+
+    async with pool:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(30):
+                    nursery.start_soon(worker, i)
+        stats = pool.stats
+    assert sorted(done) == list(range(30))
+    assert handler.max_live <= 3
+    assert server.stats.accepted == handler.total == stats.created <= 3
+    assert stats.created + stats.reused == 30
+    assert max_lent <= 3
+    assert max_waiting > 0  # contention really happened
+    assert stats.waiting == 0 and stats.lent == 0
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "data"])
+async def test_connection_closed_by_server_while_idle_is_never_lent_again(
+    trionet_server: Any, how: str
+) -> None:
+    go = trio.Event()
+    served = 0
+
+    async def serve_one_then_misbehave(conn: trionet.Connection) -> None:
+        nonlocal served
+        served += 1
+        if served > 1:  # only the first connection misbehaves
+            await echo_lines(conn)
+            return
+        await conn.send_all(await conn.receive_line() + b"\n")
+        await go.wait()
+        if how == "reset":
+            conn.abort()
+        elif how == "data":
+            await conn.send_all(b"unsolicited\n")
+            await conn.receive_some()  # wait for the client to hang up
+        # "close": returning closes the connection (FIN)
+
+    server = await trionet_server(serve_one_then_misbehave)
+    async with ConnectionPool(server.addresses[0], max_size=2) as pool:
+        with trio.fail_after(5):
+            async with pool.connection() as first:
+                await roundtrip(first, b"one")
+            assert pool.stats.idle == 1
+            go.set()
+            # Event, not sleep: the client socket turns readable once the
+            # server's FIN / RST / data has arrived.
+            await trio.lowlevel.wait_readable(first.socket)
+            assert unusable_reason(first) is not None
+            async with pool.connection() as second:
+                assert second is not first
+                await roundtrip(second, b"two")
+        assert first.closed
+        stats = pool.stats
+        assert stats.created == 2
+        assert stats.reused == 0
+        assert stats.discarded == 1
+    assert server.stats.accepted == 2
+
+
+async def test_peer_close_noticed_when_returned(trionet_server: Any) -> None:
+    async def hang_up(conn: trionet.Connection) -> None:
+        await conn.send_all(await conn.receive_line() + b"\n")
+        # returns: the server closes the connection
+
+    server = await trionet_server(hang_up)
+    async with ConnectionPool(server.addresses[0]) as pool:
+        with trio.fail_after(5):
+            async with pool.connection() as conn:
+                await roundtrip(conn, b"bye")
+                assert await conn.receive_some() == b""  # the server is gone
+        assert pool.stats.discarded == 1
+        assert pool.stats.idle == 0
+        assert conn.closed
+
+
+async def test_block_that_raises_discards_its_connection(trionet_server: Any) -> None:
+    server = await trionet_server(echo_lines)
+    async with ConnectionPool(server.addresses[0]) as pool:
+        with pytest.raises(ValueError, match="handler bug"):
+            async with pool.connection() as conn:
+                await roundtrip(conn, b"x")
+                raise ValueError("handler bug")
+        assert conn.closed
+        assert pool.stats.discarded == 1 and pool.stats.idle == 0
+        with trio.move_on_after(0.05) as scope:
+            async with pool.connection() as conn2:
+                await trio.sleep_forever()
+        assert scope.cancelled_caught
+        assert conn2.closed
+        assert pool.stats.discarded == 2
+        async with pool.connection() as conn3:
+            await roundtrip(conn3, b"fresh")
+        assert pool.stats.created == 3
+
+
+async def test_borrower_closed_half_closed_or_unread_is_discarded(
+    trionet_server: Any,
+) -> None:
+    async def two_replies(conn: trionet.Connection) -> None:
+        async for _chunk in conn:
+            await conn.send_all(b"a\nb\n")  # one segment: both lines arrive together
+
+    server = await trionet_server(two_replies)
+    async with ConnectionPool(server.addresses[0]) as pool:
+        with trio.fail_after(5):
+            async with pool.connection() as closed:
+                await closed.aclose()
+            async with pool.connection() as half_closed:
+                await half_closed.send_eof()
+            async with pool.connection() as unread:
+                await unread.send_all(b"?\n")
+                assert await unread.receive_line() == b"a"  # "b" is left unread
+                assert unusable_reason(unread) is not None
+            async with pool.connection() as fine:
+                await fine.send_all(b"?\n")
+                assert await fine.receive_line() == b"a"
+                assert await fine.receive_line() == b"b"
+                assert unusable_reason(fine) is None
+        assert closed.closed and half_closed.closed and unread.closed
+        assert pool.stats.discarded == 3
+        assert pool.stats.reused == 0
+        assert pool.stats.idle == 1
+
+
+################################################################
+# Waiting: FIFO, cancellable
+################################################################
+
+
+async def test_waiters_are_served_first_come_first_served(trionet_server: Any) -> None:
+    server = await trionet_server(echo_lines)
+    order: list[int] = []
+    async with ConnectionPool(server.addresses[0], max_size=1) as pool:
+        release = trio.Event()
+
+        async def holder(task_status: trio.TaskStatus[None]) -> None:
+            async with pool.connection():
+                task_status.started()
+                await release.wait()
+
+        async def waiter(i: int) -> None:
+            async with pool.connection() as conn:
+                order.append(i)
+                await roundtrip(conn, b"w%d" % i)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(holder)
+                for i in range(5):
+                    nursery.start_soon(waiter, i)
+                    await trio.testing.wait_all_tasks_blocked()
+                assert pool.stats.waiting == 5
+                # A late arrival while a slot is being handed over must not barge.
+                release.set()
+                nursery.start_soon(waiter, 99)
+        assert order == [0, 1, 2, 3, 4, 99]
+        assert pool.stats.created == 1 and pool.stats.reused == 6
+
+
+async def test_waiting_is_cancellable_and_frees_the_queue(trionet_server: Any) -> None:
+    server = await trionet_server(echo_lines)
+    async with ConnectionPool(server.addresses[0], max_size=1) as pool:
+        release = trio.Event()
+        got: list[str] = []
+
+        async def holder(task_status: trio.TaskStatus[None]) -> None:
+            async with pool.connection():
+                task_status.started()
+                await release.wait()
+
+        async def impatient(scope: trio.CancelScope) -> None:
+            with scope:
+                async with pool.connection():
+                    got.append("impatient")
+
+        async def patient() -> None:
+            async with pool.connection() as conn:
+                await roundtrip(conn, b"patient")
+                got.append("patient")
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(holder)
+                scope = trio.CancelScope()
+                nursery.start_soon(impatient, scope)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(patient)
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.stats.waiting == 2
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.stats.waiting == 1
+                release.set()
+        assert scope.cancelled_caught
+        assert got == ["patient"]
+        assert pool.stats.lent == 0 and pool.stats.waiting == 0
+
+
+async def test_connect_failure_is_bare_and_frees_the_slot() -> None:
+    with stdlib_socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        target = TCPAddress("127.0.0.1", reserved.getsockname()[1])
+        async with ConnectionPool(target, max_size=1, timeout=2.0) as pool:
+            with trio.fail_after(5):
+                for _ in range(3):  # would deadlock if a failed open kept its slot
+                    with pytest.raises(ConnectError) as info:
+                        async with pool.connection():
+                            pytest.fail("lent a connection to a refusing target")
+                    assert type(info.value) is ConnectError
+                    assert str(target) in str(info.value)
+            assert pool.stats == PoolStats()
+
+
+################################################################
+# Idle timeout
+################################################################
+
+
+async def test_idle_connections_are_swept_in_the_background(trionet_server: Any) -> None:
+    handler = CountingEcho()
+    server = await trionet_server(handler)
+    async with ConnectionPool(server.addresses[0], idle_timeout=0.2) as pool:
+        with trio.fail_after(5):
+            async with pool.connection() as conn:
+                await roundtrip(conn, b"x")
+                closed_on_server = handler.closed
+            assert pool.stats.idle == 1
+            start = trio.current_time()
+            # Nobody lends again: only the sweep can close it.  The server's
+            # handler sees EOF when it does.
+            await closed_on_server.wait()
+        assert trio.current_time() - start >= 0.2 - 0.05
+        assert conn.closed
+        assert pool.stats.expired == 1 and pool.stats.idle == 0
+    assert server.stats.accepted == 1
+
+
+async def test_idle_expiry_is_lazy_without_async_with(trionet_server: Any) -> None:
+    server = await trionet_server(echo_lines)
+    pool = ConnectionPool(server.addresses[0], idle_timeout=0.1)
+    with trio.fail_after(5):
+        async with pool.connection() as first:
+            await roundtrip(first, b"1")
+        async with pool.connection() as again:
+            assert again is first  # fresh enough to reuse
+        await trio.sleep(0.15)  # let it age past idle_timeout
+        assert pool.stats.idle == 1  # no background sweep without `async with`
+        async with pool.connection() as second:
+            await roundtrip(second, b"2")
+    assert second is not first and first.closed
+    assert pool.stats.expired == 1 and pool.stats.created == 2 and pool.stats.reused == 1
+    await pool.aclose()
+    assert second.closed
+
+
+################################################################
+# Closing
+################################################################
+
+
+async def test_aclose_semantics(trionet_server: Any) -> None:
+    server = await trionet_server(echo_lines)
+    pool = ConnectionPool(server.addresses[0], max_size=2)
+    with trio.fail_after(5):
+        async with pool.connection() as idle_one:
+            await roundtrip(idle_one, b"idle")
+        outcome: list[str] = []
+
+        async def blocked_waiter() -> None:
+            try:
+                async with pool.connection():
+                    outcome.append("lent")
+            except trio.ClosedResourceError:
+                outcome.append("closed")
+
+        async with (
+            trio.open_nursery() as nursery,
+            pool.connection() as lent_a,
+            pool.connection() as lent_b,
+        ):
+            assert lent_a is idle_one
+            nursery.start_soon(blocked_waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.stats.waiting == 1
+            await pool.aclose()
+            # Lent connections stay usable until they are returned...
+            await roundtrip(lent_b, b"still works")
+            assert not lent_a.closed
+        # ...and are closed when they come back.
+        assert lent_a.closed and lent_b.closed
+        assert outcome == ["closed"]
+        with pytest.raises(trio.ClosedResourceError):
+            async with pool.connection():
+                pass
+        await pool.aclose()  # idempotent
+        with pytest.raises(trio.ClosedResourceError):
+            async with pool:
+                pass
+
+
+async def test_exiting_async_with_closes_idle_and_keeps_body_errors_bare(
+    trionet_server: Any,
+) -> None:
+    server = await trionet_server(echo_lines)
+    pool = ConnectionPool(server.addresses[0], idle_timeout=30.0)
+    with pytest.raises(KeyError):
+        async with pool:
+            async with pool.connection() as conn:
+                await roundtrip(conn, b"x")
+            raise KeyError("body error")
+    assert pool.closed and conn.closed
+
+
+################################################################
+# Arguments, stats, health checks
+################################################################
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"max_size": 0}, ValueError),
+        ({"max_size": -1}, ValueError),
+        ({"max_size": 1.5}, TypeError),
+        ({"max_size": True}, TypeError),
+        ({"idle_timeout": 0}, ValueError),
+        ({"idle_timeout": -1.0}, ValueError),
+        ({"idle_timeout": "10"}, TypeError),
+        ({"timeout": -1}, ValueError),
+        ({"retries": -1}, ValueError),
+        ({"local_address": "nope"}, trionet.InvalidAddress),
+        ({"not_an_option": 1}, TypeError),
+    ],
+)
+def test_invalid_arguments_raise_at_construction(options: dict[str, Any], error: type) -> None:
+    with pytest.raises(error):
+        ConnectionPool("tcp://127.0.0.1:7007", **options)
+
+
+def test_invalid_target_raises_at_construction() -> None:
+    with pytest.raises(trionet.InvalidAddress):
+        ConnectionPool("tcp://127.0.0.1")
+    pool = ConnectionPool(("127.0.0.1", 7007), max_size=3)
+    assert pool.target == TCPAddress("127.0.0.1", 7007)
+    assert pool.max_size == 3
+    assert "tcp://127.0.0.1:7007" in repr(pool)
+
+
+def test_pool_stats_is_a_frozen_validated_record() -> None:
+    assert attrs.has(PoolStats)
+    stats = PoolStats(created=1)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        stats.created = 2  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        PoolStats(created=-1)
+    with pytest.raises(TypeError):
+        PoolStats(created=1.5)  # type: ignore[arg-type]
+
+
+class _NoDescriptorSocket(trio.socket.SocketType):
+    """A socket from a custom factory: no file descriptor to poll."""
+
+    family = stdlib_socket.AF_INET
+    type = stdlib_socket.SOCK_STREAM
+
+    def close(self) -> None:
+        pass
+
+
+def test_sockets_without_a_descriptor_are_never_reused() -> None:
+    conn = trionet.Connection(
+        _NoDescriptorSocket(),
+        peer=TCPAddress("127.0.0.1", 1),
+        local=TCPAddress("127.0.0.1", 2),
+    )
+    reason = unusable_reason(conn)
+    assert reason is not None and "descriptor" in reason
+
+
+async def test_pool_works_with_unix_targets(trionet_server: Any, unused_unix_path: str) -> None:
+    server = await trionet_server(echo_lines, f"unix:{unused_unix_path}")
+    async with ConnectionPool(f"unix:{unused_unix_path}", max_size=2) as pool:
+        for i in range(3):
+            async with pool.connection() as conn:
+                await roundtrip(conn, b"u%d" % i)
+        assert pool.stats.created == 1 and pool.stats.reused == 2
+    assert server.stats.accepted == 1
+
+
+async def test_enclosing_cancel_of_a_pool_with_a_sweep_is_clean(trionet_server: Any) -> None:
+    handler = CountingEcho()
+    server = await trionet_server(handler)
+    pool = ConnectionPool(server.addresses[0], idle_timeout=30.0)
+    server_saw_close = handler.closed
+    with trio.fail_after(5):
+        with trio.move_on_after(0.2) as scope:
+            async with pool:
+                async with pool.connection() as first:
+                    await roundtrip(first, b"x")
+                async with pool.connection() as busy:
+                    assert busy is first
+                    await trio.sleep_forever()
+        assert scope.cancelled_caught
+        assert pool.closed and busy.closed
+        await server_saw_close.wait()
+    assert pool.stats.discarded == 1 and pool.stats.idle == 0
+    assert handler.total == 1

@@ -1,0 +1,535 @@
+"""The ``trionet`` command line: ``serve`` a handler, ``connect`` like netcat.
+
+::
+
+    trionet serve echo                                  # tcp://127.0.0.1:7007
+    trionet serve chargen --bind tcp://[::1]:1919 --bind unix:/tmp/cg.sock
+    trionet serve myapp.handlers:handle --deny 10.0.0.0/8 --max-connections 500
+    trionet connect tcp://127.0.0.1:7007 < request.txt
+
+This is the only module of trionet that prints: what a user asked for goes
+to stdout (the bound addresses, the final report; for ``connect``, the data
+received), diagnostics go to stderr through :mod:`logging`, configured by
+``--log-level``.
+
+Errors and exit codes
+=====================
+A command line tool's errors are read by a person, so every *expected*
+failure is reported as exactly one line on stderr, ``trionet: error: ...``,
+with no traceback:
+
+* **2 -- usage**: a bad flag or value, a malformed address spec
+  (:class:`~trionet.InvalidAddress`), an option ``ServerConfig`` or
+  ``AccessPolicy`` refuses, an unknown service or an unimportable
+  ``MODULE:FUNCTION``.  Everything that can be checked before any socket is
+  opened is checked first, so a typo never half-starts a server.
+* **1 -- runtime**: the address is taken (:class:`~trionet.AddressInUse`) or
+  cannot be listened on, a connection cannot be made or breaks, the user's
+  handler module raises while being imported.
+* **130 -- interrupted** by Ctrl-C before ``serve`` was ready to drain (or
+  during ``connect``), like any shell command killed by SIGINT.
+
+Once ``serve`` is listening, SIGINT and SIGTERM start a graceful drain
+(:func:`trionet.drain_on_signals`); a second signal cancels the remaining
+handlers.  A drained server exits 0 after printing its
+:class:`~trionet.ShutdownReport` and :class:`~trionet.ServerStats`.
+Unexpected exceptions -- bugs -- keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import importlib
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, Final, NoReturn
+
+import attrs
+import trio
+
+from ._address import parse_address
+from ._admission import AccessPolicy
+from ._client import connect
+from ._config import ServerConfig
+from ._connection import Connection
+from ._drain import ShutdownReport, drain_on_signals
+from ._exceptions import ConnectError, InvalidAddress, ListenError
+from ._server import Handler, Server, serve
+from ._services import SERVICES
+from ._unwrap import unwrap_single
+from ._version import __version__
+
+log = logging.getLogger("trionet.cli")
+
+__all__ = ["DEFAULT_BIND", "build_parser", "main"]
+
+#: Where ``trionet serve`` listens when given no ``--bind`` (also ``make run``).
+DEFAULT_BIND: Final = "tcp://127.0.0.1:7007"
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_READ_SIZE: Final = 65536
+
+
+class CLIError(Exception):
+    """An expected failure, reported as one line on stderr.
+
+    Attributes:
+        exit_code: the process exit status (``EXIT_USAGE`` or ``EXIT_ERROR``).
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, like every other CLI error."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the usage block and then the error; we keep to one
+        # line and point at --help instead, so scripts and people see the
+        # same "trionet: error: ..." shape for every failure.
+        self.exit(EXIT_USAGE, f"trionet: error: {message} (see '{self.prog} --help')\n")
+
+
+################################################################
+# Argument types: each raises ArgumentTypeError with a readable message.
+################################################################
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _octal(text: str) -> int:
+    digits = text[2:] if text.lower().startswith("0o") else text
+    try:
+        value = int(digits, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 660") from None
+    if not 0 <= value <= 0o7777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (0-7777)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``trionet`` argument parser (``serve`` and ``connect`` sub-commands).
+
+    Returns:
+        A parser whose errors print one ``trionet: error: ...`` line and exit 2.
+
+    Example::
+
+        >>> build_parser().parse_args(["serve", "echo"]).backlog is None
+        True
+    """
+    parser = _Parser(
+        prog="trionet",
+        description="Structured-concurrency networking for Trio: serve and connect.",
+    )
+    parser.add_argument("--version", action="version", version=f"trionet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    srv = commands.add_parser(
+        "serve",
+        help="serve a handler until Ctrl-C or SIGTERM, then drain gracefully",
+        description=(
+            "Serve a built-in service (echo, discard, daytime, chargen) or your own "
+            "handler (MODULE:FUNCTION, an async function taking a trionet.Connection). "
+            "Ctrl-C or SIGTERM drains gracefully; a second signal cancels the handlers."
+        ),
+    )
+    srv.add_argument(
+        "handler",
+        metavar="HANDLER",
+        help="echo, discard, daytime, chargen, or MODULE:FUNCTION",
+    )
+    srv.add_argument(
+        "--bind",
+        action="append",
+        metavar="SPEC",
+        help=f"tcp://HOST:PORT, unix:PATH or unix:@NAME; repeatable (default {DEFAULT_BIND})",
+    )
+    srv.add_argument("--backlog", type=_count, metavar="N", help="listen() queue length")
+    srv.add_argument(
+        "--grace",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds handlers get to finish on shutdown (default 10)",
+    )
+    srv.add_argument(
+        "--allow", action="append", metavar="CIDR", help="admit only these networks (repeatable)"
+    )
+    srv.add_argument(
+        "--deny", action="append", metavar="CIDR", help="refuse these networks (repeatable)"
+    )
+    srv.add_argument(
+        "--max-connections", type=_count, metavar="N", help="handle at most N connections at once"
+    )
+    srv.add_argument(
+        "--max-per-host", type=_count, metavar="N", help="at most N live connections per peer IP"
+    )
+    srv.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        metavar="S",
+        help="close connections idle (no bytes either way) for S seconds",
+    )
+    srv.add_argument(
+        "--unix-mode",
+        type=_octal,
+        metavar="OCTAL",
+        help="permissions of Unix socket files, e.g. 660",
+    )
+    srv.add_argument("--log-level", choices=_LOG_LEVELS, default="info", help="default: info")
+
+    con = commands.add_parser(
+        "connect",
+        help="connect and copy stdin to the peer and the peer to stdout (like netcat)",
+        description=(
+            "Connect to TARGET; copy stdin to the connection and the connection to stdout. "
+            "When stdin ends the sending side is half-closed; the command exits when the "
+            "peer closes the connection."
+        ),
+    )
+    con.add_argument("target", metavar="TARGET", help="tcp://HOST:PORT or unix:PATH")
+    con.add_argument("--local-address", metavar="IP", help="local IP address to connect from")
+    con.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="give up connecting after S seconds"
+    )
+    con.add_argument("--log-level", choices=_LOG_LEVELS, default="warning", help="default: warning")
+    return parser
+
+
+################################################################
+# serve
+################################################################
+
+
+def resolve_handler(spec: str) -> Handler:
+    """Turn ``echo``/``discard``/``daytime``/``chargen`` or ``MODULE:FUNCTION`` into a handler.
+
+    ``MODULE`` is imported with the current directory on ``sys.path`` (as
+    ``python -m`` would), and ``FUNCTION`` may be a dotted path inside it.
+
+    Args:
+        spec: a built-in service name or ``MODULE:FUNCTION``.
+
+    Returns:
+        The handler.
+
+    Raises:
+        CLIError: unknown name, missing module or attribute, not callable
+            (exit 2); the module raised while being imported (exit 1).
+
+    Example::
+
+        >>> resolve_handler("echo") is trionet.services.echo
+        True
+    """
+    service = SERVICES.get(spec)
+    if service is not None:
+        return service
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        names = ", ".join(SERVICES)
+        raise CLIError(
+            f"unknown service {spec!r} (expected one of {names}, or MODULE:FUNCTION)",
+            EXIT_USAGE,
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module_name
+        if missing == module_name or module_name.startswith(missing + "."):
+            raise CLIError(
+                f"cannot import {module_name!r}: no module named {missing!r}", EXIT_USAGE
+            ) from None
+        log.debug("importing %r failed", module_name, exc_info=True)
+        raise CLIError(_import_failed(module_name, exc)) from None
+    except Exception as exc:
+        log.debug("importing %r failed", module_name, exc_info=True)
+        raise CLIError(_import_failed(module_name, exc)) from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(
+                f"module {module_name!r} has no attribute {attr_path!r}", EXIT_USAGE
+            ) from None
+    if not callable(obj):
+        raise CLIError(
+            f"{spec!r} is a {type(obj).__name__}, not a handler (an async function)", EXIT_USAGE
+        )
+    handler: Handler = obj
+    return handler
+
+
+def _import_failed(module_name: str, exc: BaseException) -> str:
+    return (
+        f"importing {module_name!r} failed: {type(exc).__name__}: {exc} "
+        "(use --log-level debug for the traceback)"
+    )
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``serve`` keyword options for parsed ``serve`` arguments, validated.
+
+    Args:
+        args: the namespace ``build_parser().parse_args(["serve", ...])`` returned.
+
+    Returns:
+        Keyword arguments for :func:`trionet.serve` (``ServerConfig`` fields).
+
+    Raises:
+        CLIError: a value ``ServerConfig`` or ``AccessPolicy`` refuses (exit 2).
+
+    Example::
+
+        >>> args = build_parser().parse_args(["serve", "echo", "--max-connections", "8"])
+        >>> server_options(args)["max_connections"]
+        8
+    """
+    try:
+        access = None
+        if args.allow is not None or args.deny is not None:
+            access = AccessPolicy(allow=args.allow or None, deny=args.deny or ())
+        options: dict[str, Any] = {
+            "backlog": args.backlog,
+            "shutdown_grace": args.grace,
+            "access": access,
+            "max_connections": args.max_connections,
+            "max_connections_per_host": args.max_per_host,
+            "idle_timeout": args.idle_timeout,
+            "unix_mode": args.unix_mode,
+        }
+        ServerConfig(**options)  # validate now, before anything is opened
+    except (TypeError, ValueError) as exc:
+        raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
+    return options
+
+
+# ServerConfig names options by their Python names; say them as flags.
+_FLAG_NAMES: Final = {
+    "max_connections_per_host": "--max-per-host",
+    "max_connections": "--max-connections",
+    "idle_timeout": "--idle-timeout",
+    "shutdown_grace": "--grace",
+    "unix_mode": "--unix-mode",
+    "backlog": "--backlog",
+}
+
+
+def _option_message(message: str) -> str:
+    for name, flag in _FLAG_NAMES.items():
+        if message.startswith(name + " "):
+            return flag + message[len(name) :]
+    return message
+
+
+def bind_specs(args: argparse.Namespace) -> list[str]:
+    """The ``--bind`` specs given, or ``[DEFAULT_BIND]``; each checked by ``parse_address``.
+
+    Raises:
+        CLIError: a malformed spec (exit 2).
+    """
+    binds: list[str] = args.bind or [DEFAULT_BIND]
+    for spec in binds:
+        try:
+            parse_address(spec)
+        except InvalidAddress as exc:
+            raise CLIError(str(exc), EXIT_USAGE) from None
+    return binds
+
+
+def _print(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+async def _serve(handler: Handler, binds: list[str], options: dict[str, Any], grace: float) -> None:
+    reports: list[ShutdownReport] = []
+
+    async def drain(server: Server, *, task_status: trio.TaskStatus[None]) -> None:
+        reports.append(await drain_on_signals(server, grace=grace, task_status=task_status))
+
+    with unwrap_single():
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(
+                functools.partial(serve, handler, *binds, **options)
+            )
+            # Install the signal handlers *before* saying we listen: whoever
+            # waits for "listening on" may signal us the moment they see it.
+            await nursery.start(drain, server)
+            for address in server.addresses:
+                _print(f"listening on {address}")
+    report = reports[0]
+    _print(
+        f"shutdown: finished={report.finished} cancelled={report.cancelled} "
+        f"swept={report.swept} elapsed={report.elapsed:.3f}s"
+    )
+    _print("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(server.stats).items()))
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    binds = bind_specs(args)
+    options = server_options(args)
+    handler = resolve_handler(args.handler)
+    try:
+        trio.run(_serve, handler, binds, options, args.grace)
+    except InvalidAddress as exc:  # e.g. a host name that does not resolve
+        raise CLIError(str(exc), EXIT_USAGE) from None
+    except ListenError as exc:  # AddressInUse included
+        # str() of an OSError with an errno reads "[Errno 98] cannot listen
+        # on ...: Address already in use"; the message alone is clearer.
+        raise CLIError(exc.strerror or str(exc)) from None
+    return EXIT_OK
+
+
+################################################################
+# connect
+################################################################
+
+# Why threads for stdin/stdout instead of trio.lowlevel.FdStream?  FdStream
+# puts the descriptor in non-blocking mode, and that flag lives on the *open
+# file description*, which a terminal shares with the shell and with our own
+# stderr: a tty left non-blocking makes other writers fail with EAGAIN.
+# Plain blocking reads in a worker thread work the same for a tty, a pipe, a
+# regular file and /dev/null.  A read blocked on a terminal cannot be
+# interrupted, so it is abandoned on cancellation (abandon_on_cancel=True);
+# that is harmless, because the command exits right after.
+
+
+def _read_stdin(fd: int) -> bytes:
+    try:
+        return os.read(fd, _READ_SIZE)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            return b""  # no stdin at all (closed descriptor): nothing to send
+        raise CLIError(f"cannot read stdin: {exc.strerror or exc}") from None
+
+
+def _write_stdout(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        raise CLIError(f"cannot write stdout: {exc.strerror or exc}") from None
+
+
+async def _stdin_to_peer(conn: Connection, fd: int) -> None:
+    while True:
+        data = await trio.to_thread.run_sync(_read_stdin, fd, abandon_on_cancel=True)
+        if not data:
+            break
+        try:
+            await conn.send_all(data)
+        except trio.BrokenResourceError:
+            # The peer is gone; the receiving side reports how it ended.
+            return
+    try:
+        await conn.send_eof()
+    except trio.BrokenResourceError:
+        return
+
+
+async def _peer_to_stdout(conn: Connection, fd: int) -> None:
+    while True:
+        try:
+            data = await conn.receive_some()
+        except trio.BrokenResourceError:
+            raise CLIError(f"connection to {conn.peer} was reset by the peer") from None
+        if not data:
+            return
+        await trio.to_thread.run_sync(_write_stdout, fd, data)
+
+
+async def _connect(target: str, options: dict[str, Any], stdin: int, stdout: int) -> None:
+    conn = await connect(target, **options)
+    log.info("connected to %s from %s", conn.peer, conn.local)
+    async with conn:
+        with unwrap_single():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stdin_to_peer, conn, stdin)
+                await _peer_to_stdout(conn, stdout)
+                # The peer closed: stop reading stdin, even a terminal.
+                nursery.cancel_scope.cancel()
+
+
+def _run_connect(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {}
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
+    if args.local_address is not None:
+        options["local_address"] = args.local_address
+    try:
+        trio.run(_connect, args.target, options, 0, 1)
+    except InvalidAddress as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
+    except ConnectError as exc:  # ConnectTimeout included
+        raise CLIError(str(exc)) from None
+    return EXIT_OK
+
+
+################################################################
+# main
+################################################################
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``trionet`` command line.
+
+    Args:
+        argv: the arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 success, 1 runtime error, 2 usage error,
+        130 interrupted.
+
+    Example::
+
+        $ trionet serve echo --bind tcp://127.0.0.1:0
+        listening on tcp://127.0.0.1:43117
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT, stream=sys.stderr)
+    try:
+        if args.command == "serve":
+            return _run_serve(args)
+        return _run_connect(args)
+    except CLIError as exc:
+        print(f"trionet: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

@@ -1,0 +1,506 @@
+"""``ConnectionPool``: lend client connections to one target, at most ``max_size`` at once.
+
+Design notes
+============
+
+State
+-----
+A pool holds *slots* (at most ``max_size``), and each slot in use is either a
+connection being opened or a connection lent out.  Idle connections sit in a
+deque ordered by the time they came back: lending takes the *newest* (LIFO,
+so a few hot connections serve a light load and the rest age out), the idle
+sweep closes the *oldest*.  ::
+
+    lend:   take a slot (wait FIFO if none) -> newest healthy idle conn, or connect()
+    return: healthy and the block ended normally -> idle deque; else close
+            -> hand the slot straight to the first waiter (or free it)
+
+Fairness
+--------
+Waiters queue in a deque of events.  A returned slot is *handed over* to the
+first waiter rather than freed, so a task that arrives later cannot barge
+past the queue.  A waiter cancelled before its turn leaves the queue; one
+cancelled just after being handed a slot passes it on.
+
+Health
+------
+A connection may die while idle: the server closed it (EOF), reset it, or
+sent bytes nobody asked for (a protocol desync).  All three make the socket
+*readable*, so before lending an idle connection -- and when one comes back
+-- we poll its descriptor with a zero timeout: any readiness other than
+"writable" means discard.  We also discard one with unread bytes in its
+buffer, one the borrower closed or half-closed, and one whose block raised
+(the exchange may have stopped half-way).  A socket without a descriptor
+(made by a custom Trio socket factory) cannot be checked, so it is
+conservatively never reused.
+
+The sweep
+---------
+With ``idle_timeout``, connections idle longer than that are closed lazily
+(whenever the pool lends) and by a background task, so they do not linger
+when nobody lends.  The task runs in a nursery the pool opens in
+``__aenter__`` and closes in ``__aexit__``: the caller never has to provide
+one.  A pool used without ``async with`` only expires lazily.
+
+Closing
+-------
+``aclose()`` closes idle connections, wakes waiters with
+``trio.ClosedResourceError``, and marks the pool closed: later lends raise
+``ClosedResourceError``, and connections lent at the time are closed when they
+come back.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import select
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, final
+
+import attrs
+import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
+
+from ._address import Address
+from ._client import ConnectPlan, connect_with_plan, make_plan
+from ._connection import Connection
+from ._unwrap import unwrap_single
+
+if TYPE_CHECKING:
+    from typing import Self
+
+log = logging.getLogger("trionet.pool")
+
+__all__ = ["ConnectionPool", "PoolStats"]
+
+_DEAD_EVENTS: Final = (
+    getattr(select, "POLLIN", 0)
+    | getattr(select, "POLLPRI", 0)
+    | getattr(select, "POLLERR", 0)
+    | getattr(select, "POLLHUP", 0)
+    | getattr(select, "POLLNVAL", 0)
+)
+
+_count = attrs.field(
+    default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
+)
+
+
+@attrs.frozen
+class PoolStats:
+    """A snapshot of a :class:`ConnectionPool` (``pool.stats`` makes a fresh one).
+
+    ``created``, ``reused``, ``discarded`` and ``expired`` are cumulative;
+    the others are current values.
+    """
+
+    #: Connections the pool opened.
+    created: int = _count
+    #: Lends served by an idle connection instead of a new one.
+    reused: int = _count
+    #: Connections thrown away: the block raised, or the connection was
+    #: closed, half-closed, reset, at EOF or holding unexpected data.
+    discarded: int = _count
+    #: Idle connections closed because they outlived ``idle_timeout``.
+    expired: int = _count
+    #: Tasks waiting for a connection now.
+    waiting: int = _count
+    #: Idle connections now.
+    idle: int = _count
+    #: Connections lent out now.
+    lent: int = _count
+    #: Connections being opened now.
+    opening: int = _count
+
+
+class _Waiter:
+    __slots__ = ("closed", "event", "granted")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.granted = False
+        self.closed = False
+
+
+def _is_readable_or_dead(fd: int) -> bool:
+    """Zero-timeout poll: True if the socket has data, EOF, an error, or is gone."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, _DEAD_EVENTS)
+        return any(events & _DEAD_EVENTS for _fd, events in poller.poll(0))
+    readable, _, errored = select.select([fd], [], [fd], 0)  # pragma: no cover - no poll()
+    return bool(readable or errored)  # pragma: no cover
+
+
+def unusable_reason(conn: Connection) -> str | None:
+    """Why an idle connection must not be lent again, or None if it looks fine."""
+    if conn.closed:
+        return "closed by its borrower"
+    # Connection keeps these private; the pool is its sibling module.
+    if conn._eof_sent:
+        return "half-closed by its borrower"
+    if conn._buf:
+        return "holding unread data"
+    try:
+        fd = conn.socket.fileno()
+    except (OSError, NotImplementedError, AttributeError):
+        fd = -1
+    if fd < 0:
+        return "no descriptor to check its health"
+    try:
+        if _is_readable_or_dead(fd):
+            return "closed or reset by the peer, or holding unexpected data"
+    except (OSError, ValueError):
+        return "its descriptor cannot be polled"
+    return None
+
+
+class _Lease:
+    """``async with pool.connection() as conn``: lend on enter, take back on exit."""
+
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> Connection:
+        if self._conn is not None:
+            raise RuntimeError("this pool.connection() context is already in use")
+        self._conn = await self._pool._lend()
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        assert conn is not None
+        self._pool._take_back(conn, failed=exc_type is not None)
+
+
+@final
+class ConnectionPool:
+    """A pool of client connections to one target.
+
+    ``async with pool.connection() as conn`` lends a connection -- an idle
+    one that still looks healthy, or a new one from :func:`trionet.connect`
+    -- and takes it back when the block ends normally.  A connection whose
+    block raised (or was cancelled), that the borrower closed, or that the
+    peer closed, reset or wrote to while idle, is discarded and never lent
+    again.  At most ``max_size`` connections exist at once; further callers
+    wait, cancellably and first-come first-served.
+
+    Args:
+        target: what :func:`trionet.connect` takes: ``"tcp://HOST:PORT"``,
+            ``"unix:PATH"``, ``(host, port)``, or an address record.
+        max_size: the most connections open at once (lent, idle or opening).
+        idle_timeout: close connections idle for longer than this many
+            seconds (None: keep them until the pool closes).
+        **connect_options: passed to :func:`trionet.connect` for each new
+            connection (``timeout``, ``retries``, ``backoff``,
+            ``local_address``, ``happy_eyeballs_delay``, ``keepalive``, ...).
+
+    Raises:
+        InvalidAddress: a malformed target (at construction).
+        TypeError, ValueError: a bad option or an unknown keyword (at construction).
+
+    Use it as an async context manager (``async with pool:``): that starts
+    the background idle sweep and closes everything at the end.
+
+    Example::
+
+        pool = trionet.ConnectionPool("tcp://127.0.0.1:7007", max_size=10, idle_timeout=30.0)
+        async with pool:
+            async with pool.connection() as conn:
+                await conn.send_all(b"GET key\\n")
+                value = await conn.receive_line()
+            print(pool.stats)
+    """
+
+    def __init__(
+        self,
+        target: str | tuple[str, int] | Address,
+        *,
+        max_size: int = 10,
+        idle_timeout: float | None = None,
+        **connect_options: Any,
+    ) -> None:
+        self._plan: ConnectPlan = make_plan(target, **connect_options)
+        if not isinstance(max_size, int) or isinstance(max_size, bool):
+            raise TypeError(f"max_size must be an int, not {type(max_size).__name__}")
+        if max_size < 1:
+            raise ValueError(f"max_size must be >= 1, not {max_size!r}")
+        if idle_timeout is not None:
+            if not isinstance(idle_timeout, (int, float)) or isinstance(idle_timeout, bool):
+                raise TypeError(
+                    f"idle_timeout must be None or a number of seconds, "
+                    f"not {type(idle_timeout).__name__}"
+                )
+            if math.isnan(idle_timeout) or idle_timeout <= 0:
+                raise ValueError(f"idle_timeout must be > 0, not {idle_timeout!r}")
+            if math.isinf(idle_timeout):
+                idle_timeout = None
+        self._max_size = max_size
+        self._idle_timeout: float | None = None if idle_timeout is None else float(idle_timeout)
+        # (connection, time it came back), oldest on the left.
+        self._idle: collections.deque[tuple[Connection, float]] = collections.deque()
+        self._lent: set[Connection] = set()
+        self._opening = 0
+        self._slots = 0
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._closed = False
+        self._created = 0
+        self._reused = 0
+        self._discarded = 0
+        self._expired = 0
+        self._entered = False
+        self._nursery_manager: Any = None
+        self._sweep_scope: trio.CancelScope | None = None
+        self._sweep_wakeup: trio.Event | None = None
+
+    # ------------------------------------------------------------------
+    # Public surface
+
+    @property
+    def target(self) -> Address:
+        """The parsed target every connection goes to."""
+        return self._plan.target
+
+    @property
+    def max_size(self) -> int:
+        """The most connections the pool keeps open at once."""
+        return self._max_size
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._closed
+
+    @property
+    def stats(self) -> PoolStats:
+        """A fresh frozen :class:`PoolStats` snapshot."""
+        return PoolStats(
+            created=self._created,
+            reused=self._reused,
+            discarded=self._discarded,
+            expired=self._expired,
+            waiting=len(self._waiters),
+            idle=len(self._idle),
+            lent=len(self._lent),
+            opening=self._opening,
+        )
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return (
+            f"<trionet.ConnectionPool {self.target} idle={len(self._idle)} "
+            f"lent={len(self._lent)}/{self._max_size}{state}>"
+        )
+
+    def connection(self) -> _Lease:
+        """Borrow a connection for the duration of an ``async with`` block.
+
+        Entering waits (cancellably, first-come first-served) while all
+        ``max_size`` connections are in use, then lends an idle connection or
+        opens a new one.  Leaving the block normally returns it to the pool;
+        leaving with an exception (including cancellation) discards it.
+
+        Raises:
+            trio.ClosedResourceError: the pool is closed (on entering, also
+                while waiting).
+            ConnectError: a new connection could not be made (see
+                :func:`trionet.connect`); the slot is freed for the next caller.
+
+        Example::
+
+            async with pool.connection() as conn:
+                await conn.send_all(b"PING\\n")
+                assert await conn.receive_line() == b"PONG"
+        """
+        return _Lease(self)
+
+    async def aclose(self) -> None:
+        """Close the pool: idle connections now, lent ones when they come back.
+
+        Waiting callers get ``trio.ClosedResourceError``, as does any later
+        :meth:`connection`.  Idempotent.
+        """
+        if not self._closed:
+            self._closed = True
+            while self._idle:
+                conn, _since = self._idle.popleft()
+                conn.close()
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.closed = True
+                waiter.event.set()
+            if self._sweep_scope is not None:
+                self._sweep_scope.cancel()
+            log.debug("pool for %s closed", self.target)
+        await checkpoint()
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError("a ConnectionPool can be entered only once")
+        if self._closed:
+            raise trio.ClosedResourceError("this connection pool was already closed")
+        self._entered = True
+        if self._idle_timeout is not None:
+            manager = trio.open_nursery()
+            nursery = await manager.__aenter__()
+            self._nursery_manager = manager
+            # The sweep gets a scope of its own: the nursery's scope also
+            # encloses the caller's ``async with pool:`` body.
+            self._sweep_scope = trio.CancelScope()
+            nursery.start_soon(self._sweep, name=f"pool idle sweep {self.target}")
+        else:
+            await checkpoint()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        manager, self._nursery_manager = self._nursery_manager, None
+        try:
+            await self.aclose()
+        finally:
+            if manager is not None:
+                assert self._sweep_scope is not None
+                self._sweep_scope.cancel()
+                # The body's exception is not handed to the nursery: it would
+                # wrap it in an ExceptionGroup.  It propagates by itself.
+                with unwrap_single():
+                    await manager.__aexit__(None, None, None)
+
+    # ------------------------------------------------------------------
+    # Slots
+
+    async def _take_slot(self) -> None:
+        await checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("this connection pool was closed")
+        if self._slots < self._max_size and not self._waiters:
+            self._slots += 1
+            await cancel_shielded_checkpoint()
+            return
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:
+                self._give_slot_back()
+            else:
+                self._waiters.remove(waiter)
+            raise
+        if waiter.closed:
+            raise trio.ClosedResourceError("this connection pool was closed")
+
+    def _give_slot_back(self) -> None:
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.granted = True
+            waiter.event.set()
+        else:
+            self._slots -= 1
+
+    # ------------------------------------------------------------------
+    # Lending
+
+    async def _lend(self) -> Connection:
+        await self._take_slot()
+        try:
+            conn = self._take_idle()
+            if conn is None:
+                conn = await self._open()
+        except BaseException:
+            self._give_slot_back()
+            raise
+        self._lent.add(conn)
+        return conn
+
+    def _take_idle(self) -> Connection | None:
+        self._expire(trio.current_time())
+        while self._idle:
+            conn, _since = self._idle.pop()
+            why = unusable_reason(conn)
+            if why is None:
+                self._reused += 1
+                return conn
+            self._discard(conn, why)
+        return None
+
+    async def _open(self) -> Connection:
+        self._opening += 1
+        try:
+            conn = await connect_with_plan(self._plan)
+        finally:
+            self._opening -= 1
+        self._created += 1
+        if self._closed:
+            conn.close()
+            raise trio.ClosedResourceError("this connection pool was closed")
+        log.debug("pool for %s opened connection #%d", self.target, conn.id)
+        return conn
+
+    def _take_back(self, conn: Connection, *, failed: bool) -> None:
+        self._lent.discard(conn)
+        try:
+            if self._closed:
+                conn.close()
+            elif failed:
+                self._discard(conn, "its borrower's block raised")
+            else:
+                why = unusable_reason(conn)
+                if why is not None:
+                    self._discard(conn, why)
+                else:
+                    self._idle.append((conn, trio.current_time()))
+                    wakeup = self._sweep_wakeup
+                    if wakeup is not None:
+                        self._sweep_wakeup = None
+                        wakeup.set()
+        finally:
+            self._give_slot_back()
+
+    def _discard(self, conn: Connection, why: str) -> None:
+        self._discarded += 1
+        log.debug("pool for %s discards connection #%d: %s", self.target, conn.id, why)
+        conn.close()
+
+    # ------------------------------------------------------------------
+    # Idle expiry
+
+    def _expire(self, now: float) -> None:
+        timeout = self._idle_timeout
+        if timeout is None:
+            return
+        while self._idle and now - self._idle[0][1] >= timeout:
+            conn, _since = self._idle.popleft()
+            self._expired += 1
+            log.debug("pool for %s closes idle connection #%d", self.target, conn.id)
+            conn.close()
+
+    async def _sweep(self) -> None:
+        assert self._sweep_scope is not None
+        with self._sweep_scope:
+            await self._sweep_forever()
+
+    async def _sweep_forever(self) -> None:
+        timeout = self._idle_timeout
+        assert timeout is not None
+        while True:
+            if self._idle:
+                await trio.sleep_until(self._idle[0][1] + timeout)
+                self._expire(trio.current_time())
+            else:
+                wakeup = self._sweep_wakeup = trio.Event()
+                await wakeup.wait()

@@ -33,9 +33,12 @@ ServerFactory = Any
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``."""
+    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``.
+
+    For state that has no event of its own (``server.stats``, ``server.draining``).
+    """
     with trio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polling server state that has no event
             await trio.sleep(0.005)
 
 
@@ -121,7 +124,7 @@ def flaky(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], int | None]
 
 @attrs.define
 class _FakeListener:
-    address: TCPAddress = TCPAddress("127.0.0.1", 1)
+    address: TCPAddress = attrs.field(factory=lambda: TCPAddress("127.0.0.1", 1))
 
 
 @pytest.mark.parametrize(

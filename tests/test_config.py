@@ -137,7 +137,9 @@ async def test_serve_validates_before_listening(
     async with trio.open_nursery() as nursery:
         with pytest.raises(error, match=message.split("(")[0]):
             await nursery.start(
-                functools.partial(trionet.serve, _never_called, f"tcp://127.0.0.1:{port}", **options)
+                functools.partial(
+                    trionet.serve, _never_called, f"tcp://127.0.0.1:{port}", **options
+                )
             )
     with pytest.raises(error):
         async with trionet.open_server(_never_called, f"tcp://127.0.0.1:{port}", **options):
@@ -159,4 +161,4 @@ async def test_bad_shutdown_grace_values() -> None:
                     await server.shutdown(bad)  # type: ignore[arg-type]
             assert not server.draining
             report = await server.shutdown(0)
-    assert report == trionet.ShutdownReport(finished=0, cancelled=0, swept=0, elapsed=report.elapsed)
+    assert (report.finished, report.cancelled, report.swept) == (0, 0, 0)

@@ -18,9 +18,12 @@ ServerFactory = Any
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``."""
+    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``.
+
+    For state that has no event of its own (``server.stats``, ``server.draining``).
+    """
     with trio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polling server state that has no event
             await trio.sleep(0.005)
 
 

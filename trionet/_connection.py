@@ -161,6 +161,8 @@ class Connection(trio.abc.HalfCloseableStream):
         "_owner",
         "_raw",
         "_receive_busy",
+        "_rx_iter_waiting",
+        "_rx_would_block",
         "_scope",
         "_seen_at",
         "_seen_bytes",
@@ -204,6 +206,8 @@ class Connection(trio.abc.HalfCloseableStream):
         self.peer_reset = False
         self._buf: bytearray | None = None
         self._receive_busy = False
+        self._rx_would_block = False
+        self._rx_iter_waiting = False
         self._send_busy = False
         self._closed = False
         self._eof_sent = False
@@ -306,55 +310,84 @@ class Connection(trio.abc.HalfCloseableStream):
         return err
 
     async def _recv_into_nothing(self, max_bytes: int, interruptible: bool) -> bytes | None:
-        """Receive from the socket (not the buffer).  None means "drain interrupted"."""
+        """Receive from the socket (not the buffer).  None means "drain interrupted".
+
+        ``interruptible`` is set by ``async for``: during a graceful drain it
+        takes what the kernel already holds but does not wait for more.
+        """
         raw = self._raw
         self._receive_busy = True
         try:
             if raw is None:
                 return await self._recv_generic(max_bytes, interruptible)
-            await checkpoint_if_cancelled()
-            try:
-                data = raw.recv(max_bytes)
-            except BlockingIOError:
+            owner = self._owner
+            draining = interruptible and owner is not None and owner.draining
+            if self._rx_would_block and not draining:
+                # The last optimistic recv() found nothing: skip straight to
+                # the wait (a full checkpoint), saving a failing syscall and
+                # an exception per message in request/response traffic.
                 pass
             else:
-                self.bytes_received += len(data)
-                await self._coop()
-                return data
+                await checkpoint_if_cancelled()
+                try:
+                    data = raw.recv(max_bytes)
+                except BlockingIOError:
+                    self._rx_would_block = True
+                    if draining:
+                        return None
+                else:
+                    self.bytes_received += len(data)
+                    left = self._coop_left - 1
+                    if left <= 0:
+                        self._coop_left = self._budget
+                        await cancel_shielded_checkpoint()
+                    else:
+                        self._coop_left = left
+                    return data
             self._coop_left = self._budget
             while True:
-                if interruptible and self._owner is not None and self._owner.draining:
-                    # Drain has begun and nothing is waiting in the kernel.
-                    return None
                 if interruptible:
-                    with trio.CancelScope() as scope:
-                        self._iter_scope = scope
+                    # A drain wakes this wait with notify_closing() (see
+                    # _interrupt_iteration): no cancel scope per wait.
+                    self._rx_iter_waiting = True
+                    try:
                         await wait_readable(raw)
-                    self._iter_scope = None
-                    if scope.cancelled_caught:
-                        return None
+                    except trio.ClosedResourceError:
+                        if self._closed or owner is None or not owner.draining:
+                            raise
+                    finally:
+                        self._rx_iter_waiting = False
                 else:
                     await wait_readable(raw)
                 try:
                     data = raw.recv(max_bytes)
                 except BlockingIOError:
+                    if interruptible and owner is not None and owner.draining:
+                        return None
                     continue
                 self.bytes_received += len(data)
+                # A full read suggests more is queued: be optimistic next time.
+                self._rx_would_block = len(data) < max_bytes
                 return data
         except OSError as exc:
             raise self._mark_broken(exc) from exc
         finally:
-            self._iter_scope = None
             self._receive_busy = False
 
     async def _recv_generic(self, max_bytes: int, interruptible: bool) -> bytes | None:
+        # Sockets without a descriptor (custom socket factories): the plain
+        # trio.socket interface, and a cancel scope to let a drain interrupt
+        # an ``async for`` wait.
         if interruptible and self._owner is not None and self._owner.draining:
             await checkpoint()
             return None
         if interruptible:
             with trio.CancelScope() as scope:
                 self._iter_scope = scope
-                data = await self.socket.recv(max_bytes)
+                try:
+                    data = await self.socket.recv(max_bytes)
+                finally:
+                    self._iter_scope = None
             if scope.cancelled_caught:
                 return None
         else:
@@ -437,6 +470,11 @@ class Connection(trio.abc.HalfCloseableStream):
 
     def _interrupt_iteration(self) -> None:
         """Wake an ``async for`` blocked waiting for data (drain has begun)."""
+        if self._rx_iter_waiting and self._raw is not None and not self._closed:
+            # Wakes every waiter on this descriptor with ClosedResourceError
+            # without closing it; the waiters see the drain flag and carry on
+            # (a concurrent sender simply waits again).
+            trio.lowlevel.notify_closing(self._raw)
         scope = self._iter_scope
         if scope is not None:
             scope.cancel()
@@ -593,11 +631,21 @@ class Connection(trio.abc.HalfCloseableStream):
                     sent = 0
                 self.bytes_sent += sent
                 if sent == total:
-                    await self._coop()
+                    left = self._coop_left - 1
+                    if left <= 0:
+                        self._coop_left = self._budget
+                        await cancel_shielded_checkpoint()
+                    else:
+                        self._coop_left = left
                     return
                 self._coop_left = self._budget
                 while sent < total:
-                    await wait_writable(raw)
+                    try:
+                        await wait_writable(raw)
+                    except trio.ClosedResourceError:
+                        if self._closed:
+                            raise
+                        continue  # woken by a drain's notify_closing(): wait again
                     try:
                         with view[sent:] as rest:
                             n = raw.send(rest)
@@ -629,7 +677,14 @@ class Connection(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("this connection was already closed")
         self._send_busy = True
         try:
-            await self.socket.wait_writable()
+            while True:
+                try:
+                    await self.socket.wait_writable()
+                    return
+                except trio.ClosedResourceError:
+                    if self._closed:
+                        raise
+                    # woken by a drain's notify_closing(): wait again
         except OSError as exc:
             raise self._mark_broken(exc) from exc
         finally:

@@ -73,15 +73,17 @@ async def round_trip(sock: trio.socket.SocketType, data: bytes = b"ping") -> byt
 class FlakyListener:
     """Wraps a listener's raw socket; ``accept()`` raises what ``inject()`` says."""
 
-    def __init__(self, raw: socket.socket, inject: Callable[[], int | None]) -> None:
-        self._raw = raw
+    def __init__(self, inject: Callable[[], int | None]) -> None:
         self._inject = inject
+        self._raw: socket.socket | None = None
         self.calls = 0
 
     def fileno(self) -> int:
+        assert self._raw is not None
         return self._raw.fileno()
 
     def accept(self) -> tuple[socket.socket, Any]:
+        assert self._raw is not None
         self.calls += 1
         code = self._inject()
         if code is not None:
@@ -91,29 +93,19 @@ class FlakyListener:
 
 @pytest.fixture
 def flaky(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], int | None]], FlakyListener]:
-    """Install an error injector on the next server's listener."""
+    """Make the accept loop of servers started next see a FlakyListener."""
 
     def install(inject: Callable[[], int | None]) -> FlakyListener:
-        real = _accept.raw_socket_of
-        holder: list[FlakyListener] = []
+        real = _accept.raw_socket_of  # type: ignore[attr-defined]
+        flaky = FlakyListener(inject)
 
         def wrapped(sock: trio.socket.SocketType) -> Any:
-            raw = real(sock)
-            assert raw is not None
-            if not holder:
-                holder.append(FlakyListener(raw, inject))
-            return holder[0]
+            flaky._raw = real(sock)
+            assert flaky._raw is not None
+            return flaky
 
         monkeypatch.setattr(_accept, "raw_socket_of", wrapped)
-
-        class Lazy(FlakyListener):
-            def __init__(self) -> None:
-                pass
-
-            def __getattribute__(self, name: str) -> Any:
-                return getattr(holder[0], name)
-
-        return Lazy()
+        return flaky
 
     return install
 

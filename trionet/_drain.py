@@ -5,17 +5,35 @@ A graceful drain (``Server.shutdown``) proceeds in four steps:
 1. **Stop accepting.**  For each listener, accept everything the kernel has
    already completed (those clients finished the handshake and believe they
    are connected -- they are served, and counted in ``swept``), then close the
-   listener; new connects are refused from then on.  *Residual race*: a SYN
-   that completes its handshake after the final non-blocking ``accept()`` but
-   before ``close()`` is reset by the kernel.  The window is a few
-   microseconds of synchronous code; closing a listening socket atomically
-   with draining its queue is not something the sockets API offers.
+   listener; new connects are refused from then on (``ECONNREFUSED`` for
+   TCP; a Unix socket's file is removed, so ``ENOENT``).  Both happen in one
+   synchronous step, with no checkpoint in between.
+
+   *Residual race*: a handshake that completes after the final non-blocking
+   ``accept()`` returned ``EAGAIN`` but before ``close()`` is reset by the
+   kernel, and so are handshakes still half-done (in the SYN queue) at that
+   moment.  The window is the few microseconds between those two system
+   calls; the sockets API offers no way to close a listening socket
+   atomically with draining its queue, and a client connecting at the very
+   moment a server stops cannot be told apart from one connecting just
+   after.  Clients should retry a reset connect, as they must anyway.
+   (Listeners from a custom Trio socket factory, which have no descriptor,
+   are not swept: their queued connections are reset at close.)
+
+   Swept connections are admitted like any other (access policy, per-host
+   limit).  Beyond ``max_connections`` they are accepted but wait for a
+   free slot before their handler starts, so the limit still holds.
 2. **Tell handlers.**  ``conn.draining`` (a :class:`trio.Event`) is set on
    every connection, and ``async for chunk in conn`` ends once nothing more
-   is waiting -- data already in the kernel is still delivered first.
-3. **Wait** up to ``grace`` seconds for handlers to finish.
+   is waiting -- data already in the kernel is still delivered first -- so
+   keep-alive loops finish by themselves.
+3. **Wait** up to ``grace`` seconds for handlers to finish.  The deadline is
+   kept by the server's own task, not the caller's: cancelling the task that
+   called ``shutdown`` does not stop the drain, and a second ``shutdown``
+   with a shorter grace moves the deadline forward.
 4. **Cancel** the rest and close their connections.  ``shutdown`` returns
-   within ``grace`` plus the time handlers take to unwind from cancellation.
+   within ``grace`` plus the time the cancelled handlers take to unwind
+   (milliseconds, for handlers that do not shield themselves).
 """
 
 from __future__ import annotations

@@ -437,8 +437,15 @@ class Server:
     # Connections
 
     async def _connection_task(self, conn: Connection, hostkey: str | None) -> None:
+        # The per-connection hot path: one task, no timer, at most one cancel
+        # scope (only with idle_timeout, for the reaper to cancel).
         try:
-            await self._run_handler(conn)
+            if self._reaper is None:
+                await self._call_handler(conn)
+            else:
+                with trio.CancelScope() as scope:
+                    conn._scope = scope
+                    await self._call_handler(conn)
         finally:
             self._release(conn, hostkey)
 
@@ -453,17 +460,11 @@ class Server:
                 self._active += 1
                 running = True
             if running:
-                await self._run_handler(conn)
+                with trio.CancelScope() as scope:
+                    conn._scope = scope
+                    await self._call_handler(conn)
         finally:
             self._release(conn, hostkey, running=running)
-
-    async def _run_handler(self, conn: Connection) -> None:
-        if self._reaper is None:
-            await self._call_handler(conn)
-        else:
-            with trio.CancelScope() as scope:
-                conn._scope = scope
-                await self._call_handler(conn)
 
     async def _call_handler(self, conn: Connection) -> None:
         try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 
 import pytest
+import trio
 
 
 def require_program(name: str) -> str:
@@ -17,3 +19,14 @@ def require_program(name: str) -> str:
     if path is None:
         pytest.skip(f"needs the external program {name!r}, which is not installed here")
     return path
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``.
+
+    Only for state that has no event of its own (``server.stats``,
+    ``server.draining``); everything else waits on events.
+    """
+    with trio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling server state that has no event
+            await trio.sleep(0.005)

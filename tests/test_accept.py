@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from conftest import wait_until
 from trio._socket import _SocketType
 
 import trionet
@@ -31,15 +32,6 @@ from trionet._stats import Counters
 
 ServerFactory = Any
 
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``.
-
-    For state that has no event of its own (``server.stats``, ``server.draining``).
-    """
-    with trio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - polling server state that has no event
-            await trio.sleep(0.005)
 
 
 def port_of(server: trionet.Server) -> int:

@@ -7,26 +7,17 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio
+from conftest import wait_until
 
 import trionet
 from trionet import AccessPolicy, TCPAddress, UnixAddress
 
 ServerFactory = Any
 
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``.
-
-    For state that has no event of its own (``server.stats``, ``server.draining``).
-    """
-    with trio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - polling server state that has no event
-            await trio.sleep(0.005)
 
 
 async def connect_from(source: str, port: int, host: str = "127.0.0.1") -> trio.socket.SocketType:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 import pytest
 import trio
 import trio.testing
+from conftest import wait_until
 
 import trionet
 from trionet import TCPAddress
@@ -18,15 +18,6 @@ from trionet._stats import Counters
 
 ServerFactory = Any
 
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``.
-
-    For state that has no event of its own (``server.stats``, ``server.draining``).
-    """
-    with trio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - polling server state that has no event
-            await trio.sleep(0.005)
 
 
 async def open_client(server: trionet.Server) -> trio.socket.SocketType:

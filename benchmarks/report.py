@@ -208,27 +208,30 @@ def _summary_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 
 
 def _notes(summary: dict[str, Any]) -> list[str]:
-    notes = []
-    problems: dict[str, str] = {}
+    """Missing peers, failed rounds, connection errors, disturbed figures."""
+    notes: list[str] = []
+    missing: dict[str, str] = {}
     for wl in summary["workloads"]:
+        busy = []
         for row in wl["rows"]:
-            if row["status"] != "ok":
-                problems.setdefault(f"{row['label']} ({wl['short']})", row.get("reason") or "")
-            elif row.get("failed_rounds"):
-                problems[f"{row['label']} ({wl['short']})"] = (
-                    f"{row['failed_rounds']} round(s) failed"
-                )
-            elif (row.get("other_cpu") or 0) >= OTHER_BUSY:
-                problems[f"{row['label']} ({wl['short']})"] = (
-                    f"other processes used {fmt_pct(row['other_cpu'])} of a core during the "
-                    "measurement; the figure is likely disturbed"
-                )
-            elif row.get("errors"):
-                problems[f"{row['label']} ({wl['short']})"] = (
-                    f"{row['errors']} connection error(s) during measurement"
-                )
-    for what, why in problems.items():
-        notes.append(f"{what}: {why}")
+            what = f"{row['label']} ({wl['short']})"
+            if row["status"] == "missing":
+                missing.setdefault(row["label"], row.get("reason") or "")
+            elif row["status"] == "failed":
+                notes.append(f"{what} failed: {row.get('reason')}")
+            else:
+                if row.get("failed_rounds"):
+                    notes.append(f"{what}: {row['failed_rounds']} round(s) failed")
+                if row.get("errors"):
+                    notes.append(f"{what}: {row['errors']} connection error(s) while measuring")
+                if (row.get("other_cpu") or 0) >= OTHER_BUSY:
+                    busy.append(f"{row['label']} {fmt_pct(row['other_cpu'])}")
+        if busy:
+            notes.append(
+                f"Busy machine during {wl['short']} (CPU used by other processes, in % of a "
+                f"core; these figures are disturbed): {', '.join(busy)}"
+            )
+    notes[:0] = [f"{label} is missing: {why}" for label, why in missing.items()]
     return notes
 
 
@@ -351,12 +354,17 @@ def render_chart(summary: dict[str, Any], path: Path) -> None:
         return
     ncols = 2 if len(wls) > 1 else 1
     nrows = (len(wls) + ncols - 1) // ncols
-    max_peers = max(len(w["rows"]) for w in wls)
+    # Each grid row as tall as its longest bar list (+ room for title and axis).
+    peers_per_row = [
+        max(len(w["rows"]) for w in wls[r * ncols : (r + 1) * ncols]) for r in range(nrows)
+    ]
+    heights = [0.32 * n + 1.2 for n in peers_per_row]
     fig, axes = plt.subplots(
         nrows,
         ncols,
-        figsize=(7.0 * ncols, 0.32 * max_peers * nrows + 1.1 * nrows + 1.0),
+        figsize=(7.0 * ncols, sum(heights) + 0.8),
         squeeze=False,
+        gridspec_kw={"height_ratios": heights},
     )
     for ax, wl in zip(axes.flat, wls, strict=False):
         rows = list(reversed(wl["rows"]))  # first peer on top
@@ -366,14 +374,15 @@ def render_chart(summary: dict[str, Any], path: Path) -> None:
         hi = [r["max"] - r["mean"] if r["status"] == "ok" else 0.0 for r in rows]
         colors = [COLORS.get(r["peer"], OTHER) for r in rows]
         y = range(len(rows))
-        ax.barh(y, means, color=colors, xerr=[lo, hi], capsize=2, ecolor="#333333")
+        ax.barh(y, means, height=0.7, color=colors, xerr=[lo, hi], capsize=2, ecolor="#333333")
+        ax.set_ylim(-0.5, len(rows) - 0.5)
         ax.set_yticks(list(y), labels, fontsize=8)
         ax.set_xlabel(wl["unit"] + ("" if wl["higher_is_better"] else " (lower is better)"))
         ax.set_title(wl["title"], fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:,.0f}"))
-        top = max(means) if any(means) else 1.0
-        ax.set_xlim(0, top * 1.35)
+        top = max((r["max"] for r in rows if r["status"] == "ok"), default=0.0) or 1.0
+        ax.set_xlim(0, top * 1.45)
         for yi, row in zip(y, rows, strict=True):
             if row["status"] == "ok":
                 text = f"{fmt_value(row['mean'], wl['unit'])}  {fmt_ratio(row['ratio'])}"
@@ -399,7 +408,8 @@ def render_chart(summary: dict[str, Any], path: Path) -> None:
         "(client workload: to trio.open_tcp_stream)",
         fontsize=9,
     )
-    fig.tight_layout()
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # room for the two-line title
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

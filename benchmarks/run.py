@@ -697,6 +697,9 @@ def versions() -> dict[str, str]:
             check=True,
         ).stdout
         result: dict[str, str] = json.loads(out)
+        # "0.1.0 (/path/to/checkout/trionet/__init__.py)" -> "0.1.0 (working tree)"
+        here = f" ({REPO / 'trionet' / '__init__.py'})"
+        result["trionet"] = result.get("trionet", "?").replace(here, " (working tree)")
         return result
     except (subprocess.SubprocessError, json.JSONDecodeError) as exc:
         return {"error": repr(exc)}

@@ -407,7 +407,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     handler = resolve_handler(args.handler)
     try:
         trio.run(_serve, handler, binds, options, args.grace)
-    except InvalidAddress as exc:  # e.g. a host name that does not resolve
+    except InvalidAddress as exc:  # a malformed spec (unresolvable hosts raise ListenError)
         raise CLIError(str(exc), EXIT_USAGE) from None
     except ListenError as exc:  # AddressInUse included
         # str() of an OSError with an errno reads "[Errno 98] cannot listen

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import os
 import socket as _stdlib_socket
 import struct
 import time
@@ -75,6 +76,14 @@ DEFAULT_RECEIVE_SIZE: Final = 65536
 DEFAULT_SCHEDULE_BUDGET: Final = 1
 
 _ids = itertools.count(1)
+
+# Yield once and retry before blocking in epoll (see _recv_into_nothing).
+_SPIN_BEFORE_WAIT = int(os.environ.get("TRIONET_SPIN", "1"))
+
+try:  # the run queue, read (never written) by the cooperative budget; private, so guarded
+    from trio._core._run import GLOBAL_RUN_CONTEXT as _RUN_CONTEXT
+except ImportError:  # pragma: no cover - a future Trio moved it: strict checkpoints only
+    _RUN_CONTEXT = None  # type: ignore[assignment,misc]
 
 try:  # the class of real (descriptor-backed) Trio sockets; private, so guarded
     from trio._socket import _SocketType as _RealTrioSocket
@@ -162,7 +171,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_raw",
         "_receive_busy",
         "_rx_iter_waiting",
-        "_rx_would_block",
+        "_waits",
         "_scope",
         "_seen_at",
         "_seen_bytes",
@@ -191,6 +200,8 @@ class Connection(trio.abc.HalfCloseableStream):
             raise ValueError("Connection needs a SOCK_STREAM socket")
         if type(schedule_budget) is not int or schedule_budget < 1:
             raise ValueError(f"schedule_budget must be an int >= 1, not {schedule_budget!r}")
+        if _RUN_CONTEXT is None:  # pragma: no cover
+            schedule_budget = 1
         self.socket = socket
         self._raw = raw_socket_of(socket)
         if peer is None:
@@ -206,8 +217,8 @@ class Connection(trio.abc.HalfCloseableStream):
         self.peer_reset = False
         self._buf: bytearray | None = None
         self._receive_busy = False
-        self._rx_would_block = False
         self._rx_iter_waiting = False
+        self._waits = 0
         self._send_busy = False
         self._closed = False
         self._eof_sent = False
@@ -234,7 +245,7 @@ class Connection(trio.abc.HalfCloseableStream):
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`aclose` or :meth:`abort` was called."""
+        """True once :meth:`close`, :meth:`aclose` or :meth:`abort` was called."""
         return self._closed
 
     @property
@@ -297,11 +308,14 @@ class Connection(trio.abc.HalfCloseableStream):
     # Internal helpers
 
     async def _coop(self) -> None:
-        # Called after an operation that completed without waiting.
-        self._coop_left -= 1
-        if self._coop_left <= 0:
+        # Called after an operation that completed without waiting: a schedule
+        # point when the budget is spent or another task is ready to run.
+        left = self._coop_left - 1
+        if left <= 0 or _RUN_CONTEXT.runner.runq:
             self._coop_left = self._budget
             await cancel_shielded_checkpoint()
+        else:
+            self._coop_left = left
 
     def _mark_broken(self, exc: OSError) -> BaseException:
         err = translate_stream_error(exc)
@@ -309,7 +323,9 @@ class Connection(trio.abc.HalfCloseableStream):
             self.peer_reset = True
         return err
 
-    async def _recv_into_nothing(self, max_bytes: int, interruptible: bool) -> bytes | None:
+    async def _recv_into_nothing(
+        self, max_bytes: int, interruptible: bool, tried: bool = False, coop: bool = True
+    ) -> bytes | None:
         """Receive from the socket (not the buffer).  None means "drain interrupted".
 
         ``interruptible`` is set by ``async for``: during a graceful drain it
@@ -321,35 +337,50 @@ class Connection(trio.abc.HalfCloseableStream):
             if raw is None:
                 return await self._recv_generic(max_bytes, interruptible)
             owner = self._owner
-            draining = interruptible and owner is not None and owner.draining
-            if self._rx_would_block and not draining:
-                # The last optimistic recv() found nothing: skip straight to
-                # the wait (a full checkpoint), saving a failing syscall and
-                # an exception per message in request/response traffic.
-                pass
+            if tried:
+                # The caller's own optimistic recv() just found nothing.
+                if interruptible and owner is not None and owner.draining:
+                    return None
             else:
                 await checkpoint_if_cancelled()
                 try:
                     data = raw.recv(max_bytes)
                 except BlockingIOError:
-                    self._rx_would_block = True
-                    if draining:
+                    # Nothing waiting.  During a drain, ``async for`` stops here.
+                    if interruptible and owner is not None and owner.draining:
                         return None
                 else:
                     self.bytes_received += len(data)
-                    left = self._coop_left - 1
-                    if left <= 0:
-                        self._coop_left = self._budget
-                        await cancel_shielded_checkpoint()
-                    else:
-                        self._coop_left = left
+                    if coop:
+                        left = self._coop_left - 1
+                        if left <= 0 or _RUN_CONTEXT.runner.runq:
+                            self._coop_left = self._budget
+                            await cancel_shielded_checkpoint()
+                        else:
+                            self._coop_left = left
                     return data
             self._coop_left = self._budget
+            if _SPIN_BEFORE_WAIT:
+                # Before parking in epoll: one schedule point, then one more
+                # try.  In request/response traffic the peer's answer often
+                # lands while other tasks run, and a recv() that succeeds is far
+                # cheaper than an epoll registration plus a sleep and wake-up.
+                self._waits += 1
+                await checkpoint()
+                try:
+                    data = raw.recv(max_bytes)
+                except BlockingIOError:
+                    if interruptible and owner is not None and owner.draining:
+                        return None
+                else:
+                    self.bytes_received += len(data)
+                    return data
             while True:
                 if interruptible:
                     # A drain wakes this wait with notify_closing() (see
                     # _interrupt_iteration): no cancel scope per wait.
                     self._rx_iter_waiting = True
+                    self._waits += 1
                     try:
                         await wait_readable(raw)
                     except trio.ClosedResourceError:
@@ -358,6 +389,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     finally:
                         self._rx_iter_waiting = False
                 else:
+                    self._waits += 1
                     await wait_readable(raw)
                 try:
                     data = raw.recv(max_bytes)
@@ -366,8 +398,6 @@ class Connection(trio.abc.HalfCloseableStream):
                         return None
                     continue
                 self.bytes_received += len(data)
-                # A full read suggests more is queued: be optimistic next time.
-                self._rx_would_block = len(data) < max_bytes
                 return data
         except OSError as exc:
             raise self._mark_broken(exc) from exc
@@ -381,6 +411,7 @@ class Connection(trio.abc.HalfCloseableStream):
         if interruptible and self._owner is not None and self._owner.draining:
             await checkpoint()
             return None
+        self._waits += 1  # trio.socket methods always include a schedule point
         if interruptible:
             with trio.CancelScope() as scope:
                 self._iter_scope = scope
@@ -403,7 +434,11 @@ class Connection(trio.abc.HalfCloseableStream):
 
     async def _fill(self, minimum_chunk: int) -> bool:
         """Read more into the buffer; False at EOF."""
-        data = await self._recv_into_nothing(max(minimum_chunk, DEFAULT_RECEIVE_SIZE), False)
+        # No schedule point here: the buffered helper that called us adds one
+        # at the end if nothing on the way was one.
+        data = await self._recv_into_nothing(
+            max(minimum_chunk, DEFAULT_RECEIVE_SIZE), False, coop=False
+        )
         if not data:
             return False
         if self._buf is None:
@@ -450,23 +485,46 @@ class Connection(trio.abc.HalfCloseableStream):
         return self
 
     async def __anext__(self) -> bytes:
+        raw = self._raw
+        tried = False
+        if raw is not None and not self._buf and not self._receive_busy and not self._closed:
+            # The hot path of every ``async for chunk in conn`` handler, kept
+            # to one frame: an optimistic recv() on the kernel socket.
+            self._receive_busy = True
+            try:
+                await checkpoint_if_cancelled()
+                try:
+                    data = raw.recv(DEFAULT_RECEIVE_SIZE)
+                except BlockingIOError:
+                    tried = True
+                else:
+                    self.bytes_received += len(data)
+                    left = self._coop_left - 1
+                    if left <= 0 or _RUN_CONTEXT.runner.runq:
+                        self._coop_left = self._budget
+                        await cancel_shielded_checkpoint()
+                    else:
+                        self._coop_left = left
+                    if not data:
+                        raise StopAsyncIteration
+                    return data
+            except OSError as exc:
+                raise self._mark_broken(exc) from exc
+            finally:
+                self._receive_busy = False
         self._check_receive()
         if self._buf:
             await checkpoint_if_cancelled()
             out = self._take(DEFAULT_RECEIVE_SIZE)
             await self._coop()
             return out
-        owner = self._owner
-        if owner is None:
-            data = await self._recv_into_nothing(DEFAULT_RECEIVE_SIZE, False)
-        else:
-            # During a drain this still takes what the kernel already holds
-            # (a request that arrived just before the drain is served), and
-            # stops instead of waiting for more.
-            data = await self._recv_into_nothing(DEFAULT_RECEIVE_SIZE, True)
-        if not data:
+        # During a drain this still takes what the kernel already holds (a
+        # request that arrived just before the drain is served), and stops
+        # instead of waiting for more.
+        more = await self._recv_into_nothing(DEFAULT_RECEIVE_SIZE, self._owner is not None, tried)
+        if not more:
             raise StopAsyncIteration
-        return data
+        return more
 
     def _interrupt_iteration(self) -> None:
         """Wake an ``async for`` blocked waiting for data (drain has begun)."""
@@ -496,6 +554,7 @@ class Connection(trio.abc.HalfCloseableStream):
         if n == 0:
             await checkpoint()
             return b""
+        waits = self._waits
         while self._buf is None or len(self._buf) < n:
             if not await self._fill(n - (len(self._buf) if self._buf else 0)):
                 partial = self._take(len(self._buf)) if self._buf else b""
@@ -506,7 +565,8 @@ class Connection(trio.abc.HalfCloseableStream):
                 )
         await checkpoint_if_cancelled()
         out = self._take(n)
-        await self._coop()
+        if self._waits == waits:
+            await self._coop()
         return out
 
     async def receive_until(self, delimiter: bytes, *, max_size: int) -> bytes:
@@ -570,6 +630,7 @@ class Connection(trio.abc.HalfCloseableStream):
         # resumes len(delim) - 1 bytes before the previous end, so a
         # delimiter split across reads is found, and found leftmost.
         self._check_receive()
+        waits = self._waits
         dlen = len(delimiter)
         slack = 1 if strip_cr else 0
         start = 0
@@ -589,7 +650,8 @@ class Connection(trio.abc.HalfCloseableStream):
                         self._buf = None
                     else:
                         del buf[: idx + dlen]
-                    await self._coop()
+                    if self._waits == waits:
+                        await self._coop()
                     return out
                 if len(buf) >= max_size + slack + dlen:
                     break
@@ -620,26 +682,31 @@ class Connection(trio.abc.HalfCloseableStream):
         self._send_busy = True
         try:
             await checkpoint_if_cancelled()
+            if raw is None:
+                with memoryview(data) as view:
+                    await self._send_generic(view.cast("B"), view.nbytes)
+                return
+            if type(data) is not bytes and type(data) is not bytearray:
+                data = memoryview(data).cast("B")
+            total = len(data)
+            try:
+                sent = raw.send(data) if total else 0
+            except BlockingIOError:
+                sent = 0
+            self.bytes_sent += sent
+            if sent == total:
+                # The common case: the kernel took it all at once.
+                left = self._coop_left - 1
+                if left <= 0 or _RUN_CONTEXT.runner.runq:
+                    self._coop_left = self._budget
+                    await cancel_shielded_checkpoint()
+                else:
+                    self._coop_left = left
+                return
+            self._coop_left = self._budget
             with memoryview(data) as view:
-                total = len(view)
-                if raw is None:
-                    await self._send_generic(view, total)
-                    return
-                try:
-                    sent = raw.send(view) if total else 0
-                except BlockingIOError:
-                    sent = 0
-                self.bytes_sent += sent
-                if sent == total:
-                    left = self._coop_left - 1
-                    if left <= 0:
-                        self._coop_left = self._budget
-                        await cancel_shielded_checkpoint()
-                    else:
-                        self._coop_left = left
-                    return
-                self._coop_left = self._budget
                 while sent < total:
+                    self._waits += 1
                     try:
                         await wait_writable(raw)
                     except trio.ClosedResourceError:

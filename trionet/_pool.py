@@ -56,6 +56,7 @@ import collections
 import logging
 import math
 import select
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -302,7 +303,7 @@ class ConnectionPool:
             f"lent={len(self._lent)}/{self._max_size}{state}>"
         )
 
-    def connection(self) -> _Lease:
+    def connection(self) -> AbstractAsyncContextManager[Connection]:
         """Borrow a connection for the duration of an ``async with`` block.
 
         Entering waits (cancellably, first-come first-served) while all

@@ -18,7 +18,8 @@ class ServerStats:
 
     #: Connections accepted and handed to a handler (includes ``swept``).
     accepted: int = 0
-    #: Connections whose handler is running now.
+    #: Connections accepted and not yet closed: handlers running, or (swept
+    #: during a drain beyond ``max_connections``) waiting for a slot.
     active: int = 0
     #: Connections finished and closed.
     closed: int = 0

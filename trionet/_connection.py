@@ -98,6 +98,7 @@ class _Owner(Protocol):
     """What a Connection needs from the server that owns it (none for clients)."""
 
     draining: bool
+    drain_silent: bool
 
 
 @attrs.frozen
@@ -339,7 +340,7 @@ class Connection(trio.abc.HalfCloseableStream):
             owner = self._owner
             if tried:
                 # The caller's own optimistic recv() just found nothing.
-                if interruptible and owner is not None and owner.draining:
+                if interruptible and self._drain_stops_iteration():
                     return None
             else:
                 await checkpoint_if_cancelled()
@@ -347,7 +348,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     data = raw.recv(max_bytes)
                 except BlockingIOError:
                     # Nothing waiting.  During a drain, ``async for`` stops here.
-                    if interruptible and owner is not None and owner.draining:
+                    if interruptible and self._drain_stops_iteration():
                         return None
                 else:
                     self.bytes_received += len(data)
@@ -370,7 +371,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 try:
                     data = raw.recv(max_bytes)
                 except BlockingIOError:
-                    if interruptible and owner is not None and owner.draining:
+                    if interruptible and self._drain_stops_iteration():
                         return None
                 else:
                     self.bytes_received += len(data)
@@ -394,7 +395,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 try:
                     data = raw.recv(max_bytes)
                 except BlockingIOError:
-                    if interruptible and owner is not None and owner.draining:
+                    if interruptible and self._drain_stops_iteration():
                         return None
                     continue
                 self.bytes_received += len(data)
@@ -408,7 +409,7 @@ class Connection(trio.abc.HalfCloseableStream):
         # Sockets without a descriptor (custom socket factories): the plain
         # trio.socket interface, and a cancel scope to let a drain interrupt
         # an ``async for`` wait.
-        if interruptible and self._owner is not None and self._owner.draining:
+        if interruptible and self._drain_stops_iteration():
             await checkpoint()
             return None
         self._waits += 1  # trio.socket methods always include a schedule point
@@ -526,8 +527,23 @@ class Connection(trio.abc.HalfCloseableStream):
             raise StopAsyncIteration
         return more
 
+    def _drain_stops_iteration(self) -> bool:
+        # ``async for`` ends on drain for a connection that has already been
+        # talking.  One that has received nothing yet -- typically swept from
+        # the kernel queue, its client's first request still on the way -- is
+        # given a moment (Server: _FIRST_REQUEST_ALLOWANCE) before it counts
+        # as idle too; the grace period bounds everything.
+        owner = self._owner
+        return (
+            owner is not None
+            and owner.draining
+            and (self.bytes_received > 0 or owner.drain_silent)
+        )
+
     def _interrupt_iteration(self) -> None:
         """Wake an ``async for`` blocked waiting for data (drain has begun)."""
+        if not self._drain_stops_iteration():
+            return
         if self._rx_iter_waiting and self._raw is not None and not self._closed:
             # Wakes every waiter on this descriptor with ClosedResourceError
             # without closing it; the waiters see the drain flag and carry on

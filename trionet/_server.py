@@ -91,6 +91,9 @@ Handler = Callable[[Connection], Awaitable[Any]]
 
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 _ANY = frozenset({"0.0.0.0", "::", "", "*"})
+#: Seconds a drain waits for a silent new connection's first bytes before
+#: ending its ``async for`` loop (bounded by the grace period anyway).
+_FIRST_REQUEST_ALLOWANCE = 2.0
 _NOT_ERRORS = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
@@ -116,6 +119,8 @@ class Server:
         self.config = config
         #: True once a graceful drain has begun (read by connections).
         self.draining = False
+        #: True once connections that never sent anything count as idle too.
+        self.drain_silent = False
         self._counters = Counters()
         self._conns: dict[int, Connection] = {}
         self._active = 0
@@ -271,6 +276,15 @@ class Server:
                     # Only a drain ends the accept nursery without an error.
                     with trio.CancelScope(deadline=self._grace_deadline) as grace_scope:
                         self._grace_scope = grace_scope
+                        # A connection that has not sent a byte yet is given a
+                        # moment for its first request (it may have just been
+                        # swept from the kernel queue) before ``async for``
+                        # treats it as idle too -- like Go's Shutdown does.
+                        with trio.move_on_at(self._drain_started_at + _FIRST_REQUEST_ALLOWANCE):
+                            await self._empty.wait()
+                        self.drain_silent = True
+                        for conn in list(self._conns.values()):
+                            conn._interrupt_iteration()
                         await self._empty.wait()
                     self._grace_scope = None
                     if self._conns:

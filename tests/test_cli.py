@@ -306,6 +306,13 @@ def test_builtin_and_module_handlers_resolve(
         (["connect"], ["required: TARGET"]),
         (["connect", "127.0.0.1:7"], ["invalid address '127.0.0.1:7'"]),
         (["connect", "tcp://127.0.0.1:7", "--timeout", "soon"], ["--timeout"]),
+        (["connect", "tcp://127.0.0.1:7", "--timeout", "0"], ["--timeout", "'0'", "> 0"]),
+        (["connect", "tcp://127.0.0.1:7", "--timeout", "-1"], ["--timeout", "'-1'"]),
+        (["connect", "tcp://127.0.0.1:7", "--timeout", "inf"], ["--timeout", "'inf'"]),
+        (
+            ["connect", "tcp://127.0.0.1:7", "--local-address", "::1"],
+            ["local address ::1 and target 127.0.0.1 are of different address families"],
+        ),
         (["connect", "tcp://127.0.0.1:7", "--local-address", "nope"], ["'nope'"]),
     ],
 )
@@ -316,6 +323,22 @@ def test_usage_errors_are_one_line_and_exit_2(
     out, err = capsys.readouterr()
     assert out == ""
     assert_one_error_line(err, *fragments)
+
+
+@pytest.mark.parametrize("error", [ValueError("bad value"), TypeError("bad type")])
+def test_connect_argument_errors_are_usage_errors(
+    error: Exception, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Whatever connect's argument checks refuse -- not only the cases argparse
+    # catches -- is one usage line and exit 2, before any I/O.
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr("trionet._cli.make_plan", refuse)
+    assert run_main(["connect", "tcp://127.0.0.1:7", "--timeout", "5"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_one_error_line(err, str(error))
 
 
 def test_handler_module_that_raises_on_import_is_a_runtime_error(
@@ -631,6 +654,35 @@ def test_connect_refused_is_one_line_and_exit_1() -> None:
     assert_one_error_line(
         result.stderr.decode(), f"cannot connect to tcp://127.0.0.1:{port}", "refused"
     )
+
+
+def test_connect_into_a_closed_pipe_ends_quietly(cli: Start) -> None:
+    # `trionet connect ... | head -c 100`: once the reader of our stdout is
+    # gone (EPIPE), the command ends quietly with status 0, like netcat.
+    server = cli("serve", "chargen", "--bind", LOCAL)
+    port = server.port()
+    client = subprocess.Popen(
+        [sys.executable, "-m", "trionet", "connect", f"tcp://127.0.0.1:{port}"],
+        stdin=subprocess.PIPE,  # left open: only the closed stdout can end it
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert client.stdout is not None and client.stderr is not None
+        assert len(client.stdout.read(100)) == 100  # chargen is flowing
+        client.stdout.close()  # the reader goes away
+        rc = client.wait(TIMEOUT)
+        err = client.stderr.read().decode()
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(TIMEOUT)
+        for stream in (client.stdin, client.stdout, client.stderr):
+            if stream is not None:
+                stream.close()
+    assert rc == 0, err
+    assert err == ""
+    server.stop()
 
 
 def test_connect_to_a_unix_socket(cli: Start, unused_unix_path: str) -> None:

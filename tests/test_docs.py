@@ -100,7 +100,7 @@ EXPECTED: dict[str, list[str]] = {
         "hello unix, you are unix:",
         "ConnectError: cannot connect to tcp://127.0.0.1:",
         "  round 0: failed\n  round 1: failed\n  round 2: failed",
-        "ConnectTimeout after 0.3 s",
+        "timed out: ConnectTimeout",
         "observed: ['failed']",
     ],
     "connection_pool.py": [

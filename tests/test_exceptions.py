@@ -178,3 +178,53 @@ async def test_unwrap_single_leaves_only_cancelled_groups_to_their_scope() -> No
             await trio.lowlevel.checkpoint()
             scope.cancel()
     assert scope.cancelled_caught
+
+
+async def test_unwrap_single_raises_an_only_cancelled_group_as_bare_cancelled() -> None:
+    # An enclosing scope cancels a nursery of several children: what comes
+    # out of unwrap_single is a bare Cancelled (so `except trio.Cancelled:`
+    # cleanup runs), and the cancelled scope still catches it.
+    caught: list[BaseException] = []
+    with trio.CancelScope() as scope:
+        try:
+            with unwrap_single():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trio.sleep_forever)
+                    nursery.start_soon(trio.sleep_forever)
+                    await trio.lowlevel.checkpoint()
+                    scope.cancel()
+        except trio.Cancelled as exc:
+            caught.append(exc)
+            raise
+    assert scope.cancelled_caught
+    assert len(caught) == 1 and type(caught[0]) is trio.Cancelled
+
+
+def test_translate_connect_error_for_a_failed_lookup_has_no_negative_errno() -> None:
+    import socket
+
+    gai = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    attempt = trionet.ConnectAttempt(trionet.TCPAddress("nx.test", 1), gai)
+    err = translate_connect_error(gai, "tcp://nx.test:1", [attempt])
+    assert err.errno is None
+    assert "Name or service not known" in str(err)
+    assert err.attempts[0].error is gai  # the EAI code stays on the attempt
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: translate_connect_error(OSError(errno.ECONNREFUSED, "refused"), "t", [a]),
+        lambda a: trionet._exceptions.connect_timeout_error("t", 1.0, [a]),
+    ],
+    ids=["refused", "timeout"],
+)
+def test_pickling_a_connect_error_keeps_its_errno(make: object) -> None:
+    attempt = trionet.ConnectAttempt(trionet.TCPAddress("127.0.0.1", 1), None)
+    err = make(attempt)  # type: ignore[operator]
+    assert err.errno in (errno.ECONNREFUSED, errno.ETIMEDOUT)
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is type(err)
+    assert again.errno == err.errno
+    assert str(again) == str(err)
+    assert again.attempts == err.attempts

@@ -253,6 +253,7 @@ async def test_one_server_serves_ipv4_ipv6_and_unix_at_once(
     # Real clients on all three at once, each holding its connection open
     # until every one of them is connected.
     all_connected = trio.Event()
+    release = trio.Event()
     connected = 0
 
     async def client(addr: trionet.Address) -> None:
@@ -265,12 +266,15 @@ async def test_one_server_serves_ipv4_ipv6_and_unix_at_once(
             connected += 1
             if connected == 3:
                 all_connected.set()
-            await all_connected.wait()
-            assert server.stats.active == 3
+            await release.wait()  # keep the connection open until checked
 
     async with trio.open_nursery() as nursery:
         for addr in server.addresses:
             nursery.start_soon(client, addr)
+        with trio.fail_after(5):
+            await all_connected.wait()
+        assert server.stats.active == 3
+        release.set()
     assert server.stats.accepted == 3
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket as stdlib_socket
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import pytest
 import trio
 import trio.testing
+from test_client import full_backlog_address
 
 import trionet
 from trionet import ConnectError, ConnectionPool, PoolStats, TCPAddress
@@ -44,6 +48,33 @@ class CountingEcho:
             self.live -= 1
             self.closed.set()
             self.closed = trio.Event()
+
+
+class HangingResolver(trio.abc.HostnameResolver):
+    """A name lookup that never answers: a connect stuck before any socket exists."""
+
+    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> Any:
+        await trio.sleep_forever()
+
+    async def getnameinfo(self, sockaddr: Any, flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def real_time_limit(seconds: float) -> Iterator[trio.CancelScope]:
+    """Cancel the block after ``seconds`` of *real* time.
+
+    For mock-clock tests: a task that never blocks keeps a ``MockClock`` from
+    advancing, so ``trio.fail_after`` could never fire; a thread can.
+    """
+    token = trio.lowlevel.current_trio_token()
+    with trio.CancelScope() as scope:
+        timer = threading.Timer(seconds, token.run_sync_soon, (scope.cancel,))
+        timer.start()
+        try:
+            yield scope
+        finally:
+            timer.cancel()
 
 
 ################################################################
@@ -361,22 +392,32 @@ async def test_aclose_semantics(trionet_server: Any) -> None:
             except trio.ClosedResourceError:
                 outcome.append("closed")
 
+        async def blocked_receiver(conn: trionet.Connection) -> None:
+            try:
+                await conn.receive_some()
+            except trio.ClosedResourceError:
+                outcome.append("receiver closed")
+
         async with (
             trio.open_nursery() as nursery,
             pool.connection() as lent_a,
             pool.connection() as lent_b,
         ):
             assert lent_a is idle_one
+            await roundtrip(lent_b, b"works")
             nursery.start_soon(blocked_waiter)
+            nursery.start_soon(blocked_receiver, lent_a)
             await trio.testing.wait_all_tasks_blocked()
             assert pool.stats.waiting == 1
             await pool.aclose()
-            # Lent connections stay usable until they are returned...
-            await roundtrip(lent_b, b"still works")
-            assert not lent_a.closed
-        # ...and are closed when they come back.
-        assert lent_a.closed and lent_b.closed
-        assert outcome == ["closed"]
+            # Forceful, like Trio's aclose: lent connections are closed now;
+            # a borrower's next operation fails...
+            assert lent_a.closed and lent_b.closed
+            with pytest.raises(trio.ClosedResourceError):
+                await roundtrip(lent_b, b"no longer")
+        # ...and a task blocked on one was woken with the same error.
+        assert sorted(outcome) == ["closed", "receiver closed"]
+        assert pool.stats.lent == 0 and pool.stats.idle == 0
         with pytest.raises(trio.ClosedResourceError):
             async with pool.connection():
                 pass
@@ -493,3 +534,170 @@ async def test_enclosing_cancel_of_a_pool_with_a_sweep_is_clean(trionet_server: 
         await server_saw_close.wait()
     assert pool.stats.discarded == 1 and pool.stats.idle == 0
     assert handler.total == 1
+
+
+async def test_aclose_cancels_connections_being_opened(autojump_clock: trio.abc.Clock) -> None:
+    # Only a fake resolver waits here -- no real I/O -- so the clock can jump.
+    trio.socket.set_custom_hostname_resolver(HangingResolver())
+    pool = ConnectionPool("tcp://hang.test:80", max_size=2)
+    outcome: list[str] = []
+
+    async def borrower() -> None:
+        try:
+            async with pool.connection():
+                outcome.append("lent")
+        except trio.ClosedResourceError:
+            outcome.append("closed")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(borrower)
+            nursery.start_soon(borrower)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.stats.opening == 2
+            await pool.aclose()
+    assert outcome == ["closed", "closed"]
+    assert pool.stats == PoolStats()
+
+
+async def test_waiter_handed_a_slot_opens_nothing_once_the_pool_is_closed(
+    trionet_server: Any,
+) -> None:
+    server = await trionet_server(echo_lines)
+    pool = ConnectionPool(server.addresses[0], max_size=1)
+    outcome: list[str] = []
+
+    async def waiter() -> None:
+        try:
+            async with pool.connection():
+                outcome.append("lent")
+        except trio.ClosedResourceError:
+            outcome.append("closed")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            async with pool.connection() as conn:
+                await roundtrip(conn, b"x")
+                nursery.start_soon(waiter)
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.stats.waiting == 1
+            # The block ended (no checkpoint): the slot was handed to the
+            # waiter, which has not run yet when the pool closes.
+            await pool.aclose()
+    assert outcome == ["closed"]
+    assert pool.stats.created == 1
+    assert pool.stats == PoolStats(created=1)
+    assert server.stats.accepted == 1
+
+
+async def test_connection_still_in_use_by_a_task_is_never_lent_again(
+    trionet_server: Any,
+) -> None:
+    server = await trionet_server(echo_lines)
+    woken: list[str] = []
+
+    async def leftover_reader(
+        conn: trionet.Connection, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        task_status.started()
+        try:
+            await conn.receive_some()
+        except trio.ClosedResourceError:
+            woken.append("closed")
+
+    async with ConnectionPool(server.addresses[0], max_size=2) as pool:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                # A borrower hands the connection to a task and leaves its
+                # block while that task is still receiving on it.
+                async with pool.connection() as leaked:
+                    await roundtrip(leaked, b"x")
+                    await nursery.start(leftover_reader, leaked)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert unusable_reason(leaked) == "still in use by another task"
+                assert leaked.closed  # discarded when it came back
+                # A connection that turned busy while idle is caught when lending.
+                async with pool.connection() as second:
+                    assert second is not leaked
+                    await roundtrip(second, b"y")
+                await nursery.start(leftover_reader, second)
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.stats.idle == 1
+                async with pool.connection() as third:
+                    assert third is not second
+                    await roundtrip(third, b"z")
+                assert second.closed
+        assert woken == ["closed", "closed"]
+        assert pool.stats.discarded == 2
+        assert pool.stats.created == 3 and pool.stats.reused == 0
+    assert server.stats.accepted == 3
+
+
+async def test_idle_sweep_expires_exactly_at_its_deadline(autojump_clock: trio.abc.Clock) -> None:
+    # No real I/O: the idle connection is one end of a socketpair, nothing is
+    # ever sent, and the pool never connects.  With since=0.1 and
+    # idle_timeout=0.25, (0.1 + 0.25) - 0.1 < 0.25 in floats: a sweep that
+    # sleeps until since + timeout but tests now - since >= timeout would
+    # wake at its deadline, find nothing expired, and spin -- which a mock
+    # clock turns into a hang, hence the real-time limit.
+    left, right = stdlib_socket.socketpair()
+    conn = trionet.Connection(trio.socket.from_stdlib_socket(left))
+    try:
+        pool = ConnectionPool("tcp://127.0.0.1:9", idle_timeout=0.25)
+        async with pool:
+            assert trio.current_time() == 0.0
+            await trio.sleep_until(0.1)
+            pool._put_idle(conn, trio.current_time())
+            with real_time_limit(5) as limit:
+                await trio.sleep_until(0.1 + 0.25)
+                await trio.testing.wait_all_tasks_blocked()
+            assert not limit.cancelled_caught, "the idle sweep is spinning"
+            assert trio.current_time() == 0.1 + 0.25
+            assert conn.closed
+            assert pool.stats.expired == 1 and pool.stats.idle == 0
+    finally:
+        conn.close()
+        right.close()
+
+
+async def test_enclosing_cancel_while_opening_comes_out_as_a_bare_cancelled() -> None:
+    with full_backlog_address() as hanging:
+        pool = ConnectionPool(hanging, max_size=1)
+        caught: list[BaseException] = []
+        with trio.fail_after(5), trio.move_on_after(0.2) as scope:
+            try:
+                async with pool.connection():
+                    pytest.fail("lent a connection to a target that never answers")
+            except trio.Cancelled as exc:
+                caught.append(exc)
+                raise
+        assert scope.cancelled_caught
+        assert len(caught) == 1 and type(caught[0]) is trio.Cancelled
+        assert pool.stats == PoolStats()  # the slot is free, nothing is opening
+        await pool.aclose()
+
+
+@pytest.mark.parametrize("idle_timeout", [None, 30.0])
+async def test_body_error_is_not_replaced_by_an_enclosing_cancel_at_exit(
+    idle_timeout: float | None,
+) -> None:
+    pool = ConnectionPool("tcp://127.0.0.1:9", idle_timeout=idle_timeout)
+    seen: list[str] = []
+    with trio.CancelScope() as outer:
+        try:
+            async with pool:
+                outer.cancel()
+                raise KeyError("body error")
+        except KeyError:
+            seen.append("KeyError")
+    assert seen == ["KeyError"]
+    assert pool.closed
+    # Without an error in the block, leaving it is still a cancellation point.
+    pool = ConnectionPool("tcp://127.0.0.1:9", idle_timeout=idle_timeout)
+    with trio.CancelScope() as outer:
+        async with pool:
+            outer.cancel()
+        seen.append("not reached")
+    assert outer.cancelled_caught
+    assert seen == ["KeyError"]
+    assert pool.closed

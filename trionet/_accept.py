@@ -41,6 +41,13 @@ check ``max_connections``; at the limit we stop accepting and wait for a
 slot, so the kernel backlog holds the queue (backpressure, not rejection).
 Sockets from a custom Trio socket factory have no descriptor; they go
 through ``await sock.accept()`` one at a time (the generic path).
+
+The drain sweep
+---------------
+When a drain begins, :func:`sweep` accepts what is already queued, in one
+synchronous loop, before the listener closes.  Per-connection errors are
+skipped there too; resource exhaustion ends the sweep (see its docstring),
+and the loop is bounded by the queue's capacity.
 """
 
 from __future__ import annotations
@@ -66,8 +73,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trionet.accept")
 
+_AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 _BATCH = 64
-_SWEEP_MAX = 1_000_000
+#: The largest backlog ``listen()`` is given (see _listeners._backlog).
+_MAX_BACKLOG = 0xFFFF
+_SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 _BACKOFF_FIRST = 0.01
 _BACKOFF_CAP = 0.5
 # At most this many bursts logged per listener per _BURST_LOG_PERIOD seconds.
@@ -176,7 +186,7 @@ async def accept_loop(server: Server, listener: Listener) -> None:
                     return
                 delay = _classify(exc, listener, storm, counters)
                 if delay:
-                    await server._wait_slot_freed(delay)
+                    await server._wait_conn_closed(delay)
                 continue
             if storm.count:
                 storm.recovered()
@@ -197,7 +207,7 @@ async def accept_loop(server: Server, listener: Listener) -> None:
             except OSError as exc:
                 delay = _classify(exc, listener, storm, counters)
                 if delay:
-                    await server._wait_slot_freed(delay)
+                    await server._wait_conn_closed(delay)
                     break
                 continue
             if storm.count:
@@ -222,21 +232,74 @@ def sweep(server: Server, listener: Listener) -> int:
 
     Called synchronously when a drain begins, just before the listener is
     closed.  Returns how many connections were handed to the server.
+
+    * ``EAGAIN``: the queue is empty -- done.
+    * A per-connection error (``ECONNABORTED``, ...): that client gave up
+      while queued; counted in ``stats.accept_errors``, and the sweep goes on
+      (stopping would reset everyone queued behind it).
+    * Descriptor exhaustion (``EMFILE``, ...) or anything else: counted, and
+      logged as a WARNING (rate-limited per server); the sweep stops, and the
+      connections still queued are reset when the listener closes.  Waiting
+      for descriptors is not an option here: the listener would have to stay
+      open, accepting new clients, for as long as the exhaustion lasts.
+
+    The number of ``accept()`` calls is bounded by the queue's capacity
+    (:func:`sweep_limit`), so clients that keep connecting while we sweep
+    cannot keep ``shutdown()`` in this synchronous loop.
     """
     raw = raw_socket_of(listener.sock)
     if raw is None or listener.closed:
         return 0
+    counters = server._counters
     n = 0
-    for _ in range(_SWEEP_MAX):
+    for _ in range(sweep_limit(listener)):
         try:
             s, addr = raw.accept()
+        except BlockingIOError:
+            break
         except OSError as exc:
-            if not isinstance(exc, BlockingIOError):
-                log.debug("sweep of %s stopped: %s", listener.address, exc)
+            counters.accept_errors += 1
+            if exc.errno in _TRANSIENT_ERRNOS:
+                log.debug("sweep of %s: ignoring %s", listener.address, exc)
+                continue
+            limiter = server._sweep_log
+            if limiter.allow():
+                skipped = limiter.take_suppressed()
+                more = f" ({skipped} similar line(s) not logged)" if skipped else ""
+                log.warning(
+                    "drain: sweeping the queue of %s stopped after %d connection(s): %s; "
+                    "clients still queued are reset when the listener closes%s",
+                    listener.address,
+                    n,
+                    exc,
+                    more,
+                )
             break
         if server._admit(s, addr, listener, swept=True):
             n += 1
     return n
+
+
+def sweep_limit(listener: Listener) -> int:
+    """Most ``accept()`` calls one sweep of ``listener`` makes.
+
+    A Linux listen queue holds at most ``backlog + 1`` connections, where
+    the kernel clamps ``backlog`` to ``net.core.somaxconn``.  Anything beyond
+    that arrived *during* the sweep -- the residual race, not the queue we
+    promised to serve.
+    """
+    backlog = listener.backlog if listener.backlog is not None else _MAX_BACKLOG
+    return min(backlog, _somaxconn()) + 1
+
+
+def _somaxconn() -> int:
+    # Read at each drain (it can change at run time, and differs between
+    # network namespaces); procfs is memory, not disk.
+    try:
+        with open(_SOMAXCONN_PATH, "rb") as f:
+            return max(0, int(f.read().strip()))
+    except (OSError, ValueError):
+        return _MAX_BACKLOG
 
 
 def reset_close(sock: _stdlib_socket.socket | trio.socket.SocketType) -> None:
@@ -252,5 +315,3 @@ def reset_close(sock: _stdlib_socket.socket | trio.socket.SocketType) -> None:
         pass
     sock.close()
 
-
-_AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)

@@ -54,7 +54,7 @@ import trio
 
 from ._address import parse_address
 from ._admission import AccessPolicy
-from ._client import connect
+from ._client import ConnectPlan, connect_with_plan, make_plan
 from ._config import ServerConfig
 from ._connection import Connection
 from ._drain import ShutdownReport, drain_on_signals
@@ -115,6 +115,13 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
     return value
 
 
@@ -223,7 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("target", metavar="TARGET", help="tcp://HOST:PORT or unix:PATH")
     con.add_argument("--local-address", metavar="IP", help="local IP address to connect from")
     con.add_argument(
-        "--timeout", type=_seconds, metavar="S", help="give up connecting after S seconds"
+        "--timeout",
+        type=_positive_seconds,
+        metavar="S",
+        help="give up connecting after S seconds (> 0)",
     )
     con.add_argument("--log-level", choices=_LOG_LEVELS, default="warning", help="default: warning")
     return parser
@@ -439,13 +449,20 @@ def _read_stdin(fd: int) -> bytes:
         raise CLIError(f"cannot read stdin: {exc.strerror or exc}") from None
 
 
-def _write_stdout(fd: int, data: bytes) -> None:
+def _write_stdout(fd: int, data: bytes) -> bool:
+    """Write all of ``data``; False if the reader of stdout has gone away (EPIPE)."""
     view = memoryview(data)
     try:
         while view:
             view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        # ``trionet connect ... | head``: the reader has all it wanted.  Like
+        # netcat (and like any filter killed by SIGPIPE, which Python ignores
+        # in favour of EPIPE), that is a quiet end, not an error.
+        return False
     except OSError as exc:
         raise CLIError(f"cannot write stdout: {exc.strerror or exc}") from None
+    return True
 
 
 async def _stdin_to_peer(conn: Connection, fd: int) -> None:
@@ -472,18 +489,21 @@ async def _peer_to_stdout(conn: Connection, fd: int) -> None:
             raise CLIError(f"connection to {conn.peer} was reset by the peer") from None
         if not data:
             return
-        await trio.to_thread.run_sync(_write_stdout, fd, data)
+        if not await trio.to_thread.run_sync(_write_stdout, fd, data):
+            log.info("stdout was closed by its reader; closing the connection")
+            return
 
 
-async def _connect(target: str, options: dict[str, Any], stdin: int, stdout: int) -> None:
-    conn = await connect(target, **options)
+async def _connect(plan: ConnectPlan, stdin: int, stdout: int) -> None:
+    conn = await connect_with_plan(plan)
     log.info("connected to %s from %s", conn.peer, conn.local)
     async with conn:
         with unwrap_single():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stdin_to_peer, conn, stdin)
                 await _peer_to_stdout(conn, stdout)
-                # The peer closed: stop reading stdin, even a terminal.
+                # The peer closed, or stdout did: stop reading stdin, even a
+                # terminal.
                 nursery.cancel_scope.cancel()
 
 
@@ -493,10 +513,14 @@ def _run_connect(args: argparse.Namespace) -> int:
         options["timeout"] = args.timeout
     if args.local_address is not None:
         options["local_address"] = args.local_address
+    # Every argument is checked before any I/O, and whatever the checks
+    # refuse is a usage error -- one line, exit 2 -- never a traceback.
     try:
-        trio.run(_connect, args.target, options, 0, 1)
-    except InvalidAddress as exc:
+        plan = make_plan(args.target, **options)
+    except (ValueError, TypeError) as exc:  # InvalidAddress is a ValueError
         raise CLIError(str(exc), EXIT_USAGE) from None
+    try:
+        trio.run(_connect, plan, 0, 1)
     except ConnectError as exc:  # ConnectTimeout included
         raise CLIError(str(exc)) from None
     return EXIT_OK

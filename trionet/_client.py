@@ -69,10 +69,33 @@ untouched (never converted, never retried), after every socket is closed.
 Retries back off exponentially with *full jitter* -- the delay before retry
 ``n`` is uniform in ``[0, min(max_backoff, backoff * 2**n))`` -- which spreads
 a thundering herd of clients restarting together (see the AWS architecture
-blog post "Exponential Backoff And Jitter").  Only failures of the network
-kind are retried: a failed or refused attempt and a failed name lookup.
+blog post "Exponential Backoff And Jitter").
+
+Only failures that waiting can change are retried.  A round is retried when
+at least one of its failures is of that kind:
+
+* a failed ``connect`` -- refused, unreachable, reset, a Unix socket path
+  that does not exist yet: the server may come up;
+* a temporary lookup failure (``EAI_AGAIN``) and other lookup errors except
+  the two below;
+* ``EADDRINUSE`` from ``bind`` (an explicit local port still taken by a
+  connection that is closing).
+
+A round whose every failure is one of these is *not* retried, because the
+next round would fail the same way, only later:
+
+* ``bind`` failing with ``EADDRNOTAVAIL`` (the local IP is not this
+  machine's), ``EAFNOSUPPORT``, ``EACCES`` or ``EINVAL``, and ``socket()``
+  failing the same way (e.g. no IPv6 in this kernel);
+* a lookup that says the name does not exist (``EAI_NONAME``) or failed for
+  good (``EAI_FAIL``);
+* a name with no address of ``local_address``'s family.
+
 Bad arguments and malformed specs fail at once, before any I/O, and so never
-reach the retry loop.
+reach the retry loop.  A bind failure is recorded as
+``"bind to 192.0.2.1 failed: Cannot assign requested address"`` (same errno,
+the original ``OSError`` as ``__cause__``), so it is not mistaken for a
+failure of the remote end.
 
 Errors
 ------
@@ -110,6 +133,21 @@ from ._exceptions import (
 from ._unwrap import unwrap_single
 
 log = logging.getLogger("trionet.client")
+
+# errnos of ``socket()``/``bind()`` that no retry can change (see the notes
+# above); EADDRINUSE, EMFILE, ENOBUFS and the like may clear up.
+_PERMANENT_SETUP_ERRNOS: Final = frozenset(
+    {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EACCES, errno.EINVAL, errno.EPROTONOSUPPORT}
+)
+# ``getaddrinfo`` codes that mean "this name has no address", not "try again".
+_PERMANENT_LOOKUP_CODES: Final = frozenset(
+    code
+    for code in (
+        getattr(_stdlib_socket, "EAI_NONAME", None),
+        getattr(_stdlib_socket, "EAI_FAIL", None),
+    )
+    if code is not None
+)
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -403,6 +441,8 @@ class _Run:
         self.t0 = trio.current_time()
         self.attempts: list[_Attempt] = []
         self.last_error: OSError | None = None
+        # Did the current round meet a failure that a retry could change?
+        self.retryable = False
         # The deadline scope, set once it exists; its cancel_called tells an
         # attempt that it was cut short by *our* timeout.
         self.deadline_scope: trio.CancelScope | None = None
@@ -412,7 +452,14 @@ class _Run:
         self.attempts.append(attempt)
         return attempt
 
-    def end(self, attempt: _Attempt, outcome: str, error: BaseException | None) -> None:
+    def end(
+        self,
+        attempt: _Attempt,
+        outcome: str,
+        error: BaseException | None,
+        *,
+        retryable: bool = True,
+    ) -> None:
         elapsed = trio.current_time() - self.t0 - attempt.started
         attempt.record = ConnectAttempt(
             attempt.address,
@@ -424,6 +471,8 @@ class _Run:
         )
         if isinstance(error, OSError):
             self.last_error = error
+            if retryable:
+                self.retryable = True
         log.debug("connect attempt %s (round %d): %s", attempt.address, attempt.round, outcome)
         observer = self.plan.on_attempt
         if observer is not None:
@@ -457,7 +506,10 @@ async def _resolve(run: _Run, round_: int) -> list[_Target] | None:
     try:
         entries = await trio.socket.getaddrinfo(host, address.port, type=_stdlib_socket.SOCK_STREAM)
     except OSError as exc:
-        run.end(attempt, "failed", exc)
+        permanent = (
+            isinstance(exc, _stdlib_socket.gaierror) and exc.errno in _PERMANENT_LOOKUP_CODES
+        )
+        run.end(attempt, "failed", exc, retryable=not permanent)
         return None
     except BaseException:
         run.end_interrupted(attempt, winner_found=False)
@@ -472,7 +524,7 @@ async def _resolve(run: _Run, round_: int) -> list[_Target] | None:
             version = "IPv4" if local[2] == _stdlib_socket.AF_INET else "IPv6"
             why = f"{address.host or 'the wildcard host'} has no {version} address "
             why += f"(to match local_address {local[0]})"
-        run.end(attempt, "failed", OSError(errno.EADDRNOTAVAIL, why))
+        run.end(attempt, "failed", OSError(errno.EADDRNOTAVAIL, why), retryable=False)
         return None
     # The lookup succeeded: it is not an attempt of its own.
     run.attempts.remove(attempt)
@@ -500,6 +552,18 @@ def _prepare(
     return (ip, port)
 
 
+def _setup_failure(exc: OSError, local: tuple[str, int] | None) -> tuple[OSError, bool]:
+    """The error to record for a failed ``socket()``/``bind()``, and whether to retry."""
+    retryable = exc.errno not in _PERMANENT_SETUP_ERRNOS
+    if local is None:  # socket() itself failed
+        return exc, retryable
+    ip, port = local
+    where = ip if port == 0 else str(TCPAddress(ip, port)).removeprefix("tcp://")
+    err = OSError(exc.errno, f"bind to {where} failed: {exc.strerror or exc}")
+    err.__cause__ = exc
+    return err, retryable
+
+
 async def _race(
     run: _Run, targets: list[_Target], round_: int
 ) -> tuple[trio.socket.SocketType, _Target] | None:
@@ -513,16 +577,23 @@ async def _race(
         family, type_, proto, sockaddr, display = target
         record = run.begin(display, round_)
         sock: trio.socket.SocketType | None = None
+        local: tuple[str, int] | None = None
+        connecting = False
         try:
             sock = trio.socket.socket(family, type_, proto)
             local = _prepare(sock, plan, family)
             if local is not None:
                 await sock.bind(local)
+            connecting = True
             await sock.connect(sockaddr)
         except OSError as exc:
             if sock is not None:
                 sock.close()
-            run.end(record, "failed", exc)
+            if connecting:
+                run.end(record, "failed", exc)
+            else:
+                error, retryable = _setup_failure(exc, local)
+                run.end(record, "failed", error, retryable=retryable)
             failed.set()
             return
         except BaseException:
@@ -590,11 +661,20 @@ async def connect_with_plan(plan: ConnectPlan) -> Connection:
                     pause,
                 )
                 await trio.sleep(pause)
+            run.retryable = False
             targets = await _resolve(run, round_)
             if targets is not None:
                 won = await _race(run, targets, round_)
                 if won is not None:
                     break
+            if not run.retryable:
+                if round_ < plan.retries:
+                    log.info(
+                        "cannot connect to %s (%s); not retrying: that cannot change",
+                        plan.target,
+                        run.last_error,
+                    )
+                break
     if won is not None:
         try:
             conn = _wrap(*won)
@@ -645,8 +725,12 @@ async def connect(
         timeout: seconds for the whole operation -- resolution, every attempt,
             every back-off and retry -- or None for no limit.
         retries: how many more rounds to try after a failed one.  Only
-            network failures are retried (refused, unreachable, timed-out
-            attempts, failed lookups), never bad arguments.
+            failures that waiting can change are retried: a failed connect
+            (refused, unreachable, a missing Unix socket), a temporary lookup
+            failure, ``EADDRINUSE`` from ``bind``.  A name that does not
+            exist (``EAI_NONAME``/``EAI_FAIL``), a ``local_address`` this
+            machine cannot bind (``EADDRNOTAVAIL``, ``EACCES``, ...) or whose
+            family the name has no address of fail at once.
         backoff: base delay in seconds between rounds; the delay before retry
             ``n`` (from 0) is uniform in ``[0, min(max_backoff, backoff * 2**n))``.
         max_backoff: cap on one back-off delay, in seconds.

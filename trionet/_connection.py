@@ -49,6 +49,7 @@ import operator
 import os
 import socket as _stdlib_socket
 import struct
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -76,13 +77,21 @@ DEFAULT_RECEIVE_SIZE: Final = 65536
 DEFAULT_SCHEDULE_BUDGET: Final = 1
 
 _ids = itertools.count(1)
+# Largest single recv() of the buffered helpers (receive_exactly(10**9) must
+# not allocate a gigabyte per call).
+_MAX_FILL = 1 << 20
 
 # Yield once and retry before blocking in epoll (see _recv_into_nothing).
 _SPIN_BEFORE_WAIT = int(os.environ.get("TRIONET_SPIN", "1"))
 
 try:  # the run queue, read (never written) by the cooperative budget; private, so guarded
     from trio._core._run import GLOBAL_RUN_CONTEXT as _RUN_CONTEXT
-except ImportError:  # pragma: no cover - a future Trio moved it: strict checkpoints only
+    from trio._core._run import Runner as _Runner
+
+    if "runq" not in {field.name for field in attrs.fields(_Runner)}:  # pragma: no cover
+        raise ImportError("trio.Runner has no runq")
+except (ImportError, TypeError, attrs.exceptions.NotAnAttrsClassError):  # pragma: no cover
+    # A future Trio moved it: budgets > 1 fall back to strict checkpoints.
     _RUN_CONTEXT = None  # type: ignore[assignment,misc]
 
 try:  # the class of real (descriptor-backed) Trio sockets; private, so guarded
@@ -91,6 +100,9 @@ except ImportError:  # pragma: no cover - a future Trio moved it: generic path o
     _RealTrioSocket = None  # type: ignore[assignment,misc]
 
 _SO_PEERCRED = getattr(_stdlib_socket, "SO_PEERCRED", None)
+_LINUX = sys.platform.startswith("linux")
+#: struct ucred on Linux: pid_t pid; uid_t uid; gid_t gid (uid/gid unsigned).
+_UCRED = "iII"
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 
 
@@ -99,6 +111,8 @@ class _Owner(Protocol):
 
     draining: bool
     drain_silent: bool
+
+    def _connection_closed(self, conn: Connection) -> None: ...
 
 
 @attrs.frozen
@@ -169,6 +183,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_iter_scope",
         "_local",
         "_owner",
+        "_peer_errors",
         "_raw",
         "_receive_busy",
         "_rx_iter_waiting",
@@ -206,7 +221,10 @@ class Connection(trio.abc.HalfCloseableStream):
         self.socket = socket
         self._raw = raw_socket_of(socket)
         if peer is None:
-            peer = address_from_sockaddr(socket.family, socket.getpeername())
+            try:
+                peer = address_from_sockaddr(socket.family, socket.getpeername())
+            except OSError as exc:
+                raise translate_stream_error(exc) from exc
         self.peer: Address = peer
         self._local = local
         self.id = next(_ids)
@@ -216,6 +234,7 @@ class Connection(trio.abc.HalfCloseableStream):
         #: True once an operation on this connection failed because the peer
         #: reset it or the pipe broke (used to tell resets from handler bugs).
         self.peer_reset = False
+        self._peer_errors: list[BaseException] | None = None
         self._buf: bytearray | None = None
         self._receive_busy = False
         self._rx_iter_waiting = False
@@ -239,9 +258,17 @@ class Connection(trio.abc.HalfCloseableStream):
 
     @property
     def local(self) -> Address:
-        """The local address (computed once, on first use)."""
+        """The local address (computed once, on first use).
+
+        Raises:
+            trio.ClosedResourceError: first asked for after the connection closed.
+        """
         if self._local is None:
-            self._local = address_from_sockaddr(self.socket.family, self.socket.getsockname())
+            try:
+                sockname = self.socket.getsockname()
+            except OSError as exc:
+                raise translate_stream_error(exc) from exc
+            self._local = address_from_sockaddr(self.socket.family, sockname)
         return self._local
 
     @property
@@ -264,11 +291,24 @@ class Connection(trio.abc.HalfCloseableStream):
 
     @property
     def peer_credentials(self) -> tuple[int, int, int] | None:
-        """``(pid, uid, gid)`` of a Unix-socket peer via ``SO_PEERCRED``; None otherwise."""
-        if _SO_PEERCRED is None or self.socket.family != _AF_UNIX or self._closed:
+        """``(pid, uid, gid)`` of a Unix-socket peer via ``SO_PEERCRED``; None otherwise.
+
+        Linux only (other systems lay ``SO_PEERCRED`` out differently, or lack it).
+        """
+        if (
+            _SO_PEERCRED is None
+            or not _LINUX
+            or self.socket.family != _AF_UNIX
+            or self._closed
+        ):
             return None
-        raw = self.socket.getsockopt(_stdlib_socket.SOL_SOCKET, _SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", raw)
+        try:
+            raw = self.socket.getsockopt(
+                _stdlib_socket.SOL_SOCKET, _SO_PEERCRED, struct.calcsize(_UCRED)
+            )
+        except OSError as exc:
+            raise translate_stream_error(exc) from exc
+        pid, uid, gid = struct.unpack(_UCRED, raw)
         return (pid, uid, gid)
 
     def info(self) -> ConnectionInfo:
@@ -318,10 +358,25 @@ class Connection(trio.abc.HalfCloseableStream):
         else:
             self._coop_left = left
 
+    def _peer_fault(self, exc: BaseException) -> BaseException:
+        # Remember exceptions this connection raised because of its peer, so
+        # the server can tell "the peer reset/broke the protocol" (not a
+        # handler bug) from the same exception types raised by other streams.
+        if self._peer_errors is None:
+            self._peer_errors = []
+        self._peer_errors.append(exc)
+        return exc
+
+    def raised_by_peer(self, exc: BaseException) -> bool:
+        """True if ``exc`` is an error this connection raised because of its peer."""
+        errors = self._peer_errors
+        return errors is not None and any(exc is e for e in errors)
+
     def _mark_broken(self, exc: OSError) -> BaseException:
         err = translate_stream_error(exc)
         if isinstance(err, trio.BrokenResourceError):
             self.peer_reset = True
+            self._peer_fault(err)
         return err
 
     async def _recv_into_nothing(
@@ -438,7 +493,7 @@ class Connection(trio.abc.HalfCloseableStream):
         # No schedule point here: the buffered helper that called us adds one
         # at the end if nothing on the way was one.
         data = await self._recv_into_nothing(
-            max(minimum_chunk, DEFAULT_RECEIVE_SIZE), False, coop=False
+            min(max(minimum_chunk, DEFAULT_RECEIVE_SIZE), _MAX_FILL), False, coop=False
         )
         if not data:
             return False
@@ -462,9 +517,28 @@ class Connection(trio.abc.HalfCloseableStream):
     # trio.abc.ReceiveStream
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Receive up to ``max_bytes`` (default 64 KiB); ``b""`` means end-of-file.
+        """Receive up to ``max_bytes`` bytes; ``b""`` means the peer sent EOF.
 
-        Buffered bytes left by the buffered helpers are returned first.
+        Bytes left over in the buffer by the buffered helpers are returned
+        first.  A cancel point always; a schedule point unless a
+        ``schedule_budget`` > 1 lets an immediately-completed call skip it.
+
+        Args:
+            max_bytes: the most bytes to return (default 64 KiB); must be >= 1.
+
+        Returns:
+            Between 1 and ``max_bytes`` bytes, or ``b""`` at end-of-file.
+
+        Raises:
+            trio.BusyResourceError: another task is receiving on this connection.
+            trio.ClosedResourceError: the connection was closed (by us).
+            trio.BrokenResourceError: the peer reset it (``ECONNRESET`` and friends).
+            ValueError: ``max_bytes`` < 1.
+
+        Example::
+
+            while data := await conn.receive_some():
+                process(data)
         """
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
@@ -557,10 +631,22 @@ class Connection(trio.abc.HalfCloseableStream):
     # Buffered reads
 
     async def receive_exactly(self, n: int) -> bytes:
-        """Receive exactly ``n`` bytes.
+        """Receive exactly ``n`` bytes (e.g. a fixed-size header).
+
+        Args:
+            n: how many bytes; 0 returns ``b""`` at once.
+
+        Returns:
+            Exactly ``n`` bytes.
 
         Raises:
             IncompleteRead: end-of-file came first; ``.partial`` has what arrived.
+            trio.BrokenResourceError: the peer reset the connection.
+
+        Example::
+
+            header = await conn.receive_exactly(4)
+            body = await conn.receive_exactly(int.from_bytes(header, "big"))
         """
         if type(n) is not int:
             n = operator.index(n)
@@ -574,10 +660,12 @@ class Connection(trio.abc.HalfCloseableStream):
         while self._buf is None or len(self._buf) < n:
             if not await self._fill(n - (len(self._buf) if self._buf else 0)):
                 partial = self._take(len(self._buf)) if self._buf else b""
-                raise IncompleteRead(
-                    f"connection closed after {len(partial)} of {n} bytes",
-                    partial=partial,
-                    expected=n,
+                raise self._peer_fault(
+                    IncompleteRead(
+                        f"connection closed after {len(partial)} of {n} bytes",
+                        partial=partial,
+                        expected=n,
+                    )
                 )
         await checkpoint_if_cancelled()
         out = self._take(n)
@@ -674,20 +762,39 @@ class Connection(trio.abc.HalfCloseableStream):
                 start = max(0, len(buf) - dlen + 1)
             if not await self._fill(DEFAULT_RECEIVE_SIZE):
                 partial = self._take(len(self._buf)) if self._buf else b""
-                raise IncompleteRead(
-                    f"connection closed before {delimiter!r} (after {len(partial)} bytes)",
-                    partial=partial,
+                raise self._peer_fault(
+                    IncompleteRead(
+                        f"connection closed before {delimiter!r} (after {len(partial)} bytes)",
+                        partial=partial,
+                    )
                 )
         what = "line" if strip_cr else "message"
-        raise MessageTooLong(
-            f"no {delimiter!r} within {max_size} bytes ({what} too long)", max_size=max_size
+        raise self._peer_fault(
+            MessageTooLong(
+                f"no {delimiter!r} within {max_size} bytes ({what} too long)", max_size=max_size
+            )
         )
 
     # ------------------------------------------------------------------
     # trio.abc.SendStream
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Send all of ``data``; raises ``ClosedResourceError`` after ``send_eof``/close."""
+        """Send all of ``data``, waiting while the kernel's send buffer is full.
+
+        Args:
+            data: bytes-like; ``b""`` is allowed (a checkpoint, nothing sent).
+
+        Raises:
+            trio.BusyResourceError: another task is sending on this connection.
+            trio.ClosedResourceError: after :meth:`send_eof` or a close.
+            trio.BrokenResourceError: the peer reset the connection or went away.
+
+        If cancelled part-way, an unknown prefix of ``data`` may have been sent.
+
+        Example::
+
+            await conn.send_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        """
         if self._send_busy:
             raise trio.BusyResourceError("another task is already sending on this connection")
         if self._closed:
@@ -753,7 +860,12 @@ class Connection(trio.abc.HalfCloseableStream):
             self.bytes_sent += n
 
     async def wait_send_all_might_not_block(self) -> None:
-        """Wait until the socket can take more data."""
+        """Wait until the socket can take more data (``trio.abc.SendStream`` API).
+
+        Raises:
+            trio.BusyResourceError: another task is sending on this connection.
+            trio.ClosedResourceError: the connection was closed.
+        """
         if self._send_busy:
             raise trio.BusyResourceError("another task is already sending on this connection")
         if self._closed:
@@ -774,7 +886,19 @@ class Connection(trio.abc.HalfCloseableStream):
             self._send_busy = False
 
     async def send_eof(self) -> None:
-        """Half-close: tell the peer we will send no more.  Idempotent."""
+        """Half-close: tell the peer we will send no more (``shutdown(SHUT_WR)``).
+
+        Receiving still works.  Calling it again does nothing.
+
+        Raises:
+            trio.ClosedResourceError: the connection was closed.
+
+        Example::
+
+            await conn.send_all(request)
+            await conn.send_eof()          # the server reads until EOF
+            reply = await conn.receive_some()
+        """
         if self._send_busy:
             raise trio.BusyResourceError("another task is already sending on this connection")
         self._send_busy = True
@@ -799,10 +923,28 @@ class Connection(trio.abc.HalfCloseableStream):
         if not self._closed:
             self._closed = True
             self._buf = None
+            owner = self._owner
+            if owner is not None:
+                # The server folds this connection into its stats *before*
+                # the socket closes, so a peer that saw EOF sees final figures.
+                hook = getattr(owner, "_connection_closed", None)  # TEMP until server lands
+                if hook is not None:
+                    hook(self)
             self.socket.close()
 
     def abort(self) -> None:
-        """Close at once with a TCP reset (RST) instead of an orderly FIN."""
+        """Close at once with a TCP reset (RST) instead of an orderly FIN.
+
+        Unsent data is discarded and the peer's next operation fails with
+        ``ECONNRESET``.  Use it to refuse or punish a peer; use :meth:`aclose`
+        for a normal goodbye.  Unix sockets have no RST: they just close.
+
+        Example::
+
+            if not authorised:
+                conn.abort()
+                return
+        """
         if self._closed:
             return
         if self.socket.family != _AF_UNIX:
@@ -815,7 +957,20 @@ class Connection(trio.abc.HalfCloseableStream):
         self.close()
 
     async def aclose(self) -> None:
-        """Close the connection (a checkpoint, per Trio's ``AsyncResource`` contract)."""
+        """Close the connection with an orderly FIN; idempotent.
+
+        Always a checkpoint (Trio's ``AsyncResource`` contract), and the
+        socket is closed even if the call is cancelled.  A server closes its
+        connection itself when the handler returns, so handlers rarely need it.
+
+        Example::
+
+            conn = await trionet.connect("tcp://127.0.0.1:7007")
+            try:
+                ...
+            finally:
+                await conn.aclose()
+        """
         self.close()
         await checkpoint()
 

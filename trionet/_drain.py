@@ -20,13 +20,29 @@ A graceful drain (``Server.shutdown``) proceeds in four steps:
    (Listeners from a custom Trio socket factory, which have no descriptor,
    are not swept: their queued connections are reset at close.)
 
+   The sweep is bounded: at most the listen queue's capacity (the smaller
+   of the listener's backlog and the kernel's ``somaxconn``, plus one)
+   ``accept()`` calls per listener, so a connect flood cannot keep
+   ``shutdown()`` in a synchronous loop.  A per-connection ``accept()``
+   error (``ECONNABORTED``: that client gave up while queued) is counted
+   in ``stats.accept_errors`` and the sweep goes on.  *Descriptor
+   exhaustion* (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ``ENOMEM``) ends the
+   sweep: it is logged as a WARNING (rate-limited) and counted, and the
+   connections still queued are reset when the listener closes -- the same
+   fate as the residual race above, for a reason the server cannot fix
+   within a drain (waiting for descriptors would mean keeping the listener
+   open, and so accepting new clients indefinitely).
+
    Swept connections are admitted like any other (access policy, per-host
    limit).  Beyond ``max_connections`` they are accepted but wait for a
    free slot before their handler starts, so the limit still holds.
 2. **Tell handlers.**  ``conn.draining`` (a :class:`trio.Event`) is set on
    every connection, and ``async for chunk in conn`` ends once nothing more
    is waiting -- data already in the kernel is still delivered first -- so
-   keep-alive loops finish by themselves.
+   keep-alive loops finish by themselves.  A connection that has not
+   received a single byte yet (typically just swept, its client's first
+   request still in flight) is given ``_FIRST_REQUEST_ALLOWANCE`` (2 s,
+   bounded by the grace period) before its ``async for`` treats it as idle.
 3. **Wait** up to ``grace`` seconds for handlers to finish.  The deadline is
    kept by the server's own task, not the caller's: cancelling the task that
    called ``shutdown`` does not stop the drain, and a second ``shutdown``
@@ -42,7 +58,7 @@ import logging
 import math
 import signal
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -55,18 +71,42 @@ log = logging.getLogger("trionet.drain")
 __all__ = ["ShutdownReport", "drain_on_signals"]
 
 
+def _count(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be an int, not {value!r}")
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, not {value!r}")
+
+
+def _seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0 seconds, not {value!r}")
+
+
 @attrs.frozen
 class ShutdownReport:
-    """What a graceful drain did."""
+    """What a graceful drain did.
 
-    #: Connections whose handlers finished by themselves during the drain.
-    finished: int
-    #: Connections still running when the grace period ran out, and cancelled.
-    cancelled: int
-    #: Connections found queued in the kernel when the drain began, and served.
-    swept: int
+    Every connection still open when the drain began, or swept during it,
+    ends up in exactly one place: ``finished``, ``cancelled``, or -- closed
+    by the idle timeout while the drain was running -- ``stats.idle_closed``
+    (in neither field).  So ``finished + cancelled`` can be smaller than the
+    number of connections the drain started with, never larger.
+    """
+
+    #: Handlers that returned (or raised) by themselves during the drain,
+    #: before the grace period ran out -- swept connections included.
+    finished: int = attrs.field(validator=_count)
+    #: Handlers cancelled when the grace period ran out (or the server was
+    #: cancelled), plus swept connections whose handler never started
+    #: because no ``max_connections`` slot freed up in time.
+    cancelled: int = attrs.field(validator=_count)
+    #: Connections found queued in the kernel when the drain began, and accepted.
+    swept: int = attrs.field(validator=_count)
     #: Seconds from the start of the drain to the server having stopped.
-    elapsed: float = 0.0
+    elapsed: float = attrs.field(default=0.0, validator=_seconds)
 
 
 _DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +148,9 @@ class ConnectAttempt:
         return f"{self.address}: {what}"
 
 
+_TRIO_CONNECT_PREFIX = "Error connecting to "
+
+
 def _reason(err: BaseException) -> str:
     """A short reason for an attempt's error.
 
@@ -160,7 +164,7 @@ def _reason(err: BaseException) -> str:
         text = err.strerror
         if isinstance(code, int) and code > 0:
             standard = os.strerror(code)
-            if not text or standard in text:
+            if not text or text == standard or text.startswith(_TRIO_CONNECT_PREFIX):
                 return standard
         if text:
             return str(text)
@@ -196,7 +200,10 @@ class ConnectError(TrionetError, OSError):
         return self.message
 
     def __reduce__(self) -> Any:  # keep pickling (e.g. across to_thread) working
-        return (_rebuild_connect_error, (type(self), self.message, self.target, self.attempts))
+        return (
+            _rebuild_connect_error,
+            (type(self), self.message, self.target, self.attempts, self.errno),
+        )
 
 
 class ConnectTimeout(ConnectError, TimeoutError):
@@ -204,9 +211,13 @@ class ConnectTimeout(ConnectError, TimeoutError):
 
 
 def _rebuild_connect_error(
-    cls: type[ConnectError], message: str, target: object, attempts: tuple[ConnectAttempt, ...]
+    cls: type[ConnectError],
+    message: str,
+    target: object,
+    attempts: tuple[ConnectAttempt, ...],
+    errno_: int | None = None,
 ) -> ConnectError:
-    return cls(message, target=target, attempts=attempts)
+    return cls(message, target=target, attempts=attempts, errno_=errno_)
 
 
 ################################################################
@@ -261,11 +272,15 @@ def translate_connect_error(
         what = f"{what} ({attempts[0].address})"
     elif len(attempts) > 1:
         what = f"all {len(attempts)} attempts failed ({_attempts_summary(attempts)})"
+    # A failed lookup's ``gaierror.errno`` is an ``EAI_*`` code, not an errno
+    # (negative on Linux, colliding with real errnos elsewhere): no errno then.
+    # The lookup's own text is in the message, the gaierror in ``attempts``.
+    code = None if isinstance(exc, socket.gaierror) else exc.errno
     return ConnectError(
         f"cannot connect to {target}: {what}",
         target=target,
         attempts=attempts,
-        errno_=exc.errno,
+        errno_=code,
     )
 
 

@@ -14,10 +14,22 @@ The stamp is taken at the scan that *noticed* the progress, so it is never
 earlier than the real last activity: no connection is ever closed early.  It
 is at most one tick later than the activity, and the scan that notices the
 timeout is at most one more tick late, so the close happens within
-``idle_timeout + 2 * tick``.  With ``tick = min(idle_timeout / 4, 0.25)``
-that is at most half a second late (plus scheduling delay), inside the
-promised ``idle_timeout + 1 s``.  Ticks are scheduled on an absolute grid
-(``sleep_until``), so the time a scan takes does not add up into drift.
+``idle_timeout + 2 * tick``.  With ``tick = max(0.05, min(idle_timeout / 4,
+0.25))`` that is at most half a second late (plus scheduling delay), inside
+the promised ``idle_timeout + 1 s``.  The 50 ms floor keeps a tiny timeout
+from turning the reaper into a busy loop.  Ticks are scheduled on an absolute
+grid (``sleep_until``), so the time a scan takes does not add up into drift.
+
+When the clock starts
+---------------------
+A connection is watched from the moment its *handler starts*, not from
+``accept()``: a connection swept from the kernel queue during a drain may
+wait for a ``max_connections`` slot first, and that wait is the server's
+doing, not the peer's silence.  The server calls :meth:`IdleReaper.watch`
+when the handler starts, and sets the connection's ``_scope`` (the handler's
+cancel scope) at the same moment; :meth:`IdleReaper.scan` skips connections
+whose ``_scope`` is still None, so a connection is never closed before its
+handler ran.
 
 Cost
 ----
@@ -42,6 +54,8 @@ __all__ = ["IdleReaper"]
 
 #: Longest interval between two scans (seconds).
 MAX_TICK = 0.25
+#: Shortest interval between two scans (seconds), whatever the timeout.
+MIN_TICK = 0.05
 
 
 class Watched(Protocol):
@@ -75,13 +89,13 @@ class IdleReaper:
         self, timeout: float, conns: Mapping[int, Watched], counters: Counters
     ) -> None:
         self.timeout = timeout
-        self.tick = min(timeout / 4, MAX_TICK)
+        self.tick = max(MIN_TICK, min(timeout / 4, MAX_TICK))
         self._conns = conns
         self._counters = counters
 
     def watch(self, conn: Watched) -> None:
-        """Start the clock for a new connection (called at accept)."""
-        conn._seen_bytes = 0
+        """Start the clock for a connection (called when its handler starts)."""
+        conn._seen_bytes = conn.bytes_received + conn.bytes_sent
         conn._seen_at = trio.current_time()
 
     async def run(self) -> None:
@@ -98,11 +112,15 @@ class IdleReaper:
     def scan(self, now: float) -> int:
         """One pass: stamp connections that made progress, close those idle too long.
 
-        Returns how many connections were closed.
+        Connections whose handler has not started yet (no ``_scope``) are
+        skipped.  Returns how many connections were closed.
         """
         timeout = self.timeout
         closed = 0
         for conn in list(self._conns.values()):
+            scope = conn._scope
+            if scope is None:
+                continue
             total = conn.bytes_received + conn.bytes_sent
             if total != conn._seen_bytes:
                 conn._seen_bytes = total
@@ -111,7 +129,6 @@ class IdleReaper:
                 log.debug("closing connection #%d: idle for %.1f s", conn.id, now - conn._seen_at)
                 self._counters.idle_closed += 1
                 closed += 1
-                if conn._scope is not None:
-                    conn._scope.cancel()
+                scope.cancel()
                 conn.close()
         return closed

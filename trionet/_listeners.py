@@ -12,11 +12,22 @@ details that make it production-grade:
   retried (bounded).
 * **Unix sockets.**  A leftover socket file from a crashed process would make
   ``bind`` fail with ``EADDRINUSE``.  We only unlink it after a connect probe
-  shows nothing listens there (``ECONNREFUSED``); a live one raises
-  :class:`~trionet.AddressInUse`.  ``unix_mode`` is applied with ``chmod``
-  *before* ``listen()``, so there is no window in which a client can connect
-  through a too-permissive file.  At close the file is removed only if it is
-  still the inode we created (another server may have replaced it since).
+  shows nothing listens there (``ECONNREFUSED``), *and* the file is still
+  the one we probed (same device, inode and ctime before and after the
+  probe -- two servers starting at once on the same stale path must not
+  unlink each other's fresh socket); a live one, or one replaced while we
+  probed, raises :class:`~trionet.AddressInUse`.  A probe that fails for
+  another reason (``EACCES``: no write permission on the file) raises
+  :class:`~trionet.ListenError` with that reason, and the file is left
+  alone.  ``unix_mode`` is applied with ``chmod`` *before* ``listen()``, so
+  there is no window in which a client can connect through a too-permissive
+  file; it makes no sense for an abstract name (no file), so asking for both
+  raises ``ValueError`` before anything is opened.  At close the file is
+  removed only if it is still the inode we created (another server may have
+  replaced it since).  A relative path is resolved against the working
+  directory *at bind time* for that check, so a later ``chdir`` cannot make
+  us remove -- or miss -- the wrong file; ``Server.addresses`` still shows
+  the path as the user wrote it.
 * **Backlog.**  ``None`` asks for 65535 and lets the kernel clamp it to
   ``somaxconn``, as Trio does.
 * Sockets come only from ``trio.socket.socket()`` and names only from
@@ -68,7 +79,10 @@ class Listener:
     address: Address
     #: (st_dev, st_ino) of a Unix socket file we created and must remove.
     unix_inode: tuple[int, int] | None = None
+    #: The absolute path of that file (resolved at bind time).
     unix_path: str | None = None
+    #: The backlog given to ``listen()``; None for an adopted socket.
+    backlog: int | None = None
     closed: bool = False
 
     def close(self) -> None:
@@ -77,12 +91,7 @@ class Listener:
         self.closed = True
         self.sock.close()
         if self.unix_path is not None and self.unix_inode is not None:
-            try:
-                st = os.stat(self.unix_path)
-                if (st.st_dev, st.st_ino) == self.unix_inode:
-                    os.unlink(self.unix_path)
-            except OSError:
-                pass
+            _unlink_if_same(self.unix_path, self.unix_inode)
 
 
 def _backlog(backlog: int | None) -> int:
@@ -104,6 +113,7 @@ async def open_listeners(
         AddressInUse: the address is taken (or a live Unix socket is there).
         ListenError: any other failure to bind or listen.
     """
+    check_unix_mode(binds, unix_mode)
     opened: list[Listener] = []
     try:
         for bind in binds:
@@ -112,6 +122,26 @@ async def open_listeners(
         close_listeners(opened)
         raise
     return opened
+
+
+def check_unix_mode(binds: Sequence[Bind], unix_mode: int | None) -> None:
+    """Refuse ``unix_mode`` together with an abstract Unix name (it has no file).
+
+    Raises:
+        ValueError: ``unix_mode`` is set and a bind is ``unix:@NAME``.
+        InvalidAddress: a malformed bind spec (found early, while looking).
+    """
+    if unix_mode is None:
+        return
+    for bind in binds:
+        if isinstance(bind, (_stdlib_socket.socket, trio.socket.SocketType)):
+            continue
+        address = parse_address(bind)
+        if isinstance(address, UnixAddress) and address.is_abstract:
+            raise ValueError(
+                f"unix_mode={unix_mode:#o} cannot apply to the abstract name {address}: "
+                "it has no file, hence no permission bits (use AccessPolicy(unix_uids=...))"
+            )
 
 
 async def _open_one(bind: Bind, backlog: int, unix_mode: int | None) -> list[Listener]:
@@ -197,7 +227,7 @@ async def _open_tcp(address: TCPAddress, backlog: int) -> list[Listener]:
                     raise
                 bound = address_from_sockaddr(family, sock.getsockname())
                 assert isinstance(bound, TCPAddress)
-                opened.append(Listener(sock, bound))
+                opened.append(Listener(sock, bound, backlog=backlog))
                 port = bound.port
             if not opened:
                 raise unsupported[0]
@@ -216,18 +246,77 @@ async def _open_tcp(address: TCPAddress, backlog: int) -> list[Listener]:
     )
 
 
-async def _probe_unix(path: str) -> bool:
-    """True if something accepts connections on the Unix socket at ``path``."""
+async def _probe_unix(path: str, address: UnixAddress) -> bool:
+    """True if something accepts connections on the Unix socket at ``path``.
+
+    Raises:
+        ListenError: the probe failed for a reason that says nothing about
+            whether a server is there (``EACCES``: no write permission on the
+            file, ...).  The file is then left alone, and the caller learns
+            the real reason rather than a misleading "address in use".
+    """
     probe = trio.socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
     try:
         with trio.move_on_after(2.0):
             await probe.connect(path)
             return True
         return True  # a connect that hangs means a live (if overloaded) listener
+    except BlockingIOError:
+        return True  # EAGAIN: the listener's queue is full -- very much alive
     except OSError as exc:
-        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise translate_listen_error(exc, address) from exc
     finally:
         probe.close()
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    # The inode number alone can be reused at once by some filesystems after
+    # an unlink; a fresh bind() also sets a fresh ctime.
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+async def _remove_stale(path: str, address: UnixAddress) -> None:
+    """Unlink the socket file at ``path`` if nothing listens on it; else raise."""
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise translate_listen_error(exc, address) from exc
+    if not stat.S_ISSOCK(before.st_mode):
+        raise ListenError(
+            errno.EEXIST, f"cannot listen on {address}: the path exists and is not a socket"
+        )
+    if await _probe_unix(path, address):
+        raise AddressInUse(
+            errno.EADDRINUSE, f"cannot listen on {address}: another process listens there"
+        )
+    # The probe yielded to the scheduler (and other processes ran): make sure
+    # the file we are about to remove is still the one we found dead.  Two
+    # servers starting at once on the same stale path would otherwise each
+    # unlink the other's fresh socket.  (What remains is the few microseconds
+    # between this lstat and the unlink.)
+    try:
+        after = os.lstat(path)
+    except FileNotFoundError:
+        return  # someone else removed it; bind() settles who gets the path
+    except OSError as exc:
+        raise translate_listen_error(exc, address) from exc
+    if _identity(after) != _identity(before):
+        raise AddressInUse(
+            errno.EADDRINUSE,
+            f"cannot listen on {address}: the socket file was replaced while we probed "
+            "it (another server starting?)",
+        )
+    log.info("replacing stale Unix socket file %s", path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise translate_listen_error(exc, address) from exc
 
 
 async def _open_unix(address: UnixAddress, backlog: int, unix_mode: int | None) -> Listener:
@@ -235,59 +324,35 @@ async def _open_unix(address: UnixAddress, backlog: int, unix_mode: int | None) 
         raise ListenError(errno.EAFNOSUPPORT, f"cannot listen on {address}: no Unix sockets here")
     path = address.path
     if not address.is_abstract:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            raise translate_listen_error(exc, address) from exc
-        if st is not None:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise ListenError(
-                    errno.EEXIST, f"cannot listen on {address}: the path exists and is not a socket"
-                )
-            if await _probe_unix(path):
-                raise AddressInUse(
-                    errno.EADDRINUSE, f"cannot listen on {address}: another process listens there"
-                )
-            log.info("replacing stale Unix socket file %s", path)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise translate_listen_error(exc, address) from exc
+        await _remove_stale(path, address)
     sock = trio.socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
     inode = None
+    # Resolved now, next to bind(): the working directory may change later.
+    absolute = None if address.is_abstract else os.path.abspath(path)
     try:
         await sock.bind(address.sockaddr)
-        if not address.is_abstract:
-            st = os.stat(path)
+        if absolute is not None:
+            st = os.lstat(absolute)
             inode = (st.st_dev, st.st_ino)
             if unix_mode is not None:
-                os.chmod(path, unix_mode)
+                os.chmod(absolute, unix_mode)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        if inode is not None:
-            _unlink_if_same(path, inode)
+        if inode is not None and absolute is not None:
+            _unlink_if_same(absolute, inode)
         raise translate_listen_error(exc, address) from exc
     except BaseException:
         sock.close()
-        if inode is not None:
-            _unlink_if_same(path, inode)
+        if inode is not None and absolute is not None:
+            _unlink_if_same(absolute, inode)
         raise
-    return Listener(
-        sock,
-        address,
-        unix_inode=inode,
-        unix_path=None if address.is_abstract else path,
-    )
+    return Listener(sock, address, unix_inode=inode, unix_path=absolute, backlog=backlog)
 
 
 def _unlink_if_same(path: str, inode: tuple[int, int]) -> None:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
         if (st.st_dev, st.st_ino) == inode:
             os.unlink(path)
     except OSError:

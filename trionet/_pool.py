@@ -19,8 +19,14 @@ Fairness
 --------
 Waiters queue in a deque of events.  A returned slot is *handed over* to the
 first waiter rather than freed, so a task that arrives later cannot barge
-past the queue.  A waiter cancelled before its turn leaves the queue; one
-cancelled just after being handed a slot passes it on.
+past the queue.  A waiter cancelled before its turn leaves the queue.  One
+cannot be cancelled *after* being handed a slot: setting its event has
+already rescheduled it, and ``Event.wait`` then returns normally, so the slot
+is never lost between the hand-over and the waiter running; a cancellation
+pending by then hits the waiter's next checkpoint, inside ``_lend``, whose
+error path gives the slot back.  A waiter that finds the pool closed when it
+runs gives its slot back and raises ``ClosedResourceError``: a closed pool
+opens no connection.
 
 Health
 ------
@@ -29,8 +35,12 @@ sent bytes nobody asked for (a protocol desync).  All three make the socket
 *readable*, so before lending an idle connection -- and when one comes back
 -- we poll its descriptor with a zero timeout: any readiness other than
 "writable" means discard.  We also discard one with unread bytes in its
-buffer, one the borrower closed or half-closed, and one whose block raised
-(the exchange may have stopped half-way).  A socket without a descriptor
+buffer, one the borrower closed or half-closed, one whose block raised
+(the exchange may have stopped half-way), and one that a task is still
+receiving or sending on -- a borrower that handed the connection to a
+background task and left its block: lending it again would let two users
+interleave on one byte stream (closing it wakes that task with
+``ClosedResourceError``).  A socket without a descriptor
 (made by a custom Trio socket factory) cannot be checked, so it is
 conservatively never reused.
 
@@ -42,12 +52,24 @@ when nobody lends.  The task runs in a nursery the pool opens in
 ``__aenter__`` and closes in ``__aexit__``: the caller never has to provide
 one.  A pool used without ``async with`` only expires lazily.
 
+A connection expires when ``now >= since + idle_timeout``, and the sweep
+sleeps until exactly ``since + idle_timeout``: one expression for both
+(``_expires_at``).  Written as ``now - since >= idle_timeout`` instead, float
+rounding can make the sweep wake *at* its deadline and still find nothing
+expired (``(0.1 + 0.25) - 0.1 < 0.25``), then sleep until a deadline already
+past -- a busy loop, and a hang under a mock clock that only jumps when every
+task is blocked.
+
 Closing
 -------
-``aclose()`` closes idle connections, wakes waiters with
-``trio.ClosedResourceError``, and marks the pool closed: later lends raise
-``ClosedResourceError``, and connections lent at the time are closed when they
-come back.
+``aclose()`` closes *everything*, with Trio's forceful ``aclose`` semantics:
+idle connections, connections lent out at the time (a borrower gets
+``trio.ClosedResourceError`` from its next operation on it, and a task
+blocked on it is woken with that error), and connections being opened (the
+``connect`` is cancelled and the borrower gets ``ClosedResourceError``).
+Waiters are woken with ``ClosedResourceError``, and so is any later lend.
+Close a pool when its users are done with it; ``async with pool:`` does so
+when its block ends.
 """
 
 from __future__ import annotations
@@ -83,6 +105,10 @@ _DEAD_EVENTS: Final = (
     | getattr(select, "POLLHUP", 0)
     | getattr(select, "POLLNVAL", 0)
 )
+
+# How long ``__aexit__`` may spend closing, shielded from the caller's
+# cancellation (closing is synchronous apart from one checkpoint).
+_CLOSE_TIMEOUT: Final = 5.0
 
 _count = attrs.field(
     default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
@@ -140,6 +166,8 @@ def unusable_reason(conn: Connection) -> str | None:
     if conn.closed:
         return "closed by its borrower"
     # Connection keeps these private; the pool is its sibling module.
+    if conn._receive_busy or conn._send_busy:
+        return "still in use by another task"
     if conn._eof_sent:
         return "half-closed by its borrower"
     if conn._buf:
@@ -252,6 +280,8 @@ class ConnectionPool:
         self._idle: collections.deque[tuple[Connection, float]] = collections.deque()
         self._lent: set[Connection] = set()
         self._opening = 0
+        # One scope per connect in progress, so aclose() can cancel them.
+        self._open_scopes: set[trio.CancelScope] = set()
         self._slots = 0
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._closed = False
@@ -313,7 +343,7 @@ class ConnectionPool:
 
         Raises:
             trio.ClosedResourceError: the pool is closed (on entering, also
-                while waiting).
+                while waiting or while the new connection was being opened).
             ConnectError: a new connection could not be made (see
                 :func:`trionet.connect`); the slot is freed for the next caller.
 
@@ -326,16 +356,34 @@ class ConnectionPool:
         return _Lease(self)
 
     async def aclose(self) -> None:
-        """Close the pool: idle connections now, lent ones when they come back.
+        """Close the pool and every connection it made, now.
 
-        Waiting callers get ``trio.ClosedResourceError``, as does any later
-        :meth:`connection`.  Idempotent.
+        Like Trio's ``aclose`` this is forceful: idle connections are closed,
+        and so are connections lent out at the time -- a borrower gets
+        ``trio.ClosedResourceError`` from its next operation on it (a task
+        blocked on it is woken with that error) -- and connections being
+        opened (the borrower gets ``ClosedResourceError``).  Waiting callers
+        get ``ClosedResourceError``, as does any later :meth:`connection`.
+        Idempotent.
+
+        Example::
+
+            pool = trionet.ConnectionPool("tcp://127.0.0.1:7007")
+            try:
+                async with pool.connection() as conn:
+                    await conn.send_all(b"ping\n")
+            finally:
+                await pool.aclose()
         """
         if not self._closed:
             self._closed = True
             while self._idle:
                 conn, _since = self._idle.popleft()
                 conn.close()
+            for conn in self._lent:
+                conn.close()  # the borrower's block still returns it (a no-op then)
+            for scope in self._open_scopes:
+                scope.cancel()
             while self._waiters:
                 waiter = self._waiters.popleft()
                 waiter.closed = True
@@ -356,8 +404,13 @@ class ConnectionPool:
             nursery = await manager.__aenter__()
             self._nursery_manager = manager
             # The sweep gets a scope of its own: the nursery's scope also
-            # encloses the caller's ``async with pool:`` body.
-            self._sweep_scope = trio.CancelScope()
+            # encloses the caller's ``async with pool:`` body.  It is
+            # shielded, so only our own cancel (in aclose()/__aexit__, which
+            # always run) stops the sweep, and that Cancelled is caught by
+            # this very scope.  Were an enclosing cancel to reach the sweep,
+            # its Cancelled would come out of the nursery at exit and replace
+            # the exception the caller's block raised.
+            self._sweep_scope = trio.CancelScope(shield=True)
             nursery.start_soon(self._sweep, name=f"pool idle sweep {self.target}")
         else:
             await checkpoint()
@@ -371,7 +424,12 @@ class ConnectionPool:
     ) -> None:
         manager, self._nursery_manager = self._nursery_manager, None
         try:
-            await self.aclose()
+            # Shielded: if the block is being cancelled, or raised while an
+            # enclosing scope is cancelled, aclose()'s checkpoint must not
+            # raise a Cancelled that replaces the block's own exception.
+            # Bounded, in case closing ever grows a real wait.
+            with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                await self.aclose()
         finally:
             if manager is not None:
                 assert self._sweep_scope is not None
@@ -380,6 +438,8 @@ class ConnectionPool:
                 # wrap it in an ExceptionGroup.  It propagates by itself.
                 with unwrap_single():
                     await manager.__aexit__(None, None, None)
+        if exc_type is None:
+            await checkpoint_if_cancelled()  # still a cancellation point
 
     # ------------------------------------------------------------------
     # Slots
@@ -397,12 +457,17 @@ class ConnectionPool:
         try:
             await waiter.event.wait()
         except BaseException:
+            # Only a waiter still queued can get here: once its event is set
+            # (a slot handed over, or the pool closed) it has been
+            # rescheduled, and wait() returns normally.
+            self._waiters.remove(waiter)
+            raise
+        if waiter.closed or self._closed:
+            # Closed before this waiter ran: a slot handed to it is given
+            # back (to nobody: aclose() emptied the queue), and no
+            # connection is opened for a closed pool.
             if waiter.granted:
                 self._give_slot_back()
-            else:
-                self._waiters.remove(waiter)
-            raise
-        if waiter.closed:
             raise trio.ClosedResourceError("this connection pool was closed")
 
     def _give_slot_back(self) -> None:
@@ -419,6 +484,8 @@ class ConnectionPool:
     async def _lend(self) -> Connection:
         await self._take_slot()
         try:
+            if self._closed:  # closed during _take_slot's checkpoint
+                raise trio.ClosedResourceError("this connection pool was closed")
             conn = self._take_idle()
             if conn is None:
                 conn = await self._open()
@@ -441,10 +508,20 @@ class ConnectionPool:
 
     async def _open(self) -> Connection:
         self._opening += 1
+        # aclose() cancels this scope.  A Cancelled from an enclosing scope
+        # is not caught by it and propagates as usual.
+        scope = trio.CancelScope()
+        self._open_scopes.add(scope)
+        conn: Connection | None = None
         try:
-            conn = await connect_with_plan(self._plan)
+            with scope:
+                conn = await connect_with_plan(self._plan)
         finally:
+            self._open_scopes.discard(scope)
             self._opening -= 1
+        if conn is None:  # our scope caught the Cancelled: aclose() ran
+            await checkpoint_if_cancelled()  # an enclosing cancel wins
+            raise trio.ClosedResourceError("the connection pool was closed while connecting")
         self._created += 1
         if self._closed:
             conn.close()
@@ -464,13 +541,16 @@ class ConnectionPool:
                 if why is not None:
                     self._discard(conn, why)
                 else:
-                    self._idle.append((conn, trio.current_time()))
-                    wakeup = self._sweep_wakeup
-                    if wakeup is not None:
-                        self._sweep_wakeup = None
-                        wakeup.set()
+                    self._put_idle(conn, trio.current_time())
         finally:
             self._give_slot_back()
+
+    def _put_idle(self, conn: Connection, since: float) -> None:
+        self._idle.append((conn, since))
+        wakeup = self._sweep_wakeup
+        if wakeup is not None:
+            self._sweep_wakeup = None
+            wakeup.set()
 
     def _discard(self, conn: Connection, why: str) -> None:
         self._discarded += 1
@@ -480,11 +560,15 @@ class ConnectionPool:
     # ------------------------------------------------------------------
     # Idle expiry
 
+    def _expires_at(self, since: float) -> float:
+        """When a connection idle since ``since`` expires (the sweep sleeps until then)."""
+        assert self._idle_timeout is not None
+        return since + self._idle_timeout
+
     def _expire(self, now: float) -> None:
-        timeout = self._idle_timeout
-        if timeout is None:
+        if self._idle_timeout is None:
             return
-        while self._idle and now - self._idle[0][1] >= timeout:
+        while self._idle and now >= self._expires_at(self._idle[0][1]):
             conn, _since = self._idle.popleft()
             self._expired += 1
             log.debug("pool for %s closes idle connection #%d", self.target, conn.id)
@@ -496,11 +580,9 @@ class ConnectionPool:
             await self._sweep_forever()
 
     async def _sweep_forever(self) -> None:
-        timeout = self._idle_timeout
-        assert timeout is not None
         while True:
             if self._idle:
-                await trio.sleep_until(self._idle[0][1] + timeout)
+                await trio.sleep_until(self._expires_at(self._idle[0][1]))
                 self._expire(trio.current_time())
             else:
                 wakeup = self._sweep_wakeup = trio.Event()

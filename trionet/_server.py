@@ -39,7 +39,26 @@ the limit -- those clients are connected and must not be reset.  Swept
 connections beyond ``max_connections`` are accepted (their descriptors are
 ours) but their handlers wait for a free slot before they start, so the
 limit on concurrently running handlers holds even then.  If the grace period
-ends first, they are closed and counted as ``cancelled``.
+ends first, they are closed and counted as ``cancelled``.  The idle timeout
+does not run while they wait: its clock starts when the handler starts (the
+wait is the server's doing, not the peer's silence).
+
+Slots are handed out first come, first served: whoever waits for one (an
+accept task at the limit, a swept connection) queues in ``_slot_waiters``,
+and a freed slot wakes exactly one of them -- no thundering herd of every
+waiter racing for one slot.  A waiter cancelled after being woken passes the
+wake-up on, so no slot is ever lost.
+
+What the shutdown report counts
+===============================
+
+During a drain each connection ends in exactly one way (``_release``):
+
+* its handler returned or raised by itself before the grace period ran out:
+  ``finished``;
+* the idle reaper closed it (``stats.idle_closed``): neither field;
+* otherwise -- cancelled when the grace period ran out (or when the whole
+  server was cancelled), or its handler never started: ``cancelled``.
 
 Handler isolation
 =================
@@ -63,6 +82,7 @@ import math
 import socket as _stdlib_socket
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, final
@@ -75,7 +95,7 @@ from ._admission import AccessPolicy, HostCounter
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionInfo, configure_tcp_socket
 from ._drain import ShutdownReport
-from ._exceptions import LocalProtocolError, RemoteProtocolError
+from ._exceptions import IncompleteRead, LocalProtocolError
 from ._idle import IdleReaper
 from ._listeners import Bind, Listener, close_listeners, open_listeners
 from ._ratelimit import RateLimiter
@@ -95,6 +115,14 @@ _ANY = frozenset({"0.0.0.0", "::", "", "*"})
 #: ending its ``async for`` loop (bounded by the grace period anyway).
 _FIRST_REQUEST_ALLOWANCE = 2.0
 _NOT_ERRORS = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
+#: struct ucred {pid_t pid; uid_t uid; gid_t gid;}: uids and gids are unsigned.
+_UCRED = struct.Struct("iII")
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 def _only(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
@@ -139,17 +167,24 @@ class Server:
         )
         self._conn_nursery: trio.Nursery | None = None
         self._accept_scope: trio.CancelScope | None = None
-        self._slot_event: trio.Event | None = None
+        # Tasks waiting for a max_connections slot, first come first served
+        # (an OrderedDict: O(1) removal of a cancelled waiter, O(1) pop-front).
+        self._slot_waiters: OrderedDict[trio.Event, None] = OrderedDict()
+        # Set (and replaced) whenever a connection closes: wakes accept tasks
+        # backing off from descriptor exhaustion.
+        self._closed_event: trio.Event | None = None
         self._empty = trio.Event()
         self._stopped = trio.Event()
         self._grace_scope: trio.CancelScope | None = None
         self._grace_deadline = math.inf
+        self._grace_over = False
         self._shutdown_started = False
         self._drain_started_at = 0.0
-        self._closed_during_drain = 0
+        self._finished = 0
         self._cancelled = 0
         self._report: ShutdownReport | None = None
         self._error_log = RateLimiter()
+        self._sweep_log = RateLimiter(burst=3, period=60.0)
 
     # ------------------------------------------------------------------
     # Public surface
@@ -166,8 +201,9 @@ class Server:
         rx = c.bytes_received
         tx = c.bytes_sent
         for conn in self._conns.values():
-            rx += conn.bytes_received
-            tx += conn.bytes_sent
+            if not conn.closed:  # a closed one is already in the counters
+                rx += conn.bytes_received
+                tx += conn.bytes_sent
         return ServerStats(
             accepted=c.accepted,
             active=len(self._conns),
@@ -288,15 +324,18 @@ class Server:
                         await self._empty.wait()
                     self._grace_scope = None
                     if self._conns:
-                        self._cancelled = len(self._conns)
-                        log.info("grace period over: cancelling %d handler(s)", self._cancelled)
+                        # From here on, whatever still runs counts as cancelled
+                        # (see "What the shutdown report counts").
+                        self._grace_over = True
+                        log.info("grace period over: cancelling %d handler(s)", len(self._conns))
                         conn_nursery.cancel_scope.cancel()
                     reaper_scope.cancel()
         finally:
+            self._grace_over = True
             close_listeners(self._listeners)
             if self._report is None:
                 self._report = ShutdownReport(
-                    finished=max(0, self._closed_during_drain - self._cancelled),
+                    finished=self._finished,
                     cancelled=self._cancelled,
                     swept=self._counters.swept,
                     elapsed=(trio.current_time() - self._drain_started_at)
@@ -335,18 +374,33 @@ class Server:
         return self._max is None or self._active < self._max
 
     async def _wait_for_capacity(self) -> None:
+        """Wait, first come first served, until fewer than ``max_connections`` run."""
         while not self._has_capacity():
-            await self._slot_freed().wait()
+            ev = trio.Event()
+            self._slot_waiters[ev] = None
+            try:
+                await ev.wait()
+            except BaseException:
+                if ev.is_set():
+                    # Woken for a slot, but cancelled before taking it: hand
+                    # the wake-up on, or that slot would sit unused.
+                    self._wake_slot_waiter()
+                else:
+                    del self._slot_waiters[ev]
+                raise
 
-    def _slot_freed(self) -> trio.Event:
-        ev = self._slot_event
+    def _wake_slot_waiter(self) -> None:
+        if self._slot_waiters and self._has_capacity():
+            ev, _ = self._slot_waiters.popitem(last=False)
+            ev.set()
+
+    async def _wait_conn_closed(self, timeout: float) -> None:
+        """Sleep up to ``timeout``, waking early when any connection closes."""
+        ev = self._closed_event
         if ev is None:
-            ev = self._slot_event = trio.Event()
-        return ev
-
-    async def _wait_slot_freed(self, timeout: float) -> None:
+            ev = self._closed_event = trio.Event()
         with trio.move_on_after(timeout):
-            await self._slot_freed().wait()
+            await ev.wait()
 
     # ------------------------------------------------------------------
     # Admission
@@ -368,10 +422,31 @@ class Server:
         try:
             peer = address_from_sockaddr(family, addr)
         except Exception:
+            # An address we cannot represent (e.g. an abstract Unix name with
+            # a NUL inside).  Never fail open: with an access check configured
+            # -- or on TCP, where a placeholder would be a lie -- refuse it.
+            # A Unix peer on a server without a check is admitted as the
+            # unnamed peer: nothing was promised about who may connect.
+            if self._access is not None or family != _AF_UNIX:
+                self._counters.rejected_access += 1
+                self._log_rate_limited(
+                    logging.WARNING,
+                    "refused a peer on %s: unparseable peer address %r",
+                    listener.address,
+                    addr,
+                )
+                _accept.reset_close(sock)
+                return False
             peer = UnixAddress("")
-        if self._access is not None and not self._check_access(sock, peer, listener, family):
-            _accept.reset_close(sock)
-            return False
+        local: Address | None = None
+        if self._access is not None:
+            if self._policy is None:
+                # A callable may decide on the local address too: give it the
+                # real one, not a wildcard listener's 0.0.0.0.
+                local = _local_address(sock, listener, family)
+            if not self._check_access(sock, peer, local or listener.address, family):
+                _accept.reset_close(sock)
+                return False
         hostkey = None
         if self._hosts is not None:
             hostkey = HostCounter.key(peer)
@@ -380,14 +455,21 @@ class Server:
                 log.debug("refused %s: over max_connections_per_host", peer)
                 _accept.reset_close(sock)
                 return False
-        if isinstance(sock, _stdlib_socket.socket):
-            tsock = trio.socket.from_stdlib_socket(sock)
-        else:
-            tsock = sock
-        self._start(tsock, peer, listener, family, hostkey, swept)
+        try:
+            if isinstance(sock, _stdlib_socket.socket):
+                tsock = trio.socket.from_stdlib_socket(sock)
+            else:
+                tsock = sock
+            self._start(tsock, peer, local, listener, family, hostkey, swept)
+        except BaseException:
+            # Nothing was registered (see _start); undo the per-host count.
+            if self._hosts is not None:
+                self._hosts.remove(hostkey)
+            sock.close()
+            raise
         return True
 
-    def _check_access(self, sock: Any, peer: Address, listener: Listener, family: int) -> bool:
+    def _check_access(self, sock: Any, peer: Address, local: Address, family: int) -> bool:
         creds = None
         if family == _AF_UNIX and (self._policy is None or self._policy.needs_credentials):
             creds = _peer_credentials(sock)
@@ -395,7 +477,7 @@ class Server:
             if self._policy is not None:
                 ok = self._policy.allows(peer, creds)
             else:
-                info = ConnectionInfo(0, peer, listener.address, time.time(), 0, 0, creds)
+                info = ConnectionInfo(0, peer, local, time.time(), 0, 0, creds)
                 result = self._access(info)
                 if inspect.isawaitable(result):
                     # A coroutine is truthy: never let it admit anybody.
@@ -403,82 +485,112 @@ class Server:
                         result.close()
                     raise TypeError("the access callable returned an awaitable, not a bool")
                 ok = bool(result)
-        except Exception:
-            log.exception("access policy raised for %s; refusing the peer", peer)
+        except Exception as exc:
+            self._log_rate_limited(
+                logging.ERROR,
+                "access policy raised for %s; refusing the peer",
+                peer,
+                exc_info=exc,
+            )
             ok = False
         if not ok:
             self._counters.rejected_access += 1
             log.debug("refused %s: access policy", peer)
         return ok
 
+    def _log_rate_limited(
+        self, level: int, msg: str, *args: object, exc_info: BaseException | None = None
+    ) -> None:
+        """Log through the server's error-storm limiter (handler and policy errors)."""
+        limiter = self._error_log
+        if limiter.allow():
+            suppressed = limiter.take_suppressed()
+            if suppressed:
+                msg += f" ({suppressed} similar errors not logged)"
+            log.log(level, msg, *args, exc_info=exc_info)
+
     def _start(
         self,
         tsock: trio.socket.SocketType,
         peer: Address,
+        local: Address | None,
         listener: Listener,
         family: int,
         hostkey: str | None,
         swept: bool,
     ) -> None:
+        # Exception-safe: nothing is registered until the task is scheduled,
+        # so if anything here raises, the caller only has to close the socket.
         config = self.config
         if family != _AF_UNIX and (config.tcp_nodelay or config.keepalive):
             configure_tcp_socket(tsock, nodelay=config.tcp_nodelay, keepalive=config.keepalive)
-        laddr = listener.address
-        # The listener's address is the connection's local address, except on
-        # a wildcard listener (0.0.0.0 / ::), where Connection asks lazily.
-        known_local = None if isinstance(laddr, TCPAddress) and laddr.host in _ANY else laddr
+        if local is None:
+            # The listener's address is the connection's local address, except
+            # on a wildcard listener (0.0.0.0 / ::), where Connection asks lazily.
+            laddr = listener.address
+            local = None if isinstance(laddr, TCPAddress) and laddr.host in _ANY else laddr
         conn = Connection(
             tsock,
             peer=peer,
-            local=known_local,
+            local=local,
             schedule_budget=config.schedule_budget,
             _owner=self,
         )
+        nursery = self._conn_nursery
+        assert nursery is not None
+        if swept and not self._has_capacity():
+            nursery.start_soon(self._queued_connection_task, conn, hostkey)
+        else:
+            nursery.start_soon(self._connection_task, conn, hostkey)
+            self._active += 1
         self._conns[conn.id] = conn
         self._counters.accepted += 1
-        if self._reaper is not None:
-            self._reaper.watch(conn)
-        assert self._conn_nursery is not None
         if swept:
             self._counters.swept += 1
-            if not self._has_capacity():
-                self._conn_nursery.start_soon(self._queued_connection_task, conn, hostkey)
-                return
-        self._active += 1
-        self._conn_nursery.start_soon(self._connection_task, conn, hostkey)
 
     # ------------------------------------------------------------------
     # Connections
 
     async def _connection_task(self, conn: Connection, hostkey: str | None) -> None:
         # The per-connection hot path: one task, no timer, at most one cancel
-        # scope (only with idle_timeout, for the reaper to cancel).
+        # scope (only with idle_timeout, for the reaper to cancel).  ``ended``:
+        # the handler returned or raised by itself (for the shutdown report).
+        ended = False
         try:
             if self._reaper is None:
                 await self._call_handler(conn)
+                ended = True
             else:
                 with trio.CancelScope() as scope:
-                    conn._scope = scope
+                    conn._scope = scope  # from now on the reaper watches it
+                    self._reaper.watch(conn)
                     await self._call_handler(conn)
+                    ended = True
         finally:
-            self._release(conn, hostkey)
+            self._release(conn, hostkey, ended=ended)
 
     async def _queued_connection_task(self, conn: Connection, hostkey: str | None) -> None:
         # A connection swept at drain time while at max_connections: it holds
-        # no slot until its handler can start (see the module docstring).
-        running = False
+        # no slot -- and the idle clock does not run -- until its handler can
+        # start (see the module docstring).
+        running = ended = False
         try:
-            with trio.CancelScope() as scope:
-                conn._scope = scope  # the idle reaper may close it while it waits
-                await self._wait_for_capacity()
-                self._active += 1
-                running = True
-            if running:
+            await self._wait_for_capacity()
+            self._active += 1
+            running = True
+            if conn.closed:  # pragma: no cover - nothing closes a waiting connection
+                return
+            if self._reaper is None:
+                await self._call_handler(conn)
+                ended = True
+            else:
                 with trio.CancelScope() as scope:
                     conn._scope = scope
+                    self._reaper.watch(conn)
                     await self._call_handler(conn)
+                    ended = True
         finally:
-            self._release(conn, hostkey, running=running)
+            self._release(conn, hostkey, running=running, ended=ended)
 
     async def _call_handler(self, conn: Connection) -> None:
         try:
@@ -507,36 +619,53 @@ class Server:
         self._counters.handler_errors += 1
         if self.config.handler_errors == "raise":
             raise exc
-        if self._error_log.allow():
-            suppressed = self._error_log.take_suppressed()
-            more = f" ({suppressed} similar errors not logged)" if suppressed else ""
-            log.error(
-                "handler failed on connection #%d from %s%s",
-                conn.id,
-                conn.peer,
-                more,
-                exc_info=exc,
-            )
+        self._log_rate_limited(
+            logging.ERROR,
+            "handler failed on connection #%d from %s",
+            conn.id,
+            conn.peer,
+            exc_info=exc,
+        )
 
-    def _release(self, conn: Connection, hostkey: str | None, *, running: bool = True) -> None:
+    def _release(
+        self, conn: Connection, hostkey: str | None, *, running: bool = True, ended: bool
+    ) -> None:
         c = self._counters
         c.closed += 1
         c.bytes_received += conn.bytes_received
         c.bytes_sent += conn.bytes_sent
         del self._conns[conn.id]
-        if running:
-            self._active -= 1
         if self._hosts is not None:
             self._hosts.remove(hostkey)
         conn.close()
-        ev = self._slot_event
+        if running:
+            self._active -= 1
+            if self._slot_waiters:
+                self._wake_slot_waiter()
+        ev = self._closed_event
         if ev is not None:
-            self._slot_event = None
+            self._closed_event = None
             ev.set()
         if self.draining:
-            self._closed_during_drain += 1
+            if ended and not self._grace_over:
+                self._finished += 1
+            elif not ended and conn._scope is not None and conn._scope.cancel_called:
+                pass  # closed by the idle reaper: counted in stats.idle_closed only
+            else:
+                self._cancelled += 1
             if not self._conns:
                 self._empty.set()
+
+
+def _local_address(sock: Any, listener: Listener, family: int) -> Address | None:
+    """The accepted socket's real local address if the listener is a wildcard, else None."""
+    laddr = listener.address
+    if not (isinstance(laddr, TCPAddress) and laddr.host in _ANY):
+        return None
+    try:
+        return address_from_sockaddr(family, sock.getsockname())
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _peer_credentials(sock: Any) -> tuple[int, int, int] | None:
@@ -544,10 +673,10 @@ def _peer_credentials(sock: Any) -> tuple[int, int, int] | None:
     if so_peercred is None:
         return None
     try:
-        raw = sock.getsockopt(_stdlib_socket.SOL_SOCKET, so_peercred, struct.calcsize("3i"))
+        raw = sock.getsockopt(_stdlib_socket.SOL_SOCKET, so_peercred, _UCRED.size)
     except OSError:
         return None
-    pid, uid, gid = struct.unpack("3i", raw)
+    pid, uid, gid = _UCRED.unpack(raw)
     return (pid, uid, gid)
 
 

@@ -6,6 +6,7 @@ Run it: python client_connect.py
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
 
@@ -17,15 +18,6 @@ import trionet
 async def greet(conn: trionet.Connection) -> None:
     name = await conn.receive_line()
     await conn.send_all(b"hello " + name + b", you are " + str(conn.peer).encode() + b"\n")
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed again)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def main() -> None:
@@ -50,29 +42,32 @@ async def main() -> None:
             await conn.send_all(b"unix\n")
             print((await conn.receive_line()).decode())
 
-    # Nothing listens: every attempt of every round is refused.
-    port = free_port()
-    try:
-        await trionet.connect(("127.0.0.1", port), retries=2, backoff=0.01)
-    except trionet.ConnectError as exc:
-        print("ConnectError:", exc)
-        for attempt in exc.attempts:
-            print(f"  round {attempt.round}: {attempt.outcome}")
+    # A port that is bound but not listening refuses connections.  We keep
+    # it bound for as long as we use it, so no other program can take it.
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        refusing = ("127.0.0.1", reserved.getsockname()[1])
 
-    # The timeout covers every attempt, back-off and retry.
-    start = trio.current_time()
-    try:
-        await trionet.connect(("127.0.0.1", port), retries=1000, backoff=0.05, timeout=0.3)
-    except trionet.ConnectTimeout as exc:
-        elapsed = trio.current_time() - start
-        print(f"ConnectTimeout after {elapsed:.1f} s and {len(exc.attempts)} attempts")
+        # Every attempt of every round is refused.
+        try:
+            await trionet.connect(refusing, retries=2, backoff=0.01)
+        except trionet.ConnectError as exc:
+            print("ConnectError:", exc)
+            for attempt in exc.attempts:
+                print(f"  round {attempt.round}: {attempt.outcome}")
 
-    # on_attempt reports each attempt as it finishes (e.g. for a -v flag).
-    seen: list[str] = []
-    try:
-        await trionet.connect(("127.0.0.1", port), on_attempt=lambda a: seen.append(a.outcome))
-    except trionet.ConnectError:
-        print("observed:", seen)
+        # The timeout covers every attempt, back-off and retry.
+        try:
+            await trionet.connect(refusing, retries=1000, backoff=0.05, timeout=0.3)
+        except trionet.ConnectTimeout as exc:
+            print("timed out:", type(exc).__name__)
+
+        # on_attempt reports each attempt as it finishes (e.g. for a -v flag).
+        seen: list[str] = []
+        try:
+            await trionet.connect(refusing, on_attempt=lambda a: seen.append(a.outcome))
+        except trionet.ConnectError:
+            print("observed:", seen)
 
     os.rmdir(os.path.dirname(path))
     print("ok")

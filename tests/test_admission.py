@@ -5,16 +5,18 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import time
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from conftest import wait_until
 
 import trionet
-from trionet import AccessPolicy, TCPAddress, UnixAddress
+from trionet import AccessPolicy, TCPAddress, UnixAddress, _server
 
 ServerFactory = Any
 
@@ -322,6 +324,7 @@ async def test_max_connections_is_backpressure_not_rejection(
     server = await trionet_server(handler, max_connections=limit)
     port = port_of(server)
     connected = 0
+    all_connected = trio.Event()
     replies: list[bytes] = []
 
     async def client(i: int) -> None:
@@ -329,6 +332,8 @@ async def test_max_connections_is_backpressure_not_rejection(
         sock = await connect_from("127.0.0.1", port)
         with sock:
             connected += 1
+            if connected == clients:
+                all_connected.set()
             await sock.send(b"%d\n" % i)
             with trio.fail_after(10):
                 reply = b""
@@ -343,8 +348,8 @@ async def test_max_connections_is_backpressure_not_rejection(
             nursery.start_soon(client, i)
         # Every client connects (the kernel completes the handshake and holds
         # it in the backlog), but only `limit` handlers run.
-        await wait_until(lambda: connected == clients)
         with trio.fail_after(5):
+            await all_connected.wait()
             await at_limit.wait()
         await trio.sleep(0.2)  # time for a wrong implementation to over-accept
         assert running == limit
@@ -386,11 +391,53 @@ async def test_max_connections_resumes_as_soon_as_a_slot_frees(
     assert server.stats.accepted == 2
 
 
+async def test_a_freed_slot_wakes_one_waiter_and_a_cancelled_one_passes_it_on() -> None:
+    # The slot queue itself, without sockets: FIFO, one wake-up per freed
+    # slot (no thundering herd), and a waiter cancelled between its wake-up
+    # and taking the slot hands it to the next one instead of losing it.
+    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
+        pass
+
+    server = _server.Server(handler, [], trionet.ServerConfig(max_connections=1))
+    server._active = 1  # the one slot is taken
+    got: list[str] = []
+
+    async def waiter(
+        name: str, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await server._wait_for_capacity()
+            server._active += 1
+            got.append(name)
+
+    def free_a_slot() -> None:
+        server._active -= 1
+        server._wake_slot_waiter()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            scopes = {name: await nursery.start(waiter, name) for name in "abcde"}
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(server._slot_waiters) == 5
+            free_a_slot()  # wakes "a" only
+            assert len(server._slot_waiters) == 4
+            scopes["a"].cancel()  # ... which is cancelled before it runs
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == ["b"]  # "a" passed the slot on, in order
+            for _ in "cde":
+                free_a_slot()
+                await trio.testing.wait_all_tasks_blocked()
+    assert got == ["b", "c", "d", "e"]
+    assert not server._slot_waiters
+
+
 async def test_max_connections_per_host_rejects_the_excess(
     trionet_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="trionet.server")
     per_host: dict[str, int] = {}
+    one_left = trio.Event()
 
     async def handler(conn: trionet.Connection) -> None:
         assert isinstance(conn.peer, TCPAddress)
@@ -400,6 +447,8 @@ async def test_max_connections_per_host_rejects_the_excess(
                 await conn.send_all(data)
         finally:
             per_host[conn.peer.host] -= 1
+            if conn.peer.host == "127.0.0.1":
+                one_left.set()
 
     server = await trionet_server(handler, max_connections_per_host=2)
     port = port_of(server)
@@ -415,7 +464,9 @@ async def test_max_connections_per_host_rejects_the_excess(
         assert await round_trip(other) == b"ping\n"
 
     a.close()  # frees a slot for 127.0.0.1
-    await wait_until(lambda: per_host["127.0.0.1"] == 1)
+    with trio.fail_after(5):
+        await one_left.wait()
+    assert per_host["127.0.0.1"] == 1
     d = await connect_from("127.0.0.1", port)
     with b, d:
         assert await round_trip(d) == b"ping\n"
@@ -442,6 +493,156 @@ async def test_refused_unix_peer_is_closed(
                 data = b""
         assert data == b""
     assert server.stats.rejected_access == 1
+
+
+async def test_unparseable_unix_peer_fails_closed(
+    trionet_server: ServerFactory, unused_unix_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Unix client may bind an abstract name with a NUL inside: no
+    # UnixAddress can represent it.  With an access check configured that
+    # peer must be refused -- not admitted as a harmless-looking placeholder.
+    peers: list[trionet.Address] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        peers.append(conn.peer)
+        await conn.send_all(b"welcome")
+
+    async def attempt(path: str) -> bytes:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.bind(b"\0trionet-odd\0name-%d-%d" % (os.getpid(), len(peers)))
+        sock = trio.socket.from_stdlib_socket(raw)
+        with sock:
+            with trio.fail_after(5):
+                await sock.connect(path)
+                try:
+                    return await sock.recv(100)
+                except ConnectionResetError:
+                    return b""
+
+    server = await trionet_server(handler, f"unix:{unused_unix_path}", access=AccessPolicy())
+    assert await attempt(unused_unix_path) == b""
+    assert peers == []
+    assert server.stats.rejected_access == 1
+    assert any("unparseable" in r.getMessage() for r in caplog.records)
+
+    # Without any access check, nothing is promised about who may connect:
+    # the peer is served as the unnamed Unix peer.
+    other = unused_unix_path + "2"
+    await trionet_server(handler, f"unix:{other}")
+    assert await attempt(other) == b"welcome"
+    assert peers == [UnixAddress("")]
+
+
+async def test_unparseable_tcp_peer_is_refused_even_without_a_policy(
+    trionet_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = _server.address_from_sockaddr
+
+    def picky(family: int, sockaddr: Any) -> trionet.Address:
+        if family != socket.AF_UNIX and sockaddr[0] == "127.0.0.2":
+            raise ValueError("an address this build cannot represent")
+        return real(family, sockaddr)
+
+    monkeypatch.setattr(_server, "address_from_sockaddr", picky)
+    handled = 0
+
+    async def handler(conn: trionet.Connection) -> None:
+        nonlocal handled
+        handled += 1
+        await conn.send_all(await conn.receive_some())
+
+    server = await trionet_server(handler)
+    port = port_of(server)
+    assert await refused("127.0.0.2", port) == "reset"
+    sock = await connect_from("127.0.0.1", port)
+    with sock:
+        assert await round_trip(sock) == b"ping\n"
+    assert handled == 1
+    assert (server.stats.rejected_access, server.stats.accepted) == (1, 1)
+
+
+async def test_access_callable_errors_are_rate_limited(
+    trionet_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(info: trionet.ConnectionInfo) -> bool:
+        raise RuntimeError("policy database unavailable")
+
+    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
+        raise AssertionError("a broken policy must not admit anybody")
+
+    server = await trionet_server(handler, access=explode)
+    port = port_of(server)
+    attempts = 40
+    for _ in range(attempts):
+        assert await refused("127.0.0.1", port) == "reset"
+    assert server.stats.rejected_access == attempts
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert 1 <= len(errors) <= 10  # the server's error limiter: a burst of 10
+    assert len(errors) < attempts
+
+
+async def test_callable_access_sees_the_real_local_address_of_a_wildcard_listener(
+    trionet_server: ServerFactory,
+) -> None:
+    # The listener is 0.0.0.0, but each connection arrives on a concrete
+    # address -- which is what a callable policy may want to decide on.  Only
+    # loopback peers are admitted, so the wildcard bind exposes nothing.
+    seen: list[trionet.Address] = []
+    locals_in_handler: list[trionet.Address] = []
+
+    def check(info: trionet.ConnectionInfo) -> bool:
+        seen.append(info.local)
+        peer = info.peer
+        return isinstance(peer, TCPAddress) and ipaddress.ip_address(peer.host).is_loopback
+
+    async def handler(conn: trionet.Connection) -> None:
+        locals_in_handler.append(conn.local)
+        await conn.send_all(await conn.receive_some())
+
+    server = await trionet_server(handler, "tcp://0.0.0.0:0", access=check)
+    port = port_of(server)
+    for host in ("127.0.0.1", "127.0.0.3"):
+        sock = await connect_from("127.0.0.1", port, host=host)
+        with sock:
+            assert await round_trip(sock) == b"ping\n"
+    assert seen == [TCPAddress("127.0.0.1", port), TCPAddress("127.0.0.3", port)]
+    assert locals_in_handler == seen
+
+
+async def test_a_failing_connection_setup_leaks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # If setting a connection up fails (here: Connection() raises), the error
+    # propagates -- but the per-host count, the connection table and the
+    # accepted socket must not leak.
+    def broken(*args: Any, **kwargs: Any) -> trionet.Connection:
+        raise RuntimeError("cannot set the connection up")
+
+    monkeypatch.setattr(_server, "Connection", broken)
+
+    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
+        raise AssertionError("never started")
+
+    servers: list[trionet.Server] = []
+    sock = trio.socket.socket()
+    with sock:
+        with trio.fail_after(10), pytest.raises(RuntimeError, match="cannot set the connection"):
+            async with trionet.open_server(
+                handler, "tcp://127.0.0.1:0", max_connections_per_host=1
+            ) as server:
+                servers.append(server)
+                await sock.connect(("127.0.0.1", port_of(server)))
+                await trio.sleep_forever()
+        # The accepted socket was closed, not left open (the exception's
+        # traceback would keep a leaked one alive).
+        with trio.fail_after(5):
+            try:
+                data = await sock.recv(100)
+            except ConnectionResetError:
+                data = b""
+        assert data == b""
+    server = servers[0]
+    assert server._hosts is not None and server._hosts._counts == {}
+    assert server._conns == {}
+    assert (server.stats.accepted, server.stats.active) == (0, 0)
 
 
 def test_errno_constants_used_by_these_tests_exist() -> None:

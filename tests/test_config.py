@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import socket
 from typing import Any
 
@@ -162,3 +163,27 @@ async def test_bad_shutdown_grace_values() -> None:
             assert not server.draining
             report = await server.shutdown(0)
     assert (report.finished, report.cancelled, report.swept) == (0, 0, 0)
+
+
+async def test_unix_mode_with_an_abstract_name_is_refused_before_listening(
+    unused_unix_path: str,
+) -> None:
+    # An abstract name has no file, hence no permission bits: unix_mode would
+    # silently protect nothing.  Refused when serve is called -- even the
+    # file-system bind listed first is never opened.
+    name = f"unix:@trionet-mode-{os.getpid()}"
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(ValueError, match="unix_mode=0o600 cannot apply to the abstract"):
+            await nursery.start(
+                functools.partial(
+                    trionet.serve, _never_called, f"unix:{unused_unix_path}", name, unix_mode=0o600
+                )
+            )
+    with pytest.raises(ValueError, match="abstract"):
+        async with trionet.open_server(_never_called, name, unix_mode=0o600):
+            raise AssertionError("the body must not run")  # pragma: no cover
+    assert not await trio.Path(unused_unix_path).exists()
+    # Without unix_mode the same abstract name is fine.
+    with trio.fail_after(5):
+        async with trionet.open_server(_never_called, name, shutdown_grace=0) as server:
+            assert server.addresses == [trionet.UnixAddress(name[len("unix:") :])]

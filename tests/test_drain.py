@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 from typing import Any
@@ -12,7 +13,7 @@ import trio
 from conftest import wait_until
 
 import trionet
-from trionet import ShutdownReport, TCPAddress
+from trionet import ShutdownReport, TCPAddress, _server
 
 ServerFactory = Any
 
@@ -123,6 +124,7 @@ async def test_connections_queued_in_the_kernel_are_served_not_reset(
     release = trio.Event()
     first_running = trio.Event()
     running = peak = 0
+    order: list[bytes] = []
 
     async def handler(conn: trionet.Connection) -> None:
         nonlocal running, peak
@@ -130,6 +132,7 @@ async def test_connections_queued_in_the_kernel_are_served_not_reset(
         peak = max(peak, running)
         try:
             request = await conn.receive_line()
+            order.append(request)
             if request == b"first":
                 first_running.set()
                 await release.wait()
@@ -164,6 +167,9 @@ async def test_connections_queued_in_the_kernel_are_served_not_reset(
     report = await shutdown.wait()
     assert (report.finished, report.cancelled, report.swept) == (queued + 1, 0, queued)
     assert peak == 1  # max_connections still held during the drain
+    # Freed slots go to the waiting connections first come, first served
+    # (one wake-up per slot, not a stampede won by whoever runs first).
+    assert order == [b"first"] + [b"queued %d" % i for i in range(queued)]
     assert server.stats.accepted == queued + 1
 
 
@@ -173,11 +179,14 @@ async def test_short_grace_cancels_stragglers_on_time(
     grace = 0.3
     cancelled = 0
     started = 0
+    all_started = trio.Event()
 
     async def handler(conn: trionet.Connection) -> None:
         nonlocal cancelled, started
         request = await conn.receive_line()
         started += 1
+        if started == 4:
+            all_started.set()
         if request == b"quick":
             await conn.draining.wait()
             await conn.send_all(b"bye\n")
@@ -194,7 +203,8 @@ async def test_short_grace_cancels_stragglers_on_time(
     await clients[0].send_all(b"quick\n")
     for conn in clients[1:]:
         await conn.send_all(b"stuck\n")
-    await wait_until(lambda: started == 4)
+    with trio.fail_after(5):
+        await all_started.wait()
 
     shutdown = Shutdown(nursery, server, grace=grace)
     report = await shutdown.wait()
@@ -245,11 +255,16 @@ async def test_data_already_in_the_kernel_is_delivered_before_iteration_ends(
 ) -> None:
     go = trio.Event()
     ready = trio.Event()
+    arrived = trio.Event()
     got: list[bytes] = []
 
     async def handler(conn: trionet.Connection) -> None:
         ready.set()
-        await go.wait()  # not reading while the request arrives and the drain begins
+        # Not reading while the request arrives and the drain begins: only
+        # wait until the kernel holds it.
+        await trio.lowlevel.wait_readable(conn.socket)
+        arrived.set()
+        await go.wait()
         async for chunk in conn:
             got.append(chunk)
             await conn.send_all(b"ack:" + chunk)
@@ -260,7 +275,8 @@ async def test_data_already_in_the_kernel_is_delivered_before_iteration_ends(
         with trio.fail_after(5):
             await ready.wait()
         await conn.send_all(b"last request")
-        await trio.sleep(0.05)  # let loopback deliver it into the server's buffer
+        with trio.fail_after(5):
+            await arrived.wait()  # in the server's kernel buffer, unread
         shutdown = Shutdown(nursery, server, grace=30)
         await wait_until(lambda: server.draining)
         go.set()
@@ -277,23 +293,203 @@ async def test_draining_event_is_set_for_every_connection(
 ) -> None:
     observed: list[bool] = []
     started = 0
+    all_started = trio.Event()
 
     async def handler(conn: trionet.Connection) -> None:
         nonlocal started
         assert not conn.draining.is_set()
         started += 1
+        if started == 3:
+            all_started.set()
         await conn.draining.wait()
         observed.append(True)
 
     server = await trionet_server(handler)
     clients = [await open_client(port_of(server)) for _ in range(3)]
-    await wait_until(lambda: started == 3)
+    with trio.fail_after(5):
+        await all_started.wait()
     with trio.fail_after(5):
         report = await server.shutdown(30)
     assert observed == [True, True, True]
     assert (report.finished, report.cancelled) == (3, 0)
     for conn in clients:
         await conn.aclose()
+
+
+async def test_swept_async_for_connection_waits_for_its_first_request(
+    trionet_server: ServerFactory, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection swept from the kernel queue has usually not sent its
+    # request yet.  ``async for`` must not treat it as idle at once: it gets
+    # the first-request allowance (shortened here to keep the test quick).
+    allowance = 0.5
+    monkeypatch.setattr(_server, "_FIRST_REQUEST_ALLOWANCE", allowance)
+    started = 0
+    second_started = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        nonlocal started
+        started += 1
+        if started == 2:
+            second_started.set()
+        async for chunk in conn:
+            await conn.send_all(b"ack:" + chunk)
+
+    server = await trionet_server(handler, max_connections=1)
+    port = port_of(server)
+    talker = await open_client(port)
+    await talker.send_all(b"hello")
+    with trio.fail_after(5):
+        assert await talker.receive_some() == b"ack:hello"
+    # The only slot is taken, so these two wait in the kernel's queue.
+    late = await open_client(port)
+    silent = await open_client(port)
+    assert server.stats.accepted == 1
+
+    shutdown = Shutdown(nursery, server, grace=10)
+    await wait_until(lambda: server.draining)
+    assert server.stats.swept == 2
+    with trio.fail_after(5):
+        # The talker has spoken and nothing is pending: its loop ends at once,
+        assert await talker.receive_some() == b""
+        # which frees the slot for `late`, whose handler now waits in async for.
+        await second_started.wait()
+    await trio.sleep_until(shutdown.started_at + 0.05)  # the request comes late
+    await late.send_all(b"request")
+    with trio.fail_after(5):
+        assert await late.receive_some() == b"ack:request"
+        assert await late.receive_some() == b""  # then its loop ends too
+        # The silent one is treated as idle once the allowance is over.
+        assert await silent.receive_some() == b""
+    silent_ended = trio.current_time() - shutdown.started_at
+    report = await shutdown.wait()
+    assert allowance <= silent_ended < allowance + 1
+    assert (report.finished, report.cancelled, report.swept) == (3, 0, 2)
+    assert report.elapsed < allowance + 1
+    for conn in (talker, late, silent):
+        await conn.aclose()
+
+
+async def test_idle_clock_of_a_swept_connection_starts_with_its_handler(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    # drain + idle_timeout + max_connections: a swept connection that waits
+    # for a slot longer than idle_timeout is not the peer's silence -- it must
+    # be served, not closed by the idle reaper before its handler ran.
+    timeout = 0.3
+    release = trio.Event()
+    first_running = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        line = await conn.receive_line()
+        if line == b"first":
+            first_running.set()
+            while not release.is_set():  # busy but active: never idle itself
+                await conn.send_all(b".")
+                with trio.move_on_after(timeout / 3):
+                    await release.wait()
+        await conn.send_all(line + b" served\n")
+
+    server = await trionet_server(handler, max_connections=1, idle_timeout=timeout)
+    port = port_of(server)
+    first = await open_client(port)
+    await first.send_all(b"first\n")
+    with trio.fail_after(5):
+        await first_running.wait()
+    queued = await open_client(port)
+    await queued.send_all(b"queued\n")
+    assert server.stats.accepted == 1
+
+    shutdown = Shutdown(nursery, server, grace=10)
+    await wait_until(lambda: server.draining)
+    assert server.stats.swept == 1
+    await trio.sleep(timeout * 3)  # the swept one waits for a slot, far past idle_timeout
+    release.set()
+    with trio.fail_after(5):
+        assert await queued.receive_line() == b"queued served"
+        assert (await first.receive_until(b"\n", max_size=1000)).strip(b".") == b"first served"
+    report = await shutdown.wait()
+    assert (report.finished, report.cancelled, report.swept) == (2, 0, 1)
+    assert server.stats.idle_closed == 0
+    assert server.stats.handler_errors == 0
+    for conn in (first, queued):
+        await conn.aclose()
+
+
+async def test_report_counts_never_started_as_cancelled_and_idle_closed_in_neither(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    started = 0
+    all_started = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        nonlocal started
+        line = await conn.receive_line()
+        started += 1
+        if started == 2:
+            all_started.set()
+        if line == b"polite":
+            await conn.draining.wait()
+            await conn.send_all(b"bye\n")
+        else:  # silent from now on: the idle timeout closes it during the drain
+            await trio.sleep_forever()
+
+    server = await trionet_server(handler, idle_timeout=0.3)
+    port = port_of(server)
+    polite = await open_client(port)
+    await polite.send_all(b"polite\n")
+    silent = await open_client(port)
+    await silent.send_all(b"silent\n")
+    with trio.fail_after(5):
+        await all_started.wait()
+    report = await Shutdown(nursery, server, grace=10).wait()
+    # The polite handler finished by itself; the silent one was closed by the
+    # idle reaper, which is neither "finished" nor "cancelled".
+    assert (report.finished, report.cancelled) == (1, 0)
+    assert server.stats.idle_closed == 1
+    for conn in (polite, silent):
+        await conn.aclose()
+
+    # A swept connection whose handler never got a slot counts as cancelled.
+    async def stuck(conn: trionet.Connection) -> None:
+        await conn.receive_line()
+        await trio.sleep_forever()
+
+    never_started = trio.Event()  # stays unset: checked below
+    server = await trionet_server(stuck, max_connections=1)
+    port = port_of(server)
+    first = await open_client(port)
+    await first.send_all(b"x\n")
+    await wait_until(lambda: server.stats.active == 1)
+    queued = await open_client(port)
+    report = await Shutdown(nursery, server, grace=0.3).wait()
+    assert (report.finished, report.cancelled, report.swept) == (0, 2, 1)
+    with trio.fail_after(5):
+        try:
+            assert await queued.receive_some() == b""  # closed, never served
+        except trio.BrokenResourceError:
+            pass
+    assert not never_started.is_set()
+    for conn in (first, queued):
+        await conn.aclose()
+
+
+def test_shutdown_report_validates_its_fields() -> None:
+    report = ShutdownReport(finished=1, cancelled=2, swept=3, elapsed=0.5)
+    assert (report.finished, report.cancelled, report.swept, report.elapsed) == (1, 2, 3, 0.5)
+    assert ShutdownReport(0, 0, 0).elapsed == 0.0
+    with pytest.raises(ValueError, match="finished must be >= 0"):
+        ShutdownReport(-1, 0, 0)
+    with pytest.raises(TypeError, match="cancelled must be an int"):
+        ShutdownReport(0, 1.5, 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="swept must be an int"):
+        ShutdownReport(0, 0, True)
+    with pytest.raises(ValueError, match="elapsed must be >= 0"):
+        ShutdownReport(0, 0, 0, -0.1)
+    with pytest.raises(ValueError, match="elapsed must be >= 0"):
+        ShutdownReport(0, 0, 0, math.nan)
+    with pytest.raises(TypeError, match="elapsed must be a number"):
+        ShutdownReport(0, 0, 0, "1")  # type: ignore[arg-type]
 
 
 async def test_second_shutdown_with_shorter_grace_cuts_the_wait(

@@ -9,11 +9,10 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from conftest import wait_until
 
 import trionet
 from trionet import TCPAddress
-from trionet._idle import MAX_TICK, IdleReaper
+from trionet._idle import MAX_TICK, MIN_TICK, IdleReaper
 from trionet._stats import Counters
 
 ServerFactory = Any
@@ -53,6 +52,7 @@ TIMEOUT = 0.3
 
 async def test_silent_client_is_closed_within_its_bound(trionet_server: ServerFactory) -> None:
     outcome: list[str] = []
+    done = trio.Event()
 
     async def handler(conn: trionet.Connection) -> None:
         try:
@@ -60,6 +60,8 @@ async def test_silent_client_is_closed_within_its_bound(trionet_server: ServerFa
         except trio.Cancelled:
             outcome.append("cancelled")
             raise
+        finally:
+            done.set()
         outcome.append("returned")  # pragma: no cover - would be the bug
 
     server = await trionet_server(handler, idle_timeout=TIMEOUT)
@@ -68,10 +70,46 @@ async def test_silent_client_is_closed_within_its_bound(trionet_server: ServerFa
     with sock:
         took = await time_until_closed(sock, connected, limit=TIMEOUT + 3)
     assert TIMEOUT <= took <= TIMEOUT + 1.0
-    await wait_until(lambda: server.stats.active == 0)
+    with trio.fail_after(5):
+        await done.wait()
     assert outcome == ["cancelled"]  # the handler was cancelled, not just its socket closed
+    assert server.stats.active == 0
     assert server.stats.idle_closed == 1
     assert server.stats.handler_errors == 0
+
+
+async def test_stats_are_final_when_an_idle_client_sees_eof(trionet_server: ServerFactory) -> None:
+    # The reaper closes the socket while the handler is still unwinding (here
+    # it takes its time in a shielded cleanup): a client that sees EOF must
+    # already read final figures.
+    may_finish = trio.Event()
+    finished = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.send_all(await conn.receive_exactly(4))
+        try:
+            await conn.receive_some()
+        finally:
+            with trio.CancelScope(shield=True):
+                await may_finish.wait()
+            finished.set()
+
+    server = await trionet_server(handler, idle_timeout=TIMEOUT)
+    sock = await open_client(server)
+    with sock:
+        await sock.send(b"ping")
+        with trio.fail_after(5):
+            assert await sock.recv(4) == b"ping"
+        await time_until_closed(sock, time.monotonic(), limit=TIMEOUT + 3)
+        stats = server.stats  # no checkpoint since the EOF
+    assert not finished.is_set()  # the handler is still running ...
+    assert (stats.accepted, stats.active, stats.closed, stats.idle_closed) == (1, 0, 1, 1)
+    assert (stats.bytes_received, stats.bytes_sent) == (4, 4)  # ... yet the figures are final
+    assert server.connections == ()
+    may_finish.set()
+    with trio.fail_after(5):
+        await finished.wait()
+    assert server.stats == stats
 
 
 async def test_active_client_is_never_closed(trionet_server: ServerFactory) -> None:
@@ -84,14 +122,18 @@ async def test_active_client_is_never_closed(trionet_server: ServerFactory) -> N
     with sock:
         # Talk every TIMEOUT/3 for more than four timeouts: never idle.
         for i in range(14):
+            await trio.sleep(TIMEOUT / 3)
+            # Every byte the server moves for this exchange (its receive, its
+            # echo) happens after this instant: the last activity is later.
+            last_byte_sent = time.monotonic()
             with trio.fail_after(2):
                 await sock.send(b"%d" % i)
                 assert await sock.recv(100) == b"%d" % i
-            await trio.sleep(TIMEOUT / 3)
         assert server.stats.idle_closed == 0
-        # Then fall silent: closed within the bound.
-        took = await time_until_closed(sock, time.monotonic(), limit=TIMEOUT + 3)
-    assert TIMEOUT - TIMEOUT / 3 <= took <= TIMEOUT + 1.0
+        # Then fall silent: closed within the bound, counted from the last
+        # byte -- never early.
+        took = await time_until_closed(sock, last_byte_sent, limit=TIMEOUT + 3)
+    assert TIMEOUT <= took <= TIMEOUT + 1.0
     assert server.stats.idle_closed == 1
 
 
@@ -118,15 +160,19 @@ async def test_one_shared_reaper_not_a_task_per_connection(
     trionet_server: ServerFactory,
 ) -> None:
     started = 0
+    all_started = trio.Event()
 
     async def handler(conn: trionet.Connection) -> None:
         nonlocal started
         started += 1
+        if started == 20:
+            all_started.set()
         await conn.receive_some()
 
     server = await trionet_server(handler, idle_timeout=30)
     clients = [await open_client(server) for _ in range(20)]
-    await wait_until(lambda: started == 20)
+    with trio.fail_after(5):
+        await all_started.wait()
     nursery = server._conn_nursery
     assert nursery is not None
     # One task per handler plus the reaper: nothing per connection besides.
@@ -158,9 +204,54 @@ class FakeConn:
             self.closed_at = trio.current_time()
 
 
-def test_tick_is_a_quarter_of_the_timeout_capped() -> None:
+def test_tick_is_a_quarter_of_the_timeout_capped_and_floored() -> None:
     assert IdleReaper(0.4, {}, Counters()).tick == pytest.approx(0.1)
     assert IdleReaper(60, {}, Counters()).tick == MAX_TICK
+    # A tiny timeout must not turn the reaper into a busy loop ...
+    assert IdleReaper(0.001, {}, Counters()).tick == MIN_TICK == 0.05
+    # ... and the floor keeps the close within the promised bound.
+    assert 0.001 + 2 * MIN_TICK <= 0.001 + 1.0
+
+
+async def test_tiny_timeout_scans_at_the_floor_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scans = 0
+
+    class Counting(IdleReaper):
+        __slots__ = ()
+
+        def scan(self, now: float) -> int:
+            nonlocal scans
+            scans += 1
+            return super().scan(now)
+
+    conn = FakeConn(1)
+    reaper = Counting(0.001, {1: conn}, Counters())
+    reaper.watch(conn)
+    start = trio.current_time()
+    with trio.move_on_after(1.0):
+        await reaper.run()
+    assert scans == pytest.approx(1.0 / MIN_TICK, abs=1)  # 20 a second, not 4,000
+    assert conn.closed_at is not None
+    assert conn.closed_at - start <= 0.001 + 2 * MIN_TICK + 1e-9
+
+
+async def test_scan_skips_connections_whose_handler_has_not_started() -> None:
+    # A swept connection waiting for a max_connections slot has no cancel
+    # scope yet: the reaper must not close it, however long it waits.
+    counters = Counters()
+    waiting = FakeConn(1, scope=None)
+    reaper = IdleReaper(1.0, {1: waiting}, counters)
+    assert reaper.scan(trio.current_time() + 100) == 0
+    assert waiting.closed_at is None
+    # Once its handler starts, the clock starts then, not at accept.
+    waiting._scope = trio.CancelScope()
+    reaper.watch(waiting)
+    t0 = waiting._seen_at
+    assert reaper.scan(t0 + 0.9) == 0
+    assert reaper.scan(t0 + 1.0) == 1
+    assert counters.idle_closed == 1
 
 
 @pytest.mark.parametrize("timeout", [0.3, 2.0, 30.0])

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import socket
 import stat
+import struct
 import sys
 import textwrap
 from typing import Any
 
 import pytest
 import trio
+from trio._socket import _SocketType
 
 import trionet
-from trionet import AccessPolicy
+from trionet import AccessPolicy, _listeners, _server
 
 ServerFactory = Any
 
@@ -142,6 +145,107 @@ async def test_abstract_names_have_no_file_and_can_be_in_use(
         await nursery.start(functools.partial(trionet.serve, echo, f"unix:{name}"))
 
 
+async def test_probe_without_permission_is_a_listen_error_not_address_in_use(
+    unused_unix_path: str,
+) -> None:
+    # Probing needs write permission on the socket file.  EACCES says nothing
+    # about whether anybody listens: report it as what it is, and leave the
+    # file alone.  (As root permissions never deny, so the probe's connect
+    # is made to fail through Trio's socket-factory hook.)
+    make_stale_socket_file(unused_unix_path)
+    inode = os.stat(unused_unix_path).st_ino
+
+    class DeniedConnect(_SocketType):
+        async def connect(self, address: Any) -> None:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    class Factory(trio.abc.SocketFactory):
+        def socket(
+            self,
+            family: socket.AddressFamily | int = socket.AF_INET,
+            type: socket.SocketKind | int = socket.SOCK_STREAM,
+            proto: int = 0,
+        ) -> trio.socket.SocketType:
+            return DeniedConnect(socket.socket(family, type, proto))
+
+    previous = trio.socket.set_custom_socket_factory(Factory())
+    try:
+        with pytest.raises(trionet.ListenError) as info:
+            async with trionet.open_server(echo, f"unix:{unused_unix_path}"):
+                raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+    assert not isinstance(info.value, trionet.AddressInUse)
+    assert info.value.errno == errno.EACCES
+    assert "Permission denied" in str(info.value)
+    assert os.stat(unused_unix_path).st_ino == inode  # untouched
+
+
+async def test_a_file_replaced_while_we_probe_is_not_removed(
+    unused_unix_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two servers start at once on the same stale path: both probe it and
+    # find it dead.  The other one is quicker -- it replaces the file with
+    # its live socket while our probe is in flight.  We must not then unlink
+    # *its* file.
+    make_stale_socket_file(unused_unix_path)
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    real_probe = _listeners._probe_unix
+
+    async def racing_probe(path: str, address: trionet.UnixAddress) -> bool:
+        alive = await real_probe(path, address)
+        os.unlink(path)
+        other.bind(path)
+        other.listen()
+        return alive
+
+    monkeypatch.setattr(_listeners, "_probe_unix", racing_probe)
+    with other:
+        with pytest.raises(trionet.AddressInUse, match="replaced while we probed"):
+            async with trionet.open_server(echo, f"unix:{unused_unix_path}"):
+                raise AssertionError("unreachable")  # pragma: no cover
+        # The other server's socket is still in place and reachable.
+        client = await unix_client(unused_unix_path)
+        accepted, _ = other.accept()
+        accepted.close()
+        await client.aclose()
+
+
+async def test_relative_path_is_removed_even_after_a_chdir(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    with trio.fail_after(5):
+        async with trionet.open_server(echo, "unix:rel.sock", shutdown_grace=1) as server:
+            # Addresses show the path as given ...
+            assert server.addresses == [trionet.UnixAddress("rel.sock")]
+            await assert_echoes(str(first / "rel.sock"))
+            # ... but the working directory changes, and another socket file
+            # with the same relative name lives there.
+            monkeypatch.chdir(second)
+            make_stale_socket_file(str(second / "rel.sock"))
+            theirs = os.stat(second / "rel.sock").st_ino
+    assert not (first / "rel.sock").exists()  # ours: removed
+    assert os.stat(second / "rel.sock").st_ino == theirs  # not ours: untouched
+
+
+def test_peer_credentials_uids_are_unsigned() -> None:
+    # uid_t and gid_t are unsigned: a uid above 2**31 must not come out negative.
+    big_uid, big_gid = 2**32 - 2, 2**31 + 5
+
+    class FakeUnixSocket:
+        def getsockopt(self, level: int, option: int, size: int) -> bytes:
+            assert size == struct.calcsize("iII")
+            return struct.pack("iII", 4242, big_uid, big_gid)
+
+    assert _server._peer_credentials(FakeUnixSocket()) == (4242, big_uid, big_gid)
+    policy = AccessPolicy(unix_uids=[big_uid])
+    assert policy.allows(trionet.UnixAddress(""), (4242, big_uid, big_gid))
+
+
 # ----------------------------------------------------------------------
 # Peer credentials and unix_uids
 
@@ -230,7 +334,11 @@ async def _run_client_as_other_uid(path: str) -> str:
     return str(result.stdout.decode().strip())
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
+# CI runs the suite as root, so this runs there; only a developer's
+# unprivileged run skips it, and says why.
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to switch uid (CI runs as root, so it runs there)"
+)
 async def test_unix_uids_with_a_real_other_uid(
     trionet_server: ServerFactory, unused_unix_path: str
 ) -> None:

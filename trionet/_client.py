@@ -758,7 +758,8 @@ async def connect(
         TypeError, ValueError: a bad option (before any I/O).
 
     Cancellation by an enclosing scope is never turned into an error nor
-    retried: ``trio.Cancelled`` propagates, and no socket is left open.
+    retried: a bare ``trio.Cancelled`` propagates (never inside an exception
+    group), and no socket is left open.
     Errors are raised bare, never inside an ``ExceptionGroup``.
 
     Example::

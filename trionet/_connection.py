@@ -927,9 +927,7 @@ class Connection(trio.abc.HalfCloseableStream):
             if owner is not None:
                 # The server folds this connection into its stats *before*
                 # the socket closes, so a peer that saw EOF sees final figures.
-                hook = getattr(owner, "_connection_closed", None)  # TEMP until server lands
-                if hook is not None:
-                    hook(self)
+                owner._connection_closed(self)
             self.socket.close()
 
     def abort(self) -> None:

@@ -328,7 +328,7 @@ async def _open_unix(address: UnixAddress, backlog: int, unix_mode: int | None) 
     sock = trio.socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
     inode = None
     # Resolved now, next to bind(): the working directory may change later.
-    absolute = None if address.is_abstract else os.path.abspath(path)
+    absolute = None if address.is_abstract else _absolute(path)
     try:
         await sock.bind(address.sockaddr)
         if absolute is not None:
@@ -348,6 +348,11 @@ async def _open_unix(address: UnixAddress, backlog: int, unix_mode: int | None) 
             _unlink_if_same(absolute, inode)
         raise
     return Listener(sock, address, unix_inode=inode, unix_path=absolute, backlog=backlog)
+
+
+def _absolute(path: str) -> str:
+    # os.getcwd() and string work only: no file system access to block on.
+    return os.path.abspath(path)
 
 
 def _unlink_if_same(path: str, inode: tuple[int, int]) -> None:

@@ -371,7 +371,7 @@ class ConnectionPool:
             pool = trionet.ConnectionPool("tcp://127.0.0.1:7007")
             try:
                 async with pool.connection() as conn:
-                    await conn.send_all(b"ping\n")
+                    await conn.send_all(b"ping\\n")
             finally:
                 await pool.aclose()
         """

@@ -81,6 +81,7 @@ import logging
 import math
 import socket as _stdlib_socket
 import struct
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -117,20 +118,14 @@ _FIRST_REQUEST_ALLOWANCE = 2.0
 _NOT_ERRORS = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
 #: struct ucred {pid_t pid; uid_t uid; gid_t gid;}: uids and gids are unsigned.
 _UCRED = struct.Struct("iII")
+_LINUX = sys.platform.startswith("linux")
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
+    """Every non-group exception inside ``exc`` (``[exc]`` itself if not a group)."""
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]
-
-
-def _only(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
-    """True if ``exc`` is ``kind``, or a group whose every leaf is."""
-    if isinstance(exc, BaseExceptionGroup):
-        _match, rest = exc.split(kind)
-        return rest is None
-    return isinstance(exc, kind)
 
 
 @final
@@ -151,6 +146,9 @@ class Server:
         self.drain_silent = False
         self._counters = Counters()
         self._conns: dict[int, Connection] = {}
+        #: Connections accepted and not closed yet (``stats.active``).
+        self._open = 0
+        #: Handlers holding a max_connections slot.
         self._active = 0
         self._max = config.max_connections
         self._hosts = (
@@ -206,7 +204,7 @@ class Server:
                 tx += conn.bytes_sent
         return ServerStats(
             accepted=c.accepted,
-            active=len(self._conns),
+            active=self._open,
             closed=c.closed,
             handler_errors=c.handler_errors,
             resets=c.resets,
@@ -223,7 +221,7 @@ class Server:
     @property
     def connections(self) -> tuple[ConnectionInfo, ...]:
         """Read-only :class:`ConnectionInfo` records of the live connections."""
-        return tuple(conn.info() for conn in list(self._conns.values()))
+        return tuple(conn.info() for conn in list(self._conns.values()) if not conn.closed)
 
     @property
     def stopped(self) -> bool:
@@ -356,8 +354,14 @@ class Server:
             self._accept_scope.cancel()
         swept = 0
         for listener in self._listeners:
-            swept += _accept.sweep(self, listener)
-            listener.close()
+            try:
+                swept += _accept.sweep(self, listener)
+            except Exception:
+                # Never leave a drain half-begun (listeners open, handlers
+                # untold) because one connection could not be set up.
+                log.exception("drain: sweeping %s failed", listener.address)
+            finally:
+                listener.close()
         if swept:
             log.info("drain: served %d connection(s) queued in the kernel", swept)
         for conn in list(self._conns.values()):
@@ -373,13 +377,30 @@ class Server:
     def _has_capacity(self) -> bool:
         return self._max is None or self._active < self._max
 
-    async def _wait_for_capacity(self) -> None:
-        """Wait, first come first served, until fewer than ``max_connections`` run."""
-        while not self._has_capacity():
-            ev = trio.Event()
-            self._slot_waiters[ev] = None
+    def _queue_for_slot(self) -> trio.Event:
+        """Join the queue for a slot now (before any task runs): FIFO by arrival."""
+        ev = trio.Event()
+        self._slot_waiters[ev] = None
+        return ev
+
+    async def _wait_for_capacity(self, ev: trio.Event | None = None) -> None:
+        """Wait, first come first served, until fewer than ``max_connections`` run.
+
+        ``ev`` is a place already taken in the queue (``_queue_for_slot``).
+        Returns with a slot free; the caller takes it before its next
+        checkpoint.
+        """
+        while True:
+            if ev is None:
+                if self._has_capacity():
+                    return
+                ev = self._queue_for_slot()
             try:
                 await ev.wait()
+                # Woken, but a cancel may have arrived since (a drain cancels
+                # the accept tasks): find out here, where it can be handled,
+                # not at the caller's next checkpoint.
+                await trio.lowlevel.checkpoint_if_cancelled()
             except BaseException:
                 if ev.is_set():
                     # Woken for a slot, but cancelled before taking it: hand
@@ -388,6 +409,7 @@ class Server:
                 else:
                     del self._slot_waiters[ev]
                 raise
+            ev = None
 
     def _wake_slot_waiter(self) -> None:
         if self._slot_waiters and self._has_capacity():
@@ -539,11 +561,19 @@ class Server:
         nursery = self._conn_nursery
         assert nursery is not None
         if swept and not self._has_capacity():
-            nursery.start_soon(self._queued_connection_task, conn, hostkey)
+            # Queue for a slot here, in accept order: the tasks themselves
+            # first run in whatever order the scheduler picks.
+            ev = self._queue_for_slot()
+            try:
+                nursery.start_soon(self._queued_connection_task, conn, hostkey, ev)
+            except BaseException:
+                del self._slot_waiters[ev]
+                raise
         else:
             nursery.start_soon(self._connection_task, conn, hostkey)
             self._active += 1
         self._conns[conn.id] = conn
+        self._open += 1
         self._counters.accepted += 1
         if swept:
             self._counters.swept += 1
@@ -569,13 +599,15 @@ class Server:
         finally:
             self._release(conn, hostkey, ended=ended)
 
-    async def _queued_connection_task(self, conn: Connection, hostkey: str | None) -> None:
+    async def _queued_connection_task(
+        self, conn: Connection, hostkey: str | None, slot: trio.Event
+    ) -> None:
         # A connection swept at drain time while at max_connections: it holds
         # no slot -- and the idle clock does not run -- until its handler can
         # start (see the module docstring).
         running = ended = False
         try:
-            await self._wait_for_capacity()
+            await self._wait_for_capacity(slot)
             self._active += 1
             running = True
             if conn.closed:  # pragma: no cover - nothing closes a waiting connection
@@ -608,13 +640,26 @@ class Server:
                 raise cancelled from None
 
     def _handler_failed(self, conn: Connection, exc: BaseException) -> None:
-        if conn.peer_reset and _only(exc, trio.BrokenResourceError):
-            self._counters.resets += 1
-            log.debug("connection #%d from %s: reset by peer (%s)", conn.id, conn.peer, exc)
-            return
-        if _only(exc, RemoteProtocolError):
+        # Only what this connection raised *because of its peer* is the peer's
+        # fault; the same exception types raised by any other stream (a
+        # backend connection, raised by hand) are handler bugs.
+        leaves = _leaves(exc)
+        if all(conn.raised_by_peer(e) for e in leaves):
+            if all(isinstance(e, trio.BrokenResourceError) for e in leaves):
+                self._counters.resets += 1
+                log.debug("connection #%d from %s: reset by peer (%s)", conn.id, conn.peer, exc)
+                return
             self._counters.protocol_errors += 1
-            log.info("connection #%d from %s: peer broke the protocol: %s", conn.id, conn.peer, exc)
+            # A peer hanging up between two messages (IncompleteRead with
+            # nothing partial) is routine for line protocols: debug only.
+            clean_eof = all(isinstance(e, IncompleteRead) and not e.partial for e in leaves)
+            log.log(
+                logging.DEBUG if clean_eof else logging.INFO,
+                "connection #%d from %s: peer broke the protocol: %s",
+                conn.id,
+                conn.peer,
+                exc,
+            )
             return
         self._counters.handler_errors += 1
         if self.config.handler_errors == "raise":
@@ -627,17 +672,26 @@ class Server:
             exc_info=exc,
         )
 
-    def _release(
-        self, conn: Connection, hostkey: str | None, *, running: bool = True, ended: bool
-    ) -> None:
+    def _connection_closed(self, conn: Connection) -> None:
+        """Fold a connection into the counters (``Connection.close`` calls this once).
+
+        It runs *before* the socket closes -- whoever closes it: the handler,
+        the idle reaper or ``_release`` -- so a peer that has seen EOF reads
+        final figures in ``stats``.
+        """
         c = self._counters
         c.closed += 1
         c.bytes_received += conn.bytes_received
         c.bytes_sent += conn.bytes_sent
+        self._open -= 1
+
+    def _release(
+        self, conn: Connection, hostkey: str | None, *, running: bool = True, ended: bool
+    ) -> None:
         del self._conns[conn.id]
         if self._hosts is not None:
             self._hosts.remove(hostkey)
-        conn.close()
+        conn.close()  # -> _connection_closed, unless the handler closed it already
         if running:
             self._active -= 1
             if self._slot_waiters:
@@ -669,8 +723,10 @@ def _local_address(sock: Any, listener: Listener, family: int) -> Address | None
 
 
 def _peer_credentials(sock: Any) -> tuple[int, int, int] | None:
+    # Linux's struct ucred layout; other systems order it differently (or
+    # lack SO_PEERCRED), as in Connection.peer_credentials.
     so_peercred = getattr(_stdlib_socket, "SO_PEERCRED", None)
-    if so_peercred is None:
+    if so_peercred is None or not _LINUX:
         return None
     try:
         raw = sock.getsockopt(_stdlib_socket.SOL_SOCKET, so_peercred, _UCRED.size)

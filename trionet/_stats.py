@@ -11,9 +11,10 @@ __all__ = ["ServerStats"]
 class ServerStats:
     """A snapshot of a server's counters (``Server.stats`` makes a fresh one each time).
 
-    Counters are cumulative over the server's life.  A connection's bytes are
-    added before its socket is closed, so a client that has seen EOF can rely
-    on the figures.
+    Counters are cumulative over the server's life.  A connection is folded
+    into ``closed`` and the byte counts *before* its socket is closed --
+    whoever closes it: its handler, the idle timeout, or the server when the
+    handler ends -- so a client that has seen EOF can rely on the figures.
     """
 
     #: Connections accepted and handed to a handler (includes ``swept``).
@@ -21,7 +22,7 @@ class ServerStats:
     #: Connections accepted and not yet closed: handlers running, or (swept
     #: during a drain beyond ``max_connections``) waiting for a slot.
     active: int = 0
-    #: Connections finished and closed.
+    #: Connections closed (``accepted == active + closed``).
     closed: int = 0
     #: Handlers that raised (not counting peer resets).
     handler_errors: int = 0
@@ -38,7 +39,8 @@ class ServerStats:
     rejected_access: int = 0
     #: Peers refused by ``max_connections_per_host``.
     rejected_limit: int = 0
-    #: Failed ``accept()`` calls (descriptor exhaustion, aborted handshakes).
+    #: Failed ``accept()`` calls (descriptor exhaustion, aborted handshakes),
+    #: including those of a drain's sweep.
     accept_errors: int = 0
     #: Connections closed by the idle timeout.
     idle_closed: int = 0

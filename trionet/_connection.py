@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import os
 import socket as _stdlib_socket
 import struct
 import sys
@@ -82,17 +81,10 @@ _ids = itertools.count(1)
 _MAX_FILL = 1 << 20
 
 # Yield once and retry before blocking in epoll (see _recv_into_nothing).
-_SPIN_BEFORE_WAIT = int(os.environ.get("TRIONET_SPIN", "1"))
-
-try:  # the run queue, read (never written) by the cooperative budget; private, so guarded
-    from trio._core._run import GLOBAL_RUN_CONTEXT as _RUN_CONTEXT
-    from trio._core._run import Runner as _Runner
-
-    if "runq" not in {field.name for field in attrs.fields(_Runner)}:  # pragma: no cover
-        raise ImportError("trio.Runner has no runq")
-except (ImportError, TypeError, attrs.exceptions.NotAnAttrsClassError):  # pragma: no cover
-    # A future Trio moved it: budgets > 1 fall back to strict checkpoints.
-    _RUN_CONTEXT = None  # type: ignore[assignment,misc]
+_SPIN_BEFORE_WAIT = True
+# ``async for`` reads grow from 64 KiB up to this while every read fills the
+# buffer (a bulk stream), and shrink back when reads come back small.
+_ITER_MAX = 256 * 1024
 
 try:  # the class of real (descriptor-backed) Trio sockets; private, so guarded
     from trio._socket import _SocketType as _RealTrioSocket
@@ -187,6 +179,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_raw",
         "_receive_busy",
         "_rx_iter_waiting",
+        "_rx_size",
         "_scope",
         "_seen_at",
         "_seen_bytes",
@@ -216,8 +209,6 @@ class Connection(trio.abc.HalfCloseableStream):
             raise ValueError("Connection needs a SOCK_STREAM socket")
         if type(schedule_budget) is not int or schedule_budget < 1:
             raise ValueError(f"schedule_budget must be an int >= 1, not {schedule_budget!r}")
-        if _RUN_CONTEXT is None:  # pragma: no cover
-            schedule_budget = 1
         self.socket = socket
         self._raw = raw_socket_of(socket)
         if peer is None:
@@ -238,6 +229,7 @@ class Connection(trio.abc.HalfCloseableStream):
         self._buf: bytearray | None = None
         self._receive_busy = False
         self._rx_iter_waiting = False
+        self._rx_size = DEFAULT_RECEIVE_SIZE
         self._waits = 0
         self._send_busy = False
         self._closed = False
@@ -350,9 +342,9 @@ class Connection(trio.abc.HalfCloseableStream):
 
     async def _coop(self) -> None:
         # Called after an operation that completed without waiting: a schedule
-        # point when the budget is spent or another task is ready to run.
+        # point when the budget is spent (every time with the default of 1).
         left = self._coop_left - 1
-        if left <= 0 or _RUN_CONTEXT.runner.runq:
+        if left <= 0:
             self._coop_left = self._budget
             await cancel_shielded_checkpoint()
         else:
@@ -409,7 +401,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     self.bytes_received += len(data)
                     if coop:
                         left = self._coop_left - 1
-                        if left <= 0 or _RUN_CONTEXT.runner.runq:
+                        if left <= 0:
                             self._coop_left = self._budget
                             await cancel_shielded_checkpoint()
                         else:
@@ -568,14 +560,21 @@ class Connection(trio.abc.HalfCloseableStream):
             self._receive_busy = True
             try:
                 await checkpoint_if_cancelled()
+                size = self._rx_size
                 try:
-                    data = raw.recv(DEFAULT_RECEIVE_SIZE)
+                    data = raw.recv(size)
                 except BlockingIOError:
                     tried = True
                 else:
-                    self.bytes_received += len(data)
+                    n = len(data)
+                    self.bytes_received += n
+                    if n == size:
+                        if size < _ITER_MAX:
+                            self._rx_size = size * 2
+                    elif size > DEFAULT_RECEIVE_SIZE and n < size >> 2:
+                        self._rx_size = size >> 1
                     left = self._coop_left - 1
-                    if left <= 0 or _RUN_CONTEXT.runner.runq:
+                    if left <= 0:
                         self._coop_left = self._budget
                         await cancel_shielded_checkpoint()
                     else:
@@ -596,7 +595,7 @@ class Connection(trio.abc.HalfCloseableStream):
         # During a drain this still takes what the kernel already holds (a
         # request that arrived just before the drain is served), and stops
         # instead of waiting for more.
-        more = await self._recv_into_nothing(DEFAULT_RECEIVE_SIZE, self._owner is not None, tried)
+        more = await self._recv_into_nothing(self._rx_size, self._owner is not None, tried)
         if not more:
             raise StopAsyncIteration
         return more
@@ -820,7 +819,7 @@ class Connection(trio.abc.HalfCloseableStream):
             if sent == total:
                 # The common case: the kernel took it all at once.
                 left = self._coop_left - 1
-                if left <= 0 or _RUN_CONTEXT.runner.runq:
+                if left <= 0:
                     self._coop_left = self._budget
                     await cancel_shielded_checkpoint()
                 else:

@@ -588,7 +588,14 @@ class Server:
         ended = False
         try:
             if self._reaper is None:
-                await self._call_handler(conn)
+                # _call_handler inlined: one coroutine frame less to resume
+                # on every scheduler pass of this connection's task.
+                try:
+                    await self._handler(conn)
+                except _NOT_ERRORS:
+                    raise
+                except BaseException as exc:
+                    self._handler_raised(conn, exc)
                 ended = True
             else:
                 with trio.CancelScope() as scope:
@@ -630,14 +637,19 @@ class Server:
         except _NOT_ERRORS:
             raise
         except BaseException as exc:
-            rest: BaseException | None = exc
-            cancelled: BaseException | None = None
-            if isinstance(exc, BaseExceptionGroup):
-                cancelled, rest = exc.split(_NOT_ERRORS)
-            if rest is not None:
-                self._handler_failed(conn, rest)
-            if cancelled is not None:
-                raise cancelled from None
+            self._handler_raised(conn, exc)
+
+    def _handler_raised(self, conn: Connection, exc: BaseException) -> None:
+        # Classify what escaped a handler; re-raise cancellation (and, with
+        # handler_errors="raise", real errors).
+        rest: BaseException | None = exc
+        cancelled: BaseException | None = None
+        if isinstance(exc, BaseExceptionGroup):
+            cancelled, rest = exc.split(_NOT_ERRORS)
+        if rest is not None:
+            self._handler_failed(conn, rest)
+        if cancelled is not None:
+            raise cancelled from None
 
     def _handler_failed(self, conn: Connection, exc: BaseException) -> None:
         # Only what this connection raised *because of its peer* is the peer's

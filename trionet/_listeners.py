@@ -222,6 +222,19 @@ async def _open_tcp(address: TCPAddress, backlog: int) -> list[Listener]:
                     target = (sockaddr[0], port, *sockaddr[2:])
                     await sock.bind(target)
                     sock.listen(backlog)
+                except OSError as exc:
+                    sock.close()
+                    if not (
+                        address.is_wildcard
+                        and len(infos) > 1
+                        and exc.errno == errno.EADDRNOTAVAIL
+                    ):
+                        raise
+                    # A wildcard bind where one family exists but has no
+                    # address (IPv6 disabled by sysctl: "::" is not
+                    # available): listen on the families that work.
+                    unsupported.append(exc)
+                    continue
                 except BaseException:
                     sock.close()
                     raise

@@ -84,7 +84,7 @@ import struct
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import Any, final
 
@@ -134,6 +134,16 @@ class Server:
 
     You get one from ``await nursery.start(functools.partial(trionet.serve, ...))``
     or ``async with trionet.open_server(...) as server``; you do not create it.
+
+    Example::
+
+        async with trionet.open_server(handler, "tcp://127.0.0.1:0") as server:
+            print(server.addresses)            # [TCPAddress(host='127.0.0.1', port=40123)]
+            ...
+            print(server.stats.accepted, server.stats.active)
+            for info in server.connections:
+                print(info.id, info.peer, info.bytes_received)
+            report = await server.shutdown(5.0)
     """
 
     def __init__(self, handler: Handler, listeners: list[Listener], config: ServerConfig) -> None:
@@ -538,7 +548,7 @@ class Server:
         local: Address | None,
         listener: Listener,
         family: int,
-        hostkey: str | None,
+        hostkey: Hashable | None,
         swept: bool,
     ) -> None:
         # Exception-safe: nothing is registered until the task is scheduled,
@@ -581,7 +591,7 @@ class Server:
     # ------------------------------------------------------------------
     # Connections
 
-    async def _connection_task(self, conn: Connection, hostkey: str | None) -> None:
+    async def _connection_task(self, conn: Connection, hostkey: Hashable | None) -> None:
         # The per-connection hot path: one task, no timer, at most one cancel
         # scope (only with idle_timeout, for the reaper to cancel).  ``ended``:
         # the handler returned or raised by itself (for the shutdown report).
@@ -607,7 +617,7 @@ class Server:
             self._release(conn, hostkey, ended=ended)
 
     async def _queued_connection_task(
-        self, conn: Connection, hostkey: str | None, slot: trio.Event
+        self, conn: Connection, hostkey: Hashable | None, slot: trio.Event
     ) -> None:
         # A connection swept at drain time while at max_connections: it holds
         # no slot -- and the idle clock does not run -- until its handler can
@@ -698,7 +708,7 @@ class Server:
         self._open -= 1
 
     def _release(
-        self, conn: Connection, hostkey: str | None, *, running: bool = True, ended: bool
+        self, conn: Connection, hostkey: Hashable | None, *, running: bool = True, ended: bool
     ) -> None:
         del self._conns[conn.id]
         if self._hosts is not None:
@@ -809,6 +819,20 @@ async def open_server(handler: Handler, *binds: Bind, **options: Any) -> AsyncIt
     A normal exit drains with the ``shutdown_grace`` option (default 10 s); an
     exception leaving the block stops the server without a grace period and
     propagates unchanged (never wrapped in an ``ExceptionGroup``).
+
+    Args:
+        handler: ``async def handler(conn: trionet.Connection) -> None``.
+        *binds: as for :func:`serve`.
+        **options: as for :func:`serve` (see :class:`~trionet.ServerConfig`).
+
+    Yields:
+        The running :class:`Server`, every socket already listening.
+
+    Raises:
+        InvalidAddress: a malformed bind spec.
+        AddressInUse: an address is taken.
+        ListenError: another failure to listen.
+        TypeError, ValueError: a bad option (raised before anything opens).
 
     Example::
 

@@ -37,7 +37,7 @@ import trio
 
 from ._server import Handler, Server, serve
 
-__all__ = ["trionet_server", "unused_unix_path"]
+__all__ = ["ServerFactory", "trionet_server", "unused_unix_path"]
 
 #: The type of the ``trionet_server`` fixture.
 ServerFactory = Callable[..., Awaitable[Server]]

@@ -58,7 +58,9 @@ class ProxySocket(trio.socket.SocketType):
     did_shutdown_SHUT_WR = property(lambda self: self._inner.did_shutdown_SHUT_WR)
 
     def fileno(self) -> int:
-        return self._inner.fileno()
+        # A socket from a custom factory (an in-memory network) has no
+        # descriptor: nothing on the generic path may rely on one.
+        return -1
 
     def detach(self) -> int:
         return self._inner.detach()
@@ -178,7 +180,14 @@ class ConnSource:
     ) -> tuple[Connection, trio.abc.HalfCloseableStream]:
         conn, sock = await self.connect_raw()
         stream: trio.abc.HalfCloseableStream
-        stream = trio.SocketStream(sock) if client == "socketstream" else Connection(sock)
+        if client == "socketstream":
+            if isinstance(sock, ProxySocket):
+                # trio.SocketStream insists on a descriptor; give it the real
+                # socket (the server side stays on the generic path).
+                sock = sock._inner
+            stream = trio.SocketStream(sock)
+        else:
+            stream = Connection(sock)
         return conn, stream
 
 

@@ -12,23 +12,30 @@ These tests pin down what the performance work (issue 5) must not break:
 from __future__ import annotations
 
 import functools
+import itertools
 import socket as stdlib_socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
 import trio.testing
+from test_connection import ProxySocket
 
 import trionet
-from trionet._connection import _ITER_MAX, DEFAULT_RECEIVE_SIZE
+from trionet._connection import _ITER_MAX, _SPIN_BACKOFF, DEFAULT_RECEIVE_SIZE, raw_socket_of
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 
 
 async def socket_pair(
-    schedule_budget: int = 1,
+    schedule_budget: int = 1, *, generic: bool = False
 ) -> tuple[trionet.Connection, trio.socket.SocketType]:
-    """A Connection over one end of a real loopback TCP pair, the raw other end."""
+    """A Connection over one end of a real loopback TCP pair, the raw other end.
+
+    ``generic=True`` wraps the Connection's socket in the test suite's
+    ProxySocket (a custom-factory socket): the descriptor-free generic path.
+    """
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -36,12 +43,21 @@ async def socket_pair(
     await client.connect(listener.getsockname())
     server_sock, _ = await listener.accept()
     listener.close()
-    return trionet.Connection(server_sock, schedule_budget=schedule_budget), client
+    if generic:
+        server_sock = ProxySocket(server_sock)
+    conn = trionet.Connection(server_sock, schedule_budget=schedule_budget)
+    assert (raw_socket_of(conn.socket) is None) == generic
+    return conn, client
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[trionet.Connection, trio.socket.SocketType]]:
-    conn, peer = await socket_pair()
+@pytest.fixture(
+    params=[(1, False), (64, False), (1, True)], ids=["strict", "budget64", "generic"]
+)
+async def pair(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[trionet.Connection, trio.socket.SocketType]]:
+    budget, generic = request.param
+    conn, peer = await socket_pair(budget, generic=generic)
     try:
         yield conn, peer
     finally:
@@ -67,8 +83,25 @@ async def test_cancelled_receive_does_no_io_even_with_data_waiting(
                 await op()
     # Nothing was consumed by the cancelled calls.
     with trio.fail_after(5):
-        assert await conn.receive_exactly(5) == b"hello"
-    assert conn.bytes_received == 5
+        assert await conn.receive_exactly(2) == b"he"
+    # Now with bytes sitting in trionet's own buffer: still a cancel point.
+    await peer.send(b"\nmore")
+    await trio.testing.wait_all_tasks_blocked()
+    for op in (
+        conn.receive_some,
+        functools.partial(conn.receive_line),
+        functools.partial(conn.receive_exactly, 1),
+        conn.__anext__,
+        conn.send_eof,
+        conn.wait_send_all_might_not_block,
+    ):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await op()
+    with trio.fail_after(5):
+        assert await conn.receive_line() == b"llo"
+    assert not conn._eof_sent
 
 
 async def test_cancelled_send_sends_nothing(
@@ -86,10 +119,21 @@ async def test_cancelled_send_sends_nothing(
 
 
 @pytest.mark.parametrize("op", ["send_all", "receive_some", "anext"])
+@pytest.mark.parametrize("generic", [False, True], ids=["fast", "generic"])
 async def test_strict_budget_makes_every_operation_a_schedule_point(
-    pair: tuple[trionet.Connection, trio.socket.SocketType], op: str
+    op: str, generic: bool
 ) -> None:
-    conn, peer = pair
+    conn, peer = await socket_pair(1, generic=generic)
+    try:
+        await _every_operation_schedules(conn, peer, op)
+    finally:
+        conn.close()
+        peer.close()
+
+
+async def _every_operation_schedules(
+    conn: trionet.Connection, peer: trio.socket.SocketType, op: str
+) -> None:
     for _ in range(20):
         if op == "send_all":
             with trio.testing.assert_checkpoints():
@@ -147,57 +191,125 @@ async def echo(conn: trionet.Connection) -> None:
 async def test_a_flooding_connection_cannot_starve_another(
     trionet_server: ServerFactory, budget: int
 ) -> None:
+    # The flood comes from two OS threads with blocking sockets (one sends
+    # 64 KiB chunks as fast as the kernel takes them, one drains the echo),
+    # so it does not depend on this Trio process giving it turns: the
+    # server's flooded connection always has data waiting.
     server = await trionet_server(echo, schedule_budget=budget)
     port = server.addresses[0].port  # type: ignore[union-attr]
-    flood_done = trio.Event()
-    flood_going = trio.Event()
-    flooded = 0
+    stop = threading.Event()
+    echoed = 0
+    flood = stdlib_socket.create_connection(("127.0.0.1", port), timeout=10)
 
-    async def flood(conn: trionet.Connection) -> None:
-        # Stream as fast as the server echoes, reading the echo concurrently.
-        nonlocal flooded
+    def send_flood() -> None:
         chunk = b"f" * 65536
+        try:
+            while not stop.is_set():
+                flood.sendall(chunk)
+        except OSError:
+            if not stop.is_set():
+                raise  # only our own shutdown() may end the flood
 
-        async def reader() -> None:
-            nonlocal flooded
-            while not flood_done.is_set():
-                data = await conn.receive_some()
-                if not data:
+    flood_going = trio.Event()
+
+    def drain_flood() -> None:
+        nonlocal echoed
+        while not stop.is_set():
+            try:
+                data = flood.recv(1 << 20)
+            except OSError:
+                if stop.is_set():
                     return
-                flooded += len(data)
-                if flooded >= 4 * 65536:
-                    flood_going.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
-            while not flood_done.is_set():
-                await conn.send_all(chunk)
-            nursery.cancel_scope.cancel()
+                raise
+            if not data:
+                return
+            echoed += len(data)
+            if echoed >= 8 * 65536 and not flood_going.is_set():
+                trio.from_thread.run_sync(flood_going.set)
 
     rtts: list[float] = []
-    with trio.fail_after(20):
-        flooder = await trionet.connect(("127.0.0.1", port))
+    echoed_during_probe = 0
+    with trio.fail_after(30):
         prober = await trionet.connect(("127.0.0.1", port))
-        async with flooder, prober, trio.open_nursery() as nursery:
-            nursery.start_soon(flood, flooder)
-            await flood_going.wait()  # probe only once the flood is running
-            for i in range(30):
+        async with prober, trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(trio.to_thread.run_sync, send_flood))
+            nursery.start_soon(functools.partial(trio.to_thread.run_sync, drain_flood))
+            await flood_going.wait()  # a flood under way before probing
+            before = echoed
+            for i in range(50):
                 start = trio.current_time()
                 await prober.send_all(b"ping %d\n" % i)
                 assert await prober.receive_line() == b"ping %d" % i
                 rtts.append(trio.current_time() - start)
-            flood_done.set()
+            echoed_during_probe = echoed - before
+            stop.set()
+            flood.shutdown(stdlib_socket.SHUT_RDWR)  # unblocks both threads
+    flood.close()
+    # The flood kept flowing while we probed, and every probe came back fast.
+    assert echoed_during_probe > 4 * 65536
+    assert max(rtts) < 0.25, rtts
+
+
+@pytest.mark.parametrize("budget", [1, 4, 16])
+async def test_reads_yield_to_siblings_at_least_every_budget_operations(budget: int) -> None:
+    # Deterministic fairness: with plenty of data waiting, a reader whose
+    # every receive completes at once still lets a sibling task run at least
+    # every ``budget`` receives.
+    conn, peer = await socket_pair(schedule_budget=budget)
+    try:
+        peer.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 1 << 20)
+        conn.socket.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 1 << 20)
+        payload = b"r" * (200 * 1024)
+        with trio.fail_after(5):
+            view = memoryview(payload)
+            while view:
+                view = view[await peer.send(view) :]
+            await trio.testing.wait_all_tasks_blocked()
+        ticks = 0
+        ticks_seen: list[int] = []
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await trio.lowlevel.checkpoint()
+            got = 0
+            while got < len(payload):
+                data = await conn.receive_some(1024)
+                got += len(data)
+                ticks_seen.append(ticks)
             nursery.cancel_scope.cancel()
-    # The flood kept moving while the probe ran, and every probe came back
-    # quickly: one stream at full speed does not monopolise the server.
-    assert flooded > 30 * 65536
-    assert max(rtts) < 0.5, rtts
+        longest = run = 0
+        for a, b in itertools.pairwise(ticks_seen):
+            run = run + 1 if a == b else 0
+            longest = max(longest, run)
+        # ``longest`` = consecutive read pairs with no tick between them.  The
+        # reader runs at most ``budget`` reads per scheduler batch and the
+        # ticker runs once per batch; Trio may reverse a batch's order, so a
+        # ticker turn can fall just before one run of reads and just after the
+        # next: at most 2 * budget reads in a row, i.e. 2 * budget - 1 pairs.
+        assert longest <= 2 * budget - 1, (longest, budget)
+        # And the reads did not all run in one go (the check can fail).
+        assert len(set(ticks_seen)) >= len(ticks_seen) // (2 * budget)
+    finally:
+        conn.close()
+        peer.close()
 
 
-async def test_async_for_reads_grow_for_bulk_and_shrink_back(
-    pair: tuple[trionet.Connection, trio.socket.SocketType],
-) -> None:
-    conn, peer = pair
+async def test_async_for_reads_grow_for_bulk_and_shrink_back() -> None:
+    conn, peer = await socket_pair()
+    try:
+        await _reads_grow_and_shrink(conn, peer)
+    finally:
+        conn.close()
+        peer.close()
+
+
+async def _reads_grow_and_shrink(conn: trionet.Connection, peer: trio.socket.SocketType) -> None:
     peer.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 4 << 20)
     payload = b"b" * (3 << 20)
     sizes: list[int] = []
@@ -277,3 +389,25 @@ async def test_drain_wakes_the_reader_but_not_a_blocked_writer(
                     got += len(data)
                 await writer_done.wait()
     assert server.stats.handler_errors == 0
+
+
+async def test_idle_connections_stop_spinning_and_waits_stay_cancellable() -> None:
+    conn, peer = await socket_pair()
+    try:
+        assert conn._spin_skip == 0
+        # A receive on a silent peer spins (briefly, yielding) and then parks;
+        # a fruitless spin turns spinning off for the next waits.
+        with trio.move_on_after(0.05) as scope:
+            await conn.receive_some()
+        assert scope.cancelled_caught  # still promptly cancellable
+        assert conn._spin_skip == _SPIN_BACKOFF
+        with trio.move_on_after(0.01):
+            await conn.receive_some()
+        assert conn._spin_skip == _SPIN_BACKOFF - 1  # parked at once, no spin
+        # Data still arrives normally while spinning is off.
+        await peer.send(b"late")
+        with trio.fail_after(5):
+            assert await conn.receive_some() == b"late"
+    finally:
+        conn.close()
+        peer.close()

@@ -1,4 +1,13 @@
-"""trionet echo server (default configuration, or ``--all-on``)."""
+"""trionet echo server (default configuration, ``--all-on``, or variants).
+
+Usage::
+
+    trionet_server.py                          # idiomatic ``async for`` handler
+    trionet_server.py --fixed-reads            # receive_some(65536) / send_all
+    trionet_server.py --all-on                 # every admission feature on
+    trionet_server.py --all-on-except idle     # ... but one (access|limits|idle)
+    trionet_server.py --schedule-budget 8      # cooperative budget (default 1)
+"""
 
 from __future__ import annotations
 
@@ -7,17 +16,34 @@ import inspect
 from typing import Any
 
 import trio
-from _common import BACKLOG, announce, raise_nofile_limit, server_args
+from _common import BACKLOG, CHUNK, announce, raise_nofile_limit, server_args
 
 import trionet
 
+#: The option names of each feature that ``--all-on-except`` can leave out.
+FEATURES: dict[str, tuple[str, ...]] = {
+    "access": ("access",),
+    "limits": ("max_connections", "max_connections_per_host"),
+    "idle": ("idle_timeout",),
+}
+
 
 async def handler(conn: trionet.Connection) -> None:
-    async for chunk in conn:  # chunks of up to 64 KiB
+    # Idiomatic trionet: ``async for`` reads adapt their size -- 64 KiB at
+    # first, doubling up to 256 KiB while every read fills the buffer (bulk
+    # streams), halving again when reads come back small.  ``--fixed-reads``
+    # (peer ``trionet-64k``) isolates that effect.
+    async for chunk in conn:
         await conn.send_all(chunk)
 
 
-def all_on_options(host: str) -> dict[str, Any]:
+async def fixed_reads_handler(conn: trionet.Connection) -> None:
+    # The shape every other peer uses: read up to 64 KiB, write it back.
+    while data := await conn.receive_some(CHUNK):
+        await conn.send_all(data)
+
+
+def all_on_options(host: str, except_feature: str | None = None) -> dict[str, Any]:
     """Every admission/accounting feature switched on, none of them limiting."""
     allow = ["::1/128"] if ":" in host else ["127.0.0.0/8"]
     options: dict[str, Any] = {
@@ -26,27 +52,66 @@ def all_on_options(host: str) -> dict[str, Any]:
         "max_connections_per_host": 20000,
         "idle_timeout": 300.0,
     }
+    for name in FEATURES.get(except_feature or "", ()):
+        del options[name]
     # Per-server statistics, if this version of trionet makes them optional.
     if "stats" in inspect.signature(trionet.serve).parameters:
         options["stats"] = True
     return options
 
 
-async def main(host: str, port: int, all_on: bool) -> None:
-    options = all_on_options(host) if all_on else {}
+async def main(
+    host: str, port: int, all_on: bool, except_feature: str | None, budget: int, fixed: bool
+) -> None:
+    options = all_on_options(host, except_feature) if all_on or except_feature else {}
+    if budget != 1:  # 1 is the default (strict Trio semantics)
+        options["schedule_budget"] = budget
     target = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+    serve = functools.partial(
+        trionet.serve,
+        fixed_reads_handler if fixed else handler,
+        target,
+        backlog=BACKLOG,
+        **options,
+    )
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            functools.partial(trionet.serve, handler, target, backlog=BACKLOG, **options)
-        )
+        server = await nursery.start(serve)
         announce(server.addresses[0].port)
 
 
 if __name__ == "__main__":
-    parser = server_args(__doc__ or "")
+    parser = server_args((__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--all-on", action="store_true", help="access policy, limits, idle timeout, stats"
     )
+    parser.add_argument(
+        "--all-on-except",
+        choices=sorted(FEATURES),
+        metavar="FEATURE",
+        help="like --all-on, but without one feature: access, limits or idle",
+    )
+    parser.add_argument(
+        "--schedule-budget",
+        type=int,
+        default=1,
+        metavar="N",
+        help="trionet's schedule_budget option (default 1: every operation a schedule point)",
+    )
+    parser.add_argument(
+        "--fixed-reads",
+        action="store_true",
+        help=f"handler loops receive_some({CHUNK}) / send_all instead of `async for`",
+    )
     args = parser.parse_args()
+    if args.schedule_budget < 1:
+        parser.error("--schedule-budget must be >= 1")
     raise_nofile_limit()
-    trio.run(main, args.host, args.port, args.all_on)
+    trio.run(
+        main,
+        args.host,
+        args.port,
+        args.all_on,
+        args.all_on_except,
+        args.schedule_budget,
+        args.fixed_reads,
+    )

@@ -236,11 +236,16 @@ async def test_a_flooding_connection_cannot_starve_another(
             nursery.start_soon(functools.partial(trio.to_thread.run_sync, drain_flood))
             await flood_going.wait()  # a flood under way before probing
             before = echoed
-            for i in range(50):
+            # At least 50 probes, and keep probing until the flood has also
+            # moved a good amount *during* the probing (bounded: 5,000 probes
+            # or the fail_after above).
+            i = 0
+            while i < 50 or (echoed - before <= 4 * 65536 and i < 5000):
                 start = trio.current_time()
                 await prober.send_all(b"ping %d\n" % i)
                 assert await prober.receive_line() == b"ping %d" % i
                 rtts.append(trio.current_time() - start)
+                i += 1
             echoed_during_probe = echoed - before
             stop.set()
             flood.shutdown(stdlib_socket.SHUT_RDWR)  # unblocks both threads

@@ -56,13 +56,12 @@ import errno
 import logging
 import random
 import socket as _stdlib_socket
-import struct
 from typing import TYPE_CHECKING
 
 import trio
 from trio.lowlevel import wait_readable
 
-from ._connection import raw_socket_of
+from ._connection import arm_reset, raw_socket_of
 from ._exceptions import translate_listen_error
 from ._ratelimit import RateLimiter
 
@@ -73,7 +72,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trionet.accept")
 
-_AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 _BATCH = 64
 #: The largest backlog ``listen()`` is given (see _listeners._backlog).
 _MAX_BACKLOG = 0xFFFF
@@ -83,7 +81,6 @@ _BACKOFF_CAP = 0.5
 # At most this many bursts logged per listener per _BURST_LOG_PERIOD seconds.
 _BURST_LOG_LIMIT = 3
 _BURST_LOG_PERIOD = 60.0
-_LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff=1, l_linger=0}
 
 _RESOURCE_ERRNOS = frozenset(
     getattr(errno, name)
@@ -308,10 +305,6 @@ def reset_close(sock: _stdlib_socket.socket | trio.socket.SocketType) -> None:
     Unix sockets have no reset; they are simply closed (the peer sees EOF or
     ``ECONNRESET`` if it had sent data we never read).
     """
-    try:
-        if sock.family != _AF_UNIX:
-            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, _LINGER_RESET)
-    except OSError:
-        pass
+    arm_reset(sock)
     sock.close()
 

@@ -117,7 +117,40 @@ except ImportError:  # pragma: no cover - a future Trio moved it: generic path o
 _SO_PEERCRED = getattr(_stdlib_socket, "SO_PEERCRED", None)
 _LINUX = sys.platform.startswith("linux")
 #: struct ucred on Linux: pid_t pid; uid_t uid; gid_t gid (uid/gid unsigned).
-_UCRED = "iII"
+_UCRED = struct.Struct("iII")
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff=1, l_linger=0}
+
+
+def arm_reset(sock: Any) -> None:
+    """Make the next ``close()`` of ``sock`` send RST (``SO_LINGER`` 0), not FIN.
+
+    A no-op for Unix sockets, which have no reset.  Failures are ignored: the
+    close that follows still happens.  Works on stdlib and Trio sockets.
+    """
+    if sock.family == _AF_UNIX:
+        return
+    try:
+        sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+
+
+def read_peer_credentials(sock: Any) -> tuple[int, int, int] | None:
+    """``(pid, uid, gid)`` of a Unix socket's peer, or None where not available.
+
+    Linux only: other systems lay ``SO_PEERCRED`` out differently, or lack it.
+    Works on stdlib and Trio sockets alike.
+
+    Raises:
+        OSError: ``getsockopt`` failed (e.g. the socket is closed).
+    """
+    if _SO_PEERCRED is None or not _LINUX:
+        return None
+    raw = sock.getsockopt(_stdlib_socket.SOL_SOCKET, _SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return (pid, uid, gid)
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 
 
@@ -320,21 +353,12 @@ class Connection(trio.abc.HalfCloseableStream):
 
         Linux only (other systems lay ``SO_PEERCRED`` out differently, or lack it).
         """
-        if (
-            _SO_PEERCRED is None
-            or not _LINUX
-            or self.socket.family != _AF_UNIX
-            or self._closed
-        ):
+        if self.socket.family != _AF_UNIX or self._closed:
             return None
         try:
-            raw = self.socket.getsockopt(
-                _stdlib_socket.SOL_SOCKET, _SO_PEERCRED, struct.calcsize(_UCRED)
-            )
+            return read_peer_credentials(self.socket)
         except OSError as exc:
             raise translate_stream_error(exc) from exc
-        pid, uid, gid = struct.unpack(_UCRED, raw)
-        return (pid, uid, gid)
 
     def info(self) -> ConnectionInfo:
         """A frozen :class:`ConnectionInfo` snapshot of this connection."""
@@ -989,13 +1013,7 @@ class Connection(trio.abc.HalfCloseableStream):
         """
         if self._closed:
             return
-        if self.socket.family != _AF_UNIX:
-            try:
-                self.socket.setsockopt(
-                    _stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
-            except OSError:
-                pass
+        arm_reset(self.socket)
         self.close()
 
     async def aclose(self) -> None:

@@ -80,8 +80,6 @@ import inspect
 import logging
 import math
 import socket as _stdlib_socket
-import struct
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -94,14 +92,19 @@ from . import _accept
 from ._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
 from ._admission import AccessPolicy, HostCounter
 from ._config import ServerConfig
-from ._connection import Connection, ConnectionInfo, configure_tcp_socket
+from ._connection import (
+    Connection,
+    ConnectionInfo,
+    configure_tcp_socket,
+    read_peer_credentials,
+)
 from ._drain import ShutdownReport
 from ._exceptions import IncompleteRead, LocalProtocolError
 from ._idle import IdleReaper
 from ._listeners import Bind, Listener, close_listeners, open_listeners
 from ._ratelimit import RateLimiter
 from ._stats import Counters, ServerStats
-from ._unwrap import unwrap_single
+from ._unwrap import leaves, unwrap_single
 
 log = logging.getLogger("trionet.server")
 
@@ -116,16 +119,6 @@ _ANY = frozenset({"0.0.0.0", "::", "", "*"})
 #: ending its ``async for`` loop (bounded by the grace period anyway).
 _FIRST_REQUEST_ALLOWANCE = 2.0
 _NOT_ERRORS = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
-#: struct ucred {pid_t pid; uid_t uid; gid_t gid;}: uids and gids are unsigned.
-_UCRED = struct.Struct("iII")
-_LINUX = sys.platform.startswith("linux")
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """Every non-group exception inside ``exc`` (``[exc]`` itself if not a group)."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
 
 
 @final
@@ -575,7 +568,7 @@ class Server:
             # first run in whatever order the scheduler picks.
             ev = self._queue_for_slot()
             try:
-                nursery.start_soon(self._queued_connection_task, conn, hostkey, ev)
+                nursery.start_soon(self._connection_task, conn, hostkey, ev)
             except BaseException:
                 del self._slot_waiters[ev]
                 raise
@@ -591,50 +584,30 @@ class Server:
     # ------------------------------------------------------------------
     # Connections
 
-    async def _connection_task(self, conn: Connection, hostkey: Hashable | None) -> None:
+    async def _connection_task(
+        self, conn: Connection, hostkey: Hashable | None, slot: trio.Event | None = None
+    ) -> None:
         # The per-connection hot path: one task, no timer, at most one cancel
-        # scope (only with idle_timeout, for the reaper to cancel).  ``ended``:
-        # the handler returned or raised by itself (for the shutdown report).
+        # scope (only with idle_timeout, for the reaper to cancel).  ``slot``:
+        # a connection swept at drain time while at max_connections holds no
+        # slot -- and the idle clock does not run -- until its handler can
+        # start (see the module docstring).  ``ended``: the handler returned
+        # or raised by itself (for the shutdown report).
+        running = slot is None
         ended = False
         try:
-            if self._reaper is None:
-                # _call_handler inlined: one coroutine frame less to resume
-                # on every scheduler pass of this connection's task.
-                try:
-                    await self._handler(conn)
-                except _NOT_ERRORS:
-                    raise
-                except BaseException as exc:
-                    self._handler_raised(conn, exc)
-                ended = True
-            else:
-                with trio.CancelScope() as scope:
-                    conn._scope = scope  # from now on the reaper watches it
-                    self._reaper.watch(conn)
-                    await self._call_handler(conn)
-                    ended = True
-        finally:
-            self._release(conn, hostkey, ended=ended)
-
-    async def _queued_connection_task(
-        self, conn: Connection, hostkey: Hashable | None, slot: trio.Event
-    ) -> None:
-        # A connection swept at drain time while at max_connections: it holds
-        # no slot -- and the idle clock does not run -- until its handler can
-        # start (see the module docstring).
-        running = ended = False
-        try:
-            await self._wait_for_capacity(slot)
-            self._active += 1
-            running = True
-            if conn.closed:  # pragma: no cover - nothing closes a waiting connection
-                return
+            if slot is not None:
+                await self._wait_for_capacity(slot)
+                self._active += 1
+                running = True
+                if conn.closed:  # pragma: no cover - nothing closes a waiting connection
+                    return
             if self._reaper is None:
                 await self._call_handler(conn)
                 ended = True
             else:
                 with trio.CancelScope() as scope:
-                    conn._scope = scope
+                    conn._scope = scope  # from now on the reaper watches it
                     self._reaper.watch(conn)
                     await self._call_handler(conn)
                     ended = True
@@ -665,16 +638,16 @@ class Server:
         # Only what this connection raised *because of its peer* is the peer's
         # fault; the same exception types raised by any other stream (a
         # backend connection, raised by hand) are handler bugs.
-        leaves = _leaves(exc)
-        if all(conn.raised_by_peer(e) for e in leaves):
-            if all(isinstance(e, trio.BrokenResourceError) for e in leaves):
+        exc_leaves = leaves(exc)
+        if all(conn.raised_by_peer(e) for e in exc_leaves):
+            if all(isinstance(e, trio.BrokenResourceError) for e in exc_leaves):
                 self._counters.resets += 1
                 log.debug("connection #%d from %s: reset by peer (%s)", conn.id, conn.peer, exc)
                 return
             self._counters.protocol_errors += 1
             # A peer hanging up between two messages (IncompleteRead with
             # nothing partial) is routine for line protocols: debug only.
-            clean_eof = all(isinstance(e, IncompleteRead) and not e.partial for e in leaves)
+            clean_eof = all(isinstance(e, IncompleteRead) and not e.partial for e in exc_leaves)
             log.log(
                 logging.DEBUG if clean_eof else logging.INFO,
                 "connection #%d from %s: peer broke the protocol: %s",
@@ -745,17 +718,10 @@ def _local_address(sock: Any, listener: Listener, family: int) -> Address | None
 
 
 def _peer_credentials(sock: Any) -> tuple[int, int, int] | None:
-    # Linux's struct ucred layout; other systems order it differently (or
-    # lack SO_PEERCRED), as in Connection.peer_credentials.
-    so_peercred = getattr(_stdlib_socket, "SO_PEERCRED", None)
-    if so_peercred is None or not _LINUX:
-        return None
     try:
-        raw = sock.getsockopt(_stdlib_socket.SOL_SOCKET, so_peercred, _UCRED.size)
+        return read_peer_credentials(sock)
     except OSError:
-        return None
-    pid, uid, gid = _UCRED.unpack(raw)
-    return (pid, uid, gid)
+        return None  # the peer is already gone: no credentials to admit it by
 
 
 def _check_handler(handler: object, binds: tuple[Bind, ...]) -> None:

@@ -22,15 +22,13 @@ from contextlib import contextmanager
 
 import trio
 
-__all__ = ["unwrap_single"]
+__all__ = ["leaves", "unwrap_single"]
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
+def leaves(exc: BaseException) -> list[BaseException]:
+    """Every non-group exception inside ``exc`` (``[exc]`` itself if not a group)."""
     if isinstance(exc, BaseExceptionGroup):
-        out: list[BaseException] = []
-        for sub in exc.exceptions:
-            out.extend(_leaves(sub))
-        return out
+        return [leaf for sub in exc.exceptions for leaf in leaves(sub)]
     return [exc]
 
 
@@ -53,12 +51,12 @@ def unwrap_single() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+        group_leaves = leaves(group)
+        real = [e for e in group_leaves if not isinstance(e, trio.Cancelled)]
         if len(real) == 1:
             exc = real[0]
             # The group and its traceback stay reachable as the context.
             raise exc from (exc.__cause__ if exc.__suppress_context__ else None)
-        if not real and leaves:
-            raise leaves[0] from None
+        if not real and group_leaves:
+            raise group_leaves[0] from None
         raise

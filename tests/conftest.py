@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import trio
@@ -30,3 +32,40 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
     with trio.fail_after(timeout):
         while not predicate():  # noqa: ASYNC110 - polling server state that has no event
             await trio.sleep(0.005)
+
+
+@contextmanager
+def custom_socket_class(cls: type[trio.socket.SocketType]) -> Iterator[None]:
+    """Inside the block, ``trio.socket.socket()`` returns ``cls(stdlib_socket)``.
+
+    Installs a Trio custom socket factory and restores the previous one on
+    exit -- the hook a virtual network uses, and the way tests reach the
+    generic (descriptor-free) code paths or inject socket failures.
+    """
+
+    class Factory(trio.abc.SocketFactory):
+        def socket(
+            self,
+            family: socket.AddressFamily | int = socket.AF_INET,
+            type: socket.SocketKind | int = socket.SOCK_STREAM,
+            proto: int = 0,
+        ) -> trio.socket.SocketType:
+            return cls(socket.socket(family, type, proto))  # type: ignore[call-arg]
+
+    previous = trio.socket.set_custom_socket_factory(Factory())
+    try:
+        yield
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+
+
+async def connect_tcp(port: int) -> trio.socket.SocketType:
+    """A plain Trio socket connected to 127.0.0.1:``port`` (5 s bound), closed on failure."""
+    sock = trio.socket.socket()
+    try:
+        with trio.fail_after(5):
+            await sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

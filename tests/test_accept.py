@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from conftest import wait_until
+from conftest import connect_tcp, custom_socket_class, wait_until
 from trio._socket import _SocketType
 
 import trionet
@@ -47,14 +47,7 @@ async def echo(conn: trionet.Connection) -> None:
 
 
 async def open_client(port: int) -> trio.socket.SocketType:
-    sock = trio.socket.socket()
-    try:
-        with trio.fail_after(5):
-            await sock.connect(("127.0.0.1", port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return await connect_tcp(port)
 
 
 async def round_trip(sock: trio.socket.SocketType, data: bytes = b"ping") -> bytes:
@@ -254,17 +247,7 @@ async def test_generic_path_for_sockets_without_a_descriptor(
     class Opaque(_SocketType):
         pass
 
-    class Factory(trio.abc.SocketFactory):
-        def socket(
-            self,
-            family: socket.AddressFamily | int = socket.AF_INET,
-            type: socket.SocketKind | int = socket.SOCK_STREAM,
-            proto: int = 0,
-        ) -> trio.socket.SocketType:
-            return Opaque(socket.socket(family, type, proto))
-
-    previous = trio.socket.set_custom_socket_factory(Factory())
-    try:
+    with custom_socket_class(Opaque):
         server = await trionet_server(
             echo, access=trionet.AccessPolicy(deny=["127.0.0.2/32"]), max_connections=1
         )
@@ -289,8 +272,6 @@ async def test_generic_path_for_sockets_without_a_descriptor(
                 assert await b.recv(10) == b"queued"
         assert server.stats.rejected_access == 1
         assert server.stats.accepted == 2
-    finally:
-        trio.socket.set_custom_socket_factory(previous)
 
 
 async def test_batch_accepts_a_burst_in_one_wakeup(trionet_server: ServerFactory) -> None:

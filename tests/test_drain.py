@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import wait_until
+from conftest import connect_tcp, wait_until
 
 import trionet
 from trionet import ShutdownReport, TCPAddress, _server
@@ -26,14 +26,7 @@ def port_of(server: trionet.Server) -> int:
 
 
 async def open_client(port: int) -> trionet.Connection:
-    sock = trio.socket.socket()
-    try:
-        with trio.fail_after(5):
-            await sock.connect(("127.0.0.1", port))
-    except BaseException:
-        sock.close()
-        raise
-    return trionet.Connection(sock)
+    return trionet.Connection(await connect_tcp(port))
 
 
 async def assert_refused(port: int) -> None:

@@ -9,6 +9,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from conftest import connect_tcp
 
 import trionet
 from trionet import TCPAddress
@@ -22,14 +23,7 @@ ServerFactory = Any
 async def open_client(server: trionet.Server) -> trio.socket.SocketType:
     address = server.addresses[0]
     assert isinstance(address, TCPAddress)
-    sock = trio.socket.socket()
-    try:
-        with trio.fail_after(5):
-            await sock.connect(("127.0.0.1", address.port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return await connect_tcp(address.port)
 
 
 async def time_until_closed(sock: trio.socket.SocketType, since: float, limit: float) -> float:

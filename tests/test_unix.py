@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import custom_socket_class
 from trio._socket import _SocketType
 
 import trionet
@@ -159,22 +160,9 @@ async def test_probe_without_permission_is_a_listen_error_not_address_in_use(
         async def connect(self, address: Any) -> None:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    class Factory(trio.abc.SocketFactory):
-        def socket(
-            self,
-            family: socket.AddressFamily | int = socket.AF_INET,
-            type: socket.SocketKind | int = socket.SOCK_STREAM,
-            proto: int = 0,
-        ) -> trio.socket.SocketType:
-            return DeniedConnect(socket.socket(family, type, proto))
-
-    previous = trio.socket.set_custom_socket_factory(Factory())
-    try:
-        with pytest.raises(trionet.ListenError) as info:
-            async with trionet.open_server(echo, f"unix:{unused_unix_path}"):
-                raise AssertionError("unreachable")  # pragma: no cover
-    finally:
-        trio.socket.set_custom_socket_factory(previous)
+    with custom_socket_class(DeniedConnect), pytest.raises(trionet.ListenError) as info:
+        async with trionet.open_server(echo, f"unix:{unused_unix_path}"):
+            raise AssertionError("unreachable")  # pragma: no cover
     assert not isinstance(info.value, trionet.AddressInUse)
     assert info.value.errno == errno.EACCES
     assert "Permission denied" in str(info.value)

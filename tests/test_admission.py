@@ -616,7 +616,10 @@ async def test_a_failing_connection_setup_leaks_nothing(monkeypatch: pytest.Monk
     def broken(*args: Any, **kwargs: Any) -> trionet.Connection:
         raise RuntimeError("cannot set the connection up")
 
-    monkeypatch.setattr(_server, "Connection", broken)
+    class BrokenConnection:
+        _adopt = staticmethod(broken)
+
+    monkeypatch.setattr(_server, "Connection", BrokenConnection)
 
     async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
         raise AssertionError("never started")

@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 import trionet
 from trionet import Connection, IncompleteRead, MessageTooLong, TCPAddress, UnixAddress
 from trionet._address import address_from_sockaddr
-from trionet._connection import raw_socket_of
 
 LONG = os.environ.get("TRIONET_LONG") == "1"
 
@@ -274,10 +273,10 @@ async def _check_conformance(source: ConnSource, client: str, generic: bool) -> 
     assert made
     for conn in made:
         if generic:
-            assert raw_socket_of(conn.socket) is None
-            assert isinstance(conn.socket, ProxySocket)
+            assert conn._raw is None
+            assert isinstance(conn._tsock, ProxySocket)
         else:
-            assert raw_socket_of(conn.socket) is not None
+            assert conn._raw is not None
 
 
 @pytest.mark.parametrize("client", ["connection", "socketstream"])

@@ -218,6 +218,8 @@ async def fill_stream(s: trio.abc.SendStream) -> None:
 
 
 def _stdlib_socket_of(stream: trio.abc.Stream) -> stdlib_socket.socket:
+    if isinstance(stream, Connection) and stream._raw is not None:
+        return stream._raw  # (asking for .socket would move it off the poller)
     sock = stream.socket  # type: ignore[attr-defined]
     if isinstance(sock, ProxySocket):
         sock = sock._inner

@@ -6,7 +6,7 @@ These tests pin down what the performance work (issue 5) must not break:
 * ``schedule_budget`` bounds how many immediately-completed operations may
   run between two schedule points (1 = every one, Trio's strict rule);
 * one connection streaming at full speed cannot starve another;
-* the bulk-read growth and the drain wake-up (``notify_closing``) behave.
+* the bulk-read growth and the drain wake-up (``Poller.interrupt``) behave.
 """
 
 from __future__ import annotations
@@ -44,9 +44,14 @@ async def socket_pair(
     server_sock, _ = await listener.accept()
     listener.close()
     if generic:
-        server_sock = ProxySocket(server_sock)
-    conn = trionet.Connection(server_sock, schedule_budget=schedule_budget)
-    assert (raw_socket_of(conn.socket) is None) == generic
+        conn = trionet.Connection(ProxySocket(server_sock), schedule_budget=schedule_budget)
+    else:
+        # As a server builds it: owning the kernel socket, parked on the poller.
+        raw = raw_socket_of(server_sock)
+        assert raw is not None
+        conn = trionet.Connection._adopt(raw, schedule_budget=schedule_budget)
+        assert conn._poller is not None
+    assert (conn._raw is None) == generic
     return conn, client
 
 

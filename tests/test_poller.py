@@ -134,7 +134,7 @@ def socketpair_conns(sndbuf: int | None = None) -> Pair:
 
 
 def adopt(sock: stdlib_socket.socket | trio.socket.SocketType) -> Connection:
-    """A Connection that owns its kernel socket outright, as servers and connect() make.
+    """A Connection that owns its kernel socket outright, as a server makes.
 
     Only those park on the poller (a caller-held Trio socket could be closed
     behind the Connection's back).

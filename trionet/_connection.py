@@ -12,10 +12,10 @@ counters, and buffered reads (``receive_exactly``, ``receive_until``,
 Why not wrap :class:`trio.SocketStream`?  Speed.  Every echoed message in a
 ``SocketStream`` echo server crosses three wrapper layers and two scheduler
 passes.  ``Connection`` talks to the kernel socket directly when it has one
-(the *fast path*: the stdlib socket inside a real Trio socket, parked on
-the run's shared epoll set -- see :mod:`trionet._poller` -- or on
-``trio.lowlevel.wait_readable``/``wait_writable`` where there is none), and
-falls back to the
+(the *fast path*: ``recv``/``send`` on the stdlib socket; a server
+connection, which owns its accepted socket outright, parks on the run's
+shared epoll set -- see :mod:`trionet._poller` -- and any other parks in
+``trio.lowlevel.wait_readable``/``wait_writable``), and falls back to the
 ``trio.socket.SocketType`` methods for sockets made by a custom Trio socket
 factory, which have no descriptor (the *generic path*).  Both paths are
 tested.
@@ -246,7 +246,9 @@ class Connection(trio.abc.HalfCloseableStream):
     ``async with conn:`` or ``await conn.aclose()``).
 
     Args:
-        socket: a connected ``SOCK_STREAM`` Trio socket; the Connection owns it.
+        socket: a connected ``SOCK_STREAM`` Trio socket; the Connection owns it
+            (closes it), but the caller may still hold it, so such a
+            Connection parks in Trio's own waits.
         peer: the remote address, if already known (else ``getpeername()``).
         local: the local address, if already known (else asked lazily).
         schedule_budget: immediately-completed operations between two
@@ -254,7 +256,11 @@ class Connection(trio.abc.HalfCloseableStream):
             module notes: with N > 1 every operation is still a cancel point.
 
     Attributes:
-        socket: the underlying ``trio.socket.SocketType``.
+        socket: the underlying ``trio.socket.SocketType``.  On a server
+            connection it is made on first use (the fast path never needs it)
+            and from then on the connection parks in Trio's own waits, since
+            whoever holds it may close it directly; asked for after the
+            connection closed, it raises ``trio.ClosedResourceError``.
         peer: the remote :class:`~trionet.TCPAddress` / :class:`~trionet.UnixAddress`.
         local: the local address (for a client: the one the kernel chose).
         id: a process-unique integer, used in logs and ``ConnectionInfo``.
@@ -331,11 +337,10 @@ class Connection(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise translate_stream_error(exc) from exc
         self._tsock: trio.socket.SocketType | None = socket
-        self._setup(raw_socket_of(socket), peer, local, schedule_budget, _owner)
         # The caller holds the Trio socket and may close it behind our back;
         # only Trio's own waits hear about that (notify_closing), so a
         # Connection made this way never parks on the poller.
-        self._poller: Poller | None = None
+        self._setup(raw_socket_of(socket), peer, local, schedule_budget, _owner, None)
 
     @classmethod
     def _adopt(
@@ -363,7 +368,7 @@ class Connection(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise translate_stream_error(exc) from exc
         self._tsock = None
-        self._setup(raw, peer, local, schedule_budget, owner)
+        self._setup(raw, peer, local, schedule_budget, owner, _current_poller())
         return self
 
     def _setup(
@@ -373,10 +378,11 @@ class Connection(trio.abc.HalfCloseableStream):
         local: Address | None,
         schedule_budget: int,
         owner: _Owner | None,
+        poller: Poller | None,
     ) -> None:
         self._raw = raw
-        # Parking (see _poller): the run's shared epoll set, if there is one.
-        self._poller = _current_poller() if raw is not None else None
+        # Parking (see _poller): the run's shared epoll set, if we may use it.
+        self._poller: Poller | None = poller if raw is not None else None
         self._pfd = raw.fileno() if raw is not None else -1
         self._rtask: trio.lowlevel.Task | None = None
         self._wtask: trio.lowlevel.Task | None = None
@@ -526,8 +532,8 @@ class Connection(trio.abc.HalfCloseableStream):
     async def _coop(self) -> None:
         # Called after an operation that completed without waiting: a schedule
         # point when the budget is spent (every time with the default of 1).
-        # The per-message paths (__anext__, send_all, _recv_into_nothing)
-        # carry inline copies of these lines, saving a coroutine call per
+        # The per-message paths (send_all, _recv_into_nothing) carry inline
+        # copies of these lines, saving a coroutine call per
         # message; a change here must be made there too.
         left = self._coop_left - 1
         if left <= 0:
@@ -583,6 +589,10 @@ class Connection(trio.abc.HalfCloseableStream):
         adapt the read size and raise ``StopAsyncIteration`` instead of
         returning ``b""`` or None.
         """
+        if iterating and (self._receive_busy or self._closed or self._buf):
+            # __anext__ checked these when called, but its coroutine may be
+            # awaited later (start_soon(conn.__anext__)): check again.
+            return await self._anext_slow()
         raw = self._raw
         self._receive_busy = True
         try:
@@ -660,6 +670,9 @@ class Connection(trio.abc.HalfCloseableStream):
                         raise
                 finally:
                     self._rx_iter_waiting = False
+                    # Normally already cleared by whoever woke us; not if a
+                    # KeyboardInterrupt struck between park() and the trap.
+                    self._rtask = None
                 data = _try_recv(raw, max_bytes)
                 if data is None:
                     if interruptible and self._drain_stops_iteration():
@@ -707,7 +720,7 @@ class Connection(trio.abc.HalfCloseableStream):
         # No schedule point here: the buffered helper that called us adds one
         # at the end if nothing on the way was one.
         data = await self._recv_into_nothing(
-            min(max(minimum_chunk, DEFAULT_RECEIVE_SIZE), _MAX_FILL), False, False
+            min(max(minimum_chunk, DEFAULT_RECEIVE_SIZE), _MAX_FILL), False, coop=False
         )
         if not data:
             return False
@@ -1042,6 +1055,8 @@ class Connection(trio.abc.HalfCloseableStream):
                         if self._closed:
                             raise
                         continue  # woken by a drain's notify_closing(): wait again
+                    finally:
+                        self._wtask = None  # (see the receive side)
                     with view[sent:] as rest:
                         n = _try_send(raw, rest)
                     sent += n

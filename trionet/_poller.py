@@ -1,4 +1,4 @@
-"""Parking for connections: one epoll set per Trio run, shared by every Connection.
+"""Parking for connections: one epoll set per Trio run, shared by server connections.
 
 Why not ``trio.lowlevel.wait_readable``?
 ----------------------------------------
@@ -38,6 +38,18 @@ How it works
   removes the descriptor from the set; :meth:`Poller.interrupt` wakes only
   the reader (a graceful drain ending an ``async for``).
 
+Who parks here: connections that own their kernel socket outright -- the
+ones a server builds with ``Connection._adopt``.  A connection whose Trio
+socket somebody else holds (``Connection(sock)``, ``trionet.connect``, or a
+server connection after its handler asked for ``conn.socket``) may be closed
+behind its back, which only Trio's waits hear about (``notify_closing``), so
+it uses those; asking for ``conn.socket`` hands the connection back
+(:meth:`Poller.release`).  At the end of the run the system task is
+cancelled and marks the poller ``broken``, so nothing parks on it again.
+The methods that touch a parked task's slot are protected from
+``KeyboardInterrupt`` (a Ctrl-C between clearing a slot and rescheduling
+would lose a wake-up).
+
 Only Linux has epoll; elsewhere (and for sockets from a custom socket
 factory, which have no descriptor) connections use Trio's own waits.  Tests
 switch the poller off with :data:`ENABLED` to cover that path too.
@@ -53,7 +65,7 @@ from typing import Any, Protocol
 
 import outcome
 import trio
-from trio.lowlevel import Abort, RunVar
+from trio.lowlevel import Abort, RunVar, enable_ki_protection
 
 log = logging.getLogger("trionet.poller")
 
@@ -127,6 +139,7 @@ class Poller:
 
     # -- called by connections (synchronously, just before they park) --
 
+    @enable_ki_protection
     def park(self, p: Parker, how: int) -> None:
         """Record the current task as ``p``'s reader or writer and arm its descriptor.
 
@@ -151,6 +164,7 @@ class Poller:
             self._by_fd[fd] = p
         p._armed = flags
 
+    @enable_ki_protection
     def forget(self, p: Parker) -> None:
         """The descriptor is about to close: wake its waiters, drop the registration."""
         fd = p._pfd
@@ -163,6 +177,7 @@ class Poller:
         p._armed = 0
         self._wake(p, lambda: outcome.Error(trio.ClosedResourceError("the connection was closed")))
 
+    @enable_ki_protection
     def release(self, p: Parker) -> None:
         """Hand ``p`` back to Trio's waits: drop the registration, wake its waiters.
 
@@ -179,6 +194,7 @@ class Poller:
         p._armed = 0
         self._wake(p, _plain_wake)
 
+    @enable_ki_protection
     def interrupt(self, p: Parker) -> None:
         """Wake ``p``'s reader (if parked) with ``ClosedResourceError`` (drain)."""
         task = p._rtask
@@ -187,6 +203,7 @@ class Poller:
             trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError("interrupted")))
 
     @staticmethod
+    @enable_ki_protection
     def _wake(p: Parker, result: Callable[[], outcome.Outcome[Any]]) -> None:
         # A fresh outcome (and exception) per task: an outcome unwraps once.
         task = p._rtask
@@ -236,7 +253,7 @@ class Poller:
                             self._wake(p, functools.partial(outcome.Error, exc))
         except trio.Cancelled:
             raise
-        except BaseException as exc:  # pragma: no cover - a broken epoll set
+        except (OSError, ValueError) as exc:  # pragma: no cover - a broken epoll set
             # Never take the run down: wake everybody; connections notice
             # ``broken`` and use Trio's own waits from now on.
             log.error("trionet poller failed; falling back to Trio's waits", exc_info=exc)

@@ -27,12 +27,11 @@ from conftest import connect_tcp, custom_socket_class, wait_until
 from trio._socket import _SocketType
 
 import trionet
-from trionet import TCPAddress, _accept
+from trionet import TCPAddress, _accept, _ratelimit
 from trionet._ratelimit import RateLimiter
 from trionet._stats import Counters
 
 ServerFactory = Any
-
 
 
 def port_of(server: trionet.Server) -> int:
@@ -158,6 +157,80 @@ async def test_bursts_are_logged_once_and_rate_limited(caplog: pytest.LogCapture
     assert len(starts) == len(ends) == _accept._BURST_LOG_LIMIT
     assert "Too many open files" in starts[0]
     assert "after 51 failure(s)" in ends[0]
+
+
+class _FakeTime:
+    """Stands in for the ``time`` module of ``trionet._ratelimit``."""
+
+    now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def test_burst_log_lines_say_how_many_bursts_were_not_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = _FakeTime()
+    monkeypatch.setattr(_ratelimit, "time", clock)
+    caplog.set_level(logging.DEBUG, logger="trionet.accept")
+    storm = _accept._Storm(_FakeListener())  # type: ignore[arg-type]
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    for _ in range(_accept._BURST_LOG_LIMIT + 4):
+        storm.error(emfile)
+        storm.recovered()
+    clock.now += _accept._BURST_LOG_PERIOD
+    storm.error(emfile)
+    storm.recovered()
+    starts = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert {r.levelno for r in starts} == {logging.WARNING}
+    head = (
+        "accept() on tcp://127.0.0.1:1 failed: [Errno 24] Too many open files; backing off "
+        "(further errors in this burst are counted in stats.accept_errors, not logged"
+    )
+    assert [r.getMessage() for r in starts] == [head + ")"] * _accept._BURST_LOG_LIMIT + [
+        head + "; 4 earlier burst(s) not logged)"
+    ]
+
+
+async def test_sweep_warnings_say_how_many_were_not_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = _FakeTime()
+    monkeypatch.setattr(_ratelimit, "time", clock)
+    caplog.set_level(logging.DEBUG, logger="trionet.accept")
+
+    class Exhausted:
+        def accept(self) -> Any:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    @attrs.define
+    class FakeListener:
+        sock: Any = None
+        address: TCPAddress = attrs.field(factory=lambda: TCPAddress("127.0.0.1", 1))
+        backlog: int | None = 8
+        closed: bool = False
+
+    @attrs.define
+    class FakeServer:
+        _counters: Counters = attrs.field(factory=Counters)
+        _sweep_log: RateLimiter = attrs.field(factory=lambda: RateLimiter(burst=3, period=60))
+
+    monkeypatch.setattr(_accept, "raw_socket_of", lambda sock: Exhausted())
+    server = FakeServer()
+    for _ in range(5):
+        _accept.sweep(server, FakeListener())  # type: ignore[arg-type]
+    clock.now += 20.0
+    _accept.sweep(server, FakeListener())  # type: ignore[arg-type]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    line = (
+        "drain: sweeping the queue of tcp://127.0.0.1:1 stopped after 0 connection(s): "
+        "[Errno 24] Too many open files; clients still queued are reset when the "
+        "listener closes"
+    )
+    assert [r.getMessage() for r in warnings] == [line] * 3 + [
+        line + " (2 similar line(s) not logged)"
+    ]
 
 
 # ----------------------------------------------------------------------

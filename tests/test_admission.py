@@ -17,9 +17,11 @@ from conftest import wait_until
 
 import trionet
 from trionet import AccessPolicy, TCPAddress, UnixAddress, _server
+from trionet._admission import REFUSED, Admission
+from trionet._ratelimit import RateLimiter
+from trionet._stats import Counters
 
 ServerFactory = Any
-
 
 
 async def connect_from(source: str, port: int, host: str = "127.0.0.1") -> trio.socket.SocketType:
@@ -130,6 +132,67 @@ def test_policy_is_a_callable_on_connection_info() -> None:
 
 # ----------------------------------------------------------------------
 # Access policies on real sockets
+
+
+def test_no_gate_without_anything_to_decide() -> None:
+    args = (Counters(), RateLimiter())
+    assert Admission.create(None, None, *args) is None
+    assert Admission.create(AccessPolicy(), None, *args) is not None
+    assert Admission.create(None, 1, *args) is not None
+
+
+def test_gate_counts_per_host_and_gives_counts_back(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="trionet.server")
+    counters = Counters()
+    gate = Admission(AccessPolicy(deny=["10.0.0.0/8"]), 1, counters, RateLimiter())
+    assert not gate.wants_local  # an AccessPolicy decides on the peer alone
+
+    def admit(peer: trionet.Address) -> object:
+        return gate.admit(None, peer, None, None, _family(peer))  # type: ignore[arg-type]
+
+    first = admit(TCPAddress("::ffff:127.0.0.1", 1))
+    assert first == (4, 0x7F000001)  # IPv4-mapped counts as the IPv4 host
+    assert admit(TCPAddress("127.0.0.1", 2)) is REFUSED
+    assert admit(TCPAddress("10.1.2.3", 1)) is REFUSED
+    assert admit(UnixAddress("")) is None  # Unix peers: not counted per host
+    assert (counters.rejected_limit, counters.rejected_access) == (1, 1)
+    gate.release(first)
+    assert admit(TCPAddress("127.0.0.1", 3)) == first
+    refusals = [r.getMessage() for r in caplog.records if r.name == "trionet.server"]
+    assert refusals == [
+        "refused tcp://127.0.0.1:2: over max_connections_per_host",
+        "refused tcp://10.1.2.3:1: access policy",
+    ]
+
+
+def test_gate_fails_closed_and_logs_through_the_servers_limiter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def check(info: trionet.ConnectionInfo) -> bool:  # pragma: no cover - never awaited
+        return True
+
+    counters = Counters()
+    errors = RateLimiter(burst=1, period=3600.0)
+    gate = Admission(check, None, counters, errors)
+    assert gate.wants_local
+    peer = TCPAddress("127.0.0.1", 1)
+    for _ in range(3):
+        # The coroutine is closed, never awaited (no RuntimeWarning).
+        assert gate.admit(None, peer, None, _Listener(), socket.AF_INET) is REFUSED  # type: ignore[arg-type]
+    assert counters.rejected_access == 3
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.name == "trionet.server"
+    assert record.getMessage() == "access policy raised for tcp://127.0.0.1:1; refusing the peer"
+    assert record.exc_info is not None and isinstance(record.exc_info[1], TypeError)
+    assert errors.take_suppressed() == 2  # the server's limiter counted the rest
+
+
+class _Listener:
+    address = TCPAddress("127.0.0.1", 80)
+
+
+def _family(peer: trionet.Address) -> int:
+    return socket.AF_UNIX if isinstance(peer, UnixAddress) else socket.AF_INET
 
 
 async def test_denied_peer_is_reset_before_its_handler_runs(
@@ -643,7 +706,8 @@ async def test_a_failing_connection_setup_leaks_nothing(monkeypatch: pytest.Monk
                 data = b""
         assert data == b""
     server = servers[0]
-    assert server._hosts is not None and server._hosts._counts == {}
+    gate = server._admission
+    assert gate is not None and gate._hosts is not None and gate._hosts._counts == {}
     assert server._conns == {}
     assert (server.stats.accepted, server.stats.active) == (0, 0)
 

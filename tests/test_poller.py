@@ -1010,3 +1010,45 @@ async def test_a_failed_poller_wakes_a_reader_and_a_writer_of_one_connection(
             assert await receive_total(peer, len(BIG)) == BIG
         await writer.wait()
         assert writer.error is None
+
+
+# ----------------------------------------------------------------------
+# fork
+
+
+@needs_epoll
+def test_a_forked_child_does_not_park_on_the_parents_poller() -> None:
+    # The child inherits the poller object but not the system task serving
+    # it: a connection carried into a new run there must use Trio's waits.
+    import os
+
+    a, b = stdlib_socket.socketpair()
+    conns: list[Connection] = []
+
+    async def make() -> None:
+        conns.append(adopt(a))
+
+    trio.run(make)  # the run ended: its poller is broken already
+    conn = conns[0]
+    assert conn._poller is not None and conn._poller.broken
+
+    poller_holder: list[Poller] = []
+
+    async def keep_running() -> None:
+        conn2 = adopt(b)
+        assert conn2._poller is not None
+        poller_holder.append(conn2._poller)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            os._exit(0 if conn2._poller.broken and not conn2._poller._by_fd else 1)
+        _, status = await trio.to_thread.run_sync(os.waitpid, pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not conn2._poller.broken  # the parent's poller is untouched
+        conn2.close()
+
+    trio.run(keep_running)
+
+    async def close() -> None:
+        conn.close()  # in a new run: on Trio's waits, nothing parked anywhere
+
+    trio.run(close)

@@ -101,9 +101,7 @@ async def in_batches(n: int, batch: int, fn: Callable[[int], Awaitable[None]]) -
 
 
 def error_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [
-        r for r in caplog.records if r.name == "trionet.server" and r.levelno >= logging.ERROR
-    ]
+    return [r for r in caplog.records if r.name == "trionet.server" and r.levelno >= logging.ERROR]
 
 
 # ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from conftest import custom_socket_class
 from trio._socket import _SocketType
 
 import trionet
-from trionet import AccessPolicy, _listeners, _server
+from trionet import AccessPolicy, _admission, _listeners
 
 ServerFactory = Any
 
@@ -229,7 +229,7 @@ def test_peer_credentials_uids_are_unsigned() -> None:
             assert size == struct.calcsize("iII")
             return struct.pack("iII", 4242, big_uid, big_gid)
 
-    assert _server._peer_credentials(FakeUnixSocket()) == (4242, big_uid, big_gid)
+    assert _admission.peer_credentials(FakeUnixSocket()) == (4242, big_uid, big_gid)
     policy = AccessPolicy(unix_uids=[big_uid])
     assert policy.allows(trionet.UnixAddress(""), (4242, big_uid, big_gid))
 

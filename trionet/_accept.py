@@ -127,17 +127,15 @@ class _Storm:
         """Count a resource error; returns how long to back off."""
         if self.count == 0:
             self.started = trio.current_time()
-            self.logged = self._limiter.allow()
-            if self.logged:
-                skipped = self._limiter.take_suppressed()
-                more = f"; {skipped} earlier burst(s) not logged" if skipped else ""
-                log.warning(
-                    "accept() on %s failed: %s; backing off (further errors in this "
-                    "burst are counted in stats.accept_errors, not logged%s)",
-                    self.listener.address,
-                    exc,
-                    more,
-                )
+            self.logged = self._limiter.log(
+                log,
+                logging.WARNING,
+                "accept() on %s failed: %s; backing off (further errors in this "
+                "burst are counted in stats.accept_errors, not logged{note})",
+                self.listener.address,
+                exc,
+                note="; {} earlier burst(s) not logged",
+            )
         self.count += 1
         delay = self.delay * random.uniform(0.5, 1.0)
         self.delay = min(self.delay * 2, _BACKOFF_CAP)
@@ -259,18 +257,16 @@ def sweep(server: Server, listener: Listener) -> int:
             if exc.errno in _TRANSIENT_ERRNOS:
                 log.debug("sweep of %s: ignoring %s", listener.address, exc)
                 continue
-            limiter = server._sweep_log
-            if limiter.allow():
-                skipped = limiter.take_suppressed()
-                more = f" ({skipped} similar line(s) not logged)" if skipped else ""
-                log.warning(
-                    "drain: sweeping the queue of %s stopped after %d connection(s): %s; "
-                    "clients still queued are reset when the listener closes%s",
-                    listener.address,
-                    n,
-                    exc,
-                    more,
-                )
+            server._sweep_log.log(
+                log,
+                logging.WARNING,
+                "drain: sweeping the queue of %s stopped after %d connection(s): %s; "
+                "clients still queued are reset when the listener closes",
+                listener.address,
+                n,
+                exc,
+                note=" ({} similar line(s) not logged)",
+            )
             break
         if server._admit(s, addr, listener, swept=True):
             n += 1
@@ -307,4 +303,3 @@ def reset_close(sock: _stdlib_socket.socket | trio.socket.SocketType) -> None:
     """
     arm_reset(sock)
     sock.close()
-

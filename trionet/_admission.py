@@ -15,21 +15,49 @@ Per-host limits (:class:`HostCounter`) count live connections per peer IP;
 the global ``max_connections`` limit lives in the accept loop (it stops
 accepting, so the kernel backlog holds the queue -- backpressure, not
 rejection).
+
+The gate (:class:`Admission`)
+=============================
+
+A server owns one :class:`Admission` if it has anything to decide (an
+``access`` check, a per-host limit) and calls :meth:`Admission.admit` once
+per accepted socket; a server with neither has no gate, so its accept path
+makes no call and pays one attribute test.  The gate *decides*: it runs the
+check (reading ``SO_PEERCRED`` only when the check needs it), fails closed
+if the check raises or returns an awaitable, counts per-host connections,
+and counts and logs each refusal.  The server *acts*: it resets a refused
+socket, starts the connection, and gives the host count back
+(:attr:`Admission.release`) when the connection ends.  ``admit`` is one
+flat method -- no helper frames -- because it runs for every connection;
+its refusals are counted in the server's ``Counters``, and errors from the
+check are logged through the server's error limiter, the one its handler
+errors use, under the ``trionet.server`` logger.
 """
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
+import logging
 import socket as _socket
+import time
 from collections.abc import Callable, Hashable, Iterable
-from typing import TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
 
 from ._address import Address, TCPAddress, UnixAddress
-from ._connection import ConnectionInfo
+from ._connection import ConnectionInfo, read_peer_credentials
+
+if TYPE_CHECKING:
+    from ._listeners import Listener
+    from ._ratelimit import RateLimiter
+    from ._stats import Counters
 
 __all__ = ["AccessCheck", "AccessPolicy"]
+
+#: Refusals are the server's decisions: logged where the docs say to look.
+log = logging.getLogger("trionet.server")
 
 _Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 _IP: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -87,6 +115,7 @@ def _to_uids(value: Iterable[int] | None) -> frozenset[int] | None:
 
 _AF_INET6 = _socket.AF_INET6
 _AF_INET = _socket.AF_INET
+_AF_UNIX = getattr(_socket, "AF_UNIX", None)
 _inet_pton = _socket.inet_pton
 
 
@@ -113,9 +142,7 @@ def ip_key(host: str) -> tuple[int, int] | None:
 
 
 def _masks(nets: tuple[_Network, ...] | None) -> tuple[tuple[int, int, int], ...]:
-    return tuple(
-        (net.version, int(net.network_address), int(net.netmask)) for net in (nets or ())
-    )
+    return tuple((net.version, int(net.network_address), int(net.netmask)) for net in (nets or ()))
 
 
 def parse_ip(host: str) -> _IP | None:
@@ -156,9 +183,7 @@ class AccessPolicy:
     #: Admitted uids for Unix-socket peers, or None for all.
     unix_uids: frozenset[int] | None = attrs.field(default=None, converter=_to_uids)
     # Precomputed (version, network, mask) integers for the per-connection check.
-    _allow_masks: tuple[tuple[int, int, int], ...] = attrs.field(
-        init=False, eq=False, repr=False
-    )
+    _allow_masks: tuple[tuple[int, int, int], ...] = attrs.field(init=False, eq=False, repr=False)
     _deny_masks: tuple[tuple[int, int, int], ...] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -199,19 +224,17 @@ AccessCheck: TypeAlias = AccessPolicy | Callable[[ConnectionInfo], bool]
 
 
 class HostCounter:
-    """Live connections per peer IP, for ``max_connections_per_host`` (internal)."""
+    """Live connections per peer IP, for ``max_connections_per_host`` (internal).
+
+    Keyed by the peer's IP (see :meth:`Admission.admit`); a None key -- a
+    Unix peer -- is not counted.
+    """
 
     __slots__ = ("_counts", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._counts: dict[Hashable, int] = {}
-
-    @staticmethod
-    def key(peer: Address) -> Hashable | None:
-        if isinstance(peer, TCPAddress):
-            return ip_key(peer.host) or peer.host
-        return None  # Unix peers are not limited per host
 
     def try_add(self, key: Hashable | None) -> bool:
         if key is None:
@@ -230,3 +253,132 @@ class HostCounter:
             self._counts.pop(key, None)
         else:
             self._counts[key] = n
+
+
+def peer_credentials(sock: Any) -> tuple[int, int, int] | None:
+    """``(pid, uid, gid)`` of a Unix socket's peer, or None if it is already gone."""
+    try:
+        return read_peer_credentials(sock)
+    except OSError:
+        return None  # the peer is already gone: no credentials to admit it by
+
+
+#: What :meth:`Admission.admit` returns for a refused peer.
+REFUSED: Final[Hashable] = object()
+
+
+def _release_nothing(key: Hashable | None) -> None:  # pragma: no cover - never handed a key
+    pass
+
+
+class Admission:
+    """Whether to admit each accepted socket, for one server (internal).
+
+    See "The gate" in the module docstring.  Build it with :meth:`create`,
+    which returns None when there is nothing to decide.
+    """
+
+    __slots__ = (
+        "_access",
+        "_counters",
+        "_errors",
+        "_hosts",
+        "_needs_credentials",
+        "_policy",
+        "release",
+        "wants_local",
+    )
+
+    #: Give back the per-host count of a connection ``admit`` admitted with a
+    #: key (not None), once it ends.  It is the counter's own bound method:
+    #: no extra frame on the release path.
+    release: Callable[[Hashable | None], None]
+    #: True if ``admit`` needs the connection's real local address (a
+    #: callable check sees it; an AccessPolicy does not).
+    wants_local: bool
+
+    def __init__(
+        self,
+        access: AccessCheck | None,
+        max_per_host: int | None,
+        counters: Counters,
+        errors: RateLimiter,
+    ) -> None:
+        self._access = access
+        self._policy = access if isinstance(access, AccessPolicy) else None
+        # An AccessPolicy is frozen: whether it needs credentials never changes.
+        self._needs_credentials = self._policy is None or self._policy.needs_credentials
+        self.wants_local = access is not None and self._policy is None
+        self._hosts = HostCounter(max_per_host) if max_per_host is not None else None
+        self.release = self._hosts.remove if self._hosts is not None else _release_nothing
+        self._counters = counters
+        self._errors = errors
+
+    @classmethod
+    def create(
+        cls,
+        access: AccessCheck | None,
+        max_per_host: int | None,
+        counters: Counters,
+        errors: RateLimiter,
+    ) -> Admission | None:
+        """A gate for these settings, or None if they admit everyone."""
+        if access is None and max_per_host is None:
+            return None
+        return cls(access, max_per_host, counters, errors)
+
+    def admit(
+        self, sock: Any, peer: Address, local: Address | None, listener: Listener, family: int
+    ) -> Hashable | None:
+        """Decide on one accepted socket: :data:`REFUSED`, or its per-host key.
+
+        The key (None when the peer is not counted per host) goes to
+        :attr:`release` when the connection ends.  ``local`` is the real
+        local address if :attr:`wants_local` (else None: the listener's
+        address stands in).  A refused peer is counted and logged here; the
+        caller closes its socket.
+        """
+        access = self._access
+        if access is not None:
+            creds = None
+            if family == _AF_UNIX and self._needs_credentials:
+                creds = peer_credentials(sock)
+            policy = self._policy
+            try:
+                if policy is not None:
+                    ok = policy.allows(peer, creds)
+                else:
+                    info = ConnectionInfo(
+                        0, peer, local or listener.address, time.time(), 0, 0, creds
+                    )
+                    result = access(info)
+                    if inspect.isawaitable(result):
+                        # A coroutine is truthy: never let it admit anybody.
+                        if inspect.iscoroutine(result):
+                            result.close()
+                        raise TypeError("the access callable returned an awaitable, not a bool")
+                    ok = bool(result)
+            except Exception as exc:
+                self._errors.log(
+                    log,
+                    logging.ERROR,
+                    "access policy raised for %s; refusing the peer",
+                    peer,
+                    exc_info=exc,
+                )
+                ok = False
+            if not ok:
+                self._counters.rejected_access += 1
+                log.debug("refused %s: access policy", peer)
+                return REFUSED
+        hosts = self._hosts
+        if hosts is None:
+            return None
+        # Per peer IP (the host string if it is somehow not an IP literal);
+        # Unix peers are not limited per host.
+        key = (ip_key(peer.host) or peer.host) if isinstance(peer, TCPAddress) else None
+        if not hosts.try_add(key):
+            self._counters.rejected_limit += 1
+            log.debug("refused %s: over max_connections_per_host", peer)
+            return REFUSED
+        return key

@@ -84,6 +84,12 @@ class Listener:
     #: The backlog given to ``listen()``; None for an adopted socket.
     backlog: int | None = None
     closed: bool = False
+    #: The socket family, read once: ``socket.family`` builds an enum on
+    #: every read, and every accepted socket has its listener's family.
+    family: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.family = int(self.sock.family)
 
     def close(self) -> None:
         if self.closed:

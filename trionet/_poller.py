@@ -46,6 +46,7 @@ behind its back, which only Trio's waits hear about (``notify_closing``), so
 it uses those; asking for ``conn.socket`` hands the connection back
 (:meth:`Poller.release`).  At the end of the run the system task is
 cancelled and marks the poller ``broken``, so nothing parks on it again.
+A forked child marks every poller it inherited ``broken`` (``os.register_at_fork``).
 The methods that touch a parked task's slot are protected from
 ``KeyboardInterrupt`` (a Ctrl-C between clearing a slot and rescheduling
 would lose a wake-up).
@@ -59,7 +60,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import select
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -129,13 +132,15 @@ def current_poller() -> Poller | None:
 class Poller:
     """One epoll set and one system task that wakes parked connections (internal)."""
 
-    __slots__ = ("_by_fd", "_ep", "broken")
+    __slots__ = ("__weakref__", "_by_fd", "_ep", "broken")
 
     def __init__(self) -> None:
         self._ep = select.epoll()
         self._by_fd: dict[int, Parker] = {}
-        #: True after the poller failed: connections fall back to Trio's waits.
+        #: True once the poller cannot wake anybody any more (it failed, its
+        #: run ended, or this is a forked child): connections use Trio's waits.
         self.broken = False
+        _live.add(self)
 
     # -- called by connections (synchronously, just before they park) --
 
@@ -276,3 +281,20 @@ class Poller:
 
 def _plain_wake() -> outcome.Outcome[Any]:
     return outcome.Value(None)
+
+
+# Every poller not yet garbage-collected, so a forked child can disown them:
+# the child inherits the objects but not the system task that serves them
+# (nor a run), and a connection carried into a new run there must not park
+# on an epoll set that nobody reads.
+_live: weakref.WeakSet[Poller] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for poller in list(_live):
+        poller.broken = True
+        poller._by_fd.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -22,6 +22,13 @@ Connection -> handler -> release (stats, close).  Admission is synchronous
 and happens before any task is spawned, so a refused peer costs no task and
 no handler code runs for it.
 
+The admission *decision* is not made here: it belongs to the server's
+:class:`~trionet._admission.Admission` gate, which exists only if an
+``access`` check or ``max_connections_per_host`` is set (without them the
+accept path makes no call for it) and which counts and logs its refusals.
+The server acts on the answer: it resets a refused socket, starts the
+connection, and gives the per-host count back when the connection ends.
+
 Who enforces the grace period
 =============================
 
@@ -77,11 +84,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import logging
 import math
 import socket as _stdlib_socket
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
@@ -91,14 +96,9 @@ import trio
 
 from . import _accept
 from ._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
-from ._admission import AccessPolicy, HostCounter
+from ._admission import REFUSED, Admission
 from ._config import ServerConfig
-from ._connection import (
-    Connection,
-    ConnectionInfo,
-    configure_tcp_socket,
-    read_peer_credentials,
-)
+from ._connection import Connection, ConnectionInfo, configure_tcp_socket
 from ._drain import ShutdownReport
 from ._exceptions import IncompleteRead, LocalProtocolError
 from ._idle import IdleReaper
@@ -159,13 +159,12 @@ class Server:
         #: Handlers holding a max_connections slot.
         self._active = 0
         self._max = config.max_connections
-        self._hosts = (
-            HostCounter(config.max_connections_per_host)
-            if config.max_connections_per_host is not None
-            else None
+        self._error_log = RateLimiter()
+        self._sweep_log = RateLimiter(burst=3, period=60.0)
+        #: The admission gate; None admits everyone (nothing to decide).
+        self._admission = Admission.create(
+            config.access, config.max_connections_per_host, self._counters, self._error_log
         )
-        self._access = config.access
-        self._policy = config.access if isinstance(config.access, AccessPolicy) else None
         self._reaper = (
             IdleReaper(config.idle_timeout, self._conns, self._counters)
             if config.idle_timeout is not None
@@ -189,8 +188,6 @@ class Server:
         self._finished = 0
         self._cancelled = 0
         self._report: ShutdownReport | None = None
-        self._error_log = RateLimiter()
-        self._sweep_log = RateLimiter(burst=3, period=60.0)
 
     # ------------------------------------------------------------------
     # Public surface
@@ -448,7 +445,7 @@ class Server:
         Refused peers are reset at once (``SO_LINGER`` 0), before any task
         exists for them.
         """
-        family = sock.family
+        family = listener.family
         try:
             peer = address_from_sockaddr(family, addr)
         except Exception:
@@ -457,9 +454,10 @@ class Server:
             # -- or on TCP, where a placeholder would be a lie -- refuse it.
             # A Unix peer on a server without a check is admitted as the
             # unnamed peer: nothing was promised about who may connect.
-            if self._access is not None or family != _AF_UNIX:
+            if self.config.access is not None or family != _AF_UNIX:
                 self._counters.rejected_access += 1
-                self._log_rate_limited(
+                self._error_log.log(
+                    log,
                     logging.WARNING,
                     "refused a peer on %s: unparseable peer address %r",
                     listener.address,
@@ -469,71 +467,26 @@ class Server:
                 return False
             peer = UnixAddress("")
         local: Address | None = None
-        if self._access is not None:
-            if self._policy is None:
+        hostkey: Hashable | None = None
+        gate = self._admission
+        if gate is not None:
+            if gate.wants_local:
                 # A callable may decide on the local address too: give it the
                 # real one, not a wildcard listener's 0.0.0.0.
                 local = _local_address(sock, listener, family)
-            if not self._check_access(sock, peer, local or listener.address, family):
-                _accept.reset_close(sock)
-                return False
-        hostkey = None
-        if self._hosts is not None:
-            hostkey = HostCounter.key(peer)
-            if not self._hosts.try_add(hostkey):
-                self._counters.rejected_limit += 1
-                log.debug("refused %s: over max_connections_per_host", peer)
+            hostkey = gate.admit(sock, peer, local, listener, family)
+            if hostkey is REFUSED:
                 _accept.reset_close(sock)
                 return False
         try:
             self._start(sock, peer, local, listener, family, hostkey, swept)
         except BaseException:
             # Nothing was registered (see _start); undo the per-host count.
-            if self._hosts is not None:
-                self._hosts.remove(hostkey)
+            if hostkey is not None and gate is not None:
+                gate.release(hostkey)
             sock.close()
             raise
         return True
-
-    def _check_access(self, sock: Any, peer: Address, local: Address, family: int) -> bool:
-        creds = None
-        if family == _AF_UNIX and (self._policy is None or self._policy.needs_credentials):
-            creds = _peer_credentials(sock)
-        try:
-            if self._policy is not None:
-                ok = self._policy.allows(peer, creds)
-            else:
-                info = ConnectionInfo(0, peer, local, time.time(), 0, 0, creds)
-                result = self._access(info)
-                if inspect.isawaitable(result):
-                    # A coroutine is truthy: never let it admit anybody.
-                    if inspect.iscoroutine(result):
-                        result.close()
-                    raise TypeError("the access callable returned an awaitable, not a bool")
-                ok = bool(result)
-        except Exception as exc:
-            self._log_rate_limited(
-                logging.ERROR,
-                "access policy raised for %s; refusing the peer",
-                peer,
-                exc_info=exc,
-            )
-            ok = False
-        if not ok:
-            self._counters.rejected_access += 1
-            log.debug("refused %s: access policy", peer)
-        return ok
-
-    def _log_rate_limited(
-        self, level: int, msg: str, *args: object, exc_info: BaseException | None = None
-    ) -> None:
-        """Log through the server's error-storm limiter (handler and policy errors)."""
-        limiter = self._error_log
-        if limiter.allow():
-            suppressed = limiter.take_suppressed()
-            if suppressed:
-                msg += f" ({suppressed} similar errors not logged)"
-            log.log(level, msg, *args, exc_info=exc_info)
 
     def _start(
         self,
@@ -659,7 +612,8 @@ class Server:
         self._counters.handler_errors += 1
         if self.config.handler_errors == "raise":
             raise exc
-        self._log_rate_limited(
+        self._error_log.log(
+            log,
             logging.ERROR,
             "handler failed on connection #%d from %s",
             conn.id,
@@ -684,8 +638,8 @@ class Server:
         self, conn: Connection, hostkey: Hashable | None, *, running: bool = True, ended: bool
     ) -> None:
         del self._conns[conn.id]
-        if self._hosts is not None:
-            self._hosts.remove(hostkey)
+        if hostkey is not None and (gate := self._admission) is not None:
+            gate.release(hostkey)
         conn.close()  # -> _connection_closed, unless the handler closed it already
         if running:
             self._active -= 1
@@ -715,13 +669,6 @@ def _local_address(sock: Any, listener: Listener, family: int) -> Address | None
         return address_from_sockaddr(family, sock.getsockname())
     except (OSError, ValueError, TypeError):
         return None
-
-
-def _peer_credentials(sock: Any) -> tuple[int, int, int] | None:
-    try:
-        return read_peer_credentials(sock)
-    except OSError:
-        return None  # the peer is already gone: no credentials to admit it by
 
 
 def _check_handler(handler: object, binds: tuple[Bind, ...]) -> None:
@@ -818,8 +765,6 @@ async def open_server(handler: Handler, *binds: Bind, **options: Any) -> AsyncIt
                 yield server
             except BaseException as exc:
                 body_error = exc
-            await server.shutdown(
-                config.shutdown_grace if body_error is None else 0.0
-            )
+            await server.shutdown(config.shutdown_grace if body_error is None else 0.0)
     if body_error is not None:
         raise body_error

@@ -37,9 +37,10 @@ test: $(VENV)/.test
 test-long: $(VENV)/.test
 	TRIONET_LONG=1 $(PY) -m pytest -q -m "not peer" tests/test_address.py tests/test_connection.py
 
-## make lint: ruff + mypy --strict
+## make lint: ruff (lint and format) + mypy --strict
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check trionet tests benchmarks
+	$(VENV)/bin/ruff format --check trionet tests benchmarks
 	$(VENV)/bin/mypy --strict trionet
 
 ## make docs: Sphinx, warnings are errors

@@ -55,9 +55,7 @@ async def socket_pair(
     return conn, client
 
 
-@pytest.fixture(
-    params=[(1, False), (64, False), (1, True)], ids=["strict", "budget64", "generic"]
-)
+@pytest.fixture(params=[(1, False), (64, False), (1, True)], ids=["strict", "budget64", "generic"])
 async def pair(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[trionet.Connection, trio.socket.SocketType]]:
@@ -125,9 +123,7 @@ async def test_cancelled_send_sends_nothing(
 
 @pytest.mark.parametrize("op", ["send_all", "receive_some", "anext"])
 @pytest.mark.parametrize("generic", [False, True], ids=["fast", "generic"])
-async def test_strict_budget_makes_every_operation_a_schedule_point(
-    op: str, generic: bool
-) -> None:
+async def test_strict_budget_makes_every_operation_a_schedule_point(op: str, generic: bool) -> None:
     conn, peer = await socket_pair(1, generic=generic)
     try:
         await _every_operation_schedules(conn, peer, op)

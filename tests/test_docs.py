@@ -163,9 +163,7 @@ def test_reference_documents_every_public_name() -> None:
     assert not missing, f"add these to docs/source/reference.rst: {missing}"
     fixtures = [n for n in trionet.pytest_plugin.__all__ if n not in documented]
     assert not fixtures, f"document these pytest fixtures in reference.rst: {fixtures}"
-    services = [
-        n for n in trionet.services.__all__ if f"trionet.services.{n}" not in documented
-    ]
+    services = [n for n in trionet.services.__all__ if f"trionet.services.{n}" not in documented]
     assert not services, f"document these in reference.rst: {services}"
 
 

@@ -18,7 +18,6 @@ from trionet import ShutdownReport, TCPAddress, _server
 ServerFactory = Any
 
 
-
 def port_of(server: trionet.Server) -> int:
     address = server.addresses[0]
     assert isinstance(address, TCPAddress)

@@ -19,7 +19,6 @@ from trionet._stats import Counters
 ServerFactory = Any
 
 
-
 async def open_client(server: trionet.Server) -> trio.socket.SocketType:
     address = server.addresses[0]
     assert isinstance(address, TCPAddress)

@@ -166,6 +166,8 @@ def read_peer_credentials(sock: Any) -> tuple[int, int, int] | None:
     raw = sock.getsockopt(_stdlib_socket.SOL_SOCKET, _SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
     return (pid, uid, gid)
+
+
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 
 
@@ -820,9 +822,7 @@ class Connection(trio.abc.HalfCloseableStream):
         # as idle too; the grace period bounds everything.
         owner = self._owner
         return (
-            owner is not None
-            and owner.draining
-            and (self.bytes_received > 0 or owner.drain_silent)
+            owner is not None and owner.draining and (self.bytes_received > 0 or owner.drain_silent)
         )
 
     def _interrupt_iteration(self) -> None:

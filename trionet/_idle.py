@@ -85,9 +85,7 @@ class IdleReaper:
 
     __slots__ = ("_conns", "_counters", "tick", "timeout")
 
-    def __init__(
-        self, timeout: float, conns: Mapping[int, Watched], counters: Counters
-    ) -> None:
+    def __init__(self, timeout: float, conns: Mapping[int, Watched], counters: Counters) -> None:
         self.timeout = timeout
         self.tick = max(MIN_TICK, min(timeout / 4, MAX_TICK))
         self._conns = conns

@@ -231,9 +231,7 @@ async def _open_tcp(address: TCPAddress, backlog: int) -> list[Listener]:
                 except OSError as exc:
                     sock.close()
                     if not (
-                        address.is_wildcard
-                        and len(infos) > 1
-                        and exc.errno == errno.EADDRNOTAVAIL
+                        address.is_wildcard and len(infos) > 1 and exc.errno == errno.EADDRNOTAVAIL
                     ):
                         raise
                     # A wildcard bind where one family exists but has no

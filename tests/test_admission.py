@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import gc
 import logging
+import warnings
 import os
 import socket
 import time
@@ -176,9 +178,13 @@ def test_gate_fails_closed_and_logs_through_the_servers_limiter(
     gate = Admission(check, None, counters, errors)
     assert gate.wants_local
     peer = TCPAddress("127.0.0.1", 1)
-    for _ in range(3):
-        # The coroutine is closed, never awaited (no RuntimeWarning).
-        assert gate.admit(None, peer, None, _Listener(), socket.AF_INET) is REFUSED  # type: ignore[arg-type]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            # The coroutine is closed, never awaited (no RuntimeWarning).
+            assert gate.admit(None, peer, None, _Listener(), socket.AF_INET) is REFUSED  # type: ignore[arg-type]
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
     assert counters.rejected_access == 3
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.name == "trionet.server"

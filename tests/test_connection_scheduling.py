@@ -351,8 +351,9 @@ async def test_drain_wakes_the_reader_but_not_a_blocked_writer(
 ) -> None:
     # A handler reading with ``async for`` while another task of it is
     # blocked sending (the client is not reading): a drain ends the loop;
-    # the sender, woken by the same notify_closing(), just waits again and
-    # finishes once the client reads.
+    # the sender -- not woken at all on the poller (Poller.interrupt wakes
+    # only the reader), or woken by the same notify_closing() and waiting
+    # again on Trio's waits -- finishes once the client reads.
     writer_blocked = trio.Event()
     writer_done = trio.Event()
     reader_done = trio.Event()

@@ -970,7 +970,7 @@ async def test_closing_the_trio_socket_directly_wakes_a_parked_receive(
         await trio.testing.wait_all_tasks_blocked()
         assert not receive.done.is_set()
         conn.socket.close()
-        with trio.move_on_after(1):
+        with trio.move_on_after(5):
             await receive.done.wait()
         receive.scope.cancel()  # (if still parked)
         assert receive.done.is_set() and not receive.scope.cancelled_caught, (
@@ -1018,37 +1018,53 @@ async def test_a_failed_poller_wakes_a_reader_and_a_writer_of_one_connection(
 
 @needs_epoll
 def test_a_forked_child_does_not_park_on_the_parents_poller() -> None:
-    # The child inherits the poller object but not the system task serving
-    # it: a connection carried into a new run there must use Trio's waits.
+    # The child inherits the poller object -- with a connection parked on it
+    # -- but not the system task serving it.  A connection carried into a
+    # new run in the child must use Trio's waits and still get its data.
     import os
 
-    a, b = stdlib_socket.socketpair()
-    conns: list[Connection] = []
+    a, a_peer = stdlib_socket.socketpair()
+    b, b_peer = stdlib_socket.socketpair()
 
-    async def make() -> None:
-        conns.append(adopt(a))
+    async def parent() -> None:
+        conn = adopt(a)
+        poller = conn._poller
+        assert poller is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.receive_some)
+            await trio.testing.wait_all_tasks_blocked()
+            assert registered(conn) and conn._rtask is not None  # parked on it
+            carried = adopt(b)  # made in this run: it points at this poller
+            assert carried._poller is poller
 
-    trio.run(make)  # the run ended: its poller is broken already
-    conn = conns[0]
-    assert conn._poller is not None and conn._poller.broken
+            def fork() -> int:
+                # Forked from a worker thread, which has no Trio run of its
+                # own, so the child can start a fresh one.
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - the child reports through its exit code
+                    ok = poller.broken and not poller._by_fd
 
-    poller_holder: list[Poller] = []
+                    async def child() -> bytes:
+                        with trio.fail_after(5):
+                            return await carried.receive_some()
 
-    async def keep_running() -> None:
-        conn2 = adopt(b)
-        assert conn2._poller is not None
-        poller_holder.append(conn2._poller)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit code
-            os._exit(0 if conn2._poller.broken and not conn2._poller._by_fd else 1)
-        _, status = await trio.to_thread.run_sync(os.waitpid, pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert not conn2._poller.broken  # the parent's poller is untouched
-        conn2.close()
+                    try:
+                        ok = ok and trio.run(child) == b"to the child"
+                    except BaseException:
+                        ok = False
+                    os._exit(0 if ok else 1)
+                return pid
 
-    trio.run(keep_running)
+            pid = await trio.to_thread.run_sync(fork)
+            b_peer.send(b"to the child")
+            _, status = await trio.to_thread.run_sync(os.waitpid, pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert not poller.broken and registered(conn)  # the parent's is untouched
+            a_peer.send(b"to the parent")
+        conn.close()
 
-    async def close() -> None:
-        conn.close()  # in a new run: on Trio's waits, nothing parked anywhere
-
-    trio.run(close)
+    try:
+        trio.run(parent)
+    finally:
+        for s in (a_peer, b, b_peer):
+            s.close()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import errno
-import ipaddress
 import gc
+import ipaddress
 import logging
-import warnings
 import os
 import socket
 import time
+import warnings
 from typing import Any
 
 import pytest

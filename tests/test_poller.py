@@ -90,9 +90,9 @@ def parks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Connection, int]]:
     log: list[tuple[Connection, int]] = []
     original = Poller.park
 
-    def spy(self: Poller, p: Any, how: int) -> None:
+    def spy(self: Poller, p: Any, how: int) -> bool:
         log.append((p, how))
-        original(self, p, how)
+        return original(self, p, how)
 
     monkeypatch.setattr(Poller, "park", spy)
     return log
@@ -1068,3 +1068,46 @@ def test_a_forked_child_does_not_park_on_the_parents_poller() -> None:
     finally:
         for s in (a_peer, b, b_peer):
             s.close()
+
+
+# ----------------------------------------------------------------------
+# A full epoll set (fs.epoll.max_user_watches, ENOMEM)
+
+
+class FullEpoll(FailingEpoll):
+    """An epoll set that refuses new descriptors with ENOSPC."""
+
+    def register(self, fd: int, mask: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@needs_epoll
+async def test_a_full_epoll_set_moves_the_connection_to_trio_waits(
+    poller_on: None, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not the peer's fault: the receive must not fail (nor count as a reset);
+    # the connection parks on Trio's waits instead and still gets its data.
+    poller = Poller()
+    poller._ep.close()
+    poller._ep = FullEpoll()  # type: ignore[assignment]
+    _poller._poller_var.set(poller)
+    trio.lowlevel.spawn_system_task(poller._run, name="test poller")
+    monkey_warned = _poller._warned_full
+    _poller._warned_full = False
+    try:
+        conn, peer = conn_and_raw_peer()
+        assert conn._poller is poller
+        with closing_all(conn, peer), caplog.at_level(logging.WARNING, logger="trionet.poller"):
+            receive = Outcome(nursery, conn.receive_some)
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn._poller is None  # moved to Trio's waits
+            assert conn._rtask is None and not poller._by_fd
+            peer.send(b"still served")
+            assert await receive.wait() == b"still served"
+            assert not conn.peer_reset
+        assert [r.getMessage() for r in caplog.records if r.name == "trionet.poller"] == [
+            "trionet's epoll set refused a descriptor ([Errno 28] No space left on device); "
+            "such connections use Trio's own waits"
+        ]
+    finally:
+        _poller._warned_full = monkey_warned

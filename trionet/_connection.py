@@ -31,10 +31,10 @@ operation is a checkpoint" rule, which ``trio.testing.check_half_closeable_strea
 verifies.  That schedule point is :func:`trionet._checkpoints.schedule_point`:
 what ``trio.lowlevel.cancel_shielded_checkpoint`` does, two coroutine frames
 cheaper (the one place trionet uses a private Trio name, checked at import
-with a fallback to the public function).  A ``schedule_budget`` of N > 1 (like Tokio's cooperative budget)
-makes only every N-th immediately-completed operation yield; fairness is
-bounded by N, but such a connection no longer passes Trio's conformance
-check, which asserts a schedule point in every call.  We measured the
+with a fallback to the public function).  A ``schedule_budget`` of N > 1
+(like Tokio's cooperative budget) makes only every N-th immediately-completed
+operation yield; fairness is bounded by N, but such a connection no longer
+passes Trio's conformance check, which asserts a schedule point in every call.  We measured the
 budget and kept strict as the default: under load the schedule point after
 ``send`` *is* the batching that makes the next ``recv`` succeed at once (see
 the benchmarks page).
@@ -665,10 +665,10 @@ class Connection(trio.abc.HalfCloseableStream):
                 self._waits += 1
                 try:
                     poller = self._poller
-                    if poller is not None and not poller.broken:
-                        poller.park(self, _READ)
+                    if poller is not None and not poller.broken and poller.park(self, _READ):
                         await wait_task_rescheduled(self._abort_read)
                     else:
+                        self._poller = None  # (None already, broken, or full)
                         await wait_readable(raw)
                 except trio.ClosedResourceError:
                     if not interruptible or self._closed or owner is None or not owner.draining:
@@ -1049,10 +1049,10 @@ class Connection(trio.abc.HalfCloseableStream):
                     self._waits += 1
                     try:
                         poller = self._poller
-                        if poller is not None and not poller.broken:
-                            poller.park(self, _WRITE)
+                        if poller is not None and not poller.broken and poller.park(self, _WRITE):
                             await wait_task_rescheduled(self._abort_write)
                         else:
+                            self._poller = None  # (None already, broken, or full)
                             await wait_writable(raw)
                     except trio.ClosedResourceError:
                         if self._closed:

@@ -12,7 +12,7 @@ abort closure with its cells and a per-descriptor waiters record: about
 
 A connection here parks with ``trio.lowlevel.wait_task_rescheduled`` directly
 -- the primitive Trio documents for building exactly this kind of thing -- so
-a parked connection holds one trap frame and a bound method (~0.35 KiB), and
+a parked connection holds one trap frame and a bound method (~0.2 KiB), and
 re-arms its one-shot registration with a single ``epoll_ctl`` (the kernel
 disarms it when it fires; nobody needs to disarm it by hand).
 
@@ -58,6 +58,7 @@ switch the poller off with :data:`ENABLED` to cover that path too.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -145,20 +146,49 @@ class Poller:
     # -- called by connections (synchronously, just before they park) --
 
     @enable_ki_protection
-    def park(self, p: Parker, how: int) -> None:
+    def park(self, p: Parker, how: int) -> bool:
         """Record the current task as ``p``'s reader or writer and arm its descriptor.
 
-        The caller must then park at once, with no checkpoint in between:
-        ``await wait_task_rescheduled(p._abort_read)`` (or ``_abort_write``).
+        If this returns True the caller must park at once, with no checkpoint
+        in between: ``await wait_task_rescheduled(p._abort_read)`` (or
+        ``_abort_write``).  False means the epoll set is out of room
+        (``ENOSPC``: ``fs.epoll.max_user_watches``; ``ENOMEM``): ``p`` is
+        dropped, and the caller uses Trio's own waits from now on.  A bad
+        descriptor raises ``OSError``, the caller's socket error.
         """
         want = _ARM_READ if how == READ else _OUT
         armed = p._armed
         if want & ~armed:
-            self._arm(p, want | armed)  # OSError: the caller's socket error
+            try:
+                self._arm(p, want | armed)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise
+                self._drop(p)
+                global _warned_full
+                if not _warned_full:
+                    _warned_full = True
+                    log.warning(
+                        "trionet's epoll set refused a descriptor (%s); "
+                        "such connections use Trio's own waits",
+                        exc,
+                    )
+                return False
         if how == READ:
             p._rtask = trio.lowlevel.current_task()
         else:
             p._wtask = trio.lowlevel.current_task()
+        return True
+
+    def _drop(self, p: Parker) -> None:
+        fd = p._pfd
+        if self._by_fd.get(fd) is p:
+            del self._by_fd[fd]
+            try:
+                self._ep.unregister(fd)
+            except OSError:  # pragma: no cover - already gone
+                pass
+        p._armed = 0
 
     def _arm(self, p: Parker, flags: int) -> None:
         fd = p._pfd
@@ -172,14 +202,7 @@ class Poller:
     @enable_ki_protection
     def forget(self, p: Parker) -> None:
         """The descriptor is about to close: wake its waiters, drop the registration."""
-        fd = p._pfd
-        if self._by_fd.get(fd) is p:
-            del self._by_fd[fd]
-            try:
-                self._ep.unregister(fd)
-            except OSError:  # pragma: no cover - already gone
-                pass
-        p._armed = 0
+        self._drop(p)
         self._wake(p, lambda: outcome.Error(trio.ClosedResourceError("the connection was closed")))
 
     @enable_ki_protection
@@ -189,14 +212,7 @@ class Poller:
         The woken tasks retry their socket call and park again -- on Trio's
         waits, since the connection no longer uses the poller.
         """
-        fd = p._pfd
-        if self._by_fd.get(fd) is p:
-            del self._by_fd[fd]
-            try:
-                self._ep.unregister(fd)
-            except OSError:  # pragma: no cover - already gone
-                pass
-        p._armed = 0
+        self._drop(p)
         self._wake(p, _plain_wake)
 
     @enable_ki_protection
@@ -255,7 +271,7 @@ class Poller:
                         except OSError as exc:
                             # A bad descriptor: wake the waiters with the
                             # error, as Trio's I/O manager does.
-                            self._wake(p, functools.partial(outcome.Error, exc))
+                            self._wake(p, functools.partial(_fresh_error, exc))
         except trio.Cancelled:
             raise
         except (OSError, ValueError) as exc:  # pragma: no cover - a broken epoll set
@@ -283,6 +299,16 @@ def _plain_wake() -> outcome.Outcome[Any]:
     return outcome.Value(None)
 
 
+def _fresh_error(exc: OSError) -> outcome.Outcome[Any]:
+    # One exception object per woken task: two tasks raising one instance
+    # would overwrite each other's traceback and context.
+    return outcome.Error(OSError(exc.errno, exc.strerror))
+
+
+#: The "epoll set is full" warning is logged once per process.
+_warned_full = False
+
+
 # Every poller not yet garbage-collected, so a forked child can disown them:
 # the child inherits the objects but not the system task that serves them
 # (nor a run), and a connection carried into a new run there must not park
@@ -294,6 +320,7 @@ def _after_fork_in_child() -> None:
     for poller in list(_live):
         poller.broken = True
         poller._by_fd.clear()
+        poller._ep.close()  # the child's copy; the parent keeps its own
 
 
 if hasattr(os, "register_at_fork"):

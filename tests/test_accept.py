@@ -193,6 +193,27 @@ async def test_burst_log_lines_say_how_many_bursts_were_not_logged(
     ]
 
 
+class _Exhausted:
+    """A raw listening socket out of descriptors."""
+
+    def accept(self) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+@attrs.define
+class _SweepListener:
+    sock: Any = None
+    address: TCPAddress = attrs.field(factory=lambda: TCPAddress("127.0.0.1", 1))
+    backlog: int | None = 8
+    closed: bool = False
+
+
+@attrs.define
+class _SweepServer:
+    _counters: Counters = attrs.field(factory=Counters)
+    _sweep_log: RateLimiter = attrs.field(factory=lambda: RateLimiter(burst=3, period=60))
+
+
 async def test_sweep_warnings_say_how_many_were_not_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -200,28 +221,12 @@ async def test_sweep_warnings_say_how_many_were_not_logged(
     monkeypatch.setattr(_ratelimit, "time", clock)
     caplog.set_level(logging.DEBUG, logger="trionet.accept")
 
-    class Exhausted:
-        def accept(self) -> Any:
-            raise OSError(errno.EMFILE, "Too many open files")
-
-    @attrs.define
-    class FakeListener:
-        sock: Any = None
-        address: TCPAddress = attrs.field(factory=lambda: TCPAddress("127.0.0.1", 1))
-        backlog: int | None = 8
-        closed: bool = False
-
-    @attrs.define
-    class FakeServer:
-        _counters: Counters = attrs.field(factory=Counters)
-        _sweep_log: RateLimiter = attrs.field(factory=lambda: RateLimiter(burst=3, period=60))
-
-    monkeypatch.setattr(_accept, "raw_socket_of", lambda sock: Exhausted())
-    server = FakeServer()
+    monkeypatch.setattr(_accept, "raw_socket_of", lambda sock: _Exhausted())
+    server = _SweepServer()
     for _ in range(5):
-        _accept.sweep(server, FakeListener())  # type: ignore[arg-type]
+        _accept.sweep(server, _SweepListener())  # type: ignore[arg-type]
     clock.now += 20.0
-    _accept.sweep(server, FakeListener())  # type: ignore[arg-type]
+    _accept.sweep(server, _SweepListener())  # type: ignore[arg-type]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     line = (
         "drain: sweeping the queue of tcp://127.0.0.1:1 stopped after 0 connection(s): "
@@ -485,26 +490,10 @@ async def test_sweep_warnings_are_rate_limited(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="trionet.accept")
 
-    class Exhausted:
-        def accept(self) -> Any:
-            raise OSError(errno.EMFILE, "Too many open files")
-
-    @attrs.define
-    class FakeListener:
-        sock: Any = None
-        address: TCPAddress = attrs.field(factory=lambda: TCPAddress("127.0.0.1", 1))
-        backlog: int | None = 8
-        closed: bool = False
-
-    @attrs.define
-    class FakeServer:
-        _counters: Counters = attrs.field(factory=Counters)
-        _sweep_log: RateLimiter = attrs.field(factory=lambda: RateLimiter(burst=3, period=60))
-
-    monkeypatch.setattr(_accept, "raw_socket_of", lambda sock: Exhausted())
-    server = FakeServer()
+    monkeypatch.setattr(_accept, "raw_socket_of", lambda sock: _Exhausted())
+    server = _SweepServer()
     for _ in range(20):
-        assert _accept.sweep(server, FakeListener()) == 0  # type: ignore[arg-type]
+        assert _accept.sweep(server, _SweepListener()) == 0  # type: ignore[arg-type]
     assert server._counters.accept_errors == 20
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3

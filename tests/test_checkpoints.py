@@ -84,3 +84,20 @@ def test_fallback_when_the_public_function_yields_something_else() -> None:
     coro = chosen()
     assert coro.send(None) is message  # type: ignore[attr-defined]
     coro.close()  # type: ignore[attr-defined]
+
+
+async def test_the_run_loop_sends_back_a_plain_value_for_the_message() -> None:
+    # The fast trap does not unwrap what comes back; that is only sound
+    # while Trio answers this message with Value(None) -- even in a
+    # cancelled scope.  If a Trio release changes that, this fails.
+    import outcome
+    from trio._core import _traps
+
+    @types.coroutine
+    def raw_trap() -> Generator[Any, Any, Any]:
+        return (yield _traps.CancelShieldedCheckpoint)
+
+    assert await raw_trap() == outcome.Value(None)  # type: ignore[func-returns-value]
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        assert await raw_trap() == outcome.Value(None)  # type: ignore[func-returns-value]

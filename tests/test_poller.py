@@ -1111,3 +1111,49 @@ async def test_a_full_epoll_set_moves_the_connection_to_trio_waits(
         ]
     finally:
         _poller._warned_full = monkey_warned
+
+
+class NoRoomToModify(FailingEpoll):
+    """An epoll set that registers, but refuses to re-arm with ENOMEM once told to."""
+
+    def modify(self, fd: int, mask: int) -> None:
+        if self.fail:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        super().modify(fd, mask)
+
+
+@needs_epoll
+async def test_running_out_of_room_wakes_the_other_direction_onto_trio_waits(
+    poller_on: None, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A reader is parked on the poller; the writer's re-arm then fails for
+    # lack of room.  The reader must not be stranded there: it is woken,
+    # retries on Trio's waits, still gets its data, and close() reaches it.
+    poller = Poller()
+    poller._ep.close()
+    ep = NoRoomToModify()
+    poller._ep = ep  # type: ignore[assignment]
+    _poller._poller_var.set(poller)
+    trio.lowlevel.spawn_system_task(poller._run, name="test poller")
+    saved = _poller._warned_full
+    try:
+        conn, peer = socketpair_conns(sndbuf=4096)
+        with closing_all(conn, peer), caplog.at_level(logging.CRITICAL, logger="trionet.poller"):
+            reader = Outcome(nursery, conn.receive_some)
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn._rtask is not None and registered(conn)
+            ep.fail = True
+            writer = Outcome(nursery, lambda: conn.send_all(BIG))
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn._poller is None  # both directions on Trio's waits now
+            assert conn._rtask is None and conn._wtask is None
+            assert not poller._by_fd
+            assert not reader.done.is_set()
+            await peer.send_all(b"ping")
+            assert await reader.wait() == b"ping"
+            with trio.fail_after(10):
+                assert await receive_total(peer, len(BIG)) == BIG
+            await writer.wait()
+            assert writer.error is None
+    finally:
+        _poller._warned_full = saved

@@ -29,9 +29,9 @@ I/O.  An operation that has to wait for the kernel is also a *schedule point*
 completes immediately ends with a schedule point too: Trio's strict "every
 operation is a checkpoint" rule, which ``trio.testing.check_half_closeable_stream``
 verifies.  That schedule point is :func:`trionet._checkpoints.schedule_point`:
-what ``trio.lowlevel.cancel_shielded_checkpoint`` does, two coroutine frames
-cheaper (the one place trionet uses a private Trio name, checked at import
-with a fallback to the public function).  A ``schedule_budget`` of N > 1
+what ``trio.lowlevel.cancel_shielded_checkpoint`` does, a frame and a call
+cheaper (it uses a private Trio name, checked at import with a fallback to
+the public function).  A ``schedule_budget`` of N > 1
 (like Tokio's cooperative budget) makes only every N-th immediately-completed
 operation yield; fairness is bounded by N, but such a connection no longer
 passes Trio's conformance check, which asserts a schedule point in every call.  We measured the

@@ -12,7 +12,7 @@ abort closure with its cells and a per-descriptor waiters record: about
 
 A connection here parks with ``trio.lowlevel.wait_task_rescheduled`` directly
 -- the primitive Trio documents for building exactly this kind of thing -- so
-a parked connection holds one trap frame and a bound method (~0.2 KiB), and
+a parked connection holds the two trap frames and a bound method (~0.35 KiB), and
 re-arms its one-shot registration with a single ``epoll_ctl`` (the kernel
 disarms it when it fires; nobody needs to disarm it by hand).
 
@@ -89,6 +89,9 @@ if hasattr(select, "epoll"):
 else:  # pragma: no cover - not Linux
     _IN = _OUT = _ONESHOT = _READ_EVENTS = _WRITE_EVENTS = _ARM_READ = 0
 
+#: ``epoll_ctl`` errors that mean "no room", not "bad descriptor".
+_FULL = frozenset({errno.ENOSPC, errno.ENOMEM})
+
 #: Flag values for :meth:`Poller.park`.
 READ = 1
 WRITE = 2
@@ -153,8 +156,9 @@ class Poller:
         in between: ``await wait_task_rescheduled(p._abort_read)`` (or
         ``_abort_write``).  False means the epoll set is out of room
         (``ENOSPC``: ``fs.epoll.max_user_watches``; ``ENOMEM``): ``p`` is
-        dropped, and the caller uses Trio's own waits from now on.  A bad
-        descriptor raises ``OSError``, the caller's socket error.
+        dropped, and the caller uses Trio's own waits from now on.  Any other
+        failure (a bad descriptor) raises ``OSError``, the caller's socket
+        error.
         """
         want = _ARM_READ if how == READ else _OUT
         armed = p._armed
@@ -162,9 +166,13 @@ class Poller:
             try:
                 self._arm(p, want | armed)
             except OSError as exc:
-                if exc.errno == errno.EBADF:
+                if exc.errno not in _FULL:
                     raise
+                # Out of room: drop p, and wake a task parked here for the
+                # other direction so it retries -- on Trio's waits, since the
+                # caller stops using the poller for p.
                 self._drop(p)
+                self._wake(p, _plain_wake)
                 global _warned_full
                 if not _warned_full:
                     _warned_full = True

@@ -336,11 +336,6 @@ class Connection(trio.abc.HalfCloseableStream):
             raise ValueError("Connection needs a SOCK_STREAM socket")
         if type(schedule_budget) is not int or schedule_budget < 1:
             raise ValueError(f"schedule_budget must be an int >= 1, not {schedule_budget!r}")
-        if peer is None:
-            try:
-                peer = address_from_sockaddr(socket.family, socket.getpeername())
-            except OSError as exc:
-                raise translate_stream_error(exc) from exc
         self._tsock: trio.socket.SocketType | None = socket
         # The caller holds the Trio socket and may close it behind our back;
         # only Trio's own waits hear about that (notify_closing), so a
@@ -367,11 +362,6 @@ class Connection(trio.abc.HalfCloseableStream):
         """
         self = cls.__new__(cls)
         raw.setblocking(False)
-        if peer is None:
-            try:
-                peer = address_from_sockaddr(raw.family, raw.getpeername())
-            except OSError as exc:
-                raise translate_stream_error(exc) from exc
         self._tsock = None
         self._setup(raw, peer, local, schedule_budget, owner, _current_poller())
         return self
@@ -379,13 +369,19 @@ class Connection(trio.abc.HalfCloseableStream):
     def _setup(
         self,
         raw: _stdlib_socket.socket | None,
-        peer: Address,
+        peer: Address | None,
         local: Address | None,
         schedule_budget: int,
         owner: _Owner | None,
         poller: Poller | None,
     ) -> None:
         self._raw = raw
+        if peer is None:
+            sock = self._sock()
+            try:
+                peer = address_from_sockaddr(sock.family, sock.getpeername())
+            except OSError as exc:
+                raise translate_stream_error(exc) from exc
         # Parking (see _poller): the run's shared epoll set, if we may use it.
         self._poller: Poller | None = poller if raw is not None else None
         self._pfd = raw.fileno() if raw is not None else -1
@@ -547,6 +543,19 @@ class Connection(trio.abc.HalfCloseableStream):
         else:
             self._coop_left = left
 
+    def _park(self, how: int) -> bool:
+        """Register to park on the poller; True means: await the trap right now.
+
+        False means Trio's own waits -- for good: there is no poller, it is
+        broken, or it had no room (then it has dropped us).  A plain method,
+        not a coroutine: no frame is added under a parked task.
+        """
+        poller = self._poller
+        if poller is not None and not poller.broken and poller.park(self, how):
+            return True
+        self._poller = None
+        return False
+
     def _abort_read(self, raise_cancel: Any) -> Abort:
         # A parked receive was cancelled: forget the task (the poller drops
         # the event if it still comes).
@@ -664,11 +673,9 @@ class Connection(trio.abc.HalfCloseableStream):
                 self._rx_iter_waiting = interruptible
                 self._waits += 1
                 try:
-                    poller = self._poller
-                    if poller is not None and not poller.broken and poller.park(self, _READ):
+                    if self._park(_READ):
                         await wait_task_rescheduled(self._abort_read)
                     else:
-                        self._poller = None  # (None already, broken, or full)
                         await wait_readable(raw)
                 except trio.ClosedResourceError:
                     if not interruptible or self._closed or owner is None or not owner.draining:
@@ -1048,11 +1055,9 @@ class Connection(trio.abc.HalfCloseableStream):
                 while sent < total:
                     self._waits += 1
                     try:
-                        poller = self._poller
-                        if poller is not None and not poller.broken and poller.park(self, _WRITE):
+                        if self._park(_WRITE):
                             await wait_task_rescheduled(self._abort_write)
                         else:
-                            self._poller = None  # (None already, broken, or full)
                             await wait_writable(raw)
                     except trio.ClosedResourceError:
                         if self._closed:

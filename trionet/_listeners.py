@@ -66,6 +66,9 @@ __all__ = ["Bind", "Listener", "close_listeners", "open_listeners"]
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 _DUAL_STACK_RETRIES = 20
 
+#: Host strings that mean "every local address".
+_ANY = frozenset({"0.0.0.0", "::", "", "*"})
+
 #: What a bind may be: a spec string, a (host, port) tuple, an address
 #: record, or an already-bound listening socket.
 Bind = Any
@@ -87,9 +90,14 @@ class Listener:
     #: The socket family, read once: ``socket.family`` builds an enum on
     #: every read, and every accepted socket has its listener's family.
     family: int = attrs.field(init=False)
+    #: True for a TCP wildcard listener (0.0.0.0 / ::), whose address is not
+    #: its connections' local address.
+    wildcard: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.family = int(self.sock.family)
+        address = self.address
+        self.wildcard = isinstance(address, TCPAddress) and address.host in _ANY
 
     def close(self) -> None:
         if self.closed:

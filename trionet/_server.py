@@ -95,7 +95,7 @@ from typing import Any, final
 import trio
 
 from . import _accept
-from ._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
+from ._address import Address, UnixAddress, address_from_sockaddr
 from ._admission import REFUSED, Admission
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionInfo, configure_tcp_socket
@@ -115,7 +115,6 @@ __all__ = ["Handler", "Server", "open_server", "serve"]
 Handler = Callable[[Connection], Awaitable[Any]]
 
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
-_ANY = frozenset({"0.0.0.0", "::", "", "*"})
 #: Seconds a drain waits for a silent new connection's first bytes before
 #: ending its ``async for`` loop (bounded by the grace period anyway).
 _FIRST_REQUEST_ALLOWANCE = 2.0
@@ -506,8 +505,7 @@ class Server:
         if local is None:
             # The listener's address is the connection's local address, except
             # on a wildcard listener (0.0.0.0 / ::), where Connection asks lazily.
-            laddr = listener.address
-            local = None if isinstance(laddr, TCPAddress) and laddr.host in _ANY else laddr
+            local = None if listener.wildcard else listener.address
         if isinstance(sock, _stdlib_socket.socket):
             # A kernel socket: no Trio wrapper unless the handler asks for one.
             conn = Connection._adopt(sock, peer, local, config.schedule_budget, self)
@@ -662,8 +660,7 @@ class Server:
 
 def _local_address(sock: Any, listener: Listener, family: int) -> Address | None:
     """The accepted socket's real local address if the listener is a wildcard, else None."""
-    laddr = listener.address
-    if not (isinstance(laddr, TCPAddress) and laddr.host in _ANY):
+    if not listener.wildcard:
         return None
     try:
         return address_from_sockaddr(family, sock.getsockname())

@@ -890,11 +890,13 @@ class FailingEpoll:
         self._ep.close()
 
 
-def install_failing_poller() -> tuple[Poller, FailingEpoll]:
-    """Make a Poller on a FailingEpoll this run's poller (before any Connection)."""
+def install_failing_poller(
+    epoll_class: type[FailingEpoll] = FailingEpoll,
+) -> tuple[Poller, FailingEpoll]:
+    """Make a Poller on a FailingEpoll (or subclass) this run's poller (before any Connection)."""
     poller = Poller()
     poller._ep.close()
-    ep = FailingEpoll()
+    ep = epoll_class()
     poller._ep = ep  # type: ignore[assignment]
     _poller._poller_var.set(poller)
     trio.lowlevel.spawn_system_task(poller._run, name="test poller")
@@ -1083,34 +1085,29 @@ class FullEpoll(FailingEpoll):
 
 @needs_epoll
 async def test_a_full_epoll_set_moves_the_connection_to_trio_waits(
-    poller_on: None, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+    poller_on: None,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Not the peer's fault: the receive must not fail (nor count as a reset);
     # the connection parks on Trio's waits instead and still gets its data.
-    poller = Poller()
-    poller._ep.close()
-    poller._ep = FullEpoll()  # type: ignore[assignment]
-    _poller._poller_var.set(poller)
-    trio.lowlevel.spawn_system_task(poller._run, name="test poller")
-    monkey_warned = _poller._warned_full
-    _poller._warned_full = False
-    try:
-        conn, peer = conn_and_raw_peer()
-        assert conn._poller is poller
-        with closing_all(conn, peer), caplog.at_level(logging.WARNING, logger="trionet.poller"):
-            receive = Outcome(nursery, conn.receive_some)
-            await trio.testing.wait_all_tasks_blocked()
-            assert conn._poller is None  # moved to Trio's waits
-            assert conn._rtask is None and not poller._by_fd
-            peer.send(b"still served")
-            assert await receive.wait() == b"still served"
-            assert not conn.peer_reset
-        assert [r.getMessage() for r in caplog.records if r.name == "trionet.poller"] == [
-            "trionet's epoll set refused a descriptor ([Errno 28] No space left on device); "
-            "such connections use Trio's own waits"
-        ]
-    finally:
-        _poller._warned_full = monkey_warned
+    poller, _ = install_failing_poller(FullEpoll)
+    monkeypatch.setattr(_poller, "_warned_full", False)
+    conn, peer = conn_and_raw_peer()
+    assert conn._poller is poller
+    with closing_all(conn, peer), caplog.at_level(logging.WARNING, logger="trionet.poller"):
+        receive = Outcome(nursery, conn.receive_some)
+        await trio.testing.wait_all_tasks_blocked()
+        assert conn._poller is None  # moved to Trio's waits
+        assert conn._rtask is None and not poller._by_fd
+        peer.send(b"still served")
+        assert await receive.wait() == b"still served"
+        assert not conn.peer_reset
+    assert [r.getMessage() for r in caplog.records if r.name == "trionet.poller"] == [
+        "trionet's epoll set refused a descriptor ([Errno 28] No space left on device); "
+        "such connections use Trio's own waits"
+    ]
 
 
 class NoRoomToModify(FailingEpoll):
@@ -1124,36 +1121,31 @@ class NoRoomToModify(FailingEpoll):
 
 @needs_epoll
 async def test_running_out_of_room_wakes_the_other_direction_onto_trio_waits(
-    poller_on: None, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+    poller_on: None,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A reader is parked on the poller; the writer's re-arm then fails for
     # lack of room.  The reader must not be stranded there: it is woken,
     # retries on Trio's waits, still gets its data, and close() reaches it.
-    poller = Poller()
-    poller._ep.close()
-    ep = NoRoomToModify()
-    poller._ep = ep  # type: ignore[assignment]
-    _poller._poller_var.set(poller)
-    trio.lowlevel.spawn_system_task(poller._run, name="test poller")
-    saved = _poller._warned_full
-    try:
-        conn, peer = socketpair_conns(sndbuf=4096)
-        with closing_all(conn, peer), caplog.at_level(logging.CRITICAL, logger="trionet.poller"):
-            reader = Outcome(nursery, conn.receive_some)
-            await trio.testing.wait_all_tasks_blocked()
-            assert conn._rtask is not None and registered(conn)
-            ep.fail = True
-            writer = Outcome(nursery, lambda: conn.send_all(BIG))
-            await trio.testing.wait_all_tasks_blocked()
-            assert conn._poller is None  # both directions on Trio's waits now
-            assert conn._rtask is None and conn._wtask is None
-            assert not poller._by_fd
-            assert not reader.done.is_set()
-            await peer.send_all(b"ping")
-            assert await reader.wait() == b"ping"
-            with trio.fail_after(10):
-                assert await receive_total(peer, len(BIG)) == BIG
-            await writer.wait()
-            assert writer.error is None
-    finally:
-        _poller._warned_full = saved
+    poller, ep = install_failing_poller(NoRoomToModify)
+    monkeypatch.setattr(_poller, "_warned_full", False)
+    conn, peer = socketpair_conns(sndbuf=4096)
+    with closing_all(conn, peer), caplog.at_level(logging.CRITICAL, logger="trionet.poller"):
+        reader = Outcome(nursery, conn.receive_some)
+        await trio.testing.wait_all_tasks_blocked()
+        assert conn._rtask is not None and registered(conn)
+        ep.fail = True
+        writer = Outcome(nursery, lambda: conn.send_all(BIG))
+        await trio.testing.wait_all_tasks_blocked()
+        assert conn._poller is None  # both directions on Trio's waits now
+        assert conn._rtask is None and conn._wtask is None
+        assert not poller._by_fd
+        assert not reader.done.is_set()
+        await peer.send_all(b"ping")
+        assert await reader.wait() == b"ping"
+        with trio.fail_after(10):
+            assert await receive_total(peer, len(BIG)) == BIG
+        await writer.wait()
+        assert writer.error is None

@@ -231,7 +231,38 @@ TARGETS: tuple[Target, ...] = (
             ("rss-idle", "RSS per idle conn", 1 / 0.95, True),
         )
     ),
+    *(
+        Target(
+            f"all on but idle timeout vs default: {short}",
+            key,
+            need,
+            None,
+            at_most,
+            "trionet-all-on-no-idle",
+            "trionet",
+        )
+        for key, short, need, at_most in (
+            ("connrate", "connection rate", 0.95, False),
+            ("rss-idle", "RSS per idle conn", 1 / 0.95, True),
+        )
+    ),
     Target("client ping-pong", "client-pingpong", 1.3, peer="client-trionet", base="client-trio"),
+    # Context for the 2.0x goal: the opt-in budget, and how close the strict
+    # default comes to the least work strict Trio semantics allow.
+    *(
+        Target(f"schedule_budget=2 (opt-in): {short}", key, 1.5, 2.0, peer="trionet-budget")
+        for key, short in (
+            ("pingpong-64x1", "ping-pong 64 B \u00d71"),
+            ("pingpong-64x100", "ping-pong 64 B \u00d7100"),
+        )
+    ),
+    Target(
+        "default vs Trio-strict floor: ping-pong 64 B \u00d7100",
+        "pingpong-64x100",
+        0.9,
+        1.0,
+        base="trio-floor",
+    ),
 )
 
 
@@ -395,6 +426,19 @@ def _explanations(summary: dict[str, Any]) -> list[str]:
                 "every other peer, isolating the buffer-size effect"
             )
         notes.append(text + ".")
+    if "trio-floor" in peers:
+        notes.append(
+            f"{peers['trio-floor']} is no library: one task per connection looping raw "
+            "`recv()`/`send()` with a cancel point and a schedule point per operation -- "
+            "Trio's strict rule and nothing else.  Its ratio to trio.serve_tcp bounds what "
+            "any strict-Trio stream can reach, trionet's default included."
+        )
+    if "trionet-budget" in peers:
+        notes.append(
+            f"{peers['trionet-budget']} is opt-in: a receive that completes at once may skip "
+            "its schedule point (a send always yields), so it no longer passes Trio's "
+            "conformance check; every operation is still a cancel point."
+        )
     if "pingpong-64x1" in workloads and "c-epoll" in peers:
         notes.append(
             f"On {workloads['pingpong-64x1']['short']} the {peers['c-epoll']} figure is not a "
@@ -571,6 +615,9 @@ COLORS = {
     "trionet": "#1f6fb4",
     "trionet-all-on": "#5fa2dd",
     "trionet-64k": "#9cc5ea",
+    "trionet-all-on-no-idle": "#8fb8de",
+    "trionet-budget": "#2b8c8c",
+    "trio-floor": "#f0b36e",
     "client-trionet": "#1f6fb4",
     "trio": "#e07b19",
     "client-trio": "#e07b19",

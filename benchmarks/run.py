@@ -63,6 +63,14 @@ PEERS: tuple[Peer, ...] = (
         ("{python}", "servers/trionet_server.py", "--all-on"),
         True,
     ),
+    # The same minus the idle timeout, whose per-connection cancel scope is
+    # the one feature with a measurable cost: splits the all-on gap.
+    Peer(
+        "trionet-all-on-no-idle",
+        "trionet (all on but idle timeout)",
+        ("{python}", "servers/trionet_server.py", "--all-on-except", "idle"),
+        False,
+    ),
     # The plain ``trionet`` peer is idiomatic (``async for``: adaptive read
     # size, up to 256 KiB on bulk streams); this one uses the fixed 64 KiB
     # ``receive_some`` / ``send_all`` loop of every other peer, isolating the
@@ -73,7 +81,24 @@ PEERS: tuple[Peer, ...] = (
         ("{python}", "servers/trionet_server.py", "--fixed-reads"),
         True,
     ),
+    # Opt-in cooperative budget: receives that complete at once skip their
+    # schedule point (a send always yields): one scheduler pass per echoed
+    # message instead of two, at the price of Trio's strict rule.
+    Peer(
+        "trionet-budget",
+        "trionet (schedule_budget=2)",
+        ("{python}", "servers/trionet_server.py", "--schedule-budget", "2"),
+        False,
+    ),
     Peer("trio", "trio.serve_tcp", ("{python}", "servers/trio_server.py"), True),
+    # The least an echo server on Trio can do while keeping every operation
+    # a checkpoint: the ceiling for trionet's strict default.
+    Peer(
+        "trio-floor",
+        "Trio-strict floor",
+        ("{python}", "servers/trio_floor_server.py"),
+        False,
+    ),
     Peer(
         "anyio-trio",
         "anyio on Trio",

@@ -3,8 +3,9 @@
 These tests pin down what the performance work (issue 5) must not break:
 
 * every operation is a cancel point, even one that could complete at once;
-* ``schedule_budget`` bounds how many immediately-completed operations may
-  run between two schedule points (1 = every one, Trio's strict rule);
+* ``schedule_budget`` bounds how many immediately-completed receives may
+  run between two schedule points (1 = every one, Trio's strict rule), and a
+  send always yields;
 * one connection streaming at full speed cannot starve another;
 * the bulk-read growth and the drain wake-up (``Poller.interrupt``) behave.
 """
@@ -147,24 +148,24 @@ async def _every_operation_schedules(
             assert data == b"y"
 
 
-async def test_budget_bounds_operations_between_schedule_points() -> None:
-    budget = 4
+@pytest.mark.parametrize("budget", [2, 4])
+async def test_budget_bounds_receives_between_schedule_points(budget: int) -> None:
     conn, peer = await socket_pair(schedule_budget=budget)
     try:
+        await peer.send(b"z" * 64)
+        await trio.testing.wait_all_tasks_blocked()
         task = trio.lowlevel.current_task()
-        since_last = 0
-        longest = 0
-        skipped = 0
+        since_last = longest = skipped = 0
         for _ in range(64):
             before = task._schedule_points
-            await conn.send_all(b"z")  # always completes at once: tiny, buffer empty
+            assert await conn.receive_some(1) == b"z"  # always at once: 64 bytes wait
             if task._schedule_points == before:
                 since_last += 1
                 skipped += 1
             else:
                 since_last = 0
             longest = max(longest, since_last)
-        # Never more than budget - 1 operations in a row without yielding ...
+        # Never more than budget - 1 receives in a row without yielding ...
         assert longest == budget - 1
         # ... and the budget really did save schedule points.
         assert skipped == 64 * (budget - 1) // budget
@@ -173,14 +174,31 @@ async def test_budget_bounds_operations_between_schedule_points() -> None:
         peer.close()
 
 
-async def test_schedule_budget_is_validated() -> None:
-    sock_a, sock_b = trio.socket.socketpair()
-    with sock_a, sock_b:
-        for bad in (0, -1, 1.5, "2"):
-            with pytest.raises(ValueError, match="schedule_budget"):
-                trionet.Connection(sock_a, schedule_budget=bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="schedule_budget"):
-        trionet.ServerConfig(schedule_budget=0)
+@pytest.mark.parametrize("budget", [1, 4, 64])
+async def test_send_always_yields_and_refills_the_budget(budget: int) -> None:
+    # Request/response: receive (may skip its schedule point), send (always
+    # yields), receive again -- the yield after the send gives the peer time
+    # to answer, so every receive right after a send skips its own.
+    conn, peer = await socket_pair(schedule_budget=budget)
+    try:
+        task = trio.lowlevel.current_task()
+        await peer.send(b"q" * 32)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(32):
+            with trio.testing.assert_checkpoints():
+                await conn.send_all(b"a")
+            before = task._schedule_points
+            assert await conn.receive_some(1) == b"q"
+            yielded = task._schedule_points != before
+            assert yielded == (budget == 1)
+        got = b""
+        with trio.fail_after(5):
+            while len(got) < 32:
+                got += await peer.recv(100)
+        assert got == b"a" * 32
+    finally:
+        conn.close()
+        peer.close()
 
 
 async def echo(conn: trionet.Connection) -> None:

@@ -1,0 +1,86 @@
+"""The Trio-strict floor: the least work an echo server on Trio can do while keeping Trio's rule.
+
+Not a library, a measuring stick.  Each connection is one task looping over
+the raw (non-blocking) stdlib socket: ``checkpoint_if_cancelled()``, then
+``recv()``; a schedule point; ``checkpoint_if_cancelled()``, then ``send()``;
+a schedule point -- exactly what Trio's "every operation is a checkpoint"
+rule costs, and nothing else: no stream object, no statistics, no drain, no
+error translation, no spin before parking (it parks in Trio's
+``wait_readable`` when ``recv()`` finds nothing).  The schedule point is the
+cheapest one known, the same one trionet uses
+(:func:`trionet._checkpoints.schedule_point`), so the gap between this server
+and trionet's default is everything else trionet does.
+
+What this bounds: no library that keeps every call a schedule point (and so
+passes ``trio.testing.check_half_closeable_stream``) can be much faster than
+this on Trio; its ratio to ``trio.serve_tcp`` is the ceiling for trionet's
+default (strict) configuration.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+from _common import BACKLOG, CHUNK, announce, raise_nofile_limit, server_args
+from trio.lowlevel import checkpoint_if_cancelled, wait_readable, wait_writable
+
+from trionet._checkpoints import schedule_point
+
+
+async def echo(raw: socket.socket) -> None:
+    try:
+        while True:
+            await checkpoint_if_cancelled()
+            try:
+                data = raw.recv(CHUNK)
+            except BlockingIOError:
+                await wait_readable(raw)  # a schedule point and a cancel point
+                continue
+            await schedule_point()
+            if not data:
+                return
+            await checkpoint_if_cancelled()
+            sent = 0
+            while True:
+                try:
+                    sent += raw.send(memoryview(data)[sent:] if sent else data)
+                except BlockingIOError:
+                    pass
+                if sent == len(data):
+                    break
+                await wait_writable(raw)
+            await schedule_point()
+    except OSError:
+        pass  # peer reset: this connection only
+    finally:
+        raw.close()
+
+
+async def main(host: str, port: int) -> None:
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(BACKLOG)
+    listener.setblocking(False)
+    announce(listener.getsockname()[1])
+    async with trio.open_nursery() as nursery:
+        while True:
+            await wait_readable(listener)
+            for _ in range(BACKLOG):  # accept what is queued, bounded
+                try:
+                    raw, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    await trio.sleep(0.01)  # EMFILE and friends: back off
+                    break
+                raw.setblocking(False)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(echo, raw)
+
+
+if __name__ == "__main__":
+    args = server_args((__doc__ or "").splitlines()[0]).parse_args()
+    raise_nofile_limit()
+    trio.run(main, args.host, args.port)

@@ -201,6 +201,50 @@ async def test_send_always_yields_and_refills_the_budget(budget: int) -> None:
         peer.close()
 
 
+async def test_schedule_budget_is_validated() -> None:
+    sock_a, sock_b = trio.socket.socketpair()
+    with sock_a, sock_b:
+        for bad in (0, -1, 1.5, "2"):
+            with pytest.raises(ValueError, match="schedule_budget"):
+                trionet.Connection(sock_a, schedule_budget=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="schedule_budget"):
+        trionet.ServerConfig(schedule_budget=0)
+
+
+@pytest.mark.parametrize("reader", ["anext", "receive_exactly", "receive_until"])
+async def test_budget_applies_to_every_receive_path(reader: str) -> None:
+    # ``async for`` (the path the benchmarks measure) and the buffered
+    # readers follow the same rule as receive_some: with a budget of 3, at
+    # most 2 receives in a row skip their schedule point, and some do.
+    budget = 3
+    conn, peer = await socket_pair(schedule_budget=budget)
+    try:
+        task = trio.lowlevel.current_task()
+        since_last = longest = skipped = 0
+        for i in range(30):
+            await peer.send(b"%02d\n" % i)
+            await trio.testing.wait_all_tasks_blocked()
+            before = task._schedule_points
+            if reader == "anext":
+                got = await conn.__anext__()
+            elif reader == "receive_exactly":
+                got = await conn.receive_exactly(3)
+            else:
+                got = await conn.receive_until(b"\n", max_size=10) + b"\n"
+            assert got == b"%02d\n" % i
+            if task._schedule_points == before:
+                since_last += 1
+                skipped += 1
+            else:
+                since_last = 0
+            longest = max(longest, since_last)
+        assert longest == budget - 1
+        assert skipped >= 30 * (budget - 1) // budget - 1
+    finally:
+        conn.close()
+        peer.close()
+
+
 async def echo(conn: trionet.Connection) -> None:
     async for chunk in conn:
         await conn.send_all(chunk)

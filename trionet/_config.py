@@ -116,8 +116,8 @@ class ServerConfig:
     idle_timeout: float | None = attrs.field(default=None, validator=_opt_seconds(False))
     #: Permission bits for Unix socket files (applied before ``listen()``).
     unix_mode: int | None = attrs.field(default=None, validator=_check_mode)
-    #: Most immediately-completed operations in a row without a schedule point (1 = strict
-    #: Trio; with N > 1 only receives skip theirs, a send always yields).
+    #: 1 = strict Trio (every call a schedule point); with N > 1, N - 1 immediately-completed
+    #: receives in a row may skip theirs, the N-th yields, and a send always yields.
     schedule_budget: int = attrs.field(default=DEFAULT_SCHEDULE_BUDGET, validator=_opt_int(1))
 
     @classmethod

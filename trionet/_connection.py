@@ -35,8 +35,10 @@ the public function).
 
 A ``schedule_budget`` of N > 1 (opt-in, like Tokio's cooperative budget)
 relaxes the schedule point of *receives* only: a receive that completes at
-once yields only if the N - 1 operations before it did not, so a task
-reading a flood still lets others run at least every N receives.  A send
+once yields only if the N - 1 operations before it on this connection did
+not, so a task reading a flood still lets others run at least every N
+receives (the budget is per connection: a task reading K connections in
+turn may skip K * (N - 1) times in a row).  A send
 that completes at once always ends with a schedule point and starts a new
 budget: in request/response traffic that yield is what gives the peer time
 to answer, so the next ``recv()`` finds the answer instead of ``EAGAIN``
@@ -264,11 +266,12 @@ class Connection(trio.abc.HalfCloseableStream):
             Connection parks in Trio's own waits.
         peer: the remote address, if already known (else ``getpeername()``).
         local: the local address, if already known (else asked lazily).
-        schedule_budget: at most this many immediately-completed
-            operations in a row without a schedule point; 1 (the default) is
-            Trio's strict rule.  With N > 1 only receives skip theirs (a send
-            always yields) and every operation is still a cancel point; see
-            the module notes.
+        schedule_budget: 1 (the default) is Trio's strict rule: every call
+            is a schedule point.  With N > 1, of N receives in a row on this
+            connection that complete at once only the N-th yields (N - 1
+            skip their schedule point); a send always yields, and every call
+            is still a cancel point.  The budget is per connection; see the
+            module notes.
 
     Attributes:
         socket: the underlying ``trio.socket.SocketType``.  On a server

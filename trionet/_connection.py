@@ -1054,20 +1054,15 @@ class Connection(trio.abc.HalfCloseableStream):
             if type(data) is not bytes and type(data) is not bytearray:
                 data = memoryview(data).cast("B")
             total = len(data)
-            # Inline, not _try_send(): a send_all coroutine is short-lived, so
-            # the frame object an EAGAIN materialises here dies with it.
-            try:
-                sent = raw.send(data) if total else 0
-            except BlockingIOError:
-                sent = 0
+            sent = _try_send(raw, data) if total else 0
             self.bytes_sent += sent
+            # A send refills the budget whatever happens next, and always
+            # yields: after a wait (a schedule point) or right here.
+            self._coop_left = self._budget
             if sent == total:
-                # The common case: the kernel took it all at once.  A send
-                # always yields, whatever the budget (see the module notes).
-                self._coop_left = self._budget
+                # The common case: the kernel took it all at once.
                 await _schedule_point()
                 return
-            self._coop_left = self._budget
             with memoryview(data) as view:
                 while sent < total:
                     self._waits += 1

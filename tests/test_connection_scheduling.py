@@ -408,58 +408,6 @@ async def _reads_grow_and_shrink(conn: trionet.Connection, peer: trio.socket.Soc
     assert conn._rx_size == DEFAULT_RECEIVE_SIZE
 
 
-async def test_drain_wakes_the_reader_but_not_a_blocked_writer(
-    trionet_server: ServerFactory,
-) -> None:
-    # A handler reading with ``async for`` while another task of it is
-    # blocked sending (the client is not reading): a drain ends the loop;
-    # the sender -- not woken at all on the poller (Poller.interrupt wakes
-    # only the reader), or woken by the same notify_closing() and waiting
-    # again on Trio's waits -- finishes once the client reads.
-    writer_blocked = trio.Event()
-    writer_done = trio.Event()
-    reader_done = trio.Event()
-    big = b"w" * (8 << 20)
-
-    async def handler(conn: trionet.Connection) -> None:
-        async def writer() -> None:
-            writer_blocked.set()
-            await conn.send_all(big)
-            writer_done.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer)
-            async for _chunk in conn:
-                pass
-            reader_done.set()
-
-    server = await trionet_server(handler)
-    port = server.addresses[0].port  # type: ignore[union-attr]
-    sock = trio.socket.socket()
-    with sock:
-        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
-        with trio.fail_after(10):
-            await sock.connect(("127.0.0.1", port))
-            await sock.send(b"hello")  # has spoken: ends at once on drain
-            await writer_blocked.wait()
-            await trio.testing.wait_all_tasks_blocked()
-            async with trio.open_nursery() as nursery:
-
-                async def shutdown() -> None:
-                    await server.shutdown(10)
-
-                nursery.start_soon(shutdown)
-                await reader_done.wait()
-                assert not writer_done.is_set()
-                got = 0
-                while got < len(big):
-                    data = await sock.recv(1 << 20)
-                    assert data
-                    got += len(data)
-                await writer_done.wait()
-    assert server.stats.handler_errors == 0
-
-
 async def test_idle_connections_stop_spinning_and_waits_stay_cancellable() -> None:
     conn, peer = await socket_pair()
     try:

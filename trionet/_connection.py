@@ -70,8 +70,8 @@ Hot-path choices (each measured, see ``docs/source/benchmarks.rst``):
   cancel scope costs more than a whole scheduler pass).  The latter leans on
   ``notify_closing`` waking waiters
   without touching the descriptor, so it can be waited on again -- true of
-  Trio's epoll and kqueue backends, and guarded by
-  ``test_drain_wakes_the_reader_but_not_a_blocked_writer``.
+  Trio's epoll and kqueue backends, and guarded by the ``trio`` case of
+  ``tests/test_poller.py::test_drain_wakes_only_the_reader_of_a_connection_with_a_parked_writer``.
 
 Errors
 ------

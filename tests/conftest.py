@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import pytest
 import trio
 
+import trionet
+
 
 def require_program(name: str) -> str:
     """Path of an external peer program, or skip the test saying which is missing.
@@ -57,6 +59,13 @@ def custom_socket_class(cls: type[trio.socket.SocketType]) -> Iterator[None]:
         yield
     finally:
         trio.socket.set_custom_socket_factory(previous)
+
+
+def port_of(server: trionet.Server) -> int:
+    """The TCP port of a server's first listener."""
+    address = server.addresses[0]
+    assert isinstance(address, trionet.TCPAddress)
+    return address.port
 
 
 async def connect_tcp(port: int) -> trio.socket.SocketType:

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from conftest import connect_tcp, custom_socket_class, wait_until
+from conftest import connect_tcp, custom_socket_class, port_of, wait_until
 from trio._socket import _SocketType
 
 import trionet
@@ -32,12 +32,6 @@ from trionet._ratelimit import RateLimiter
 from trionet._stats import Counters
 
 ServerFactory = Any
-
-
-def port_of(server: trionet.Server) -> int:
-    address = server.addresses[0]
-    assert isinstance(address, TCPAddress)
-    return address.port
 
 
 async def echo(conn: trionet.Connection) -> None:

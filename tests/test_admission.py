@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import wait_until
+from conftest import port_of, wait_until
 
 import trionet
 from trionet import AccessPolicy, TCPAddress, UnixAddress, _server
@@ -64,12 +64,6 @@ async def round_trip(sock: trio.socket.SocketType, data: bytes = b"ping\n") -> b
     with trio.fail_after(5):
         await sock.send(data)
         return await sock.recv(100)
-
-
-def port_of(server: trionet.Server) -> int:
-    address = server.addresses[0]
-    assert isinstance(address, TCPAddress)
-    return address.port
 
 
 # ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import trio
 import trio.testing
+from conftest import port_of
 from test_connection import ProxySocket
 
 import trionet
@@ -259,7 +260,7 @@ async def test_a_flooding_connection_cannot_starve_another(
     # so it does not depend on this Trio process giving it turns: the
     # server's flooded connection always has data waiting.
     server = await trionet_server(echo, schedule_budget=budget)
-    port = server.addresses[0].port  # type: ignore[union-attr]
+    port = port_of(server)
     stop = threading.Event()
     echoed = 0
     flood = stdlib_socket.create_connection(("127.0.0.1", port), timeout=10)

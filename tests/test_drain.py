@@ -10,18 +10,12 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import connect_tcp, wait_until
+from conftest import connect_tcp, port_of, wait_until
 
 import trionet
-from trionet import ShutdownReport, TCPAddress, _server
+from trionet import ShutdownReport, _server
 
 ServerFactory = Any
-
-
-def port_of(server: trionet.Server) -> int:
-    address = server.addresses[0]
-    assert isinstance(address, TCPAddress)
-    return address.port
 
 
 async def open_client(port: int) -> trionet.Connection:

@@ -45,10 +45,10 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import connect_tcp
+from conftest import connect_tcp, port_of
 
 import trionet
-from trionet import Connection, TCPAddress, _poller
+from trionet import Connection, _poller
 from trionet._connection import raw_socket_of
 from trionet._poller import READ, WRITE, Poller
 
@@ -600,12 +600,6 @@ async def test_many_parked_connections_each_get_their_own_data(
 
 # ----------------------------------------------------------------------
 # 6. A server drain ends ``async for`` handlers parked on the poller
-
-
-def port_of(server: trionet.Server) -> int:
-    address = server.addresses[0]
-    assert isinstance(address, TCPAddress)
-    return address.port
 
 
 @needs_epoll

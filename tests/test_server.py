@@ -20,7 +20,7 @@ import h11
 import pytest
 import trio
 import trio.testing
-from conftest import require_program
+from conftest import port_of, require_program
 
 import trionet
 import trionet._accept
@@ -202,7 +202,7 @@ async def test_wildcard_connections_report_the_real_local_address(
         got.append(conn.local)
 
     server = await trionet_server(note_local, "tcp://*:0")
-    port = server.addresses[0].port  # type: ignore[union-attr]
+    port = port_of(server)
     with await connect(TCPAddress("127.0.0.1", port)) as sock:
         await recv_until_eof(sock)
     assert got == [TCPAddress("127.0.0.1", port)]
@@ -631,7 +631,7 @@ async def run_peer(args: list[str], stdin: bytes = b"") -> bytes:
 async def test_h11_handler_serves_curl(trionet_server: ServerFactory) -> None:
     curl = require_program("curl")
     server = await trionet_server(http_handler)
-    port = server.addresses[0].port  # type: ignore[union-attr]
+    port = port_of(server)
     out = await run_peer(
         [curl, "-s", "--max-time", "10", "-w", "|%{http_code}", f"http://127.0.0.1:{port}/hello"]
     )
@@ -647,7 +647,7 @@ async def test_h11_handler_serves_curl(trionet_server: ServerFactory) -> None:
 async def test_h11_handler_keep_alive_with_curl(trionet_server: ServerFactory) -> None:
     curl = require_program("curl")
     server = await trionet_server(http_handler)
-    port = server.addresses[0].port  # type: ignore[union-attr]
+    port = port_of(server)
     out = await run_peer(
         [
             curl,
@@ -692,7 +692,7 @@ async def shout(conn: Connection) -> None:
 async def test_socat_tcp_peer(trionet_server: ServerFactory) -> None:
     socat = require_program("socat")
     server = await trionet_server(shout)
-    port = server.addresses[0].port  # type: ignore[union-attr]
+    port = port_of(server)
     stdin = b"hello\nsocat\r\n"
     out = await run_peer([socat, "-", f"TCP:127.0.0.1:{port}"], stdin=stdin)
     assert out == b"HELLO\nSOCAT\n"
@@ -706,7 +706,7 @@ async def test_socat_tcp_peer(trionet_server: ServerFactory) -> None:
 async def test_socat_ipv6_peer(trionet_server: ServerFactory) -> None:
     socat = require_program("socat")
     server = await trionet_server(echo, "tcp://[::1]:0")
-    port = server.addresses[0].port  # type: ignore[union-attr]
+    port = port_of(server)
     payload = uuid.uuid4().hex.encode() * 1000
     out = await run_peer([socat, "-", f"TCP6:[::1]:{port}"], stdin=payload)
     assert out == payload

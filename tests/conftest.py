@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 import trio
+import trio.testing
 
 import trionet
 
@@ -78,3 +79,19 @@ async def connect_tcp(port: int) -> trio.socket.SocketType:
         sock.close()
         raise
     return sock
+
+
+async def fill_stream(s: trio.abc.SendStream) -> None:
+    """Send until the stream blocks (as trio's own test_highlevel_socket does)."""
+
+    async def sender() -> None:
+        while True:
+            await s.send_all(b"x" * 10000)
+
+    async def waiter(nursery: trio.Nursery) -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        nursery.start_soon(waiter, nursery)

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from conftest import fill_stream
 
 import trionet
 from trionet import ConnectAttempt, ConnectError, ConnectTimeout, TCPAddress, UnixAddress
@@ -338,22 +339,6 @@ async def _client_and_server(
     return client, trionet.Connection(server_sock)
 
 
-async def _fill_stream(stream: trionet.Connection) -> None:
-    # As trio's own SocketStream tests do: send until the kernel buffers are
-    # full and the sender blocks, then stop.
-    async def sender() -> None:
-        while True:
-            await stream.send_all(b"x" * 10000)
-
-    async def stopper(nursery: trio.Nursery) -> None:
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sender)
-        nursery.start_soon(stopper, nursery)
-
-
 async def test_check_half_closeable_stream_tcp_client() -> None:
     # A *clogged* TCP pair is not stable on Linux: a send that hit EAGAIN can
     # be followed by small sends the kernel fits into the tail segment, and
@@ -388,14 +373,14 @@ async def test_check_half_closeable_stream_unix_client_clogged(unused_unix_path:
 
     async def clogged_client_first() -> tuple[trionet.Connection, trionet.Connection]:
         left, right = await client_first()
-        await _fill_stream(left)
-        await _fill_stream(right)
+        await fill_stream(left)
+        await fill_stream(right)
         return left, right
 
     async def clogged_server_first() -> tuple[trionet.Connection, trionet.Connection]:
         left, right = await server_first()
-        await _fill_stream(left)
-        await _fill_stream(right)
+        await fill_stream(left)
+        await fill_stream(right)
         return left, right
 
     with trio.fail_after(30):

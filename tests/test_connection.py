@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from conftest import fill_stream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -199,22 +200,6 @@ async def start_source(factory: ServerFactory, *binds: Any, **options: Any) -> C
 
     server = await factory(hand_out, *binds, **options)
     return ConnSource(server, receive)
-
-
-async def fill_stream(s: trio.abc.SendStream) -> None:
-    """Send until the stream blocks (as trio's own test_highlevel_socket does)."""
-
-    async def sender() -> None:
-        while True:
-            await s.send_all(b"x" * 10000)
-
-    async def waiter(nursery: trio.Nursery) -> None:
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sender)
-        nursery.start_soon(waiter, nursery)
 
 
 def _stdlib_socket_of(stream: trio.abc.Stream) -> stdlib_socket.socket:

@@ -537,27 +537,6 @@ async def test_max_connections_per_host_rejects_the_excess(
     assert server.stats.accepted == 4
 
 
-async def test_refused_unix_peer_is_closed(
-    trionet_server: ServerFactory, unused_unix_path: str
-) -> None:
-    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
-        raise AssertionError("refused peers never reach the handler")
-
-    server = await trionet_server(
-        handler, f"unix:{unused_unix_path}", access=AccessPolicy(unix_uids=[12345])
-    )
-    sock = trio.socket.socket(socket.AF_UNIX)
-    with sock:
-        await sock.connect(unused_unix_path)
-        with trio.fail_after(5):
-            try:
-                data = await sock.recv(10)
-            except ConnectionResetError:
-                data = b""
-        assert data == b""
-    assert server.stats.rejected_access == 1
-
-
 async def test_unparseable_unix_peer_fails_closed(
     trionet_server: ServerFactory, unused_unix_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:

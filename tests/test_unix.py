@@ -40,6 +40,18 @@ async def unix_client(path: str) -> trionet.Connection:
     return trionet.Connection(sock)
 
 
+async def assert_refused(path: str) -> None:
+    """Connect to ``path`` and see the server close (or reset) before any byte."""
+    conn = await unix_client(path)
+    async with conn:
+        with trio.fail_after(5):
+            try:
+                data = await conn.receive_some()
+            except trio.BrokenResourceError:
+                data = b""
+        assert data == b""
+
+
 async def assert_echoes(path: str) -> None:
     conn = await unix_client(path)
     async with conn:
@@ -266,14 +278,7 @@ async def test_unix_uids_refuses_other_uids(
     server = await trionet_server(
         handler, f"unix:{unused_unix_path}", access=AccessPolicy(unix_uids=[os.getuid() + 12345])
     )
-    conn = await unix_client(unused_unix_path)
-    async with conn:
-        with trio.fail_after(5):
-            try:
-                data = await conn.receive_some()
-            except trio.BrokenResourceError:
-                data = b""
-        assert data == b""
+    await assert_refused(unused_unix_path)
     assert server.stats.rejected_access == 1
 
 
@@ -349,13 +354,7 @@ async def test_unix_uids_with_a_real_other_uid(
         assert len(creds) == 1 and creds[0] is not None
         assert creds[0][1:] == (_OTHER_UID, _OTHER_UID)
         # Our own uid (root) is not on the list.
-        conn = await unix_client(unused_unix_path)
-        async with conn:
-            try:
-                data = await conn.receive_some()
-            except trio.BrokenResourceError:
-                data = b""
-            assert data == b""
+        await assert_refused(unused_unix_path)
         assert server.stats.rejected_access == 1
         await server.shutdown(1)
 

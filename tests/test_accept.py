@@ -408,6 +408,27 @@ async def start_blocked_server(
     return server, release, first, waiting
 
 
+async def drain_releasing(
+    server: trionet.Server,
+    release: trio.Event,
+    waiting: list[trio.socket.SocketType],
+    nursery: trio.Nursery,
+) -> tuple[list[bytes], trionet.ShutdownReport]:
+    """Start a drain, let the held handler finish, and collect every queued
+    client's reply and the drain's report."""
+    reports: list[trionet.ShutdownReport] = []
+
+    async def drain() -> None:
+        reports.append(await server.shutdown(10))
+
+    nursery.start_soon(drain)
+    await wait_until(lambda: server.draining)
+    release.set()
+    replies = [await reply_of(sock) for sock in waiting]
+    await wait_until(lambda: bool(reports))
+    return replies, reports[0]
+
+
 async def reply_of(sock: trio.socket.SocketType) -> bytes:
     with trio.fail_after(5):
         try:
@@ -425,18 +446,9 @@ async def test_sweep_skips_a_client_that_gave_up_and_serves_the_rest(
     flaky(probe)
     server, release, first, waiting = await start_blocked_server(trionet_server, 5)
     probe.server = server
-    reports: list[trionet.ShutdownReport] = []
-
-    async def drain() -> None:
-        reports.append(await server.shutdown(10))
-
-    nursery.start_soon(drain)
-    await wait_until(lambda: server.draining)
-    release.set()
-    replies = [await reply_of(sock) for sock in waiting]
+    replies, report = await drain_releasing(server, release, waiting, nursery)
     assert replies == [b"q%d served\n" % i for i in range(5)]
-    await wait_until(lambda: bool(reports))
-    assert reports[0].swept == 5
+    assert report.swept == 5
     assert server.stats.accept_errors == 1
     for sock in [first, *waiting]:
         sock.close()
@@ -456,19 +468,10 @@ async def test_descriptor_exhaustion_during_the_sweep_is_logged_and_counted(
     flaky(probe)
     server, release, first, waiting = await start_blocked_server(trionet_server, 4)
     probe.server = server
-    reports: list[trionet.ShutdownReport] = []
-
-    async def drain() -> None:
-        reports.append(await server.shutdown(10))
-
-    nursery.start_soon(drain)
-    await wait_until(lambda: server.draining)
-    release.set()
-    replies = [await reply_of(sock) for sock in waiting]
+    replies, report = await drain_releasing(server, release, waiting, nursery)
     assert replies[0] == b"q0 served\n"
     assert all(r in (b"", b"(reset)") for r in replies[1:]), replies
-    await wait_until(lambda: bool(reports))
-    assert reports[0].swept == 1
+    assert report.swept == 1
     assert probe.sweep_calls == 2  # stopped at the first EMFILE, no retry loop
     assert server.stats.accept_errors == 1
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -298,16 +298,18 @@ async def test_callable_access_check_sees_connection_info(trionet_server: Server
     assert server.stats.rejected_access == 1
 
 
+def broken_policy(info: trionet.ConnectionInfo) -> bool:
+    raise RuntimeError("policy database unavailable")
+
+
+async def never_admitted(conn: trionet.Connection) -> None:  # pragma: no cover
+    raise AssertionError("a broken policy must not admit anybody")
+
+
 async def test_broken_access_check_refuses_and_logs(
     trionet_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def explode(info: trionet.ConnectionInfo) -> bool:
-        raise RuntimeError("policy database unavailable")
-
-    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
-        raise AssertionError("a broken policy must not admit anybody")
-
-    server = await trionet_server(handler, access=explode)
+    server = await trionet_server(never_admitted, access=broken_policy)
     assert await refused("127.0.0.1", port_of(server)) == "reset"
     assert server.stats.rejected_access == 1
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -606,13 +608,7 @@ async def test_unparseable_tcp_peer_is_refused_even_without_a_policy(
 async def test_access_callable_errors_are_rate_limited(
     trionet_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def explode(info: trionet.ConnectionInfo) -> bool:
-        raise RuntimeError("policy database unavailable")
-
-    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
-        raise AssertionError("a broken policy must not admit anybody")
-
-    server = await trionet_server(handler, access=explode)
+    server = await trionet_server(never_admitted, access=broken_policy)
     port = port_of(server)
     attempts = 40
     for _ in range(attempts):

@@ -85,6 +85,17 @@ def _seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> N
         raise ValueError(f"{attribute.name} must be >= 0 seconds, not {value!r}")
 
 
+def check_grace(grace: object) -> None:
+    """The ``grace`` argument of ``shutdown``/``drain_on_signals``: seconds >= 0."""
+    if (
+        not isinstance(grace, (int, float))
+        or isinstance(grace, bool)
+        or math.isnan(grace)
+        or grace < 0
+    ):
+        raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+
+
 @attrs.frozen
 class ShutdownReport:
     """What a graceful drain did.
@@ -155,13 +166,8 @@ async def drain_on_signals(
     signals = tuple(signals)
     if not signals:
         raise ValueError("drain_on_signals needs at least one signal")
-    if grace is not None and (
-        not isinstance(grace, (int, float))
-        or isinstance(grace, bool)
-        or math.isnan(grace)
-        or grace < 0
-    ):
-        raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+    if grace is not None:
+        check_grace(grace)
     with trio.open_signal_receiver(*signals) as received:
 
         async def on_signals(nursery: trio.Nursery) -> None:

@@ -99,7 +99,7 @@ from ._address import Address, UnixAddress, address_from_sockaddr
 from ._admission import REFUSED, Admission
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionInfo, configure_tcp_socket
-from ._drain import ShutdownReport
+from ._drain import ShutdownReport, check_grace
 from ._exceptions import IncompleteRead, LocalProtocolError
 from ._idle import IdleReaper
 from ._listeners import Bind, Listener, close_listeners, open_listeners
@@ -270,13 +270,7 @@ class Server:
         """
         if grace is None:
             grace = self.config.shutdown_grace
-        if (
-            not isinstance(grace, (int, float))
-            or isinstance(grace, bool)
-            or math.isnan(grace)
-            or grace < 0
-        ):
-            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        check_grace(grace)
         deadline = trio.current_time() + grace
         if not self._shutdown_started:
             self._shutdown_started = True

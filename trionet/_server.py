@@ -83,7 +83,6 @@ counted in ``stats.resets`` and logged at debug level, under either setting.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import socket as _stdlib_socket
@@ -707,6 +706,17 @@ async def serve(
     """
     config = ServerConfig.from_options(options)
     _check_handler(handler, binds)
+    await _serve(handler, binds, config, task_status)
+
+
+async def _serve(
+    handler: Handler,
+    binds: tuple[Bind, ...],
+    config: ServerConfig,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    # serve() once its arguments are validated (open_server validates first,
+    # outside its nursery, so errors come out unwrapped -- and only once).
     listeners = await open_listeners(binds, backlog=config.backlog, unix_mode=config.unix_mode)
     try:
         server = Server(handler, listeners, config)
@@ -749,9 +759,7 @@ async def open_server(handler: Handler, *binds: Bind, **options: Any) -> AsyncIt
     body_error: BaseException | None = None
     with unwrap_single():
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(
-                functools.partial(serve, handler, *binds, **options)
-            )
+            server: Server = await nursery.start(_serve, handler, binds, config)
             try:
                 yield server
             except BaseException as exc:

@@ -17,6 +17,7 @@ import itertools
 import socket as stdlib_socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 import trio
@@ -28,6 +29,7 @@ import trionet
 from trionet._connection import _ITER_MAX, _SPIN_BACKOFF, DEFAULT_RECEIVE_SIZE, raw_socket_of
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
+T = TypeVar("T")
 
 
 async def socket_pair(
@@ -149,27 +151,34 @@ async def _every_operation_schedules(
             assert data == b"y"
 
 
+async def yielded(operation: Awaitable[T]) -> tuple[T, bool]:
+    """Await ``operation``; also say whether it went through a schedule point."""
+    task = trio.lowlevel.current_task()
+    before = task._schedule_points
+    result = await operation
+    return result, task._schedule_points != before
+
+
+def longest_run_without_yield(yields: list[bool]) -> int:
+    """The most operations in a row that skipped their schedule point."""
+    return max((len(list(run)) for y, run in itertools.groupby(yields) if not y), default=0)
+
+
 @pytest.mark.parametrize("budget", [2, 4])
 async def test_budget_bounds_receives_between_schedule_points(budget: int) -> None:
     conn, peer = await socket_pair(schedule_budget=budget)
     try:
         await peer.send(b"z" * 64)
         await trio.testing.wait_all_tasks_blocked()
-        task = trio.lowlevel.current_task()
-        since_last = longest = skipped = 0
+        yields = []
         for _ in range(64):
-            before = task._schedule_points
-            assert await conn.receive_some(1) == b"z"  # always at once: 64 bytes wait
-            if task._schedule_points == before:
-                since_last += 1
-                skipped += 1
-            else:
-                since_last = 0
-            longest = max(longest, since_last)
+            data, did_yield = await yielded(conn.receive_some(1))
+            assert data == b"z"  # always at once: 64 bytes wait
+            yields.append(did_yield)
         # Never more than budget - 1 receives in a row without yielding ...
-        assert longest == budget - 1
+        assert longest_run_without_yield(yields) == budget - 1
         # ... and the budget really did save schedule points.
-        assert skipped == 64 * (budget - 1) // budget
+        assert yields.count(False) == 64 * (budget - 1) // budget
     finally:
         conn.close()
         peer.close()
@@ -182,16 +191,14 @@ async def test_send_always_yields_and_refills_the_budget(budget: int) -> None:
     # to answer, so every receive right after a send skips its own.
     conn, peer = await socket_pair(schedule_budget=budget)
     try:
-        task = trio.lowlevel.current_task()
         await peer.send(b"q" * 32)
         await trio.testing.wait_all_tasks_blocked()
         for _ in range(32):
             with trio.testing.assert_checkpoints():
                 await conn.send_all(b"a")
-            before = task._schedule_points
-            assert await conn.receive_some(1) == b"q"
-            yielded = task._schedule_points != before
-            assert yielded == (budget == 1)
+            data, did_yield = await yielded(conn.receive_some(1))
+            assert data == b"q"
+            assert did_yield == (budget == 1)
         got = b""
         with trio.fail_after(5):
             while len(got) < 32:
@@ -220,27 +227,25 @@ async def test_budget_applies_to_every_receive_path(reader: str) -> None:
     budget = 3
     conn, peer = await socket_pair(schedule_budget=budget)
     try:
-        task = trio.lowlevel.current_task()
-        since_last = longest = skipped = 0
+
+        async def until_newline() -> bytes:
+            return await conn.receive_until(b"\n", max_size=10) + b"\n"
+
+        readers: dict[str, Callable[[], Awaitable[bytes]]] = {
+            "anext": conn.__anext__,
+            "receive_exactly": functools.partial(conn.receive_exactly, 3),
+            "receive_until": until_newline,
+        }
+        read = readers[reader]
+        yields = []
         for i in range(30):
             await peer.send(b"%02d\n" % i)
             await trio.testing.wait_all_tasks_blocked()
-            before = task._schedule_points
-            if reader == "anext":
-                got = await conn.__anext__()
-            elif reader == "receive_exactly":
-                got = await conn.receive_exactly(3)
-            else:
-                got = await conn.receive_until(b"\n", max_size=10) + b"\n"
+            got, did_yield = await yielded(read())
             assert got == b"%02d\n" % i
-            if task._schedule_points == before:
-                since_last += 1
-                skipped += 1
-            else:
-                since_last = 0
-            longest = max(longest, since_last)
-        assert longest == budget - 1
-        assert skipped >= 30 * (budget - 1) // budget - 1
+            yields.append(did_yield)
+        assert longest_run_without_yield(yields) == budget - 1
+        assert yields.count(False) >= 30 * (budget - 1) // budget - 1
     finally:
         conn.close()
         peer.close()

@@ -114,6 +114,15 @@ Start = Callable[..., CLIProcess]
 @pytest.fixture
 def cli() -> Iterator[Start]:
     """Start ``python -m trionet`` processes; every one still running is killed afterwards."""
+    # A test run started in the background by a non-interactive shell
+    # (``make test &`` in a script) has SIGINT *ignored*, and passes that on
+    # to its children; Python, like any Unix program, leaves an inherited
+    # SIG_IGN alone, so the Ctrl-C tests could not deliver theirs.  With a
+    # handler installed here, children start with SIGINT's default action,
+    # as a command typed in an interactive shell does.
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     started: list[CLIProcess] = []
 
     def start(*args: str, cwd: Path | None = None, stdin: Any = subprocess.DEVNULL) -> CLIProcess:
@@ -121,14 +130,18 @@ def cli() -> Iterator[Start]:
         started.append(proc)
         return proc
 
-    yield start
-    for proc in started:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-        proc.popen.wait(TIMEOUT)
-        for stream in (proc.popen.stdin, proc.popen.stdout, proc.popen.stderr):
-            if stream is not None:
-                stream.close()
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.popen.poll() is None:
+                proc.popen.kill()
+            proc.popen.wait(TIMEOUT)
+            for stream in (proc.popen.stdin, proc.popen.stdout, proc.popen.stderr):
+                if stream is not None:
+                    stream.close()
+        if inherited == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def socat(*args: str, data: bytes = b"") -> bytes:

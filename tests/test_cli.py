@@ -7,6 +7,7 @@ bound every wait with a timeout, and kill whatever is left in teardown.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import queue
@@ -46,18 +47,41 @@ LOCAL = "tcp://127.0.0.1:0"
 ################################################################
 
 
+@contextlib.contextmanager
+def sigint_default_in_children() -> Iterator[None]:
+    """Children started inside get SIGINT's default action, even if we ignore it.
+
+    A test run started in the background by a non-interactive shell (``make
+    test &`` in a script) has SIGINT ignored.  exec() keeps an ignored signal
+    ignored -- and Python, as Unix programs conventionally do, leaves it so --
+    but resets a handled one to its default action.  So for just the moment
+    of the fork and exec we handle it: ``trionet connect`` then reacts to
+    Ctrl-C as it does when typed in an interactive shell.
+    """
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
 class CLIProcess:
     """``python -m trionet ARGS`` with its stdout read line by line in a thread."""
 
     def __init__(self, args: tuple[str, ...], cwd: Path | None, stdin: Any) -> None:
         self.args = args
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "trionet", *args],
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-        )
+        with sigint_default_in_children():
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "trionet", *args],
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+            )
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
@@ -114,15 +138,6 @@ Start = Callable[..., CLIProcess]
 @pytest.fixture
 def cli() -> Iterator[Start]:
     """Start ``python -m trionet`` processes; every one still running is killed afterwards."""
-    # A test run started in the background by a non-interactive shell
-    # (``make test &`` in a script) has SIGINT *ignored*, and passes that on
-    # to its children; Python, like any Unix program, leaves an inherited
-    # SIG_IGN alone, so the Ctrl-C tests could not deliver theirs.  With a
-    # handler installed here, children start with SIGINT's default action,
-    # as a command typed in an interactive shell does.
-    inherited = signal.getsignal(signal.SIGINT)
-    if inherited == signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     started: list[CLIProcess] = []
 
     def start(*args: str, cwd: Path | None = None, stdin: Any = subprocess.DEVNULL) -> CLIProcess:
@@ -130,18 +145,14 @@ def cli() -> Iterator[Start]:
         started.append(proc)
         return proc
 
-    try:
-        yield start
-    finally:
-        for proc in started:
-            if proc.popen.poll() is None:
-                proc.popen.kill()
-            proc.popen.wait(TIMEOUT)
-            for stream in (proc.popen.stdin, proc.popen.stdout, proc.popen.stderr):
-                if stream is not None:
-                    stream.close()
-        if inherited == signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield start
+    for proc in started:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+        proc.popen.wait(TIMEOUT)
+        for stream in (proc.popen.stdin, proc.popen.stdout, proc.popen.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def socat(*args: str, data: bytes = b"") -> bytes:

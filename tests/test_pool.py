@@ -201,8 +201,9 @@ async def test_block_that_raises_discards_its_connection(trionet_server: Any) ->
                 raise ValueError("handler bug")
         assert conn.closed
         assert pool.stats.discarded == 1 and pool.stats.idle == 0
-        with trio.move_on_after(0.05) as scope:
+        with trio.CancelScope() as scope:
             async with pool.connection() as conn2:
+                scope.cancel()  # the block is cancelled while it holds conn2
                 await trio.sleep_forever()
         assert scope.cancelled_caught
         assert conn2.closed
@@ -356,13 +357,13 @@ async def test_idle_connections_are_swept_in_the_background(trionet_server: Any)
 
 async def test_idle_expiry_is_lazy_without_async_with(trionet_server: Any) -> None:
     server = await trionet_server(echo_lines)
-    pool = ConnectionPool(server.addresses[0], idle_timeout=0.1)
+    pool = ConnectionPool(server.addresses[0], idle_timeout=0.3)
     with trio.fail_after(5):
         async with pool.connection() as first:
             await roundtrip(first, b"1")
         async with pool.connection() as again:
             assert again is first  # fresh enough to reuse
-        await trio.sleep(0.15)  # let it age past idle_timeout
+        await trio.sleep(0.35)  # let it age past idle_timeout
         assert pool.stats.idle == 1  # no background sweep without `async with`
         async with pool.connection() as second:
             await roundtrip(second, b"2")
@@ -522,12 +523,13 @@ async def test_enclosing_cancel_of_a_pool_with_a_sweep_is_clean(trionet_server: 
     pool = ConnectionPool(server.addresses[0], idle_timeout=30.0)
     server_saw_close = handler.closed
     with trio.fail_after(5):
-        with trio.move_on_after(0.2) as scope:
+        with trio.CancelScope() as scope:
             async with pool:
                 async with pool.connection() as first:
                     await roundtrip(first, b"x")
                 async with pool.connection() as busy:
                     assert busy is first
+                    scope.cancel()  # from outside the pool, while a connection is lent
                     await trio.sleep_forever()
         assert scope.cancelled_caught
         assert pool.closed and busy.closed

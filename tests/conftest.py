@@ -95,3 +95,26 @@ async def fill_stream(s: trio.abc.SendStream) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender)
         nursery.start_soon(waiter, nursery)
+
+
+class ExitRecordingEcho:
+    """An ``async for`` echo handler that records every connection and how its loop ended.
+
+    ``exits`` gets "drained" (a drain ended the iteration), "eof" (the peer
+    closed) or "cancelled" -- the bug the drain tests look for: a keep-alive
+    loop must end by itself on a drain, not be cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.conns: list[trionet.Connection] = []
+        self.exits: list[str] = []
+
+    async def __call__(self, conn: trionet.Connection) -> None:
+        self.conns.append(conn)
+        try:
+            async for chunk in conn:
+                await conn.send_all(chunk)
+        except trio.Cancelled:  # pragma: no cover - would be the bug
+            self.exits.append("cancelled")
+            raise
+        self.exits.append("drained" if conn.draining.is_set() else "eof")

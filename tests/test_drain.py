@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import connect_tcp, port_of, wait_until
+from conftest import ExitRecordingEcho, connect_tcp, port_of, wait_until
 
 import trionet
 from trionet import ShutdownReport, _server
@@ -209,17 +209,7 @@ async def test_short_grace_cancels_stragglers_on_time(
 async def test_keep_alive_loop_exits_by_itself_on_drain(
     trionet_server: ServerFactory, nursery: trio.Nursery
 ) -> None:
-    exits: list[str] = []
-
-    async def keep_alive(conn: trionet.Connection) -> None:
-        try:
-            async for chunk in conn:
-                await conn.send_all(chunk)
-        except trio.Cancelled:  # pragma: no cover - would be the bug
-            exits.append("cancelled")
-            raise
-        exits.append("drained" if conn.draining.is_set() else "eof")
-
+    keep_alive = ExitRecordingEcho()
     server = await trionet_server(keep_alive)
     conn = await open_client(port_of(server))
     async with conn:
@@ -231,7 +221,7 @@ async def test_keep_alive_loop_exits_by_itself_on_drain(
         report = await shutdown.wait(timeout=5)
         with trio.fail_after(5):
             assert await conn.receive_some() == b""
-    assert exits == ["drained"]
+    assert keep_alive.exits == ["drained"]
     assert (report.finished, report.cancelled) == (1, 0)
     assert report.elapsed < 1
 

@@ -45,7 +45,7 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import connect_tcp, port_of
+from conftest import ExitRecordingEcho, connect_tcp, port_of
 
 import trionet
 from trionet import Connection, _poller
@@ -607,19 +607,8 @@ async def test_shutdown_ends_async_for_handlers_parked_on_the_poller(
     poller_on: None, trionet_server: ServerFactory
 ) -> None:
     n = 20
-    conns: list[Connection] = []
-    exits: list[str] = []
-
-    async def echo(conn: Connection) -> None:
-        conns.append(conn)
-        try:
-            async for chunk in conn:
-                await conn.send_all(chunk)
-        except trio.Cancelled:  # pragma: no cover - would be the bug
-            exits.append("cancelled")
-            raise
-        exits.append("drained" if conn.draining.is_set() else "eof")
-
+    echo = ExitRecordingEcho()
+    conns = echo.conns
     server = await trionet_server(echo)
     clients = [adopt(await connect_tcp(port_of(server))) for _ in range(n)]
     try:
@@ -637,7 +626,7 @@ async def test_shutdown_ends_async_for_handlers_parked_on_the_poller(
             report = await server.shutdown(30)
         assert (report.finished, report.cancelled) == (n, 0)
         assert report.elapsed < 5  # nowhere near the grace period
-        assert exits == ["drained"] * n
+        assert echo.exits == ["drained"] * n
         assert all(conn.closed for conn in conns)
         assert not any(p is conn for p in poller._by_fd.values() for conn in conns)
         with trio.fail_after(5):

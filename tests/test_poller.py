@@ -892,6 +892,30 @@ def install_failing_poller(
     return poller, ep
 
 
+async def fail_poller_and_wake(
+    ep: FailingEpoll, trigger_peer: stdlib_socket.socket, woken: Outcome
+) -> None:
+    """Make the poller's next epoll call fail, and wake it with data for ``woken``.
+
+    Returns once ``woken`` (a receive on ``trigger_peer``'s connection) has
+    the data and every task has settled after the failure.
+    """
+    ep.fail = True
+    trigger_peer.send(b"trigger")
+    assert await woken.wait() == b"trigger"
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def assert_both_directions_served(peer: Connection, reader: Outcome, writer: Outcome) -> None:
+    """The parked ``reader`` gets data from ``peer``; the parked ``writer`` (of BIG) finishes."""
+    await peer.send_all(b"ping")
+    assert await reader.wait() == b"ping"
+    with trio.fail_after(10):
+        assert await receive_total(peer, len(BIG)) == BIG
+    await writer.wait()
+    assert writer.error is None
+
+
 @needs_epoll
 async def test_a_failed_poller_wakes_its_connections_onto_trio_waits(
     poller_on: None, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
@@ -907,11 +931,8 @@ async def test_a_failed_poller_wakes_its_connections_onto_trio_waits(
         await trio.testing.wait_all_tasks_blocked()
         assert trigger._rtask is not None
         assert idle._rtask is not None
-        ep.fail = True
         with caplog.at_level(logging.ERROR, logger="trionet.poller"):
-            trigger_peer.send(b"trigger")
-            assert await woken.wait() == b"trigger"
-            await trio.testing.wait_all_tasks_blocked()
+            await fail_poller_and_wake(ep, trigger_peer, woken)
         assert poller.broken
         assert poller._by_fd == {}
         assert "poller failed" in caplog.text
@@ -984,23 +1005,15 @@ async def test_a_failed_poller_wakes_a_reader_and_a_writer_of_one_connection(
         await trio.testing.wait_all_tasks_blocked()
         assert conn._rtask is not None
         assert conn._wtask is not None
-        ep.fail = True
         with caplog.at_level(logging.CRITICAL, logger="trionet.poller"):
-            trigger_peer.send(b"trigger")
-            assert await woken.wait() == b"trigger"
-            await trio.testing.wait_all_tasks_blocked()
+            await fail_poller_and_wake(ep, trigger_peer, woken)
         assert poller.broken
         # Both retried and went back to sleep, now in Trio's waits.
         assert reader.error is None, repr(reader.error)
         assert writer.error is None, repr(writer.error)
         assert not reader.done.is_set()
         assert not writer.done.is_set()
-        await peer.send_all(b"ping")
-        assert await reader.wait() == b"ping"
-        with trio.fail_after(10):
-            assert await receive_total(peer, len(BIG)) == BIG
-        await writer.wait()
-        assert writer.error is None
+        await assert_both_directions_served(peer, reader, writer)
 
 
 # ----------------------------------------------------------------------
@@ -1132,9 +1145,4 @@ async def test_running_out_of_room_wakes_the_other_direction_onto_trio_waits(
         assert conn._rtask is None and conn._wtask is None
         assert not poller._by_fd
         assert not reader.done.is_set()
-        await peer.send_all(b"ping")
-        assert await reader.wait() == b"ping"
-        with trio.fail_after(10):
-            assert await receive_total(peer, len(BIG)) == BIG
-        await writer.wait()
-        assert writer.error is None
+        await assert_both_directions_served(peer, reader, writer)

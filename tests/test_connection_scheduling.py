@@ -72,40 +72,41 @@ async def pair(
         peer.close()
 
 
+async def assert_cancel_points(*ops: Callable[[], Awaitable[object]]) -> None:
+    """Each call, made in an already-cancelled scope, raises Cancelled."""
+    for op in ops:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await op()
+
+
 async def test_cancelled_receive_does_no_io_even_with_data_waiting(
     pair: tuple[trionet.Connection, trio.socket.SocketType],
 ) -> None:
     conn, peer = pair
     await peer.send(b"hello")
     await trio.testing.wait_all_tasks_blocked()
-    for op in (
+    await assert_cancel_points(
         conn.receive_some,
         functools.partial(conn.receive_exactly, 5),
         functools.partial(conn.receive_until, b"o", max_size=10),
         conn.__anext__,
-    ):
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            with pytest.raises(trio.Cancelled):
-                await op()
+    )
     # Nothing was consumed by the cancelled calls.
     with trio.fail_after(5):
         assert await conn.receive_exactly(2) == b"he"
     # Now with bytes sitting in trionet's own buffer: still a cancel point.
     await peer.send(b"\nmore")
     await trio.testing.wait_all_tasks_blocked()
-    for op in (
+    await assert_cancel_points(
         conn.receive_some,
-        functools.partial(conn.receive_line),
+        conn.receive_line,
         functools.partial(conn.receive_exactly, 1),
         conn.__anext__,
         conn.send_eof,
         conn.wait_send_all_might_not_block,
-    ):
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            with pytest.raises(trio.Cancelled):
-                await op()
+    )
     with trio.fail_after(5):
         assert await conn.receive_line() == b"llo"
     assert not conn._eof_sent
@@ -115,10 +116,7 @@ async def test_cancelled_send_sends_nothing(
     pair: tuple[trionet.Connection, trio.socket.SocketType],
 ) -> None:
     conn, peer = pair
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        with pytest.raises(trio.Cancelled):
-            await conn.send_all(b"must not arrive")
+    await assert_cancel_points(functools.partial(conn.send_all, b"must not arrive"))
     assert conn.bytes_sent == 0
     await conn.send_all(b"ok")
     with trio.fail_after(5):

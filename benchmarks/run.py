@@ -586,7 +586,7 @@ def start_profiler(
     server: Server, wl: Workload, rnd: int, s: Settings
 ) -> subprocess.Popen[bytes] | None:
     """py-spy flame graph of a Python server for the warm-up + measurement."""
-    if s.profile_dir is None or wl.kind != "loadgen" or server.peer.argv[0] != "{python}":
+    if s.profile_dir is None or wl.kind != "loadgen" or not is_python(server.peer):
         return None
     py_spy = Path(sys.executable).with_name("py-spy")
     if not py_spy.exists():

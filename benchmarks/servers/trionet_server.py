@@ -61,10 +61,15 @@ def all_on_options(host: str, except_feature: str | None = None) -> dict[str, An
 
 
 async def main(
-    host: str, port: int, all_on: bool, except_feature: str | None, budget: int, fixed: bool
+    host: str,
+    port: int,
+    all_on: bool,
+    except_feature: str | None,
+    budget: int | None,
+    fixed: bool,
 ) -> None:
     options = all_on_options(host, except_feature) if all_on or except_feature else {}
-    if budget != 1:  # 1 is the default (strict Trio semantics)
+    if budget is not None:  # trionet checks it (and knows its own default)
         options["schedule_budget"] = budget
     target = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
     serve = functools.partial(
@@ -93,7 +98,6 @@ if __name__ == "__main__":
     parser.add_argument(
         "--schedule-budget",
         type=int,
-        default=1,
         metavar="N",
         help="trionet's schedule_budget option (default 1: every operation a schedule point)",
     )
@@ -103,8 +107,6 @@ if __name__ == "__main__":
         help=f"handler loops receive_some({CHUNK}) / send_all instead of `async for`",
     )
     args = parser.parse_args()
-    if args.schedule_budget < 1:
-        parser.error("--schedule-budget must be >= 1")
     raise_nofile_limit()
     trio.run(
         main,

@@ -46,12 +46,17 @@ def fmt_ratio(ratio: float | None) -> str:
     return "—" if ratio is None else f"{ratio:.2f}\u00d7"
 
 
+def fmt_range(ratios: Sequence[float]) -> str:
+    """``1.30\u20131.91``: the lowest and highest per-round ratio."""
+    return f"{min(ratios):.2f}\u2013{max(ratios):.2f}"
+
+
 def fmt_ratio_range(row: Row) -> str:
     """``1.61\u00d7 (1.30-1.91)``: mean ratio, then the range of per-round ratios."""
     text = fmt_ratio(row.get("ratio"))
     ratios = row.get("round_ratios") or []
     if len(ratios) > 1 and not row.get("is_baseline"):
-        text += f" ({min(ratios):.2f}\u2013{max(ratios):.2f})"
+        text += f" ({fmt_range(ratios)})"
     return text
 
 
@@ -332,7 +337,7 @@ def _targets_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
                 "—" if context else sign + fmt_ratio(t["need"]),
                 "—" if t["goal"] is None else sign + fmt_ratio(t["goal"]),
                 fmt_ratio(t["mean"]),
-                f"{min(rounds):.2f}\u2013{max(rounds):.2f}" if rounds else "—",
+                fmt_range(rounds) if rounds else "—",
                 t["status"],
             ]
         )

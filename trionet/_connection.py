@@ -605,7 +605,6 @@ class Connection(trio.abc.HalfCloseableStream):
         self,
         max_bytes: int,
         interruptible: bool,
-        tried: bool = False,
         coop: bool = True,
         iterating: bool = False,
     ) -> bytes | None:
@@ -820,7 +819,7 @@ class Connection(trio.abc.HalfCloseableStream):
         if self._raw is not None and not self._buf and not self._receive_busy and not self._closed:
             # Positional arguments: cheaper than keywords on every message.
             return self._recv_into_nothing(  # type: ignore[return-value]
-                self._rx_size, self._owner is not None, False, True, True
+                self._rx_size, self._owner is not None, True, True
             )
         return self._anext_slow()
 

@@ -79,7 +79,6 @@ __all__ = ["ENABLED", "Poller", "current_poller"]
 ENABLED: bool = hasattr(select, "epoll")
 
 if hasattr(select, "epoll"):
-    _IN = select.EPOLLIN
     _OUT = select.EPOLLOUT
     _ONESHOT = select.EPOLLONESHOT
     # Wake a reader on data, EOF, reset or error; a writer on space or error.
@@ -87,7 +86,7 @@ if hasattr(select, "epoll"):
     _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
     _ARM_READ = select.EPOLLIN | select.EPOLLRDHUP
 else:  # pragma: no cover - not Linux
-    _IN = _OUT = _ONESHOT = _READ_EVENTS = _WRITE_EVENTS = _ARM_READ = 0
+    _OUT = _ONESHOT = _READ_EVENTS = _WRITE_EVENTS = _ARM_READ = 0
 
 #: ``epoll_ctl`` errors that mean "no room", not "bad descriptor".
 _FULL = frozenset({errno.ENOSPC, errno.ENOMEM})
@@ -280,15 +279,11 @@ class Poller:
                             # A bad descriptor: wake the waiters with the
                             # error, as Trio's I/O manager does.
                             self._wake(p, functools.partial(_fresh_error, exc))
-        except trio.Cancelled:
-            raise
         except (OSError, ValueError) as exc:  # pragma: no cover - a broken epoll set
-            # Never take the run down: wake everybody; connections notice
-            # ``broken`` and use Trio's own waits from now on.
+            # Never take the run down: the ``finally`` wakes everybody, and
+            # connections notice ``broken`` and use Trio's own waits from now on.
             log.error("trionet poller failed; falling back to Trio's waits", exc_info=exc)
-            self._fail()
         finally:
-            self.broken = True
             self._fail()
             ep.close()
 

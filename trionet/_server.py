@@ -152,8 +152,6 @@ class Server:
         self.drain_silent = False
         self._counters = Counters()
         self._conns: dict[int, Connection] = {}
-        #: Connections accepted and not closed yet (``stats.active``).
-        self._open = 0
         #: Handlers holding a max_connections slot.
         self._active = 0
         self._max = config.max_connections
@@ -207,7 +205,7 @@ class Server:
                 tx += conn.bytes_sent
         return ServerStats(
             accepted=c.accepted,
-            active=self._open,
+            active=c.accepted - c.closed,
             closed=c.closed,
             handler_errors=c.handler_errors,
             resets=c.resets,
@@ -521,7 +519,6 @@ class Server:
             nursery.start_soon(self._connection_task, conn, hostkey, name=_TASK_NAME)
             self._active += 1
         self._conns[conn.id] = conn
-        self._open += 1
         self._counters.accepted += 1
         if swept:
             self._counters.swept += 1
@@ -623,7 +620,6 @@ class Server:
         c.closed += 1
         c.bytes_received += conn.bytes_received
         c.bytes_sent += conn.bytes_sent
-        self._open -= 1
 
     def _release(
         self, conn: Connection, hostkey: Hashable | None, *, running: bool = True, ended: bool

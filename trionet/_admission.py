@@ -60,7 +60,6 @@ __all__ = ["AccessCheck", "AccessPolicy"]
 log = logging.getLogger("trionet.server")
 
 _Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-_IP: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _to_networks(value: Iterable[str] | str | None) -> tuple[_Network, ...] | None:
@@ -143,17 +142,6 @@ def ip_key(host: str) -> tuple[int, int] | None:
 
 def _masks(nets: tuple[_Network, ...] | None) -> tuple[tuple[int, int, int], ...]:
     return tuple((net.version, int(net.network_address), int(net.netmask)) for net in (nets or ()))
-
-
-def parse_ip(host: str) -> _IP | None:
-    """The peer IP as an ``ipaddress`` object, IPv4-mapped IPv6 normalised; None if not an IP."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 @attrs.frozen

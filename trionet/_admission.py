@@ -184,7 +184,10 @@ class AccessPolicy:
             if self.unix_uids is None:
                 return True
             return credentials is not None and credentials[1] in self.unix_uids
-        key = ip_key(peer.host)
+        return self._allows_ip(ip_key(peer.host))
+
+    def _allows_ip(self, key: tuple[int, int] | None) -> bool:
+        """:meth:`allows` for a TCP peer whose :func:`ip_key` is ``key``."""
         if key is None:
             return False
         version, n = key
@@ -326,6 +329,11 @@ class Admission:
         address stands in).  A refused peer is counted and logged here; the
         caller closes its socket.
         """
+        # A TCP peer's IP is parsed once, for the policy and the per-host count.
+        host = peer.host if isinstance(peer, TCPAddress) else None
+        ip = None
+        if host is not None and (self._policy is not None or self._hosts is not None):
+            ip = ip_key(host)
         access = self._access
         if access is not None:
             creds = None
@@ -334,7 +342,7 @@ class Admission:
             policy = self._policy
             try:
                 if policy is not None:
-                    ok = policy.allows(peer, creds)
+                    ok = policy._allows_ip(ip) if host is not None else policy.allows(peer, creds)
                 else:
                     info = ConnectionInfo(
                         0, peer, local or listener.address, time.time(), 0, 0, creds
@@ -364,7 +372,7 @@ class Admission:
             return None
         # Per peer IP (the host string if it is somehow not an IP literal);
         # Unix peers are not limited per host.
-        key = (ip_key(peer.host) or peer.host) if isinstance(peer, TCPAddress) else None
+        key = (ip or host) if host is not None else None
         if not hosts.try_add(key):
             self._counters.rejected_limit += 1
             log.debug("refused %s: over max_connections_per_host", peer)

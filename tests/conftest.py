@@ -118,3 +118,25 @@ class ExitRecordingEcho:
             self.exits.append("cancelled")
             raise
         self.exits.append("drained" if conn.draining.is_set() else "eof")
+
+
+class Shutdown:
+    """Runs ``server.shutdown(grace)`` in the background and keeps the report."""
+
+    def __init__(self, nursery: trio.Nursery, server: trionet.Server, grace: float) -> None:
+        self.report: trionet.ShutdownReport | None = None
+        self.started_at = trio.current_time()
+        self.returned_at = 0.0
+        self.done = trio.Event()
+        nursery.start_soon(self._run, server, grace)
+
+    async def _run(self, server: trionet.Server, grace: float) -> None:
+        self.report = await server.shutdown(grace)
+        self.returned_at = trio.current_time()
+        self.done.set()
+
+    async def wait(self, timeout: float = 10.0) -> trionet.ShutdownReport:
+        with trio.fail_after(timeout):
+            await self.done.wait()
+        assert self.report is not None
+        return self.report

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from conftest import connect_tcp, custom_socket_class, port_of, wait_until
+from conftest import Shutdown, connect_tcp, custom_socket_class, port_of, wait_until
 from trio._socket import _SocketType
 
 import trionet
@@ -416,17 +416,11 @@ async def drain_releasing(
 ) -> tuple[list[bytes], trionet.ShutdownReport]:
     """Start a drain, let the held handler finish, and collect every queued
     client's reply and the drain's report."""
-    reports: list[trionet.ShutdownReport] = []
-
-    async def drain() -> None:
-        reports.append(await server.shutdown(10))
-
-    nursery.start_soon(drain)
+    shutdown = Shutdown(nursery, server, grace=10)
     await wait_until(lambda: server.draining)
     release.set()
     replies = [await reply_of(sock) for sock in waiting]
-    await wait_until(lambda: bool(reports))
-    return replies, reports[0]
+    return replies, await shutdown.wait()
 
 
 async def reply_of(sock: trio.socket.SocketType) -> bytes:

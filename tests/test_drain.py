@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import ExitRecordingEcho, connect_tcp, port_of, wait_until
+from conftest import ExitRecordingEcho, Shutdown, connect_tcp, port_of, wait_until
 
 import trionet
 from trionet import ShutdownReport, _server
@@ -26,28 +26,6 @@ async def assert_refused(port: int) -> None:
     sock = trio.socket.socket()
     with sock, trio.fail_after(5), pytest.raises(ConnectionRefusedError):
         await sock.connect(("127.0.0.1", port))
-
-
-class Shutdown:
-    """Runs ``server.shutdown(grace)`` in the background and keeps the report."""
-
-    def __init__(self, nursery: trio.Nursery, server: trionet.Server, grace: float) -> None:
-        self.report: ShutdownReport | None = None
-        self.started_at = trio.current_time()
-        self.returned_at = 0.0
-        self.done = trio.Event()
-        nursery.start_soon(self._run, server, grace)
-
-    async def _run(self, server: trionet.Server, grace: float) -> None:
-        self.report = await server.shutdown(grace)
-        self.returned_at = trio.current_time()
-        self.done.set()
-
-    async def wait(self, timeout: float = 10.0) -> ShutdownReport:
-        with trio.fail_after(timeout):
-            await self.done.wait()
-        assert self.report is not None
-        return self.report
 
 
 # ----------------------------------------------------------------------

@@ -45,7 +45,7 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import ExitRecordingEcho, connect_tcp, port_of
+from conftest import ExitRecordingEcho, connect_tcp, fill_stream, port_of
 
 import trionet
 from trionet import Connection, _poller
@@ -198,19 +198,6 @@ class Outcome:
         return self.value
 
 
-async def fill(conn: Connection) -> None:
-    """Send until the kernel takes no more and the sender parks, then stop."""
-
-    async def sender() -> None:
-        while True:
-            await conn.send_all(b"x" * 10000)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sender)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
-
-
 # ----------------------------------------------------------------------
 # 1. Conformance, with and without the poller
 
@@ -225,8 +212,8 @@ async def _conformance(kind: str) -> list[Connection]:
 
     async def clogged_maker() -> Pair:
         left, right = await maker()
-        await fill(left)
-        await fill(right)
+        await fill_stream(left)
+        await fill_stream(right)
         return left, right
 
     # A clogged TCP pair is not stable on Linux (see test_client.py): the

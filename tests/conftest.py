@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 import trionet
+from trionet import _ratelimit
 
 
 def require_program(name: str) -> str:
@@ -140,3 +141,22 @@ class Shutdown:
             await self.done.wait()
         assert self.report is not None
         return self.report
+
+
+class FakeTime:
+    """Stands in for the ``time`` module of ``trionet._ratelimit``: its clock
+    moves only when a test moves ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def limiter_clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    """Stop the clock of trionet's log rate limiters (``trionet._ratelimit``)."""
+    fake = FakeTime()
+    monkeypatch.setattr(_ratelimit, "time", fake)
+    return fake

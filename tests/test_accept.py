@@ -23,11 +23,18 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from conftest import Shutdown, connect_tcp, custom_socket_class, port_of, wait_until
+from conftest import (
+    FakeTime,
+    Shutdown,
+    connect_tcp,
+    custom_socket_class,
+    port_of,
+    wait_until,
+)
 from trio._socket import _SocketType
 
 import trionet
-from trionet import TCPAddress, _accept, _ratelimit
+from trionet import TCPAddress, _accept
 from trionet._ratelimit import RateLimiter
 from trionet._stats import Counters
 
@@ -153,27 +160,16 @@ async def test_bursts_are_logged_once_and_rate_limited(caplog: pytest.LogCapture
     assert "after 51 failure(s)" in ends[0]
 
 
-class _FakeTime:
-    """Stands in for the ``time`` module of ``trionet._ratelimit``."""
-
-    now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 async def test_burst_log_lines_say_how_many_bursts_were_not_logged(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    limiter_clock: FakeTime, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = _FakeTime()
-    monkeypatch.setattr(_ratelimit, "time", clock)
     caplog.set_level(logging.DEBUG, logger="trionet.accept")
     storm = _accept._Storm(_FakeListener())  # type: ignore[arg-type]
     emfile = OSError(errno.EMFILE, "Too many open files")
     for _ in range(_accept._BURST_LOG_LIMIT + 4):
         storm.error(emfile)
         storm.recovered()
-    clock.now += _accept._BURST_LOG_PERIOD
+    limiter_clock.now += _accept._BURST_LOG_PERIOD
     storm.error(emfile)
     storm.recovered()
     starts = [r for r in caplog.records if "failed" in r.getMessage()]
@@ -209,17 +205,15 @@ class _SweepServer:
 
 
 async def test_sweep_warnings_say_how_many_were_not_logged(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    limiter_clock: FakeTime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = _FakeTime()
-    monkeypatch.setattr(_ratelimit, "time", clock)
     caplog.set_level(logging.DEBUG, logger="trionet.accept")
 
     monkeypatch.setattr(_accept, "raw_socket_of", lambda sock: _Exhausted())
     server = _SweepServer()
     for _ in range(5):
         _accept.sweep(server, _SweepListener())  # type: ignore[arg-type]
-    clock.now += 20.0
+    limiter_clock.now += 20.0
     _accept.sweep(server, _SweepListener())  # type: ignore[arg-type]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     line = (

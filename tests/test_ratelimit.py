@@ -1,6 +1,6 @@
 """The log-line limiter: ``RateLimiter.allow`` and the ``RateLimiter.log`` helper.
 
-Time is a fake ``time.monotonic`` (the limiter reads no other clock), moved
+Time is a fake ``time.monotonic`` (the limiter reads no other limiter_clock), moved
 by hand: no sleeps, nothing depends on how fast the test runs.
 """
 
@@ -9,26 +9,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from conftest import FakeTime
 
-from trionet import _ratelimit
 from trionet._ratelimit import RateLimiter
 
 LOGGER = "trionet.test.ratelimit"
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
-    fake = FakeTime()
-    monkeypatch.setattr(_ratelimit, "time", fake)
-    return fake
 
 
 @pytest.fixture
@@ -41,19 +26,19 @@ def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LOGGER]
 
 
-def test_allow_refills_at_burst_per_period(clock: FakeTime) -> None:
+def test_allow_refills_at_burst_per_period(limiter_clock: FakeTime) -> None:
     limiter = RateLimiter(burst=2, period=10.0)
     assert [limiter.allow() for _ in range(4)] == [True, True, False, False]
-    clock.now += 5.0  # half a period: one token back
+    limiter_clock.now += 5.0  # half a period: one token back
     assert [limiter.allow() for _ in range(2)] == [True, False]
     assert limiter.take_suppressed() == 3
     assert limiter.take_suppressed() == 0
-    clock.now += 3600.0  # refills to the burst, never beyond it
+    limiter_clock.now += 3600.0  # refills to the burst, never beyond it
     assert [limiter.allow() for _ in range(3)] == [True, True, False]
 
 
 def test_log_writes_a_burst_then_counts_and_reports_the_dropped(
-    clock: FakeTime, logger: logging.Logger, caplog: pytest.LogCaptureFixture
+    limiter_clock: FakeTime, logger: logging.Logger, caplog: pytest.LogCaptureFixture
 ) -> None:
     limiter = RateLimiter(burst=3, period=60.0)
     results = [limiter.log(logger, logging.WARNING, "line %d", i) for i in range(10)]
@@ -61,10 +46,10 @@ def test_log_writes_a_burst_then_counts_and_reports_the_dropped(
     assert messages(caplog) == ["line 0", "line 1", "line 2"]
     assert {r.levelno for r in caplog.records} == {logging.WARNING}
 
-    clock.now += 20.0  # one token back: the next line says what was dropped
+    limiter_clock.now += 20.0  # one token back: the next line says what was dropped
     assert limiter.log(logger, logging.ERROR, "line %d", 10)
     assert not limiter.log(logger, logging.ERROR, "line %d", 11)
-    clock.now += 20.0
+    limiter_clock.now += 20.0
     assert limiter.log(logger, logging.ERROR, "line %d", 12)
     assert messages(caplog)[3:] == [
         "line 10 (7 similar errors not logged)",  # the default note, appended
@@ -74,7 +59,7 @@ def test_log_writes_a_burst_then_counts_and_reports_the_dropped(
 
 
 def test_log_note_wording_and_placement(
-    clock: FakeTime, logger: logging.Logger, caplog: pytest.LogCaptureFixture
+    limiter_clock: FakeTime, logger: logging.Logger, caplog: pytest.LogCaptureFixture
 ) -> None:
     appended = RateLimiter(burst=1, period=10.0)
     inside = RateLimiter(burst=1, period=10.0)
@@ -83,10 +68,10 @@ def test_log_note_wording_and_placement(
         inside.log(
             logger, logging.INFO, "backing off (%s{note})", "y", note="; {} burst(s) dropped"
         )
-    clock.now += 10.0
+    limiter_clock.now += 10.0
     appended.log(logger, logging.INFO, "sweep of %s stopped", "x", note=" ({} line(s) dropped)")
     inside.log(logger, logging.INFO, "backing off (%s{note})", "y", note="; {} burst(s) dropped")
-    clock.now += 10.0  # nothing dropped since: no note, and no placeholder left behind
+    limiter_clock.now += 10.0  # nothing dropped since: no note, and no placeholder left behind
     inside.log(logger, logging.INFO, "backing off (%s{note})", "y", note="; {} burst(s) dropped")
     assert messages(caplog) == [
         "sweep of x stopped",
@@ -98,7 +83,7 @@ def test_log_note_wording_and_placement(
 
 
 def test_log_attaches_the_exception_and_names_the_caller(
-    clock: FakeTime, logger: logging.Logger, caplog: pytest.LogCaptureFixture
+    limiter_clock: FakeTime, logger: logging.Logger, caplog: pytest.LogCaptureFixture
 ) -> None:
     limiter = RateLimiter()
     exc = RuntimeError("policy database unavailable")
@@ -111,7 +96,7 @@ def test_log_attaches_the_exception_and_names_the_caller(
     assert record.pathname == __file__
 
 
-def test_log_does_not_format_refused_lines(clock: FakeTime, logger: logging.Logger) -> None:
+def test_log_does_not_format_refused_lines(limiter_clock: FakeTime, logger: logging.Logger) -> None:
     class Explosive:
         def __str__(self) -> str:  # pragma: no cover - must never run
             raise AssertionError("a dropped line was formatted")

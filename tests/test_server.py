@@ -20,7 +20,7 @@ import h11
 import pytest
 import trio
 import trio.testing
-from conftest import port_of, require_program
+from conftest import FakeTime, port_of, require_program
 
 import trionet
 import trionet._accept
@@ -344,18 +344,10 @@ async def test_handler_exception_group_is_logged_whole(
 async def test_thousand_failing_handlers_leave_the_server_serving(
     trionet_server: ServerFactory,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    limiter_clock: FakeTime,
 ) -> None:
     # A fake clock for the log rate limiter: the storm happens "at once", and
     # we can move time on to see the "not logged" note deterministically.
-    class FakeTime:
-        now = 1000.0
-
-        def monotonic(self) -> float:
-            return self.now
-
-    clock = FakeTime()
-    monkeypatch.setattr(trionet._ratelimit, "time", clock)
 
     async def handler(conn: Connection) -> None:
         data = await conn.receive_some()
@@ -382,7 +374,7 @@ async def test_thousand_failing_handlers_leave_the_server_serving(
     # Still serving.
     await echo_once(addr, b"still alive")
     # Once the limiter refills, the next error says how many were dropped.
-    clock.now += 3600
+    limiter_clock.now += 3600
     await client(0)
     last = error_records(caplog)[-1]
     assert f"({1000 - logged} similar errors not logged)" in last.getMessage()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import port_of, wait_until
+from conftest import FakeTime, port_of, wait_until
 
 import trionet
 from trionet import AccessPolicy, TCPAddress, UnixAddress, _server
@@ -606,8 +606,10 @@ async def test_unparseable_tcp_peer_is_refused_even_without_a_policy(
 
 
 async def test_access_callable_errors_are_rate_limited(
-    trionet_server: ServerFactory, caplog: pytest.LogCaptureFixture
+    trionet_server: ServerFactory, caplog: pytest.LogCaptureFixture, limiter_clock: FakeTime
 ) -> None:
+    # The limiter's clock stands still, so however slowly the 40 connects
+    # run, no token comes back during the test: a burst of 10 at most.
     server = await trionet_server(never_admitted, access=broken_policy)
     port = port_of(server)
     attempts = 40

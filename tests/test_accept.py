@@ -505,19 +505,15 @@ async def test_sweep_is_bounded_by_the_queue_capacity(
 def test_sweep_limit_follows_backlog_and_somaxconn(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    @attrs.define
-    class FakeListener:
-        backlog: int | None
-
     somaxconn = tmp_path / "somaxconn"
     somaxconn.write_text("128\n")
     monkeypatch.setattr(_accept, "_SOMAXCONN_PATH", str(somaxconn))
-    assert _accept.sweep_limit(FakeListener(8)) == 9  # type: ignore[arg-type]
-    assert _accept.sweep_limit(FakeListener(4096)) == 129  # type: ignore[arg-type]
-    assert _accept.sweep_limit(FakeListener(None)) == 129  # type: ignore[arg-type]
+    assert _accept.sweep_limit(_SweepListener(backlog=8)) == 9  # type: ignore[arg-type]
+    assert _accept.sweep_limit(_SweepListener(backlog=4096)) == 129  # type: ignore[arg-type]
+    assert _accept.sweep_limit(_SweepListener(backlog=None)) == 129  # type: ignore[arg-type]
     monkeypatch.setattr(_accept, "_SOMAXCONN_PATH", str(tmp_path / "missing"))
-    assert _accept.sweep_limit(FakeListener(8)) == 9  # type: ignore[arg-type]
-    assert _accept.sweep_limit(FakeListener(None)) == 0xFFFF + 1  # type: ignore[arg-type]
+    assert _accept.sweep_limit(_SweepListener(backlog=8)) == 9  # type: ignore[arg-type]
+    assert _accept.sweep_limit(_SweepListener(backlog=None)) == 0xFFFF + 1  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------

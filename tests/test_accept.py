@@ -46,10 +46,6 @@ async def echo(conn: trionet.Connection) -> None:
         await conn.send_all(chunk)
 
 
-async def open_client(port: int) -> trio.socket.SocketType:
-    return await connect_tcp(port)
-
-
 async def round_trip(sock: trio.socket.SocketType, data: bytes = b"ping") -> bytes:
     with trio.fail_after(5):
         await sock.send(data)
@@ -237,7 +233,7 @@ async def test_transient_errors_are_skipped_without_delay(
     pending = [errno.ECONNABORTED, errno.EPROTO, errno.ECONNABORTED]
     listener = flaky(lambda: pending.pop(0) if pending else None)
     server = await trionet_server(echo)
-    sock = await open_client(port_of(server))
+    sock = await connect_tcp(port_of(server))
     with sock:
         start = time.monotonic()
         assert await round_trip(sock) == b"ping"
@@ -255,7 +251,7 @@ async def test_emfile_backs_off_keeps_serving_and_recovers(
     listener = flaky(lambda: errno.EMFILE if exhausted else None)
     server = await trionet_server(echo)
     port = port_of(server)
-    waiting = [await open_client(port) for _ in range(3)]
+    waiting = [await connect_tcp(port) for _ in range(3)]
     await trio.sleep(1.2)  # a long burst: the back-off reaches its cap
     errors_in_burst = server.stats.accept_errors
     # Bounded retrying: doubling from 10 ms to 0.5 s over 1.2 s is ~10 tries, not a spin.
@@ -292,9 +288,9 @@ async def test_a_closing_connection_retries_accept_at_once(
     flaky(lambda: errno.EMFILE if server is not None and server.stats.active >= 1 else None)
     server = await trionet_server(handler)
     port = port_of(server)
-    first = await open_client(port)
+    first = await connect_tcp(port)
     assert await round_trip(first) == b"ping"
-    second = await open_client(port)
+    second = await connect_tcp(port)
     await wait_until(lambda: server is not None and server.stats.accept_errors >= 1)
     await trio.sleep(0.1)
     assert len(started) == 1  # backing off
@@ -325,8 +321,8 @@ async def test_generic_path_for_sockets_without_a_descriptor(
             with pytest.raises(ConnectionResetError), trio.fail_after(5):
                 await denied.connect(("127.0.0.1", port))
                 await denied.recv(10)
-        a = await open_client(port)
-        b = await open_client(port)
+        a = await connect_tcp(port)
+        b = await connect_tcp(port)
         with a, b:
             assert await round_trip(a) == b"ping"
             with trio.move_on_after(0.2):
@@ -343,7 +339,7 @@ async def test_generic_path_for_sockets_without_a_descriptor(
 async def test_batch_accepts_a_burst_in_one_wakeup(trionet_server: ServerFactory) -> None:
     server = await trionet_server(echo)
     port = port_of(server)
-    clients = [await open_client(port) for _ in range(100)]
+    clients = [await connect_tcp(port) for _ in range(100)]
     try:
         for sock in clients:
             assert await round_trip(sock) == b"ping"
@@ -389,13 +385,13 @@ async def start_blocked_server(
 
     server = await trionet_server(handler, max_connections=1, **options)
     port = port_of(server)
-    first = await open_client(port)
+    first = await connect_tcp(port)
     await first.send(b"first\n")
     with trio.fail_after(5):
         await running.wait()
     waiting = []
     for i in range(queued):
-        sock = await open_client(port)
+        sock = await connect_tcp(port)
         await sock.send(b"q%d\n" % i)
         waiting.append(sock)
     assert server.stats.accepted == 1  # the others are in the kernel's queue
@@ -583,7 +579,7 @@ async def test_real_descriptor_exhaustion_in_a_subprocess() -> None:
 
             # Flood: 200 idle clients, far more than 64 descriptors allow.
             for _ in range(200):
-                flood.append(await open_client(port))
+                flood.append(await connect_tcp(port))
             await wait_until(lambda: b"Too many open files" in stderr)
             await trio.sleep(0.5)
             assert proc.poll() is None, "the server died"
@@ -595,7 +591,7 @@ async def test_real_descriptor_exhaustion_in_a_subprocess() -> None:
                 sock.close()
             flood.clear()
             left_at = time.monotonic()
-            fresh = await open_client(port)
+            fresh = await connect_tcp(port)
             with fresh, trio.fail_after(1.0):
                 assert await round_trip(fresh) == b"ping"
             assert time.monotonic() - left_at < 1.0

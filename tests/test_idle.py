@@ -9,10 +9,9 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from conftest import connect_tcp
+from conftest import connect_tcp, port_of
 
 import trionet
-from trionet import TCPAddress
 from trionet._idle import MAX_TICK, MIN_TICK, IdleReaper
 from trionet._stats import Counters
 
@@ -20,9 +19,7 @@ ServerFactory = Any
 
 
 async def open_client(server: trionet.Server) -> trio.socket.SocketType:
-    address = server.addresses[0]
-    assert isinstance(address, TCPAddress)
-    return await connect_tcp(address.port)
+    return await connect_tcp(port_of(server))
 
 
 async def time_until_closed(sock: trio.socket.SocketType, since: float, limit: float) -> float:

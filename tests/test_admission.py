@@ -664,14 +664,12 @@ async def test_a_failing_connection_setup_leaks_nothing(monkeypatch: pytest.Monk
     async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
         raise AssertionError("never started")
 
-    servers: list[trionet.Server] = []
     sock = trio.socket.socket()
     with sock:
         with trio.fail_after(10), pytest.raises(RuntimeError, match="cannot set the connection"):
             async with trionet.open_server(
                 handler, "tcp://127.0.0.1:0", max_connections_per_host=1
             ) as server:
-                servers.append(server)
                 await sock.connect(("127.0.0.1", port_of(server)))
                 await trio.sleep_forever()
         # The accepted socket was closed, not left open (the exception's
@@ -682,7 +680,7 @@ async def test_a_failing_connection_setup_leaks_nothing(monkeypatch: pytest.Monk
             except ConnectionResetError:
                 data = b""
         assert data == b""
-    server = servers[0]
+    # ``server`` stays bound after the exception left the ``async with``.
     gate = server._admission
     assert gate is not None and gate._hosts is not None and gate._hosts._counts == {}
     assert server._conns == {}

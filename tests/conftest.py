@@ -6,6 +6,7 @@ import shutil
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -59,6 +60,117 @@ def custom_socket_class(cls: type[trio.socket.SocketType]) -> Iterator[None]:
     previous = trio.socket.set_custom_socket_factory(Factory())
     try:
         yield
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+
+
+class ProxySocket(trio.socket.SocketType):
+    """Delegates to a real Trio socket, but is not Trio's own socket class.
+
+    ``raw_socket_of()`` returns None for it, so Connection (and the accept
+    loop) must use the generic ``SocketType`` methods.
+    """
+
+    def __init__(self, inner: trio.socket.SocketType) -> None:
+        super().__init__()
+        self._inner = inner
+
+    # Plain attributes and synchronous methods.
+    family = property(lambda self: self._inner.family)
+    type = property(lambda self: self._inner.type)
+    proto = property(lambda self: self._inner.proto)
+    did_shutdown_SHUT_WR = property(lambda self: self._inner.did_shutdown_SHUT_WR)
+
+    def fileno(self) -> int:
+        # A socket from a custom factory (an in-memory network) has no
+        # descriptor: nothing on the generic path may rely on one.
+        return -1
+
+    def detach(self) -> int:
+        return self._inner.detach()
+
+    def getsockname(self) -> Any:
+        return self._inner.getsockname()
+
+    def getpeername(self) -> Any:
+        return self._inner.getpeername()
+
+    def getsockopt(self, *args: Any) -> Any:
+        return self._inner.getsockopt(*args)
+
+    def setsockopt(self, *args: Any) -> None:
+        self._inner.setsockopt(*args)
+
+    def listen(self, backlog: int = 128) -> None:
+        self._inner.listen(backlog)
+
+    def shutdown(self, flag: int) -> None:
+        self._inner.shutdown(flag)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def is_readable(self) -> bool:
+        return self._inner.is_readable()
+
+    def __enter__(self) -> ProxySocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ProxySocket {self._inner!r}>"
+
+    # Asynchronous methods.
+    async def bind(self, address: Any) -> None:
+        await self._inner.bind(address)
+
+    async def connect(self, address: Any) -> None:
+        await self._inner.connect(address)
+
+    async def accept(self) -> tuple[trio.socket.SocketType, Any]:
+        sock, addr = await self._inner.accept()
+        return ProxySocket(sock), addr
+
+    async def wait_writable(self) -> None:
+        await self._inner.wait_writable()
+
+    async def recv(self, buflen: int, flags: int = 0, /) -> bytes:  # type: ignore[override]
+        return await self._inner.recv(buflen, flags)
+
+    async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        return await self._inner.recv_into(buffer, nbytes, flags)
+
+    async def send(self, data: Any, flags: int = 0, /) -> int:  # type: ignore[override]
+        return await self._inner.send(data, flags)
+
+
+class ProxyFactory(trio.abc.SocketFactory):
+    """A socket factory whose sockets are all :class:`ProxySocket`."""
+
+    def __init__(self) -> None:
+        self.made: list[ProxySocket] = []
+
+    def socket(
+        self,
+        family: int = socket.AF_INET,
+        type: int = socket.SOCK_STREAM,
+        proto: int = 0,
+    ) -> trio.socket.SocketType:
+        inner = trio.socket.from_stdlib_socket(socket.socket(family, type, proto))
+        sock = ProxySocket(inner)
+        self.made.append(sock)
+        return sock
+
+
+@contextmanager
+def proxy_sockets() -> Iterator[ProxyFactory]:
+    """Inside the block every new Trio socket is a :class:`ProxySocket` (the generic path)."""
+    factory = ProxyFactory()
+    previous = trio.socket.set_custom_socket_factory(factory)
+    try:
+        yield factory
     finally:
         trio.socket.set_custom_socket_factory(previous)
 

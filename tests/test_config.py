@@ -78,7 +78,7 @@ BAD_OPTIONS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"idle_timeout": -1}, ValueError, "idle_timeout must be > 0 seconds"),
     ({"idle_timeout": 0}, ValueError, "idle_timeout must be > 0 seconds"),
     ({"idle_timeout": math.nan}, ValueError, "idle_timeout must be > 0 seconds"),
-    ({"idle_timeout": "5"}, TypeError, "idle_timeout must be a number of seconds"),
+    ({"idle_timeout": "5"}, TypeError, "idle_timeout must be None or a number of seconds"),
     ({"shutdown_grace": -1}, ValueError, "shutdown_grace must be >= 0 seconds"),
     ({"shutdown_grace": None}, TypeError, "shutdown_grace must be a number of seconds"),
     ({"handler_errors": "bogus"}, ValueError, "handler_errors must be 'log' or 'raise'"),
@@ -88,12 +88,22 @@ BAD_OPTIONS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"unix_mode": "0660"}, TypeError, "unix_mode must be a permission int"),
     ({"unix_mode": 0o10000}, ValueError, "unix_mode must be a permission int"),
     ({"keepalive": -5}, ValueError, "keepalive must be a bool or a positive number"),
-    ({"keepalive": math.inf}, ValueError, "keepalive must be a bool or a positive number"),
+    ({"keepalive": math.inf}, ValueError, "keepalive must be at most 32767 seconds"),
+    ({"keepalive": 1e10}, ValueError, "keepalive must be at most 32767 seconds"),
+    ({"keepalive": 2**31}, ValueError, "keepalive must be at most 32767 seconds"),
+    ({"keepalive": 32768}, ValueError, "keepalive must be at most 32767 seconds"),
+    ({"keepalive": math.nan}, ValueError, "keepalive must be a bool or a positive number"),
+    ({"schedule_budget": None}, TypeError, "schedule_budget must be an int, not None"),
+    ({"schedule_budget": 0}, ValueError, "schedule_budget must be >= 1"),
+    ({"close_linger": -1}, ValueError, "close_linger must be >= 0 seconds"),
+    ({"close_linger": math.nan}, ValueError, "close_linger must be >= 0 seconds"),
+    ({"close_linger": None}, TypeError, "close_linger must be a number of seconds"),
+    ({"close_linger": "5"}, TypeError, "close_linger must be a number of seconds"),
     ({"keepalive": "yes"}, TypeError, "keepalive must be a bool or a number"),
     ({"backlog": -1}, ValueError, "backlog must be >= 0"),
-    ({"tcp_nodelay": 1}, TypeError, "tcp_nodelay"),
-    ({"bogus": 1}, TypeError, "unknown server option(s) 'bogus'; valid options are: access"),
-    ({"max_conections": 5}, TypeError, "unknown server option(s) 'max_conections'"),
+    ({"tcp_nodelay": 1}, TypeError, "tcp_nodelay must be True or False, not 1"),
+    ({"bogus": 1}, TypeError, "unknown option(s) 'bogus'; valid options are: access"),
+    ({"max_conections": 5}, TypeError, "unknown option(s) 'max_conections'"),
 ]
 
 
@@ -103,6 +113,8 @@ def test_bad_option_raises_precise_error(
 ) -> None:
     with pytest.raises(error) as info:
         ServerConfig.from_options(options)
+    # The message names the public call, then the option.
+    assert str(info.value).startswith("serve(): ")
     assert message in str(info.value)
     assert type(info.value) is error
 

@@ -22,8 +22,7 @@ from typing import TypeVar
 import pytest
 import trio
 import trio.testing
-from conftest import port_of
-from test_connection import ProxySocket
+from conftest import ProxySocket, port_of
 
 import trionet
 from trionet._connection import _ITER_MAX, _SPIN_BACKOFF, DEFAULT_RECEIVE_SIZE, raw_socket_of

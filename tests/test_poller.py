@@ -680,7 +680,13 @@ async def test_drain_wakes_only_the_reader_of_a_connection_with_a_parked_writer(
                     assert data
                     got += len(data)
                 await writer_done.wait()
+                # The handler returned with the tail of the reply still
+                # queued, so its close lingers until our EOF ...
+                assert await sock.recv(1) == b""
+                assert server.stats.lingering == 1
+                sock.close()  # ... which ends it: shutdown() returns at once
     assert server.stats.handler_errors == 0
+    assert server.stats.lingering == 0
 
 
 # ----------------------------------------------------------------------

@@ -123,7 +123,7 @@ import attrs
 import trio
 
 from ._address import Address, TCPAddress, UnixAddress, address_from_sockaddr, parse_address
-from ._connection import Connection, configure_tcp_socket
+from ._connection import DEFAULT_CLOSE_LINGER, Connection, configure_tcp_socket
 from ._exceptions import (
     ConnectAttempt,
     InvalidAddress,
@@ -131,6 +131,7 @@ from ._exceptions import (
     translate_connect_error,
 )
 from ._unwrap import unwrap_single
+from ._validate import check_count, check_keepalive, check_seconds, public_call
 
 log = logging.getLogger("trionet.client")
 
@@ -183,28 +184,6 @@ _Target = tuple[int, int, int, Any, Address]
 ################################################################
 # Argument validation -- everything is checked before any I/O.
 ################################################################
-
-
-def _number(name: str, value: object, *, allow_none: bool, positive: bool = False) -> float | None:
-    """Validate a number of seconds: TypeError for a non-number, ValueError for a bad one."""
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        kind = "None or a number" if allow_none else "a number"
-        raise TypeError(f"{name} must be {kind} of seconds, not {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be {bound}, not {value!r}")
-    return value
-
-
-def _finite(name: str, value: object) -> float:
-    out = _number(name, value, allow_none=False)
-    assert out is not None
-    if math.isinf(out):
-        raise ValueError(f"{name} must be finite, not {out!r}")
-    return out
 
 
 def _check_host(spec: object, host: str) -> None:
@@ -269,14 +248,6 @@ def _family_of_literal(host: str) -> int | None:
     return _stdlib_socket.AF_INET if ip.version == 4 else _stdlib_socket.AF_INET6
 
 
-def _check_keepalive(value: object) -> bool | float:
-    if isinstance(value, bool):
-        return value
-    if not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
-        raise ValueError(f"keepalive must be a bool or a positive number of seconds, not {value!r}")
-    return float(value)
-
-
 @attrs.frozen
 class ConnectPlan:
     """Validated :func:`connect` arguments (internal; shared with the pool)."""
@@ -297,6 +268,8 @@ class ConnectPlan:
     happy_eyeballs_delay: float | None
     #: ``SO_KEEPALIVE`` (a number also sets the idle time).
     keepalive: bool | float
+    #: Seconds ``aclose()`` may linger for the peer's EOF (see ``Connection.aclose``).
+    close_linger: float = DEFAULT_CLOSE_LINGER
     #: Called with each finished attempt.
     on_attempt: AttemptObserver | None = attrs.field(default=None, eq=False)
 
@@ -311,9 +284,14 @@ def make_plan(
     local_address: str | tuple[str, int] | TCPAddress | None = None,
     happy_eyeballs_delay: float | None = DEFAULT_HAPPY_EYEBALLS_DELAY,
     keepalive: bool | float = False,
+    close_linger: float = DEFAULT_CLOSE_LINGER,
     on_attempt: AttemptObserver | None = None,
+    call: str = "connect()",
 ) -> ConnectPlan:
     """Validate :func:`connect`'s arguments into a :class:`ConnectPlan`.
+
+    ``call`` is the public call named in error messages (``connect()``, or
+    ``ConnectionPool()`` for the pool's connect options).
 
     Raises:
         InvalidAddress: a malformed target or ``local_address``, or one whose
@@ -321,21 +299,66 @@ def make_plan(
         TypeError: an argument of the wrong type (or an unknown keyword).
         ValueError: a number out of range.
     """
+    with public_call(call):
+        return _make_plan(
+            target,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            local_address=local_address,
+            happy_eyeballs_delay=happy_eyeballs_delay,
+            keepalive=keepalive,
+            close_linger=close_linger,
+            on_attempt=on_attempt,
+        )
+
+
+#: The names :func:`make_plan` takes besides the target (the pool checks them).
+CONNECT_OPTIONS: Final = frozenset(
+    {
+        "timeout",
+        "retries",
+        "backoff",
+        "max_backoff",
+        "local_address",
+        "happy_eyeballs_delay",
+        "keepalive",
+        "close_linger",
+        "on_attempt",
+    }
+)
+
+
+def _make_plan(
+    target: object,
+    *,
+    timeout: object,
+    retries: object,
+    backoff: object,
+    max_backoff: object,
+    local_address: object,
+    happy_eyeballs_delay: object,
+    keepalive: object,
+    close_linger: object,
+    on_attempt: object,
+) -> ConnectPlan:
     address = _parse_target(target)
-    timeout_s = _number("timeout", timeout, allow_none=True, positive=True)
+    timeout_s = check_seconds("timeout", timeout, none=True, zero=False)
     if timeout_s is not None and math.isinf(timeout_s):
         timeout_s = None
-    if not isinstance(retries, int) or isinstance(retries, bool):
-        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
-    if retries < 0:
-        raise ValueError(f"retries must be >= 0, not {retries!r}")
-    backoff_s = _finite("backoff", backoff)
-    max_backoff_s = _finite("max_backoff", max_backoff)
+    retries_n = check_count("retries", retries, minimum=0)
+    assert retries_n is not None
+    backoff_s = check_seconds("backoff", backoff, infinite=False)
+    max_backoff_s = check_seconds("max_backoff", max_backoff, infinite=False)
+    assert backoff_s is not None and max_backoff_s is not None
     if max_backoff_s < backoff_s:
         raise ValueError(f"max_backoff ({max_backoff_s:g}) must be >= backoff ({backoff_s:g})")
-    delay = _number("happy_eyeballs_delay", happy_eyeballs_delay, allow_none=True)
+    delay = check_seconds("happy_eyeballs_delay", happy_eyeballs_delay, none=True)
     if delay is not None and math.isinf(delay):
         delay = None
+    linger = check_seconds("close_linger", close_linger)
+    assert linger is not None
     local = _parse_local(local_address)
     if local is not None:
         if isinstance(address, UnixAddress):
@@ -352,12 +375,13 @@ def make_plan(
     return ConnectPlan(
         target=address,
         timeout=timeout_s,
-        retries=retries,
+        retries=retries_n,
         backoff=backoff_s,
         max_backoff=max_backoff_s,
         local=local,
         happy_eyeballs_delay=delay,
-        keepalive=_check_keepalive(keepalive),
+        keepalive=check_keepalive("keepalive", keepalive),
+        close_linger=linger,
         on_attempt=on_attempt,
     )
 
@@ -629,7 +653,7 @@ async def _race(
     return winner
 
 
-def _wrap(sock: trio.socket.SocketType, target: _Target) -> Connection:
+def _wrap(sock: trio.socket.SocketType, target: _Target, plan: ConnectPlan) -> Connection:
     family, _type, _proto, _sockaddr, display = target
     try:
         peer = address_from_sockaddr(family, sock.getpeername())
@@ -639,7 +663,7 @@ def _wrap(sock: trio.socket.SocketType, target: _Target) -> Connection:
         local: Address | None = address_from_sockaddr(family, sock.getsockname())
     except OSError:
         local = None
-    return Connection(sock, peer=peer, local=local)
+    return Connection(sock, peer=peer, local=local, close_linger=plan.close_linger)
 
 
 async def connect_with_plan(plan: ConnectPlan) -> Connection:
@@ -677,7 +701,7 @@ async def connect_with_plan(plan: ConnectPlan) -> Connection:
                 break
     if won is not None:
         try:
-            conn = _wrap(*won)
+            conn = _wrap(*won, plan)
         except BaseException:
             won[0].close()
             raise
@@ -702,6 +726,7 @@ async def connect(
     local_address: str | tuple[str, int] | TCPAddress | None = None,
     happy_eyeballs_delay: float | None = DEFAULT_HAPPY_EYEBALLS_DELAY,
     keepalive: bool | float = False,
+    close_linger: float = DEFAULT_CLOSE_LINGER,
     on_attempt: AttemptObserver | None = None,
 ) -> Connection:
     """Connect to ``target`` and return a :class:`~trionet.Connection`.
@@ -741,7 +766,10 @@ async def connect(
         happy_eyeballs_delay: seconds before starting the next attempt while
             one is still pending; None means strictly one attempt at a time.
         keepalive: turn on TCP keepalive; a number also sets the idle time
-            (seconds) before the first probe.
+            (seconds, 1 to 32767) before the first probe.
+        close_linger: the most seconds :meth:`Connection.aclose` lingers for
+            the peer's EOF when closing at once could discard bytes we sent
+            (see :meth:`Connection.aclose`); 0 closes at once.
         on_attempt: called with each :class:`~trionet.ConnectAttempt` as it
             finishes (for logging or a ``-v`` flag); exceptions it raises are
             logged and ignored.
@@ -779,6 +807,7 @@ async def connect(
         local_address=local_address,
         happy_eyeballs_delay=happy_eyeballs_delay,
         keepalive=keepalive,
+        close_linger=close_linger,
         on_attempt=on_attempt,
     )
     return await connect_with_plan(plan)

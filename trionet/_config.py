@@ -10,41 +10,48 @@ wrong values ``ValueError``, unknown names ``TypeError`` listing the valid ones.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
 
 from ._admission import AccessPolicy
-from ._connection import DEFAULT_SCHEDULE_BUDGET
+from ._connection import DEFAULT_CLOSE_LINGER, DEFAULT_SCHEDULE_BUDGET
+from ._validate import (
+    check_bool,
+    check_count,
+    check_keepalive,
+    check_names,
+    check_seconds,
+    public_call,
+)
 
 __all__ = ["ServerConfig"]
 
 
 def _opt_int(minimum: int) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{attribute.name} must be an int or None, not {value!r}")
-        if value < minimum:
-            raise ValueError(f"{attribute.name} must be >= {minimum}, not {value!r}")
+        check_count(attribute.name, value, minimum=minimum, none=True)
+
+    return check
+
+
+def _int(minimum: int) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        check_count(attribute.name, value, minimum=minimum)
 
     return check
 
 
 def _opt_seconds(allow_zero: bool, allow_none: bool = True) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None and allow_none:
-            return
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
-        if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
-            op = ">= 0" if allow_zero else "> 0"
-            raise ValueError(f"{attribute.name} must be {op} seconds, not {value!r}")
+        check_seconds(attribute.name, value, none=allow_none, zero=allow_zero)
 
     return check
+
+
+def _bool(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_bool(attribute.name, value)
 
 
 def _check_access(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -68,12 +75,7 @@ def _check_handler_errors(instance: object, attribute: attrs.Attribute[Any], val
 
 
 def _check_keepalive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool):
-        return
-    if not isinstance(value, (int, float)):
-        raise TypeError(f"keepalive must be a bool or a number of seconds, not {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"keepalive must be a bool or a positive number of seconds, not {value!r}")
+    check_keepalive(attribute.name, value)
 
 
 def _check_mode(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -103,8 +105,9 @@ class ServerConfig:
     #: Grace period used by ``open_server``'s exit and ``shutdown(None)``.
     shutdown_grace: float = attrs.field(default=10.0, validator=_opt_seconds(True, False))
     #: Set ``TCP_NODELAY`` on accepted TCP connections.
-    tcp_nodelay: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    #: ``SO_KEEPALIVE``: False, True (system timers) or idle seconds before probes.
+    tcp_nodelay: bool = attrs.field(default=True, validator=_bool)
+    #: ``SO_KEEPALIVE``: False, True (system timers) or idle seconds before probes
+    #: (whole seconds, 1 to 32767: the kernel's ``TCP_KEEPIDLE`` range).
     keepalive: bool | float = attrs.field(default=False, validator=_check_keepalive)
     #: Who may connect: an :class:`AccessPolicy` or a callable(ConnectionInfo) -> bool.
     access: Any = attrs.field(default=None, validator=_check_access)
@@ -118,11 +121,21 @@ class ServerConfig:
     unix_mode: int | None = attrs.field(default=None, validator=_check_mode)
     #: 1 = strict Trio (every call a schedule point); with N > 1, N - 1 immediately-completed
     #: receives in a row may skip theirs, the N-th yields, and a send always yields.
-    schedule_budget: int = attrs.field(default=DEFAULT_SCHEDULE_BUDGET, validator=_opt_int(1))
+    schedule_budget: int = attrs.field(default=DEFAULT_SCHEDULE_BUDGET, validator=_int(1))
+    #: Seconds the server's close of a connection may linger for the peer's EOF
+    #: when closing at once could discard a reply (see ``Connection.aclose``);
+    #: 0 closes at once.
+    close_linger: float = attrs.field(
+        default=DEFAULT_CLOSE_LINGER, validator=_opt_seconds(True, False)
+    )
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> ServerConfig:
+    def from_options(cls, options: Mapping[str, Any], call: str = "serve()") -> ServerConfig:
         """Build a config from ``serve``'s keyword options, naming any unknown one.
+
+        Args:
+            options: the keyword options.
+            call: the public call they were given to, named in error messages.
 
         Raises:
             TypeError: an unknown option name, or an option of the wrong type.
@@ -132,13 +145,9 @@ class ServerConfig:
 
             config = ServerConfig.from_options({"max_connections": 100})
         """
-        known = _FIELD_NAMES
-        unknown = sorted(name for name in options if name not in known)
-        if unknown:
-            names = ", ".join(repr(n) for n in unknown)
-            valid = ", ".join(sorted(known))
-            raise TypeError(f"unknown server option(s) {names}; valid options are: {valid}")
-        return cls(**options)
+        with public_call(call):
+            check_names(options, _FIELD_NAMES)
+            return cls(**options)
 
 
 _FIELD_NAMES = frozenset(field.name for field in attrs.fields(ServerConfig))

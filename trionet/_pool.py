@@ -87,9 +87,10 @@ import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from ._address import Address
-from ._client import ConnectPlan, connect_with_plan, make_plan
+from ._client import CONNECT_OPTIONS, ConnectPlan, connect_with_plan, make_plan
 from ._connection import Connection
 from ._unwrap import unwrap_single
+from ._validate import check_count, check_names, check_seconds, public_call
 
 if TYPE_CHECKING:
     from typing import Self
@@ -109,6 +110,11 @@ _DEAD_EVENTS: Final = (
 # How long ``__aexit__`` may spend closing, shielded from the caller's
 # cancellation (closing is synchronous apart from one checkpoint).
 _CLOSE_TIMEOUT: Final = 5.0
+
+#: The public call named in error messages.
+_CALL: Final = "ConnectionPool()"
+#: Every keyword option ConnectionPool takes (named when one is unknown).
+_POOL_OPTIONS: Final = CONNECT_OPTIONS | {"max_size", "idle_timeout"}
 
 _count = attrs.field(
     default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
@@ -232,7 +238,9 @@ class ConnectionPool:
             seconds (None: keep them until the pool closes).
         **connect_options: passed to :func:`trionet.connect` for each new
             connection (``timeout``, ``retries``, ``backoff``,
-            ``local_address``, ``happy_eyeballs_delay``, ``keepalive``, ...).
+            ``local_address``, ``happy_eyeballs_delay``, ``keepalive``,
+            ``close_linger``, ...).  ``close_linger`` also bounds how long
+            the pool's own orderly closes linger (see "Closing" above).
 
     Raises:
         InvalidAddress: a malformed target (at construction).
@@ -259,23 +267,17 @@ class ConnectionPool:
         idle_timeout: float | None = None,
         **connect_options: Any,
     ) -> None:
-        self._plan: ConnectPlan = make_plan(target, **connect_options)
-        if not isinstance(max_size, int) or isinstance(max_size, bool):
-            raise TypeError(f"max_size must be an int, not {type(max_size).__name__}")
-        if max_size < 1:
-            raise ValueError(f"max_size must be >= 1, not {max_size!r}")
-        if idle_timeout is not None:
-            if not isinstance(idle_timeout, (int, float)) or isinstance(idle_timeout, bool):
-                raise TypeError(
-                    f"idle_timeout must be None or a number of seconds, "
-                    f"not {type(idle_timeout).__name__}"
-                )
-            if math.isnan(idle_timeout) or idle_timeout <= 0:
-                raise ValueError(f"idle_timeout must be > 0, not {idle_timeout!r}")
-            if math.isinf(idle_timeout):
-                idle_timeout = None
-        self._max_size = max_size
-        self._idle_timeout: float | None = None if idle_timeout is None else float(idle_timeout)
+        with public_call(_CALL):
+            check_names(connect_options, _POOL_OPTIONS)
+        self._plan: ConnectPlan = make_plan(target, call=_CALL, **connect_options)
+        with public_call(_CALL):
+            size = check_count("max_size", max_size, minimum=1)
+            idle = check_seconds("idle_timeout", idle_timeout, none=True, zero=False)
+        assert size is not None
+        if idle is not None and math.isinf(idle):
+            idle = None
+        self._max_size = size
+        self._idle_timeout: float | None = idle
         # (connection, time it came back), oldest on the left.
         self._idle: collections.deque[tuple[Connection, float]] = collections.deque()
         self._lent: set[Connection] = set()

@@ -105,6 +105,7 @@ from ._listeners import Bind, Listener, close_listeners, open_listeners
 from ._ratelimit import RateLimiter
 from ._stats import Counters, ServerStats
 from ._unwrap import leaves, unwrap_single
+from ._validate import check_async_callable, public_call
 
 log = logging.getLogger("trionet.server")
 
@@ -152,6 +153,8 @@ class Server:
         self.drain_silent = False
         self._counters = Counters()
         self._conns: dict[int, Connection] = {}
+        #: Connections whose handler has ended, lingering in an orderly close.
+        self._lingering = 0
         #: Handlers holding a max_connections slot.
         self._active = 0
         self._max = config.max_connections
@@ -217,6 +220,7 @@ class Server:
             accept_errors=c.accept_errors,
             idle_closed=c.idle_closed,
             swept=c.swept,
+            lingering=self._lingering,
         )
 
     @property
@@ -316,11 +320,16 @@ class Server:
                             conn._interrupt_iteration()
                         await self._empty.wait()
                     self._grace_scope = None
-                    if self._conns:
+                    if self._conns or self._lingering:
                         # From here on, whatever still runs counts as cancelled
-                        # (see "What the shutdown report counts").
+                        # (see "What the shutdown report counts"), and a
+                        # lingering close ends at once.
                         self._grace_over = True
-                        log.info("grace period over: cancelling %d handler(s)", len(self._conns))
+                        log.info(
+                            "grace period over: cancelling %d handler(s), ending %d linger(s)",
+                            len(self._conns),
+                            self._lingering,
+                        )
                         conn_nursery.cancel_scope.cancel()
                     reaper_scope.cancel()
         finally:
@@ -360,11 +369,11 @@ class Server:
         if swept:
             log.info("drain: served %d connection(s) queued in the kernel", swept)
         for conn in list(self._conns.values()):
+            conn._mark_drain()
             if conn._drain_event is not None:
                 conn._drain_event.set()
             conn._interrupt_iteration()
-        if not self._conns:
-            self._empty.set()
+        self._check_empty()
 
     # ------------------------------------------------------------------
     # Capacity (used by the accept loops)
@@ -499,10 +508,17 @@ class Server:
             local = None if listener.wildcard else listener.address
         if isinstance(sock, _stdlib_socket.socket):
             # A kernel socket: no Trio wrapper unless the handler asks for one.
-            conn = Connection._adopt(sock, peer, local, config.schedule_budget, self)
+            conn = Connection._adopt(
+                sock, peer, local, config.schedule_budget, self, config.close_linger
+            )
         else:  # a socket from a custom Trio socket factory
             conn = Connection(
-                sock, peer=peer, local=local, schedule_budget=config.schedule_budget, _owner=self
+                sock,
+                peer=peer,
+                local=local,
+                schedule_budget=config.schedule_budget,
+                close_linger=config.close_linger,
+                _owner=self,
             )
         nursery = self._conn_nursery
         assert nursery is not None
@@ -561,7 +577,9 @@ class Server:
                     self._handler_raised(conn, exc)
                 ended = True
         finally:
-            self._release(conn, hostkey, running=running, ended=ended)
+            lingering = self._release(conn, hostkey, running=running, ended=ended)
+        if lingering:
+            await self._linger(conn)
 
     def _handler_raised(self, conn: Connection, exc: BaseException) -> None:
         # Classify what escaped a handler; re-raise cancellation (and, with
@@ -623,19 +641,31 @@ class Server:
 
     def _release(
         self, conn: Connection, hostkey: Hashable | None, *, running: bool = True, ended: bool
-    ) -> None:
+    ) -> bool:
+        """The handler is done: give back its slot and host lease, close its connection.
+
+        A handler that ended by itself gets an orderly close, which may
+        *linger* (see ``Connection.aclose``): then this returns True and the
+        task must await :meth:`_linger`.  Otherwise the connection is closed
+        at once.  Either way the connection leaves ``connections`` and is
+        counted as closed here (its FIN is on the way).
+        """
         del self._conns[conn.id]
         if hostkey is not None and (gate := self._admission) is not None:
             gate.release(hostkey)
-        conn.close()  # -> _connection_closed, unless the handler closed it already
+        lingering = False
+        if ended and not self._grace_over and not conn.closed:
+            lingering = conn._begin_orderly_close()  # -> _connection_closed
+        else:
+            conn.close()  # -> _connection_closed, unless the handler closed it already
+        if lingering:
+            self._lingering += 1
         if running:
             self._active -= 1
             if self._slot_waiters:
                 self._wake_slot_waiter()
-        ev = self._closed_event
-        if ev is not None:
-            self._closed_event = None
-            ev.set()
+        if not lingering:
+            self._descriptor_freed()
         if self.draining:
             if ended and not self._grace_over:
                 self._finished += 1
@@ -643,8 +673,31 @@ class Server:
                 pass  # closed by the idle reaper: counted in stats.idle_closed only
             else:
                 self._cancelled += 1
-            if not self._conns:
-                self._empty.set()
+            self._check_empty()
+        return lingering
+
+    async def _linger(self, conn: Connection) -> None:
+        # Holds the descriptor, no slot and no handler.  Bounded by
+        # close_linger, and by the grace period: when it runs out the
+        # connection nursery is cancelled, and a cancelled linger closes at once.
+        try:
+            await conn._linger(self.config.close_linger)
+        finally:
+            self._lingering -= 1
+            self._descriptor_freed()
+            if self.draining:
+                self._check_empty()
+
+    def _descriptor_freed(self) -> None:
+        # Wakes accept tasks backing off from descriptor exhaustion.
+        ev = self._closed_event
+        if ev is not None:
+            self._closed_event = None
+            ev.set()
+
+    def _check_empty(self) -> None:
+        if not self._conns and not self._lingering:
+            self._empty.set()
 
 
 def _local_address(sock: Any, listener: Listener, family: int) -> Address | None:
@@ -657,11 +710,11 @@ def _local_address(sock: Any, listener: Listener, family: int) -> Address | None
         return None
 
 
-def _check_handler(handler: object, binds: tuple[Bind, ...]) -> None:
-    if not callable(handler):
-        raise TypeError(f"handler must be an async function taking a Connection, not {handler!r}")
+def _check_handler(call: str, handler: object, binds: tuple[Bind, ...]) -> None:
+    with public_call(call):
+        check_async_callable("handler", handler, takes="a Connection")
     if not binds:
-        raise LocalProtocolError("serve needs at least one bind (e.g. 'tcp://127.0.0.1:0')")
+        raise LocalProtocolError(f"{call} needs at least one bind (e.g. 'tcp://127.0.0.1:0')")
 
 
 async def serve(
@@ -700,8 +753,8 @@ async def serve(
             ...
             await server.shutdown(5.0)
     """
-    config = ServerConfig.from_options(options)
-    _check_handler(handler, binds)
+    config = ServerConfig.from_options(options, "serve()")
+    _check_handler("serve()", handler, binds)
     await _serve(handler, binds, config, task_status)
 
 
@@ -750,8 +803,8 @@ async def open_server(handler: Handler, *binds: Bind, **options: Any) -> AsyncIt
             conn = await trionet.connect(server.addresses[0])
             ...
     """
-    config = ServerConfig.from_options(options)  # validate before anything starts
-    _check_handler(handler, binds)
+    config = ServerConfig.from_options(options, "open_server()")  # before anything starts
+    _check_handler("open_server()", handler, binds)
     body_error: BaseException | None = None
     with unwrap_single():
         async with trio.open_nursery() as nursery:

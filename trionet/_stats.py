@@ -22,7 +22,8 @@ class ServerStats:
     #: Connections accepted and not yet closed: handlers running, or (swept
     #: during a drain beyond ``max_connections``) waiting for a slot.
     active: int = 0
-    #: Connections closed (``accepted == active + closed``).
+    #: Connections closed (``accepted == active + closed``), counted when
+    #: their FIN is sent -- a lingering close is counted at its start.
     closed: int = 0
     #: Handlers that raised (not counting peer resets).
     handler_errors: int = 0
@@ -46,6 +47,12 @@ class ServerStats:
     idle_closed: int = 0
     #: Connections found queued in the kernel when a drain began, and served.
     swept: int = 0
+    #: Connections lingering now: their handler has ended and they count as
+    #: ``closed`` (the FIN is sent), but the server still reads and discards
+    #: what the peer sends until its EOF, so closing cannot reset the
+    #: connection and throw away the end of a reply (see ``Connection.aclose``).
+    #: They hold a descriptor, but no handler task and no ``max_connections`` slot.
+    lingering: int = 0
 
 
 class Counters:

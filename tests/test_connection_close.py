@@ -1,0 +1,732 @@
+"""The lingering close: our own close never discards a reply that ``send_all`` accepted.
+
+Every test here uses real loopback sockets.  Clients that "read slowly" do
+so at a bounded rate (a short sleep between reads is their *speed*, never a
+way to wait for something); every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket as stdlib_socket
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+import trio.testing
+from conftest import Shutdown, port_of, proxy_sockets, wait_until
+
+import trionet
+from trionet import _connection, _poller, services
+from trionet._connection import linger_needed, unsent_bytes
+
+ServerFactory = Callable[..., Awaitable[trionet.Server]]
+
+MIB = 1 << 20
+
+
+async def raw_client(port: int, *, rcvbuf: int | None = None) -> trio.socket.SocketType:
+    sock = trio.socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, rcvbuf)
+    with trio.fail_after(5):
+        await sock.connect(("127.0.0.1", port))
+    return sock
+
+
+class Reading:
+    """What a client read: its bytes, and how the stream ended ("eof" or "reset")."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.end = ""
+
+    async def read_all(
+        self, sock: trio.socket.SocketType, *, chunk: int = 65536, pause: float = 0.0
+    ) -> None:
+        """Read until EOF or reset, ``chunk`` bytes at a time, ``pause`` s apart (the speed)."""
+        try:
+            while True:
+                data = await sock.recv(chunk)
+                if not data:
+                    self.end = "eof"
+                    return
+                self.data += data
+                if pause:
+                    await trio.sleep(pause)
+        except ConnectionResetError:
+            self.end = "reset"
+
+
+def pattern(tag: int, size: int) -> bytes:
+    """``size`` bytes that say which reply they belong to (a truncation shows)."""
+    unit = b"%08d" % tag
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+# ----------------------------------------------------------------------
+# 1. The handler returns with a reply still queued and input unread
+
+
+@pytest.fixture(params=["poller", "trio-waits"])
+def parking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with server connections parked on the poller, and on Trio's waits."""
+    monkeypatch.setattr(_poller, "ENABLED", request.param == "poller")
+    return str(request.param)
+
+
+async def test_pipelined_client_gets_the_whole_reply_after_the_handler_returns(
+    trionet_server: ServerFactory, parking: str
+) -> None:
+    # The handler answers one request with 8 MiB and returns; the client has
+    # pipelined a second request and reads slowly.  A plain close() with that
+    # request unread makes the kernel reset the connection and throw away the
+    # unsent tail of the reply (the client used to get ~5-7 MiB, then RST).
+    size = 8 * MIB
+    reply = pattern(1, size)
+
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.receive_line()
+        await conn.send_all(reply)
+
+    server = await trionet_server(handler)
+    sock = await raw_client(port_of(server))
+    with sock:
+        await sock.send(b"first\n")
+        # The second request arrives while the reply is being written: it
+        # sits unread in the kernel when the handler returns.
+        reading = Reading()
+        with trio.fail_after(20):
+            first = await sock.recv(65536)
+            await sock.send(b"second, pipelined\n")
+            reading.data += first
+            await reading.read_all(sock, pause=0.001)
+    assert reading.end == "eof"
+    assert len(reading.data) == size
+    assert reading.data == reply
+    stats = server.stats
+    assert stats.bytes_sent == size
+    assert stats.handler_errors == stats.resets == 0
+    await wait_until(lambda: server.stats.lingering == 0)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+async def test_a_lingering_close_ends_with_the_peers_eof(
+    trionet_server: ServerFactory, unused_unix_path: str, kind: str
+) -> None:
+    # While lingering the connection is closed (stats, connections) and holds
+    # no max_connections slot: a second client is served meanwhile.
+    async def handler(conn: trionet.Connection) -> None:
+        # receive_some(4) takes 4 bytes from the kernel and leaves the rest
+        # there: the handler returns with input unread.
+        request = await conn.receive_some(4)
+        await conn.send_all(b"reply" if request == b"ask!" else b"wrong")
+
+    bind = "tcp://127.0.0.1:0" if kind == "tcp" else f"unix:{unused_unix_path}"
+    server = await trionet_server(handler, bind, max_connections=1)
+    first = await trionet.connect(server.addresses[0], close_linger=0)
+    with trio.fail_after(5):
+        await first.send_all(b"ask!more, unread")
+        assert await first.receive_exactly(5) == b"reply"
+        assert await first.receive_some() == b""  # the FIN after the reply
+        await wait_until(lambda: server.stats.lingering == 1)
+    stats = server.stats
+    assert (stats.accepted, stats.active, stats.closed) == (1, 0, 1)
+    assert server.connections == ()
+    # The slot is free: a second client is served while the first lingers.
+    async with await trionet.connect(server.addresses[0]) as second:
+        with trio.fail_after(5):
+            await second.send_all(b"ask!")
+            assert await second.receive_exactly(5) == b"reply"
+    assert server.stats.lingering == 1
+    await first.aclose()  # our EOF ends the linger
+    await wait_until(lambda: server.stats.lingering == 0)
+    stats = server.stats
+    assert stats.accepted == stats.active + stats.closed == 2
+    assert stats.handler_errors == stats.resets == 0
+
+
+async def test_no_linger_when_nothing_could_be_lost(trionet_server: ServerFactory) -> None:
+    # EOF already seen, or nothing waiting and nothing unsent: close at once,
+    # exactly as before (no lingering, the peer sees EOF at once).
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.send_all(await conn.receive_line() + b"\n")
+
+    server = await trionet_server(handler)
+    for how in ("eof", "idle"):
+        async with await trionet.connect(server.addresses[0]) as conn:
+            await conn.send_all(b"hello\n")
+            if how == "eof":
+                await conn.send_eof()
+            with trio.fail_after(5):
+                assert await conn.receive_line() == b"hello"
+                assert await conn.receive_some() == b""
+            assert server.stats.lingering == 0
+    await wait_until(lambda: server.stats.closed == 2)
+    assert server.stats.lingering == 0
+
+
+async def test_close_linger_zero_closes_at_once_and_may_reset(
+    trionet_server: ServerFactory,
+) -> None:
+    # close_linger=0 keeps the old immediate close: with input unread the
+    # kernel resets the connection and the tail of the reply is lost.
+    size = 8 * MIB
+
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.receive_line()
+        await conn.send_all(b"x" * size)
+
+    server = await trionet_server(handler, close_linger=0)
+    sock = await raw_client(port_of(server))
+    with sock:
+        await sock.send(b"first\n")
+        reading = Reading()
+        with trio.fail_after(20):
+            reading.data += await sock.recv(65536)
+            await sock.send(b"second\n")
+            await reading.read_all(sock, pause=0.001)
+    assert reading.end == "reset"
+    assert len(reading.data) < size
+    assert server.stats.lingering == 0
+
+
+async def test_linger_is_bounded_by_close_linger(trionet_server: ServerFactory) -> None:
+    # A peer that keeps sending and never closes: the linger reads and
+    # discards, and gives up after close_linger; then the peer is reset.
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.receive_some(1)  # one byte of two: the other stays unread
+        await conn.send_all(b"bye")
+
+    server = await trionet_server(handler, close_linger=0.2)
+    sock = await raw_client(port_of(server))
+    with sock:
+        await sock.send(b"!!")
+        with trio.fail_after(5):
+            assert await sock.recv(3) == b"bye"
+            await wait_until(lambda: server.stats.lingering == 1)
+            assert await sock.recv(3) == b""  # the FIN: the server is lingering
+            reset = False
+            while not reset:  # bounded by fail_after: the linger must give up
+                try:
+                    await sock.send(b"x" * 1000)
+                    await trio.sleep(0.01)  # the sending rate
+                except (BrokenPipeError, ConnectionResetError):
+                    reset = True
+    assert server.stats.lingering == 0
+    assert server.stats.closed == 1
+
+
+async def test_a_drain_caps_the_linger_at_the_grace_period(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    # close_linger is long, the peer never closes: shutdown() still returns
+    # within its grace period, and the connection counts as finished.
+    done = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.receive_some(1)
+        await conn.send_all(b"bye")
+        done.set()
+
+    server = await trionet_server(handler, close_linger=60)
+    sock = await raw_client(port_of(server))
+    with sock:
+        await sock.send(b"!!")  # one byte stays unread: the close lingers
+        with trio.fail_after(5):
+            await done.wait()
+            await wait_until(lambda: server.stats.lingering == 1)
+        shutdown = Shutdown(nursery, server, grace=0.5)
+        report = await shutdown.wait(timeout=5)
+        assert shutdown.returned_at - shutdown.started_at < 3
+        assert server.stats.lingering == 0
+        # The linger ended by the drain: the peer saw the reply and the FIN.
+        assert await sock.recv(10) == b"bye"
+    assert (report.finished, report.cancelled) == (0, 0)  # it ended before the drain
+
+
+async def test_handler_ending_in_a_drain_counts_as_finished_although_it_lingers(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    started = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        started.set()
+        await conn.draining.wait()
+        await conn.send_all(b"goodbye")
+
+    server = await trionet_server(handler)
+    sock = await raw_client(port_of(server))
+    with sock:
+        await sock.send(b"unread")
+        with trio.fail_after(5):
+            await started.wait()
+        shutdown = Shutdown(nursery, server, grace=5)
+        with trio.fail_after(5):
+            assert await sock.recv(100) == b"goodbye"
+            assert await sock.recv(100) == b""
+            await wait_until(lambda: server.stats.lingering == 1)
+        assert not shutdown.done.is_set()  # the drain waits for the linger ...
+    report = await shutdown.wait()  # ... which our close ends
+    assert (report.finished, report.cancelled) == (1, 0)
+    assert report.elapsed < 4
+
+
+# ----------------------------------------------------------------------
+# 2. Graceful drains lose nothing
+
+
+class PipelinedRequests:
+    """The drain how-to's handler: answer one request at a time; after a
+    reply, return if a drain has begun ("finish the current message, return")."""
+
+    def __init__(self, reply_size: int) -> None:
+        self.reply_size = reply_size
+        self.first_reply = trio.Event()
+        self.started = 0
+
+    async def __call__(self, conn: trionet.Connection) -> None:
+        self.started += 1
+        while True:
+            try:
+                request = await conn.receive_line()
+            except trionet.IncompleteRead:
+                return
+            await conn.send_all(pattern(int(request), self.reply_size))
+            self.first_reply.set()
+            if conn.draining.is_set():
+                return
+
+
+async def test_drain_of_pipelining_slow_readers_truncates_no_reply(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    # 20 clients pipeline requests and read slowly; the drain begins while
+    # replies are in flight.  Each handler finishes its current reply and
+    # returns, as the how-to says.  Every client must get only whole replies
+    # and end with a clean EOF -- no reset, nothing the server counted as sent lost.
+    n_clients, reply_size = 20, 512 * 1024
+    handler = PipelinedRequests(reply_size)
+    server = await trionet_server(handler)
+    port = port_of(server)
+    readings: list[Reading] = []
+    in_flight = trio.Event()
+
+    async def client(i: int) -> None:
+        reading = Reading()
+        readings.append(reading)
+        sock = await raw_client(port, rcvbuf=65536)
+        with sock:
+
+            async def pipeline() -> None:
+                # Keep sending requests while replies arrive: some are still
+                # unread by the server when its handler returns.
+                for k in range(50):
+                    try:
+                        await sock.send(b"%d\n" % (i * 100 + k))
+                    except OSError:
+                        return
+                    await trio.sleep(0.02)  # the request rate
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(pipeline)
+                await reading.read_all(sock, pause=0.002)  # ~30 MB/s: slower than the server
+                inner.cancel_scope.cancel()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as clients:
+            for i in range(n_clients):
+                clients.start_soon(client, i)
+            await handler.first_reply.wait()
+            await wait_until(lambda: handler.started == n_clients)
+            in_flight.set()
+            shutdown = Shutdown(nursery, server, grace=3.0)
+        report = await shutdown.wait()
+
+    assert len(readings) == n_clients
+    for i, reading in enumerate(readings):
+        assert reading.end == "eof", f"client {i} was reset"
+        assert reading.data, f"client {i} got nothing"
+        assert len(reading.data) % reply_size == 0, f"client {i} got a truncated reply"
+    assert sum(len(r.data) for r in readings) == server.stats.bytes_sent
+    assert (report.finished, report.cancelled) == (n_clients, 0)
+    assert server.stats.handler_errors == server.stats.resets == 0
+    assert server.stats.lingering == 0
+
+
+async def test_drain_of_slow_readers_streaming_to_echo_loses_nothing(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    # 10 clients stream to the built-in echo service and read the echo
+    # slowly.  A drain ends each echo loop after the data already received,
+    # and every byte the server counted as sent reaches its client.
+    n_clients = 10
+    server = await trionet_server(services.echo)
+    port = port_of(server)
+    readings: list[Reading] = []
+    streaming = 0
+    all_streaming = trio.Event()
+
+    async def client() -> None:
+        nonlocal streaming
+        reading = Reading()
+        readings.append(reading)
+        sock = await raw_client(port)
+        with sock:
+
+            async def writer() -> None:
+                nonlocal streaming
+                streaming += 1
+                if streaming == n_clients:
+                    all_streaming.set()
+                for _ in range(1000):  # at most 64 MiB
+                    try:
+                        await sock.send(b"e" * 65536)
+                    except OSError:
+                        return
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(writer)
+                await reading.read_all(sock, pause=0.002)
+                inner.cancel_scope.cancel()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as clients:
+            for _ in range(n_clients):
+                clients.start_soon(client)
+            await all_streaming.wait()
+            await wait_until(lambda: server.stats.bytes_sent > n_clients * MIB)
+            shutdown = Shutdown(nursery, server, grace=3.0)
+        report = await shutdown.wait()
+    for i, reading in enumerate(readings):
+        assert reading.end == "eof", f"client {i} was reset"
+    assert sum(len(r.data) for r in readings) == server.stats.bytes_sent
+    assert (report.finished, report.cancelled) == (n_clients, 0)
+
+
+# ----------------------------------------------------------------------
+# 3. The decision, on socket pairs
+
+
+def tcp_pair(*, rcvbuf: int | None = None) -> tuple[stdlib_socket.socket, stdlib_socket.socket]:
+    listener = stdlib_socket.create_server(("127.0.0.1", 0))
+    with listener:
+        client = stdlib_socket.socket()
+        if rcvbuf is not None:
+            client.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, rcvbuf)
+        client.connect(listener.getsockname())
+        server, _ = listener.accept()
+    server.setblocking(False)
+    return server, client
+
+
+def test_linger_needed_reads_the_kernel_not_the_clock() -> None:
+    # Nothing waiting, nothing unsent: close now.
+    ours, peer = tcp_pair()
+    with ours, peer:
+        assert not linger_needed(ours)
+        assert unsent_bytes(ours) == 0
+        # Data waiting (a pipelined request): linger.  Peeking consumed nothing.
+        peer.send(b"GET /next")
+        assert wait_for(lambda: linger_needed(ours))
+        assert ours.recv(100) == b"GET /next"
+        assert not linger_needed(ours)
+        # The peer's EOF: close now.
+        peer.shutdown(stdlib_socket.SHUT_WR)
+        assert wait_for(lambda: ours.recv(1, stdlib_socket.MSG_PEEK) == b"")
+        assert not linger_needed(ours)
+    # Nothing waiting, but bytes not yet sent (the peer's window is full): linger.
+    ours, peer = tcp_pair(rcvbuf=4096)
+    with ours, peer:
+        sent = 0
+        try:
+            while sent < 64 * MIB:
+                sent += ours.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        assert unsent_bytes(ours) > 0
+        assert linger_needed(ours)
+    # A reset connection: nothing left to protect, close now.
+    ours, peer = tcp_pair()
+    with ours:
+        peer.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        peer.close()
+        assert wait_for(lambda: not linger_needed(ours))
+
+
+def wait_for(predicate: Callable[[], bool]) -> bool:
+    """Loopback delivers within microseconds; poll a kernel fact briefly (bounded)."""
+    for _ in range(1000):
+        if predicate():
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def test_unsent_bytes_of_a_unix_socket_is_zero() -> None:
+    a, b = stdlib_socket.socketpair()
+    with a, b:
+        a.send(b"x" * 1000)
+        assert unsent_bytes(a) == 0  # a Unix socket hands data straight to its peer
+
+
+# ----------------------------------------------------------------------
+# 4. Closes that stay immediate
+
+
+async def server_conn_with_unread_input(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> tuple[trionet.Connection, trio.socket.SocketType, trio.Event]:
+    """A server Connection that sent a reply while the peer's next bytes sit unread.
+
+    The handler waits on the returned event before returning.
+    """
+    conns: list[trionet.Connection] = []
+    got = trio.Event()
+    release = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        conns.append(conn)
+        await conn.receive_some(1)
+        await conn.send_all(b"reply")
+        got.set()
+        await release.wait()
+
+    server = await trionet_server(handler)
+    sock = await raw_client(port_of(server))
+    await sock.send(b"!unread")
+    with trio.fail_after(5):
+        await got.wait()
+        assert await sock.recv(5) == b"reply"
+    return conns[0], sock, release
+
+
+@pytest.mark.parametrize("how", ["abort", "close", "aclose_forcefully", "cancelled_aclose"])
+async def test_immediate_closes_reset_when_input_is_unread(
+    trionet_server: ServerFactory, nursery: trio.Nursery, how: str
+) -> None:
+    # abort() is the handler's choice; the synchronous close() and a
+    # cancelled aclose() cannot wait: all three close at once, and with
+    # input unread the kernel resets the connection (documented).
+    conn, sock, release = await server_conn_with_unread_input(trionet_server, nursery)
+    with sock:
+        if how == "abort":
+            conn.abort()
+        elif how == "close":
+            conn.close()
+        elif how == "aclose_forcefully":
+            await trio.aclose_forcefully(conn)
+        else:
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await conn.aclose()
+        assert conn.closed and not conn._fd_open
+        with trio.fail_after(5), pytest.raises(ConnectionResetError):
+            await sock.recv(10)
+        release.set()
+
+
+async def test_abort_ends_a_linger_with_a_reset(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    conn, sock, release = await server_conn_with_unread_input(trionet_server, nursery)
+    with sock:
+        lingering = trio.Event()
+
+        async def close_it() -> None:
+            lingering.set()
+            await conn.aclose()
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(close_it)
+            await lingering.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn.closed and conn._fd_open  # lingering: FIN sent, descriptor open
+            with trio.fail_after(5):
+                assert await sock.recv(10) == b""
+            conn.abort()  # from another task: the linger ends at once, with RST
+        assert not conn._fd_open
+        with trio.fail_after(5), pytest.raises((ConnectionResetError, BrokenPipeError)):
+            for _ in range(100):  # the RST answers our next segment
+                await sock.send(b"x")
+                await trio.sleep(0.01)
+        release.set()
+
+
+async def test_aclose_wakes_blocked_tasks_and_still_delivers_what_was_sent(
+    trionet_server: ServerFactory,
+) -> None:
+    # The Trio contract: closing wakes tasks blocked on the stream with
+    # ClosedResourceError -- also when the close then lingers.  A receiver
+    # and a sender are blocked (the peer reads nothing, its window is full);
+    # aclose() wakes both, lingers (bytes are unsent), and the peer then
+    # reads everything the kernel had accepted, followed by a clean EOF.
+    conns: list[trionet.Connection] = []
+    ready = trio.Event()
+    woken: list[str] = []
+    closed = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        conns.append(conn)
+
+        async def receiver() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await conn.receive_some(10)
+            woken.append("receiver")
+
+        async def sender() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await conn.send_all(b"s" * (16 * MIB))
+            woken.append("sender")
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(receiver)
+            inner.start_soon(sender)
+            ready.set()
+            await trio.testing.wait_all_tasks_blocked()
+            await conn.aclose()
+            closed.set()
+
+    server = await trionet_server(handler)
+    sock = await raw_client(port_of(server), rcvbuf=4096)
+    with sock:
+        with trio.fail_after(5):
+            await ready.wait()
+            await wait_until(lambda: server.stats.lingering == 0 and bool(woken))
+        assert sorted(woken) == ["receiver", "sender"]
+        conn = conns[0]
+        assert conn.closed and conn._fd_open  # lingering: the peer has not read yet
+        reading = Reading()
+        with trio.fail_after(10):
+            await reading.read_all(sock)
+            sock.shutdown(stdlib_socket.SHUT_WR)  # our EOF ends the linger
+            await closed.wait()
+        assert reading.end == "eof"
+        assert len(reading.data) == conn.bytes_sent > 0
+        assert not conn._fd_open
+
+
+# ----------------------------------------------------------------------
+# 5. Client connections and the pool follow the same rule
+
+
+async def test_client_aclose_lingers_so_the_server_gets_the_whole_request(
+    trionet_server: ServerFactory,
+) -> None:
+    # The server greets (the client never reads it) and reads the client's
+    # 8 MiB upload slowly.  The client sends it and closes: a plain close with
+    # the greeting unread would reset the connection and drop the upload's
+    # unsent tail.
+    size = 8 * MIB
+    received = bytearray()
+    finished = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.send_all(b"hello, client\n")
+        while data := await conn.receive_some(65536):
+            received.extend(data)
+            await trio.sleep(0.0005)  # the server's reading speed
+        finished.set()
+
+    server = await trionet_server(handler)
+    upload = pattern(7, size)
+    with trio.fail_after(30):
+        conn = await trionet.connect(server.addresses[0])
+        await conn.receive_some(1)  # the greeting has arrived (most of it stays unread)
+        await conn.send_all(upload)
+        await conn.aclose()
+        await finished.wait()
+    assert bytes(received) == upload
+    assert server.stats.resets == 0
+
+
+async def test_pool_connections_carry_close_linger(trionet_server: ServerFactory) -> None:
+    server = await trionet_server(services.echo)
+    pool = trionet.ConnectionPool(server.addresses[0], close_linger=0.25)
+    async with pool, pool.connection() as conn:
+        assert conn._close_linger == 0.25
+    conn = await trionet.connect(server.addresses[0])
+    async with conn:
+        assert conn._close_linger == _connection.DEFAULT_CLOSE_LINGER
+
+
+# ----------------------------------------------------------------------
+# 6. Descriptor-less sockets (a custom socket factory) linger when asked
+
+
+async def test_descriptor_less_connections_linger_too(trionet_server: ServerFactory) -> None:
+    size = 4 * MIB
+    reply = pattern(3, size)
+
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.receive_some(6)
+        await conn.send_all(reply)
+
+    with proxy_sockets() as factory:
+        server = await trionet_server(handler)
+        assert factory.made
+    sock = await raw_client(port_of(server))
+    with sock:
+        await sock.send(b"first\n")
+        reading = Reading()
+        with trio.fail_after(20):
+            reading.data += await sock.recv(65536)
+            await sock.send(b"second\n")
+            await reading.read_all(sock, pause=0.001)
+    assert reading.end == "eof"
+    assert reading.data == reply
+    await wait_until(lambda: server.stats.lingering == 0)
+
+
+async def test_descriptor_less_linger_is_bounded_by_close_linger(
+    trionet_server: ServerFactory,
+) -> None:
+    # It cannot peek, so it lingers whenever it sent something; a silent
+    # peer that never closes costs close_linger, not more.
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.send_all(b"hi")
+
+    with proxy_sockets():
+        server = await trionet_server(handler, close_linger=0.3)
+    sock = await raw_client(port_of(server))
+    with sock, trio.fail_after(5):
+        assert await sock.recv(2) == b"hi"
+        assert await sock.recv(2) == b""  # the FIN: lingering
+        await wait_until(lambda: server.stats.lingering == 0)
+        assert server.stats.closed == 1
+
+
+# ----------------------------------------------------------------------
+# 7. Cancellation storms around the close
+
+
+async def test_cancelling_the_server_mid_linger_closes_everything(
+    trionet_server: ServerFactory, nursery: trio.Nursery
+) -> None:
+    # Clients that keep their connections lingering; the whole server is
+    # cancelled: every descriptor is closed, nothing hangs.
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.receive_some(1)
+        await conn.send_all(b"r")
+
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as inner:
+            server = await inner.start(
+                functools.partial(trionet.serve, handler, "tcp://127.0.0.1:0", close_linger=60)
+            )
+            socks = []
+            for _ in range(20):
+                sock = await raw_client(port_of(server))
+                await sock.send(b"!!")
+                socks.append(sock)
+            await wait_until(lambda: server.stats.lingering == 20)
+            scope.cancel()
+    assert server.stopped
+    assert server.stats.lingering == 0
+    for sock in socks:
+        with sock, trio.fail_after(5):
+            # The reply, then the FIN sent when the linger began (the linger
+            # had read our second byte, so the close was not a reset).
+            assert await sock.recv(10) == b"r"
+            assert await sock.recv(10) == b""

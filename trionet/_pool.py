@@ -19,14 +19,24 @@ Fairness
 --------
 Waiters queue in a deque of events.  A returned slot is *handed over* to the
 first waiter rather than freed, so a task that arrives later cannot barge
-past the queue.  A waiter cancelled before its turn leaves the queue.  One
-cannot be cancelled *after* being handed a slot: setting its event has
-already rescheduled it, and ``Event.wait`` then returns normally, so the slot
-is never lost between the hand-over and the waiter running; a cancellation
-pending by then hits the waiter's next checkpoint, inside ``_lend``, whose
-error path gives the slot back.  A waiter that finds the pool closed when it
-runs gives its slot back and raises ``ClosedResourceError``: a closed pool
-opens no connection.
+past the queue.  A waiter cancelled before its turn leaves the queue.
+
+A waiter can be handed a slot and cancelled in the same tick, in either
+order, and neither order may lose the slot.  Both reschedule the parked
+task, which runs only later; whichever comes first decides what
+``Event.wait`` does.  Handed over first: ``wait`` returns normally, and the
+cancellation hits the waiter's next checkpoint -- in ``_lend`` while opening
+a connection, whose error path gives the slot back, or else in the
+borrower's block, whose exit does.  Cancelled first: Trio has already
+rescheduled the task with ``Cancelled``, so setting its event wakes
+nothing, but the waiter is still queued: ``_give_slot_back`` pops it and
+marks it ``granted``, and its ``wait`` raises although it owns a slot.  So
+``_take_slot``'s error path checks: a ``granted`` waiter passes the slot on
+as if returning it (to the next waiter, keeping FIFO order, or freed); one
+that ``aclose()`` dequeued and woke (``closed``) has nothing to undo; only
+any other is still queued and leaves the queue.  A waiter that finds the
+pool closed when it runs gives its slot back and raises
+``ClosedResourceError``: a closed pool opens no connection.
 
 Health
 ------
@@ -459,10 +469,13 @@ class ConnectionPool:
         try:
             await waiter.event.wait()
         except BaseException:
-            # Only a waiter still queued can get here: once its event is set
-            # (a slot handed over, or the pool closed) it has been
-            # rescheduled, and wait() returns normally.
-            self._waiters.remove(waiter)
+            # Cancelled (or interrupted) while waiting -- and, if that was
+            # delivered before the pool acted but the task had not run yet,
+            # maybe dequeued since by a hand-over or by aclose().
+            if waiter.granted:
+                self._give_slot_back()  # to the next waiter, or freed
+            elif not waiter.closed:
+                self._waiters.remove(waiter)
             raise
         if waiter.closed or self._closed:
             # Closed before this waiter ran: a slot handed to it is given

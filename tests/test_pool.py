@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket as stdlib_socket
 import threading
 from collections.abc import Iterator
@@ -314,6 +315,140 @@ async def test_waiting_is_cancellable_and_frees_the_queue(trionet_server: Any) -
         assert scope.cancelled_caught
         assert got == ["patient"]
         assert pool.stats.lent == 0 and pool.stats.waiting == 0
+
+
+@pytest.mark.parametrize("then", ["handed over", "closed", "handed over, then closed"])
+async def test_waiter_cancelled_in_the_tick_it_is_woken_passes_its_slot_on(
+    trionet_server: Any, then: str
+) -> None:
+    # Trio delivers a cancellation to a parked task at once -- it reschedules
+    # the task with Cancelled -- but the task only runs later.  Until then it
+    # is still in the pool's queue, so the pool can hand it a slot, or dequeue
+    # it to close, and its Event.wait() raises Cancelled all the same.
+    server = await trionet_server(echo_lines)
+    pool = ConnectionPool(server.addresses[0], max_size=1)
+    scopes = {"first": trio.CancelScope(), "second": trio.CancelScope()}
+    outcome: dict[str, str] = {}
+
+    async def waiter(name: str) -> None:
+        with scopes[name]:
+            try:
+                async with pool.connection() as conn:
+                    await roundtrip(conn, name.encode())
+                    outcome[name] = "lent"
+            except trio.ClosedResourceError:
+                outcome[name] = "closed"
+        if scopes[name].cancelled_caught:
+            outcome[name] = "cancelled"
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            async with pool.connection() as held:
+                await roundtrip(held, b"held")
+                for name in scopes:
+                    nursery.start_soon(waiter, name)
+                    await trio.testing.wait_all_tasks_blocked()
+                assert pool.stats.waiting == 2
+                # No checkpoint from here on until the pool has acted, so
+                # "first" does not run in between.
+                scopes["first"].cancel()
+                assert pool.stats.waiting == 2  # cancelled, but still queued
+                if then == "closed":
+                    await pool.aclose()
+            # The block ended without a checkpoint: unless the pool was
+            # closed, the slot went to "first", which has not run yet.
+            if then != "closed":
+                assert pool.stats.waiting == 1
+            if then == "handed over, then closed":
+                await pool.aclose()
+        if then == "handed over":
+            # "first" passed the slot on to the next waiter, in FIFO order.
+            assert outcome == {"first": "cancelled", "second": "lent"}
+            assert pool.stats == PoolStats(created=1, reused=1, idle=1)
+            assert pool._slots == 0  # a slot is a connection lent or opening
+            async with pool.connection() as conn:  # the slot is still usable
+                assert conn is held
+                await roundtrip(conn, b"again")
+            await pool.aclose()
+        else:
+            # Closed: nobody is left to pass the slot to, so it is freed.
+            assert outcome == {"first": "cancelled", "second": "closed"}
+            assert pool.stats == PoolStats(created=1)
+            assert pool._slots == 0
+
+
+async def test_storm_of_cancelled_borrowers_leaks_no_slot(trionet_server: Any) -> None:
+    # 50 borrowers on 5 slots, each inside a random deadline: some are
+    # cancelled before they queue, many while queued (some in the very tick
+    # a slot is handed to them), some mid-exchange, some finish.  Afterwards
+    # the pool must be whole: nothing lent, waiting or opening, every slot
+    # free, and all max_size of them borrowable at once.
+    server = await trionet_server(echo_lines)
+    rng = random.Random(20240611)
+    errors: list[Exception] = []
+    finished = cancelled = 0
+
+    def deadline() -> float:
+        kind = rng.random()
+        if kind < 0.15:
+            return 0.0  # cancelled at its first checkpoint
+        if kind < 0.7:
+            return rng.uniform(0.0, 0.002)  # mostly while queued
+        return rng.uniform(0.002, 0.05)  # long enough for some to finish
+
+    async def borrower(pool: ConnectionPool, i: int, seconds: float) -> None:
+        nonlocal finished, cancelled
+        with trio.move_on_after(seconds) as scope:
+            try:
+                async with pool.connection() as conn:
+                    await roundtrip(conn, b"borrower %d" % i)
+            except Exception as exc:
+                errors.append(exc)
+                return
+            finished += 1
+        if scope.cancelled_caught:
+            cancelled += 1
+
+    async with ConnectionPool(server.addresses[0], max_size=5) as pool:
+        with trio.fail_after(8):
+            for _round in range(30):
+                async with trio.open_nursery() as nursery:
+                    for i in range(50):
+                        nursery.start_soon(borrower, pool, i, deadline())
+                assert errors == []
+            assert finished > 0 and cancelled > 0  # the storm really mixed both
+            assert finished + cancelled == 30 * 50
+            stats = pool.stats
+            assert stats.lent == 0 and stats.waiting == 0 and stats.opening == 0
+            # A slot is held by a connection lent or being opened (idle ones
+            # hold none), so at rest every slot is free again.
+            assert pool._slots == stats.lent + stats.opening == 0
+            assert stats.idle <= pool.max_size
+
+            # Every slot can be borrowed at once.
+            holding = 0
+            all_lent = trio.Event()
+            release = trio.Event()
+
+            async def hold(i: int) -> None:
+                nonlocal holding
+                async with pool.connection() as conn:
+                    await roundtrip(conn, b"hold %d" % i)
+                    holding += 1
+                    if holding == pool.max_size:
+                        all_lent.set()
+                    await release.wait()
+
+            with trio.fail_after(2):
+                async with trio.open_nursery() as nursery:
+                    for i in range(pool.max_size):
+                        nursery.start_soon(hold, i)
+                    await all_lent.wait()
+                    assert pool.stats.lent == pool.max_size
+                    assert pool.stats.waiting == 0
+                    release.set()
+            assert pool.stats.lent == 0 and pool._slots == 0
+            assert pool.stats.idle == pool.max_size
 
 
 async def test_connect_failure_is_bare_and_frees_the_slot() -> None:

@@ -730,3 +730,111 @@ async def test_cancelling_the_server_mid_linger_closes_everything(
             # had read our second byte, so the close was not a reset).
             assert await sock.recv(10) == b"r"
             assert await sock.recv(10) == b""
+
+
+async def slow_upload_server(
+    trionet_server: ServerFactory, size: int
+) -> tuple[trionet.Server, bytearray, trio.Event]:
+    """A server that reads ``size`` bytes slowly, reporting progress ("p", never read)."""
+    received = bytearray()
+    done = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        while len(received) < size:
+            data = await conn.receive_some(65536)
+            if not data:
+                break
+            received.extend(data)
+            if len(received) % (256 * 1024) < len(data):
+                await conn.send_all(b"p")  # progress the client never reads
+            await trio.sleep(0.0005)  # the server's reading speed
+        done.set()
+
+    return await trionet_server(handler), received, done
+
+
+async def test_pool_discard_after_a_normal_exit_lingers_in_the_lease(
+    trionet_server: ServerFactory,
+) -> None:
+    # The borrower uploads 8 MiB, half-closes (so the connection cannot be
+    # reused) and leaves without reading the server's progress reports.  The
+    # discard is an orderly close, lingering in the block's exit as
+    # ``async with conn:`` would; closing at once would meet the next
+    # progress report with a reset and lose the upload's unsent tail.
+    size = 8 * MIB
+    server, received, done = await slow_upload_server(trionet_server, size)
+    upload = pattern(6, size)
+    with trio.fail_after(30):
+        async with trionet.ConnectionPool(server.addresses[0]) as pool:
+            async with pool.connection() as conn:
+                await conn.send_all(upload)
+                await conn.send_eof()
+            assert pool.stats.discarded == 1
+            assert pool.stats.closing == 0
+        await done.wait()
+    assert bytes(received) == upload
+
+
+class NoticeServer:
+    """Echoes one line; on ``go`` sends an unsolicited notice, then reads to the end.
+
+    ``ends`` gets "eof" (the client closed in an orderly way) or "reset".
+    """
+
+    def __init__(self) -> None:
+        self.go = trio.Event()
+        self.ends: list[str] = []
+        self.ended = trio.Event()
+
+    async def __call__(self, conn: trionet.Connection) -> None:
+        await conn.send_all(await conn.receive_line() + b"\n")
+        await self.go.wait()
+        await conn.send_all(b"an unsolicited notice\n")
+        try:
+            while await conn.receive_some():
+                pass
+            self.ends.append("eof")
+        except trio.BrokenResourceError:
+            self.ends.append("reset")
+        self.ended.set()
+
+
+async def leave_idle_with_unread_input(pool: trionet.ConnectionPool, notice: NoticeServer) -> None:
+    """One exchange, then the connection goes back idle and the notice arrives, unread."""
+    async with pool.connection() as conn:
+        await conn.send_all(b"hello\n")
+        assert await conn.receive_line() == b"hello"
+        raw = conn._raw
+    assert raw is not None
+    assert pool.stats.idle == 1
+    notice.go.set()
+    await wait_until(lambda: linger_needed(raw))
+
+
+@pytest.mark.parametrize(("close_linger", "end"), [(5.0, "eof"), (0.0, "reset")])
+async def test_pool_aclose_lingers_for_an_idle_connection_with_unread_input(
+    trionet_server: ServerFactory, close_linger: float, end: str
+) -> None:
+    # Closing the pool closes its idle connections in an orderly way: one
+    # holding unread input lingers until the server's EOF, so the server
+    # sees our EOF, not a reset.  close_linger=0 keeps the immediate close.
+    notice = NoticeServer()
+    server = await trionet_server(notice)
+    with trio.fail_after(10):
+        async with trionet.ConnectionPool(server.addresses[0], close_linger=close_linger) as pool:
+            await leave_idle_with_unread_input(pool, notice)
+        await notice.ended.wait()
+    assert notice.ends == [end]
+    assert pool.stats.closing == 0
+
+
+async def test_pool_expiry_lingers_in_the_background(trionet_server: ServerFactory) -> None:
+    notice = NoticeServer()
+    server = await trionet_server(notice)
+    with trio.fail_after(10):
+        async with trionet.ConnectionPool(server.addresses[0], idle_timeout=0.3) as pool:
+            await leave_idle_with_unread_input(pool, notice)
+            await wait_until(lambda: pool.stats.expired == 1)
+            await notice.ended.wait()  # our EOF came first ...
+            await wait_until(lambda: pool.stats.closing == 0)  # ... then the server's
+    assert notice.ends == ["eof"]

@@ -156,6 +156,10 @@ class PoolStats:
     lent: int = _count
     #: Connections being opened now.
     opening: int = _count
+    #: Connections the pool is closing now, lingering for the server's EOF
+    #: because closing at once could discard bytes they sent (see
+    #: ``Connection.aclose``); they count against no limit.
+    closing: int = _count
 
 
 class _Waiter:
@@ -225,7 +229,10 @@ class _Lease:
     ) -> None:
         conn, self._conn = self._conn, None
         assert conn is not None
-        self._pool._take_back(conn, failed=exc_type is not None)
+        if self._pool._take_back(conn, failed=exc_type is not None):
+            # Discarded after a normal exit, and closing at once could reset
+            # it: linger here, as ``async with conn:`` would.
+            await self._pool._linger(conn)
 
 
 @final
@@ -305,6 +312,10 @@ class ConnectionPool:
         self._nursery_manager: Any = None
         self._sweep_scope: trio.CancelScope | None = None
         self._sweep_wakeup: trio.Event | None = None
+        #: Where the idle expiry's orderly closes linger (None: close at once).
+        self._closers: trio.Nursery | None = None
+        #: Connections lingering in an orderly close now.
+        self._closing = 0
 
     # ------------------------------------------------------------------
     # Public surface
@@ -336,6 +347,7 @@ class ConnectionPool:
             idle=len(self._idle),
             lent=len(self._lent),
             opening=self._opening,
+            closing=self._closing,
         )
 
     def __repr__(self) -> str:
@@ -387,11 +399,13 @@ class ConnectionPool:
             finally:
                 await pool.aclose()
         """
+        lingering: list[Connection] = []
         if not self._closed:
             self._closed = True
             while self._idle:
                 conn, _since = self._idle.popleft()
-                conn.close()
+                if conn._begin_orderly_close():
+                    lingering.append(conn)
             for conn in self._lent:
                 conn.close()  # the borrower's block still returns it (a no-op then)
             for scope in self._open_scopes:
@@ -403,6 +417,12 @@ class ConnectionPool:
             if self._sweep_scope is not None:
                 self._sweep_scope.cancel()
             log.debug("pool for %s closed", self.target)
+        if lingering:
+            # Idle connections whose close could reset them linger together,
+            # each up to its close_linger; cancelling aclose() ends them at once.
+            async with trio.open_nursery() as nursery:
+                for conn in lingering:
+                    nursery.start_soon(self._linger, conn)
         await checkpoint()
 
     async def __aenter__(self) -> Self:
@@ -518,7 +538,8 @@ class ConnectionPool:
             if why is None:
                 self._reused += 1
                 return conn
-            self._discard(conn, why)
+            if self._discard(conn, why, orderly=True):
+                self._linger_later(conn)
         return None
 
     async def _open(self) -> Connection:
@@ -544,21 +565,50 @@ class ConnectionPool:
         log.debug("pool for %s opened connection #%d", self.target, conn.id)
         return conn
 
-    def _take_back(self, conn: Connection, *, failed: bool) -> None:
+    def _take_back(self, conn: Connection, *, failed: bool) -> bool:
+        """Take a lent connection back; True means "linger now" (await :meth:`_linger`).
+
+        Its slot is given back either way: a lingering connection is
+        closing, not in use, and does not count against ``max_size``.
+        """
         self._lent.discard(conn)
         try:
             if self._closed:
                 conn.close()
             elif failed:
-                self._discard(conn, "its borrower's block raised")
+                # Abandoned half-way (or cancelled): a close that cannot wait.
+                self._discard(conn, "its borrower's block raised", orderly=False)
             else:
                 why = unusable_reason(conn)
                 if why is not None:
-                    self._discard(conn, why)
-                else:
-                    self._put_idle(conn, trio.current_time())
+                    return self._discard(conn, why, orderly=True)
+                self._put_idle(conn, trio.current_time())
+            return False
         finally:
             self._give_slot_back()
+
+    async def _linger(self, conn: Connection) -> None:
+        self._closing += 1
+        try:
+            await conn._linger(conn._close_linger)
+        finally:
+            self._closing -= 1
+
+    def _linger_later(self, conn: Connection) -> None:
+        # An orderly close begun where nothing can wait (the idle expiry):
+        # linger in the background, or close at once without one.
+        closers = self._closers
+        if closers is None:
+            conn.close()
+        else:
+            self._closing += 1  # counted now: the task starts a little later
+            closers.start_soon(self._linger_counted, conn)
+
+    async def _linger_counted(self, conn: Connection) -> None:
+        try:
+            await conn._linger(conn._close_linger)
+        finally:
+            self._closing -= 1
 
     def _put_idle(self, conn: Connection, since: float) -> None:
         self._idle.append((conn, since))
@@ -567,10 +617,14 @@ class ConnectionPool:
             self._sweep_wakeup = None
             wakeup.set()
 
-    def _discard(self, conn: Connection, why: str) -> None:
+    def _discard(self, conn: Connection, why: str, *, orderly: bool) -> bool:
+        """Close an unusable connection; with ``orderly``, True means "linger now"."""
         self._discarded += 1
         log.debug("pool for %s discards connection #%d: %s", self.target, conn.id, why)
+        if orderly:
+            return conn._begin_orderly_close()
         conn.close()
+        return False
 
     # ------------------------------------------------------------------
     # Idle expiry
@@ -587,12 +641,20 @@ class ConnectionPool:
             conn, _since = self._idle.popleft()
             self._expired += 1
             log.debug("pool for %s closes idle connection #%d", self.target, conn.id)
-            conn.close()
+            if conn._begin_orderly_close():
+                self._linger_later(conn)
 
     async def _sweep(self) -> None:
         assert self._sweep_scope is not None
         with self._sweep_scope:
-            await self._sweep_forever()
+            # Orderly closes begun by the expiry linger in this nursery, under
+            # the sweep's scope: aclose() ends them (at once) with the sweep.
+            async with trio.open_nursery() as closers:
+                self._closers = closers
+                try:
+                    await self._sweep_forever()
+                finally:
+                    self._closers = None
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -156,6 +156,13 @@ def test_records_validate_their_fields() -> None:
         ("tcp://h:80?q", "unexpected path"),
         ("tcp://a b:80", "character"),
         ("tcp://a\tb:80", "character"),
+        # A numeric last label means an IPv4 literal, and it must be a valid one.
+        ("tcp://256.1.1.1:80", "not a valid IPv4 address"),
+        ("tcp://1.2.3.4.5:0", "not a valid IPv4 address"),
+        ("tcp://127.1:80", "not a valid IPv4 address"),
+        ("tcp://01.02.03.004:80", "not a valid IPv4 address"),
+        ("tcp://12345:80", "not a valid IPv4 address"),
+        ("tcp://host.123:80", "not a valid IPv4 address"),
         ("tcp:127.0.0.1:80", "expected 'tcp://HOST:PORT'"),
         ("udp://127.0.0.1:53", "unknown scheme 'udp'"),
         ("http://example.com:80", "unknown scheme 'http'"),
@@ -235,7 +242,11 @@ _ports = st.integers(0, 65535)
 _ipv4 = st.ip_addresses(v=4).map(str)
 _ipv6 = st.ip_addresses(v=6).map(str)
 _label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
-_hostname = st.lists(_label, min_size=1, max_size=4).map(".".join)
+# A DNS name's last label is never all digits (that would be an IPv4 literal).
+_last_label = _label.filter(lambda label: not label.isdigit())
+_hostname = st.builds(
+    lambda labels, last: ".".join([*labels, last]), st.lists(_label, max_size=3), _last_label
+)
 _hosts = st.one_of(_ipv4, _ipv6, _hostname, st.sampled_from(["", "*", "localhost"]))
 _path_text = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1, max_size=60

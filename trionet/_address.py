@@ -62,6 +62,24 @@ def _valid_host(instance: object, attribute: attrs.Attribute[str], value: str) -
             raise InvalidAddress(
                 value, f"{value!r} is not an IPv6 address (only IPv6 literals contain ':')"
             ) from None
+    elif _looks_numeric(value):
+        # A DNS name's last label is never all digits (RFC 3696 section 2),
+        # so such a host can only be meant as an IPv4 literal -- and must be
+        # a valid one: left alone, "256.1.1.1" or "1.2.3.4.5" would go to the
+        # resolver and fail late as "Name or service not known", and
+        # "127.1" would be quietly widened to 127.0.0.1 by inet_aton().
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise InvalidAddress(
+                value, f"{value!r} is not a valid IPv4 address (four numbers 0-255)"
+            ) from None
+
+
+def _looks_numeric(host: str) -> bool:
+    """True if the last dot-separated label of ``host`` is all ASCII digits."""
+    last = host.rstrip(".").rpartition(".")[2]
+    return last.isascii() and last.isdigit()
 
 
 @attrs.frozen(repr=False)

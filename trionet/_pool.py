@@ -72,14 +72,27 @@ task is blocked.
 
 Closing
 -------
-``aclose()`` closes *everything*, with Trio's forceful ``aclose`` semantics:
-idle connections, connections lent out at the time (a borrower gets
-``trio.ClosedResourceError`` from its next operation on it, and a task
-blocked on it is woken with that error), and connections being opened (the
-``connect`` is cancelled and the borrower gets ``ClosedResourceError``).
-Waiters are woken with ``ClosedResourceError``, and so is any later lend.
-Close a pool when its users are done with it; ``async with pool:`` does so
-when its block ends.
+``aclose()`` closes *everything*: idle connections, connections lent out at
+the time (a borrower gets ``trio.ClosedResourceError`` from its next
+operation on it, and a task blocked on it is woken with that error), and
+connections being opened (the ``connect`` is cancelled and the borrower gets
+``ClosedResourceError``).  Waiters are woken with ``ClosedResourceError``,
+and so is any later lend.  Close a pool when its users are done with it;
+``async with pool:`` does so when its block ends.
+
+The pool's own closes follow :meth:`Connection.aclose`'s rule: bytes that
+``send_all`` accepted are never thrown away by a close that could wait.  An
+*orderly* close decides whether closing at once could make the kernel reset
+the connection (input waiting unread, or bytes still unsent) and if so
+lingers -- FIN sent, the server's late bytes read and discarded -- until the
+server's EOF or ``close_linger`` seconds.  Orderly: a connection discarded
+after its block ended normally (it lingers in that block's exit, as ``async
+with conn:`` would), idle connections closed by ``aclose()`` (they linger
+together inside it), and connections the idle sweep expires (they linger in
+the sweep's nursery; a pool used without ``async with`` closes those at
+once).  Immediate, like a cancelled ``aclose``: a connection whose block
+raised or was cancelled, and connections lent out when the pool closes.  A
+lingering connection counts against no limit (``PoolStats.closing``).
 """
 
 from __future__ import annotations
@@ -380,10 +393,13 @@ class ConnectionPool:
         return _Lease(self)
 
     async def aclose(self) -> None:
-        """Close the pool and every connection it made, now.
+        """Close the pool and every connection it made.
 
-        Like Trio's ``aclose`` this is forceful: idle connections are closed,
-        and so are connections lent out at the time -- a borrower gets
+        Idle connections are closed in an orderly way: one whose immediate
+        close could discard bytes it sent lingers for the server's EOF, up to
+        ``close_linger`` (see :meth:`Connection.aclose`); a cancelled
+        ``aclose`` closes them at once.  The rest is forceful, as Trio's
+        ``aclose`` is: connections lent out at the time are closed -- a borrower gets
         ``trio.ClosedResourceError`` from its next operation on it (a task
         blocked on it is woken with that error) -- and connections being
         opened (the borrower gets ``ClosedResourceError``).  Waiting callers

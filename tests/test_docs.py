@@ -62,6 +62,11 @@ EXPECTED: dict[str, list[str]] = {
         "stubborn client got b''",
         "new connections refused",
     ],
+    "lingering_close.py": [
+        "client got 4194304 of 4194304 bytes, then EOF",
+        "server lingering: 1",
+        "closed=1 resets=0 bytes_sent=4194304",
+    ],
     "drain_on_signals.py": [
         "client got b'ping'",
         "client then got b'' (EOF: the server drained)",

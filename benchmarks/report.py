@@ -538,6 +538,14 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(head), "| " + " | ".join(align) + " |", *map(line, rows)])
 
 
+def _baseline_label(meta: dict[str, Any]) -> str:
+    """The label of the peer server-side ratios are relative to."""
+    return next(
+        (p["label"] for p in meta.get("peers", []) if p["key"] == meta["baseline"]),
+        str(meta["baseline"]),
+    )
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     meta = summary["meta"]
     out = [f"# trionet benchmarks ({meta['mode']} run)", ""]
@@ -545,7 +553,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     out += [
         "",
         "Figures are means over the rounds; `1.00\u00d7` is the ratio of the means to "
-        "`trio.serve_tcp` (client-side workload: to `trio.open_tcp_stream`), followed by the "
+        f"`{_baseline_label(meta)}` (client-side workload: to `trio.open_tcp_stream`), "
+        "followed by the "
         "range of the per-round ratios (round i of the peer ÷ round i of the baseline). "
         "Higher is better, except for RSS per connection and latency. "
         "Spread is max/min - 1 over the rounds. "
@@ -607,7 +616,7 @@ def render_rst(summary: dict[str, Any]) -> str:
     head, rows = _summary_table(summary)
     if len(head) > 1:
         title = (
-            "Summary: mean · ratio to trio.serve_tcp (per-round range) · "
+            f"Summary: mean · ratio to {_baseline_label(meta)} (per-round range) · "
             "load-generator CPU (max over rounds)"
         )
         out += _rst_table(title, head, rows)
@@ -705,7 +714,7 @@ def render_chart(summary: dict[str, Any], path: Path) -> None:
     fig.suptitle(
         f"trionet benchmarks ({meta['mode']}, {meta['rounds']} round(s); "
         f"{meta['cpu_model']}, {meta['pinning']})\n"
-        "bars: mean over rounds; whiskers: min-max; ratio to trio.serve_tcp "
+        f"bars: mean over rounds; whiskers: min-max; ratio to {_baseline_label(meta)} "
         "(client workload: to trio.open_tcp_stream)",
         fontsize=9,
     )

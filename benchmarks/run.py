@@ -53,6 +53,8 @@ class Peer:
     label: str
     argv: tuple[str, ...]  # "{python}" and "{build}" are substituted
     quick: bool
+    #: Where this peer imports trionet from, if not the working tree (--trionet-ref).
+    trionet_path: str | None = None
 
 
 PEERS: tuple[Peer, ...] = (
@@ -248,10 +250,14 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def child_env() -> dict[str, str]:
-    """Environment of every child: the working tree's trionet comes first."""
+def child_env(trionet_path: str | None = None) -> dict[str, str]:
+    """Environment of every child: the working tree's trionet comes first.
+
+    ``trionet_path``: a directory holding another revision's ``trionet``
+    package (see :func:`checkout_ref`), put before the working tree.
+    """
     env = dict(os.environ)
-    paths = [str(REPO)]
+    paths = [str(REPO)] if trionet_path is None else [trionet_path, str(REPO)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -269,12 +275,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
 
 
-def spawn(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+def spawn(
+    cmd: Sequence[str], trionet_path: str | None = None, **kwargs: Any
+) -> subprocess.Popen[bytes]:
     """Start a child in its own process group, tied to the runner's life."""
     return subprocess.Popen(
         list(cmd),
         cwd=HERE,
-        env=child_env(),
+        env=child_env(trionet_path),
         start_new_session=True,
         preexec_fn=_die_with_parent,
         **kwargs,
@@ -401,7 +409,13 @@ class Server:
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== {dt.datetime.now().isoformat()} {' '.join(cmd)}\n".encode())
             logf.flush()
-            self.proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf)
+            self.proc = spawn(
+                cmd,
+                self.peer.trionet_path,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=logf,
+            )
         assert self.proc.stdout is not None
         line = read_line(self.proc.stdout, timeout)
         if line is None or not line.startswith(b"LISTENING "):
@@ -763,6 +777,44 @@ def git_revision() -> str:
     return (rev or "no commit") + (" + uncommitted changes" if dirty else "")
 
 
+def checkout_ref(ref: str) -> tuple[str, str]:
+    """Extract ``trionet/`` as of git revision ``ref`` into build/; (short sha, directory).
+
+    trionet is pure Python and its dependencies are the same across these
+    revisions, so the other revision runs on the same interpreter and venv:
+    only the package on ``PYTHONPATH`` differs.  The benchmark's own server
+    scripts are the working tree's for both, so both run the same workload.
+    """
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    target = BUILD / f"trionet-{sha}"
+    if not (target / "trionet" / "__init__.py").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", sha, "trionet"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, timeout=60, check=True)
+    return sha, str(target)
+
+
+def ref_peers(peers: Sequence[Peer], ref: str) -> list[Peer]:
+    """For each selected trionet peer, the same peer running revision ``ref``."""
+    sha, path = checkout_ref(ref)
+    return [
+        Peer(f"{p.key}@{sha}", f"{p.label} @{sha}", p.argv, p.quick, trionet_path=path)
+        for p in peers
+        if p.key.startswith("trionet")
+    ]
+
+
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -842,6 +894,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="py-spy flame graph of each Python server (results/profiles/NAME/); "
         "sampling costs some throughput, so compare profiled runs only with each other",
     )
+    parser.add_argument(
+        "--trionet-ref",
+        metavar="GITREF",
+        help="also run every selected trionet peer on revision GITREF (e.g. HEAD~1), "
+        "as PEER@SHA, alternated with the others in every round",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="PEER",
+        help=f"peer the ratios are relative to (default {BASELINE}; "
+        "with --trionet-ref, e.g. trionet@SHA for a before/after table)",
+    )
     parser.add_argument("--cc", default=os.environ.get("CC", "gcc"), help="C compiler")
     parser.add_argument("--list", action="store_true", help="list peers and workloads, then exit")
     return parser.parse_args(argv)
@@ -868,6 +932,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     peers = select_by_key(PEERS, args.peers, args.quick, "peers")
     workloads = select_by_key(WORKLOADS, args.workloads, args.quick, "workloads")
+    if args.trionet_ref:
+        try:
+            peers += ref_peers(peers, args.trionet_ref)
+        except (OSError, subprocess.SubprocessError) as exc:
+            sys.exit(f"cannot check out trionet at {args.trionet_ref!r}: {exc}")
+    baseline = BASELINE
+    if args.baseline:
+        keys = [p.key for p in peers]
+        if args.baseline not in keys:
+            sys.exit(f"--baseline {args.baseline!r} is not a selected peer ({', '.join(keys)})")
+        baseline = args.baseline
     settings = Settings(
         warmup=args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0),
         duration=args.duration if args.duration is not None else (1.5 if args.quick else 4.0),
@@ -881,7 +956,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         settings.profile_dir = RESULTS / "profiles" / name
     update_docs = args.update_docs or (
-        not args.quick and not args.no_docs and not args.output and not args.profile
+        not args.quick
+        and not args.no_docs
+        and not args.output
+        and not args.profile
+        and not args.trionet_ref
     )
 
     raise_nofile_limit()
@@ -898,6 +977,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(LOGS)
     meta = metadata(settings, peers, workloads)
+    meta["baseline"] = baseline
     log(f"trionet: {meta['versions'].get('trionet')}")
     log(f"{settings.pinning.description}; {settings.rounds} round(s) of {len(peers)} peers")
     run = Run(settings)

@@ -76,10 +76,12 @@ async def test_the_fixture_refuses_a_sync_handler(trionet_server: ServerFactory)
     ids=["async __call__", "partial"],
 )
 async def test_async_callables_and_partials_are_served(handler: Any) -> None:
-    async with trionet.open_server(handler, "tcp://127.0.0.1:0") as server:
-        async with await trionet.connect(server.addresses[0]) as conn:
-            with trio.fail_after(5):
-                assert await conn.receive_exactly(2) == b"hi"
+    async with (
+        trionet.open_server(handler, "tcp://127.0.0.1:0") as server,
+        await trionet.connect(server.addresses[0]) as conn,
+    ):
+        with trio.fail_after(5):
+            assert await conn.receive_exactly(2) == b"hi"
 
 
 @pytest.mark.parametrize("value", [1e10, 2**31, math.inf, MAX_KEEPALIVE + 1])
@@ -101,12 +103,14 @@ async def test_the_largest_keepalive_is_applied_on_both_sides() -> None:
     async def handler(conn: trionet.Connection) -> None:
         seen.append(conn.getsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_KEEPIDLE))
 
-    async with trionet.open_server(handler, "tcp://127.0.0.1:0", keepalive=MAX_KEEPALIVE) as srv:
-        async with await trionet.connect(srv.addresses[0], keepalive=MAX_KEEPALIVE) as conn:
-            idle = conn.getsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_KEEPIDLE)
-            assert idle == MAX_KEEPALIVE
-            with trio.fail_after(5):
-                assert await conn.receive_some() == b""
+    async with (
+        trionet.open_server(handler, "tcp://127.0.0.1:0", keepalive=MAX_KEEPALIVE) as srv,
+        await trionet.connect(srv.addresses[0], keepalive=MAX_KEEPALIVE) as conn,
+    ):
+        idle = conn.getsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_KEEPIDLE)
+        assert idle == MAX_KEEPALIVE
+        with trio.fail_after(5):
+            assert await conn.receive_some() == b""
     assert seen == [MAX_KEEPALIVE]
 
 

@@ -838,3 +838,34 @@ async def test_pool_expiry_lingers_in_the_background(trionet_server: ServerFacto
             await notice.ended.wait()  # our EOF came first ...
             await wait_until(lambda: pool.stats.closing == 0)  # ... then the server's
     assert notice.ends == ["eof"]
+
+
+async def test_lingering_connections_are_capped_at_max_connections(
+    trionet_server: ServerFactory,
+) -> None:
+    # Lingering connections hold no slot; so that a flood of clients that keep
+    # sending cannot pile up descriptors, at most max_connections linger at
+    # once and further closes are immediate (the extra clients are reset).
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.receive_some(1)  # one byte of two: the close would linger
+        await conn.send_all(b"r")
+
+    server = await trionet_server(handler, max_connections=2)
+    socks = []
+    with trio.fail_after(10):
+        for i in range(5):
+            sock = await raw_client(port_of(server))
+            socks.append(sock)
+            await sock.send(b"!!")
+            await wait_until(lambda i=i: server.stats.closed == i + 1)
+            assert server.stats.lingering == min(i + 1, 2)
+        ends = []
+        for sock in socks:
+            with sock:
+                assert await sock.recv(1) == b"r"
+                try:
+                    ends.append("eof" if await sock.recv(1) == b"" else "data")
+                except ConnectionResetError:
+                    ends.append("reset")
+    assert ends == ["eof", "eof", "reset", "reset", "reset"]
+    await wait_until(lambda: server.stats.lingering == 0)

@@ -1424,8 +1424,10 @@ class Connection(trio.abc.HalfCloseableStream):
                         await wait_readable(raw)
                     elif not data:
                         return  # the peer's EOF: it has read everything we sent
-        except (OSError, trio.ClosedResourceError):
-            pass  # a reset (nothing left to protect), or closed by close()/abort()
+        except (OSError, trio.ClosedResourceError, trio.BusyResourceError):
+            # A reset (nothing left to protect); closed by close()/abort();
+            # or someone holding ``conn.socket`` is reading it: stop here.
+            pass
         finally:
             if self._fd_open:
                 self._close_fd()

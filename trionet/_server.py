@@ -654,7 +654,7 @@ class Server:
         if hostkey is not None and (gate := self._admission) is not None:
             gate.release(hostkey)
         lingering = False
-        if ended and not self._grace_over and not conn.closed:
+        if ended and not self._grace_over and not conn.closed and self._may_linger():
             lingering = conn._begin_orderly_close()  # -> _connection_closed
         else:
             conn.close()  # -> _connection_closed, unless the handler closed it already
@@ -676,12 +676,23 @@ class Server:
             self._check_empty()
         return lingering
 
+    def _may_linger(self) -> bool:
+        # Lingering connections hold no slot, so a flood of peers that keep
+        # sending after their handler returned could otherwise pile up
+        # descriptors for close_linger seconds each.  With max_connections
+        # set, at most that many linger at once (descriptors stay within
+        # twice the limit); beyond it a close is immediate -- load shedding.
+        return self._max is None or self._lingering < self._max
+
     async def _linger(self, conn: Connection) -> None:
         # Holds the descriptor, no slot and no handler.  Bounded by
         # close_linger, and by the grace period: when it runs out the
         # connection nursery is cancelled, and a cancelled linger closes at once.
         try:
             await conn._linger(self.config.close_linger)
+        except Exception:  # pragma: no cover - a bug must cost one connection only
+            log.exception("lingering close of connection #%d failed", conn.id)
+            conn.close()
         finally:
             self._lingering -= 1
             self._descriptor_freed()

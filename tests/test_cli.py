@@ -70,34 +70,58 @@ def sigint_default_in_children() -> Iterator[None]:
 
 
 class CLIProcess:
-    """``python -m trionet ARGS`` with its stdout read line by line in a thread."""
+    """``python -m trionet ARGS`` with its stdout and stderr read line by line in threads.
 
-    def __init__(self, args: tuple[str, ...], cwd: Path | None, stdin: Any) -> None:
+    ``invoke`` replaces ``-m trionet`` (e.g. ``-c CODE``).
+    """
+
+    def __init__(
+        self,
+        args: tuple[str, ...],
+        cwd: Path | None,
+        stdin: Any,
+        invoke: tuple[str, ...] = ("-m", "trionet"),
+    ) -> None:
         self.args = args
         with sigint_default_in_children():
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "trionet", *args],
+                [sys.executable, *invoke, *args],
                 stdin=stdin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
             )
         self._lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._reader.start()
+        self._err_lines: queue.Queue[str | None] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=self._pump, args=(stream, lines), daemon=True)
+            for stream, lines in (
+                (self.popen.stdout, self._lines),
+                (self.popen.stderr, self._err_lines),
+            )
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _pump(self) -> None:
-        assert self.popen.stdout is not None
-        for raw in self.popen.stdout:
-            self._lines.put(raw.decode("utf-8", "replace"))
-        self._lines.put(None)
+    @staticmethod
+    def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+        for raw in stream:
+            lines.put(raw.decode("utf-8", "replace"))
+        lines.put(None)
+
+    def _next(self, lines: queue.Queue[str | None], what: str) -> str | None:
+        try:
+            return lines.get(timeout=TIMEOUT)
+        except queue.Empty:
+            raise AssertionError(f"no {what} from trionet {self.args} in {TIMEOUT}s") from None
 
     def line(self) -> str | None:
         """The next stdout line (None at EOF); fails after TIMEOUT seconds."""
-        try:
-            return self._lines.get(timeout=TIMEOUT)
-        except queue.Empty:
-            raise AssertionError(f"no output from trionet {self.args} in {TIMEOUT}s") from None
+        return self._next(self._lines, "output")
+
+    def err_line(self) -> str | None:
+        """The next stderr line (None at EOF); fails after TIMEOUT seconds."""
+        return self._next(self._err_lines, "stderr output")
 
     def listening(self, count: int = 1) -> list[trionet.Address]:
         """Wait for ``count`` "listening on" lines; the addresses they name."""
@@ -118,14 +142,19 @@ class CLIProcess:
         return address.port
 
     def finish(self, timeout: float = TIMEOUT) -> tuple[int, str, str]:
-        """Wait for exit: (exit status, rest of stdout, all of stderr)."""
+        """Wait for exit: (exit status, rest of stdout, rest of stderr).
+
+        "Rest": the lines ``line()``/``err_line()`` have not returned yet.
+        """
         rc = self.popen.wait(timeout)
-        self._reader.join(timeout)
-        rest = []
-        while (line := self._lines.get_nowait()) is not None:
-            rest.append(line)
-        assert self.popen.stderr is not None
-        return rc, "".join(rest), self.popen.stderr.read().decode("utf-8", "replace")
+        rests = []
+        for reader, lines in zip(self._readers, (self._lines, self._err_lines), strict=True):
+            reader.join(timeout)
+            rest = []
+            while (line := lines.get_nowait()) is not None:
+                rest.append(line)
+            rests.append("".join(rest))
+        return rc, rests[0], rests[1]
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str, str]:
         self.popen.send_signal(sig)
@@ -140,8 +169,13 @@ def cli() -> Iterator[Start]:
     """Start ``python -m trionet`` processes; every one still running is killed afterwards."""
     started: list[CLIProcess] = []
 
-    def start(*args: str, cwd: Path | None = None, stdin: Any = subprocess.DEVNULL) -> CLIProcess:
-        proc = CLIProcess(args, cwd, stdin)
+    def start(
+        *args: str,
+        cwd: Path | None = None,
+        stdin: Any = subprocess.DEVNULL,
+        invoke: tuple[str, ...] = ("-m", "trionet"),
+    ) -> CLIProcess:
+        proc = CLIProcess(args, cwd, stdin, invoke)
         started.append(proc)
         return proc
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from conftest import ExitRecordingEcho, Shutdown, connect_tcp, port_of, wait_until
 
 import trionet
@@ -531,7 +532,8 @@ async def test_open_server_exit_drains_and_body_errors_propagate_bare() -> None:
 
 
 class SignalDrain:
-    def __init__(self) -> None:
+    def __init__(self, sig: int = signal.SIGTERM) -> None:
+        self.sig = sig
         self.report: ShutdownReport | None = None
         self.done = trio.Event()
 
@@ -543,7 +545,7 @@ class SignalDrain:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         self.report = await trionet.drain_on_signals(
-            server, (signal.SIGTERM,), grace, task_status=task_status
+            server, (self.sig,), grace, task_status=task_status
         )
         self.done.set()
 
@@ -624,3 +626,38 @@ async def test_drain_on_signals_validates_its_arguments(trionet_server: ServerFa
         await trionet.drain_on_signals(server, ())
     with pytest.raises(ValueError, match="grace must be a number"):
         await trionet.drain_on_signals(server, grace=-1)
+
+
+@pytest.mark.parametrize("started_by", ["signal", "shutdown"])
+async def test_drain_on_signals_never_passes_a_signal_on_after_returning(
+    trionet_server: ServerFactory, nursery: trio.Nursery, started_by: str
+) -> None:
+    # A signal that arrives while drain_on_signals still has its handlers
+    # installed is its own, even when the server has just stopped: it must
+    # not reach the previous handler once drain_on_signals returns.  (Trio's
+    # open_signal_receiver re-raises such a signal at exit; inside trio.run
+    # the previous handler of SIGINT raises KeyboardInterrupt, that of
+    # SIGTERM kills the process.)  The signal is raised in the very step in
+    # which the server's stop wakes both this task and drain_on_signals, so
+    # that its own task never gets to read it.
+    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
+        pass
+
+    passed_on: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: passed_on.append(signum))
+    try:
+        server = await trionet_server(handler)
+        drain = SignalDrain(signal.SIGUSR1)
+        await nursery.start(functools.partial(drain.run, server, 60))
+        if started_by == "signal":
+            signal.raise_signal(signal.SIGUSR1)  # starts the drain
+        with trio.fail_after(5):
+            await server.shutdown(60)  # returns in the step in which the server stopped
+        signal.raise_signal(signal.SIGUSR1)
+        with trio.fail_after(5):
+            await drain.done.wait()
+        await trio.testing.wait_all_tasks_blocked()  # let any late delivery run
+        assert drain.report is not None
+        assert passed_on == []
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

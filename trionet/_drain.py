@@ -54,10 +54,13 @@ A graceful drain (``Server.shutdown``) proceeds in four steps:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -138,7 +141,10 @@ async def drain_on_signals(
     else called ``shutdown``, or it was cancelled), this returns that stop's
     report instead of waiting forever -- so it can sit in the same nursery as
     the server.  While it runs, the signals do not raise
-    ``KeyboardInterrupt`` or kill the process.
+    ``KeyboardInterrupt`` or kill the process -- nor later: a signal that
+    arrives while it runs is its own, so one that comes as the drain ends
+    (the second of two quick Ctrl-C) is dropped, with a debug log line, and
+    never passed on to the previous handler once this returns.
 
     Must run in the main thread (a Python rule for signal handlers).  Reports
     readiness through ``task_status`` once the handlers are installed.
@@ -168,20 +174,40 @@ async def drain_on_signals(
         raise ValueError("drain_on_signals needs at least one signal")
     if grace is not None:
         check_grace(grace)
-    with trio.open_signal_receiver(*signals) as received:
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("drain_on_signals must run in the main thread (signal handlers do)")
+    # Not trio.open_signal_receiver: at exit it re-raises the signals its
+    # iterator has not yielded yet -- and any still on their way to it --
+    # with the previous handlers back in place.  A second Ctrl-C that lands
+    # as the drain ends would then raise KeyboardInterrupt (SIGINT inside
+    # trio.run) or kill the process (SIGTERM's default action) after the
+    # drain it was meant to hurry has finished.  Every signal that reaches
+    # our handler is ours; once the drain is over it has nothing left to do.
+    token = trio.lowlevel.current_trio_token()
+    send, receive = trio.open_memory_channel[int](math.inf)
 
-        async def on_signals(nursery: trio.Nursery) -> None:
-            first = True
-            async for signum in received:
-                name = _signal_name(signum)
-                if first:
-                    first = False
-                    log.info("received %s: draining", name)
-                    nursery.start_soon(server.shutdown, grace)
-                else:
-                    log.warning("received %s again: cancelling the remaining handlers", name)
-                    nursery.start_soon(server.shutdown, 0)
+    def deliver(signum: int) -> None:  # in Trio's thread, soon after the handler ran
+        try:
+            send.send_nowait(signum)
+        except trio.ClosedResourceError:
+            log.debug("received %s as the drain finished: nothing left to do", _signal_name(signum))
 
+    def handler(signum: int, frame: FrameType | None) -> None:
+        token.run_sync_soon(deliver, signum)
+
+    async def on_signals(nursery: trio.Nursery) -> None:
+        first = True
+        async for signum in receive:
+            name = _signal_name(signum)
+            if first:
+                first = False
+                log.info("received %s: draining", name)
+                nursery.start_soon(server.shutdown, grace)
+            else:
+                log.warning("received %s again: cancelling the remaining handlers", name)
+                nursery.start_soon(server.shutdown, 0)
+
+    with _signal_handlers(signals, handler), send, receive:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(on_signals, nursery)
             task_status.started()
@@ -189,6 +215,22 @@ async def drain_on_signals(
             nursery.cancel_scope.cancel()
     assert server._report is not None
     return server._report
+
+
+@contextlib.contextmanager
+def _signal_handlers(
+    signals: Sequence[int], handler: Callable[[int, FrameType | None], None]
+) -> Iterator[None]:
+    """Install ``handler`` for ``signals``; restore the previous handlers on exit."""
+    previous: dict[int, Any] = {}
+    try:
+        for signum in signals:
+            if signum not in previous:
+                previous[signum] = signal.signal(signum, handler)
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _signal_name(signum: int) -> str:

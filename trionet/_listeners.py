@@ -61,7 +61,7 @@ from ._exceptions import (
 
 log = logging.getLogger("trionet.listeners")
 
-__all__ = ["Bind", "Listener", "close_listeners", "open_listeners"]
+__all__ = ["Bind", "Listener", "check_unix_mode", "close_listeners", "open_listeners"]
 
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 _DUAL_STACK_RETRIES = 20
@@ -122,12 +122,14 @@ async def open_listeners(
 ) -> list[Listener]:
     """Open every bind, in order; on any failure close what was opened and raise.
 
+    The caller has checked ``unix_mode`` against the binds (``serve`` does,
+    in ``check_serve_config``, before any I/O).
+
     Raises:
         InvalidAddress: a malformed spec.
         AddressInUse: the address is taken (or a live Unix socket is there).
         ListenError: any other failure to bind or listen.
     """
-    check_unix_mode(binds, unix_mode)
     opened: list[Listener] = []
     try:
         for bind in binds:

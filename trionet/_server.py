@@ -87,7 +87,7 @@ import logging
 import math
 import socket as _stdlib_socket
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, final
 
@@ -101,7 +101,7 @@ from ._connection import Connection, ConnectionInfo, configure_tcp_socket
 from ._drain import ShutdownReport, check_grace
 from ._exceptions import IncompleteRead, LocalProtocolError
 from ._idle import IdleReaper
-from ._listeners import Bind, Listener, close_listeners, open_listeners
+from ._listeners import Bind, Listener, check_unix_mode, close_listeners, open_listeners
 from ._ratelimit import RateLimiter
 from ._stats import Counters, ServerStats
 from ._unwrap import leaves, unwrap_single
@@ -721,11 +721,40 @@ def _local_address(sock: Any, listener: Listener, family: int) -> Address | None
         return None
 
 
-def _check_handler(call: str, handler: object, binds: tuple[Bind, ...]) -> None:
-    with public_call(call):
-        check_async_callable("handler", handler, takes="a Connection")
+def check_serve_config(
+    binds: Sequence[Bind], options: Mapping[str, Any], call: str = "serve()"
+) -> ServerConfig:
+    """Every check ``serve``/``open_server`` make of their binds and options, before any I/O.
+
+    The options (:meth:`ServerConfig.from_options`), and what only binds and
+    options together can tell: at least one bind, and no ``unix_mode`` with
+    an abstract ``unix:@NAME`` (:func:`~trionet._listeners.check_unix_mode`).
+    The command line calls it before ``trio.run``, so that whatever the
+    library would refuse is a usage error there, never a traceback.
+
+    Returns:
+        The validated :class:`ServerConfig`.
+
+    Raises:
+        TypeError, ValueError: a bad option, or a bad combination.
+        InvalidAddress: a malformed bind spec (found while looking).
+        LocalProtocolError: no binds.
+    """
+    config = ServerConfig.from_options(options, call)
     if not binds:
         raise LocalProtocolError(f"{call} needs at least one bind (e.g. 'tcp://127.0.0.1:0')")
+    check_unix_mode(binds, config.unix_mode)
+    return config
+
+
+def check_handler(call: str, handler: object) -> None:
+    """A handler must be an async callable taking a Connection.
+
+    Raises:
+        TypeError: it is not (the message names ``call``).
+    """
+    with public_call(call):
+        check_async_callable("handler", handler, takes="a Connection")
 
 
 async def serve(
@@ -764,8 +793,8 @@ async def serve(
             ...
             await server.shutdown(5.0)
     """
-    config = ServerConfig.from_options(options, "serve()")
-    _check_handler("serve()", handler, binds)
+    config = check_serve_config(binds, options, "serve()")
+    check_handler("serve()", handler)
     await _serve(handler, binds, config, task_status)
 
 
@@ -775,8 +804,9 @@ async def _serve(
     config: ServerConfig,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    # serve() once its arguments are validated (open_server validates first,
-    # outside its nursery, so errors come out unwrapped -- and only once).
+    # serve() once its arguments are validated (check_serve_config: open_server
+    # validates first, outside its nursery, so errors come out unwrapped --
+    # and only once).
     listeners = await open_listeners(binds, backlog=config.backlog, unix_mode=config.unix_mode)
     try:
         server = Server(handler, listeners, config)
@@ -814,8 +844,8 @@ async def open_server(handler: Handler, *binds: Bind, **options: Any) -> AsyncIt
             conn = await trionet.connect(server.addresses[0])
             ...
     """
-    config = ServerConfig.from_options(options, "open_server()")  # before anything starts
-    _check_handler("open_server()", handler, binds)
+    config = check_serve_config(binds, options, "open_server()")  # before anything starts
+    check_handler("open_server()", handler)
     body_error: BaseException | None = None
     with unwrap_single():
         async with trio.open_nursery() as nursery:

@@ -355,6 +355,10 @@ def test_builtin_and_module_handlers_resolve(
         (["serve", "echo", "--grace", "-1"], ["--grace", "not a number of seconds >= 0"]),
         (["serve", "echo", "--grace", "nan"], ["--grace"]),
         (["serve", "echo", "--unix-mode", "999"], ["--unix-mode", "not an octal mode"]),
+        (
+            ["serve", "echo", "--bind", "unix:@x", "--unix-mode", "600"],
+            ["--unix-mode=0o600 cannot apply to the abstract name unix:@x"],
+        ),
         (["serve", "echo", "--log-level", "loud"], ["--log-level", "invalid choice"]),
         (["serve", "ekko"], ["unknown service 'ekko'", "echo, discard, daytime, chargen"]),
         (["serve", "no_such_module_xyz:handler"], ["no module named 'no_such_module_xyz'"]),
@@ -397,6 +401,50 @@ def test_connect_argument_errors_are_usage_errors(
     out, err = capsys.readouterr()
     assert out == ""
     assert_one_error_line(err, str(error))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("bad value"), TypeError("bad type"), trionet.LocalProtocolError("bad binds")],
+)
+def test_serve_configuration_errors_are_usage_errors(
+    error: Exception, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Whatever serve's own pre-I/O checks refuse -- not only the combinations
+    # known today -- is one usage line and exit 2, before trio.run.
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr("trionet._cli.check_serve_config", refuse)
+    assert run_main(["serve", "echo", "--bind", LOCAL]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_one_error_line(err, str(error))
+
+
+def test_an_unexpected_error_from_the_checks_keeps_its_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("trionet._cli.check_serve_config", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["serve", "echo", "--bind", LOCAL])
+
+
+def test_serve_configuration_is_checked_before_the_handler_module_is_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The module raises on import (exit 1 if it were imported): the bad
+    # combination is reported first, and the user's code never runs.
+    (tmp_path / "cli_never_imported.py").write_text("1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["serve", "cli_never_imported:handler", "--bind", "unix:@x", "--unix-mode", "600"]
+    assert run_main(argv) == 2
+    _out, err = capsys.readouterr()
+    assert_one_error_line(err, "--unix-mode", "abstract name unix:@x")
+    assert "cli_never_imported" not in sys.modules
 
 
 def test_handler_module_that_raises_on_import_is_a_runtime_error(
@@ -617,6 +665,15 @@ def test_bad_bind_spec_in_a_subprocess(cli: Start) -> None:
     assert rc == 2
     assert out == ""
     assert_one_error_line(err, "'tcp://127.0.0.1:99999'", "out of range")
+
+
+def test_unix_mode_with_an_abstract_name_in_a_subprocess(cli: Start) -> None:
+    # Refused by the library when it listens -- inside trio.run, where it
+    # used to come out as a traceback and exit 1.
+    rc, out, err = cli("serve", "echo", "--bind", "unix:@x", "--unix-mode", "600").finish()
+    assert rc == 2
+    assert out == ""
+    assert_one_error_line(err, "--unix-mode=0o600", "abstract name unix:@x")
 
 
 def test_address_in_use_in_a_subprocess(cli: Start) -> None:

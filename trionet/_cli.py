@@ -20,9 +20,15 @@ with no traceback:
 
 * **2 -- usage**: a bad flag or value, a malformed address spec
   (:class:`~trionet.InvalidAddress`), an option ``ServerConfig`` or
-  ``AccessPolicy`` refuses, an unknown service or an unimportable
-  ``MODULE:FUNCTION``.  Everything that can be checked before any socket is
-  opened is checked first, so a typo never half-starts a server.
+  ``AccessPolicy`` refuses, a combination the library refuses (``--unix-mode``
+  with an abstract ``unix:@NAME``, which has no file to apply it to), an
+  unknown service or an unimportable ``MODULE:FUNCTION``.  Everything that
+  can be checked before any socket is opened is checked first -- by the
+  library's own checks, ``check_serve_config`` (what ``serve`` checks) and
+  ``check_grace`` (what ``drain_on_signals`` checks), called before
+  ``trio.run`` and before the handler module is imported -- so a typo never
+  half-starts a server, and no configuration error comes out of ``trio.run``
+  as a traceback.
 * **1 -- runtime**: the address is taken (:class:`~trionet.AddressInUse`) or
   cannot be listened on, a connection cannot be made or breaks, the user's
   handler module raises while being imported.
@@ -57,9 +63,9 @@ from ._admission import AccessPolicy
 from ._client import ConnectPlan, connect_with_plan, make_plan
 from ._config import ServerConfig
 from ._connection import Connection
-from ._drain import ShutdownReport, drain_on_signals
-from ._exceptions import ConnectError, InvalidAddress, ListenError
-from ._server import Handler, Server, serve
+from ._drain import ShutdownReport, check_grace, drain_on_signals
+from ._exceptions import ConnectError, InvalidAddress, ListenError, LocalProtocolError
+from ._server import Handler, Server, check_serve_config, serve
 from ._services import SERVICES
 from ._unwrap import unwrap_single
 from ._version import __version__
@@ -363,7 +369,7 @@ _FLAG_NAMES: Final = {
 
 def _option_message(message: str) -> str:
     for name, flag in _FLAG_NAMES.items():
-        if message.startswith(name + " "):
+        if message.startswith((name + " ", name + "=")):
             return flag + message[len(name) :]
     return message
 
@@ -381,6 +387,34 @@ def bind_specs(args: argparse.Namespace) -> list[str]:
         except InvalidAddress as exc:
             raise CLIError(str(exc), EXIT_USAGE) from None
     return binds
+
+
+def check_serve(binds: list[str], options: dict[str, Any], grace: float) -> None:
+    """Whatever else the library checks before opening a socket, checked now.
+
+    ``bind_specs`` and ``server_options`` check each spec and option on its
+    own; some checks need several (``--unix-mode`` means nothing for an
+    abstract ``unix:@NAME``).  Those are the library's own functions --
+    ``check_serve_config``, which ``serve`` calls, and ``check_grace``,
+    which ``drain_on_signals`` calls -- run before ``trio.run``, where
+    their errors would otherwise come out as tracebacks.
+
+    Raises:
+        CLIError: anything they refuse (exit 2).
+
+    Example::
+
+        >>> args = build_parser().parse_args(
+        ...     ["serve", "echo", "--bind", "unix:@x", "--unix-mode", "600"])
+        >>> check_serve(bind_specs(args), server_options(args), args.grace)
+        Traceback (most recent call last):
+        trionet._cli.CLIError: --unix-mode=0o600 cannot apply to the abstract name unix:@x: ...
+    """
+    try:
+        check_serve_config(binds, options)
+        check_grace(grace)
+    except (TypeError, ValueError, LocalProtocolError) as exc:  # InvalidAddress included
+        raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
 
 
 def _print(*parts: object) -> None:
@@ -414,12 +448,11 @@ async def _serve(handler: Handler, binds: list[str], options: dict[str, Any], gr
 def _run_serve(args: argparse.Namespace) -> int:
     binds = bind_specs(args)
     options = server_options(args)
+    check_serve(binds, options, args.grace)
     handler = resolve_handler(args.handler)
     try:
         trio.run(_serve, handler, binds, options, args.grace)
-    except InvalidAddress as exc:  # a malformed spec (unresolvable hosts raise ListenError)
-        raise CLIError(str(exc), EXIT_USAGE) from None
-    except ListenError as exc:  # AddressInUse included
+    except ListenError as exc:  # AddressInUse and unresolvable hosts included
         # str() of an OSError with an errno reads "[Errno 98] cannot listen
         # on ...: Address already in use"; the message alone is clearer.
         raise CLIError(exc.strerror or str(exc)) from None

@@ -687,6 +687,34 @@ def test_address_in_use_in_a_subprocess(cli: Start) -> None:
     assert_one_error_line(err, f"tcp://127.0.0.1:{port}", "Address already in use")
 
 
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_as_an_idle_server_drains_still_exits_0(cli: Start, second: int) -> None:
+    # An idle server drains in well under a millisecond, so a second signal
+    # right behind the first lands as the drain ends, as the report prints,
+    # as trio.run returns or as the interpreter shuts down.  It used to end
+    # such a run with KeyboardInterrupt (130), death by the signal (-2,
+    # -15) or a traceback, depending on the instant.  Three timings, each
+    # run five times: back to back; as soon as the drain is logged; as soon
+    # as the report is out.
+    for run in range(15):
+        server = cli("serve", "echo", "--bind", LOCAL)
+        server.port()
+        server.popen.send_signal(signal.SIGINT)
+        seen = ""
+        if run % 3 == 1:
+            line = server.err_line()
+            assert line is not None and "received SIGINT: draining" in line, line
+        elif run % 3 == 2:
+            seen = server.line() or ""
+            assert seen.startswith("shutdown: "), seen
+        server.popen.send_signal(second)
+        rc, out, err = server.finish()
+        assert rc == 0, (run, rc, err)
+        assert "Traceback" not in err
+        report_of(seen + out)
+        stats_of(out)
+
+
 def test_default_bind_is_127_0_0_1_port_7007(cli: Start) -> None:
     # `make run` is `trionet serve echo`.  Whether or not something else
     # holds port 7007 right now, the outcome proves which address was used.

@@ -37,7 +37,10 @@ with no traceback:
 
 Once ``serve`` is listening, SIGINT and SIGTERM start a graceful drain
 (:func:`trionet.drain_on_signals`); a second signal cancels the remaining
-handlers.  A drained server exits 0 after printing its
+handlers, and any later one is ignored -- also one that arrives after the
+drain, while the report prints, ``trio.run`` returns or the interpreter
+shuts down: from the drain's end to the process's, SIGINT and SIGTERM are
+ignored (``_SignalLatch``).  A drained server exits 0 after printing its
 :class:`~trionet.ShutdownReport` and :class:`~trionet.ServerStats`.
 Unexpected exceptions -- bugs -- keep their traceback.
 """
@@ -51,8 +54,10 @@ import importlib
 import logging
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, Final, NoReturn
 
 import attrs
@@ -81,6 +86,10 @@ EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
+
+#: What ``serve`` drains on (``drain_on_signals``' default, named here
+#: because the CLI also handles them before and after it).
+_DRAIN_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -421,11 +430,60 @@ def _print(*parts: object) -> None:
     print(*parts, flush=True)
 
 
+class _SignalLatch:
+    """SIGINT and SIGTERM handling beneath ``drain_on_signals``' own handlers.
+
+    ``drain_on_signals`` puts back whatever handlers it found when it
+    returns.  Had it found the usual ones (Trio's KeyboardInterrupt for
+    SIGINT, the default action for SIGTERM), a second Ctrl-C arriving just
+    after the drain -- while the report prints, ``trio.run`` returns or the
+    interpreter shuts down -- would turn a drained server's exit 0 into 130,
+    a traceback, or death by signal.  So it finds this latch, a Python-level
+    handler that only notes what came, and once it has returned
+    :meth:`ignore` makes the signals ignored for the rest of the process
+    (``SIG_IGN``, which the interpreter keeps through its own shutdown,
+    unlike a Python-level handler).  No signal is ever left to a default
+    disposition in between, and none is lost: one that lands in the instant
+    between the latch and ``drain_on_signals``' handlers is
+    :meth:`replay`-ed to them.
+    """
+
+    def __init__(self) -> None:
+        self._caught: list[int] = []
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self._caught.append(signum)
+
+    def install(self) -> None:
+        for signum in _DRAIN_SIGNALS:
+            signal.signal(signum, self._note)
+
+    def replay(self) -> None:
+        """Raise again what was caught so far (``drain_on_signals`` handles it now)."""
+        caught, self._caught = self._caught, []
+        for signum in caught:
+            signal.raise_signal(signum)
+
+    @staticmethod
+    def ignore() -> None:
+        for signum in _DRAIN_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 async def _serve(handler: Handler, binds: list[str], options: dict[str, Any], grace: float) -> None:
     reports: list[ShutdownReport] = []
+    latch = _SignalLatch()
 
     async def drain(server: Server, *, task_status: trio.TaskStatus[None]) -> None:
-        reports.append(await drain_on_signals(server, grace=grace, task_status=task_status))
+        # No checkpoint between the latch and drain_on_signals' handlers, nor
+        # between those going and SIG_IGN (see _SignalLatch).
+        latch.install()
+        try:
+            reports.append(
+                await drain_on_signals(server, _DRAIN_SIGNALS, grace, task_status=task_status)
+            )
+        finally:
+            latch.ignore()
 
     with unwrap_single():
         async with trio.open_nursery() as nursery:
@@ -437,6 +495,7 @@ async def _serve(handler: Handler, binds: list[str], options: dict[str, Any], gr
             await nursery.start(drain, server)
             for address in server.addresses:
                 _print(f"listening on {address}")
+            latch.replay()
     report = reports[0]
     _print(
         f"shutdown: finished={report.finished} cancelled={report.cancelled} "
@@ -566,6 +625,10 @@ def _run_connect(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``trionet`` command line.
+
+    A ``serve`` that drained returns with SIGINT and SIGTERM ignored: the
+    process is meant to exit right after, and a late Ctrl-C must not turn
+    its clean exit into an interrupted one (see ``_SignalLatch``).
 
     Args:
         argv: the arguments after the program name (default ``sys.argv[1:]``).

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -713,6 +714,84 @@ def test_a_second_signal_as_an_idle_server_drains_still_exits_0(cli: Start, seco
         assert "Traceback" not in err
         report_of(seen + out)
         stats_of(out)
+
+
+# Run trionet._cli.main() with "main" on stderr as its first action (inside
+# its build_parser call), so that a test can signal it at a known point of
+# main() -- the import of trionet before it is out of main()'s reach.
+MAIN_WITH_MARKER = textwrap.dedent(
+    """
+    import sys
+    import trionet._cli as cli
+
+    build_parser = cli.build_parser
+
+    def marked_build_parser():
+        print("main", file=sys.stderr, flush=True)
+        return build_parser()
+
+    cli.build_parser = marked_build_parser
+    sys.exit(cli.main(sys.argv[1:]))
+    """
+)
+
+
+def test_ctrl_c_anywhere_in_start_up_exits_130_quietly(cli: Start) -> None:
+    # SIGINT at a spread of instants from main()'s first action on: parsing,
+    # checks, trio.run starting, the listener opening, the drain's handlers
+    # going in, just after "listening on".  Each run either is interrupted
+    # -- 130, not a word on stdout or stderr -- or, when the signal came
+    # after the server was ready, drains and exits 0.  Never a traceback, a
+    # warning, a hang, or "listening on" followed by 130.  (The sleeps are
+    # the point of the test -- where the signal lands -- not synchronisation.)
+    for run in range(30):
+        proc = cli("serve", "echo", "--bind", LOCAL, invoke=("-c", MAIN_WITH_MARKER))
+        assert proc.err_line() == "main\n"
+        time.sleep(run * 0.00015)
+        proc.popen.send_signal(signal.SIGINT)
+        rc, out, err = proc.finish()
+        if rc == 130:
+            assert (out, err) == ("", ""), (run, out, err)
+        else:
+            assert rc == 0, (run, rc, err)
+            assert out.startswith("listening on "), out
+            report_of(out)
+            assert "Traceback" not in err and "Warning" not in err, err
+
+
+@pytest.mark.parametrize("where", ["module body", "finalizer"])
+def test_ctrl_c_while_the_handler_module_imports_exits_130_quietly(
+    cli: Start, tmp_path: Path, where: str
+) -> None:
+    # The import blocks, opening a FIFO nobody writes to, until SIGINT.  In
+    # a finalizer (__del__; importlib runs a weakref callback at the end of
+    # every import) Python cannot propagate the KeyboardInterrupt: it used
+    # to print "Exception ignored ... Traceback" there, drop the Ctrl-C, and
+    # start the server anyway.
+    fifo = tmp_path / "never-written"
+    os.mkfifo(fifo)
+    block = f"""
+        sys.stderr.write("importing\\n")
+        sys.stderr.flush()
+        with open({str(fifo)!r}, "rb") as f:
+            f.read()
+    """
+    if where == "module body":
+        module = "import sys\n" + textwrap.dedent(block)
+    else:
+        module = (
+            "import sys\n\nclass Blocker:\n    def __del__(self):"
+            + textwrap.indent(textwrap.dedent(block), " " * 8)
+            + "\nBlocker()  # finalized at once, during the import\n"
+        )
+    module += "\nasync def handle(conn):\n    pass\n"
+    (tmp_path / "cli_slow_import.py").write_text(module)
+    proc = cli("serve", "cli_slow_import:handle", "--bind", LOCAL, cwd=tmp_path)
+    assert proc.err_line() == "importing\n"
+    proc.popen.send_signal(signal.SIGINT)
+    rc, out, err = proc.finish()
+    assert rc == 130, err
+    assert (out, err) == ("", "")
 
 
 def test_default_bind_is_127_0_0_1_port_7007(cli: Start) -> None:

@@ -33,16 +33,51 @@ with no traceback:
   cannot be listened on, a connection cannot be made or breaks, the user's
   handler module raises while being imported.
 * **130 -- interrupted** by Ctrl-C before ``serve`` was ready to drain (or
-  during ``connect``), like any shell command killed by SIGINT.
+  during ``connect``), like any shell command killed by SIGINT.  Nothing is
+  printed.
 
-Once ``serve`` is listening, SIGINT and SIGTERM start a graceful drain
+Once ``serve`` is ready, SIGINT and SIGTERM start a graceful drain
 (:func:`trionet.drain_on_signals`); a second signal cancels the remaining
-handlers, and any later one is ignored -- also one that arrives after the
-drain, while the report prints, ``trio.run`` returns or the interpreter
-shuts down: from the drain's end to the process's, SIGINT and SIGTERM are
-ignored (``_SignalLatch``).  A drained server exits 0 after printing its
+handlers.  A drained server exits 0 after printing its
 :class:`~trionet.ShutdownReport` and :class:`~trionet.ServerStats`.
 Unexpected exceptions -- bugs -- keep their traceback.
+
+Ctrl-C, from start to exit
+==========================
+*Ready* means: listening, with the drain's signal handlers installed; the
+first ``listening on`` line is printed only then.
+
+* **From the first line of** :func:`main` **until ready**, Ctrl-C is exit
+  130 and not a word on stdout or stderr, wherever it lands:
+
+  - parsing and checking the arguments, importing the handler module --
+    plain ``KeyboardInterrupt``, caught by :func:`main`; one that lands in
+    a finalizer or weakref callback (importlib runs one as every import
+    ends), where Python would print it as "Exception ignored" and drop it,
+    is kept and raised as soon as it can propagate
+    (``_DroppedInterrupts``);
+  - ``trio.run`` starting, listeners opening, the drain's handlers going
+    in -- ``trio.run`` runs with ``restrict_keyboard_interrupt_to_checkpoints``,
+    so the ``KeyboardInterrupt`` is raised in the main task at a checkpoint,
+    never inside Trio or half-way through starting a task; the start-up
+    unwinds (listeners closed) and :func:`main` returns 130.  One that
+    came just before the drain's handlers is taken at a checkpoint before
+    the ``listening on`` lines, so they are never followed by 130.
+
+* **Ready**: the first SIGINT or SIGTERM drains, the second cancels the
+  handlers, and any later one is ignored -- also one that arrives after
+  the drain, while the report prints, ``trio.run`` returns or the
+  interpreter shuts down: from the drain's end to the process's, SIGINT
+  and SIGTERM are ignored (``_SignalLatch``), so a drained server exits 0.
+* SIGTERM before ready keeps its default action (the process ends, -15).
+* **Out of reach: before** :func:`main` **runs** -- interpreter start-up,
+  then importing the ``trionet`` package (which imports Trio: most of the
+  ~0.2 s start-up) and ``trionet._cli``, as both entry points do.  No code
+  of ours runs yet, so a Ctrl-C there is Python's own: a
+  ``KeyboardInterrupt`` traceback and death by SIGINT (status -2, 130 in a
+  shell), or "Fatal Python error" and status 1 during interpreter
+  initialisation.  (A signal handled as :func:`main` is called, before its
+  first line, belongs here too.)
 """
 
 from __future__ import annotations
@@ -72,7 +107,7 @@ from ._drain import ShutdownReport, check_grace, drain_on_signals
 from ._exceptions import ConnectError, InvalidAddress, ListenError, LocalProtocolError
 from ._server import Handler, Server, check_serve_config, serve
 from ._services import SERVICES
-from ._unwrap import unwrap_single
+from ._unwrap import leaves, unwrap_single
 from ._version import __version__
 
 log = logging.getLogger("trionet.cli")
@@ -470,7 +505,15 @@ class _SignalLatch:
             signal.signal(signum, signal.SIG_IGN)
 
 
-async def _serve(handler: Handler, binds: list[str], options: dict[str, Any], grace: float) -> None:
+async def _serve(
+    handler: Handler,
+    binds: list[str],
+    options: dict[str, Any],
+    grace: float,
+    interrupts: _DroppedInterrupts,
+) -> None:
+    # Trio's SIGINT handler is in place now, and never raises where it lands.
+    interrupts.check()
     reports: list[ShutdownReport] = []
     latch = _SignalLatch()
 
@@ -493,6 +536,10 @@ async def _serve(handler: Handler, binds: list[str], options: dict[str, Any], gr
             # Install the signal handlers *before* saying we listen: whoever
             # waits for "listening on" may signal us the moment they see it.
             await nursery.start(drain, server)
+            # A Ctrl-C that came before them is a KeyboardInterrupt Trio holds
+            # for this task's next checkpoint: take it here, so that an
+            # interrupted start-up never says "listening on".
+            await trio.lowlevel.checkpoint()
             for address in server.addresses:
                 _print(f"listening on {address}")
             latch.replay()
@@ -504,13 +551,21 @@ async def _serve(handler: Handler, binds: list[str], options: dict[str, Any], gr
     _print("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(server.stats).items()))
 
 
-def _run_serve(args: argparse.Namespace) -> int:
+def _run_serve(args: argparse.Namespace, interrupts: _DroppedInterrupts) -> int:
     binds = bind_specs(args)
     options = server_options(args)
     check_serve(binds, options, args.grace)
     handler = resolve_handler(args.handler)
     try:
-        trio.run(_serve, handler, binds, options, args.grace)
+        trio.run(
+            _serve,
+            handler,
+            binds,
+            options,
+            args.grace,
+            interrupts,
+            restrict_keyboard_interrupt_to_checkpoints=True,
+        )
     except ListenError as exc:  # AddressInUse and unresolvable hosts included
         # str() of an OSError with an errno reads "[Errno 98] cannot listen
         # on ...: Address already in use"; the message alone is clearer.
@@ -586,7 +641,10 @@ async def _peer_to_stdout(conn: Connection, fd: int) -> None:
             return
 
 
-async def _connect(plan: ConnectPlan, stdin: int, stdout: int) -> None:
+async def _connect(
+    plan: ConnectPlan, stdin: int, stdout: int, interrupts: _DroppedInterrupts
+) -> None:
+    interrupts.check()  # as in _serve
     conn = await connect_with_plan(plan)
     log.info("connected to %s from %s", conn.peer, conn.local)
     async with conn:
@@ -599,7 +657,7 @@ async def _connect(plan: ConnectPlan, stdin: int, stdout: int) -> None:
                 nursery.cancel_scope.cancel()
 
 
-def _run_connect(args: argparse.Namespace) -> int:
+def _run_connect(args: argparse.Namespace, interrupts: _DroppedInterrupts) -> int:
     options: dict[str, Any] = {}
     if args.timeout is not None:
         options["timeout"] = args.timeout
@@ -612,7 +670,7 @@ def _run_connect(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:  # InvalidAddress is a ValueError
         raise CLIError(str(exc), EXIT_USAGE) from None
     try:
-        trio.run(_connect, plan, 0, 1)
+        trio.run(_connect, plan, 0, 1, interrupts, restrict_keyboard_interrupt_to_checkpoints=True)
     except ConnectError as exc:  # ConnectTimeout included
         raise CLIError(str(exc)) from None
     return EXIT_OK
@@ -642,14 +700,74 @@ def main(argv: Sequence[str] | None = None) -> int:
         $ trionet serve echo --bind tcp://127.0.0.1:0
         listening on tcp://127.0.0.1:43117
     """
+    try:  # first: a Ctrl-C from here on is exit 130, wherever it lands
+        with _DroppedInterrupts() as interrupts:
+            status = _main(argv, interrupts)
+            interrupts.check()
+            return status
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:
+        if _only_interrupts(group):
+            return EXIT_INTERRUPTED
+        raise
+
+
+def _main(argv: Sequence[str] | None, interrupts: _DroppedInterrupts) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT, stream=sys.stderr)
     try:
         if args.command == "serve":
-            return _run_serve(args)
-        return _run_connect(args)
+            return _run_serve(args, interrupts)
+        return _run_connect(args, interrupts)
     except CLIError as exc:
         print(f"trionet: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+
+
+def _only_interrupts(group: BaseExceptionGroup[BaseException]) -> bool:
+    """True for a group of KeyboardInterrupt (and the Cancelled it caused) only."""
+    found = leaves(group)
+    return any(isinstance(e, KeyboardInterrupt) for e in found) and all(
+        isinstance(e, (KeyboardInterrupt, trio.Cancelled)) for e in found
+    )
+
+
+class _DroppedInterrupts:
+    """Keep hold of a KeyboardInterrupt that Python prints as "Exception ignored" and drops.
+
+    Outside ``trio.run`` a Ctrl-C raises KeyboardInterrupt wherever the main
+    thread is -- which may be a weakref callback or a ``__del__`` (importlib
+    runs one as every import ends, the user's handler module's included).
+    An exception cannot propagate from there: Python prints its traceback
+    and drops it, and the command would go on as if no Ctrl-C had come.
+    While this is entered, such a KeyboardInterrupt is noted instead of
+    printed, and :meth:`check` raises it where it propagates: in the first
+    step of ``trio.run``'s main task (from then on Trio's SIGINT handler is
+    in place, and it never raises where the signal lands) and when the
+    command ends.  (Raising the signal again at once would not do: its
+    handler would run inside the same callback.)
+    """
+
+    def __init__(self) -> None:
+        self._dropped = False
+        self._previous = sys.unraisablehook
+
+    def _hook(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self._dropped = True
+        else:
+            self._previous(unraisable)
+
+    def __enter__(self) -> _DroppedInterrupts:
+        self._previous = sys.unraisablehook
+        sys.unraisablehook = self._hook
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.unraisablehook = self._previous
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if one was dropped."""
+        if self._dropped:
+            raise KeyboardInterrupt

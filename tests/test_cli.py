@@ -321,6 +321,14 @@ def test_deny_alone_admits_everyone_else() -> None:
     assert not policy.allows(trionet.TCPAddress("10.1.2.3", 1))
 
 
+def test_close_linger_reaches_serve_and_connect() -> None:
+    args = build_parser().parse_args(["serve", "echo", "--close-linger", "0.5"])
+    assert server_options(args)["close_linger"] == 0.5
+    assert "close_linger" not in server_options(build_parser().parse_args(["serve", "echo"]))
+    args = build_parser().parse_args(["connect", "tcp://127.0.0.1:7", "--close-linger", "0"])
+    assert args.close_linger == 0.0
+
+
 def test_unix_mode_accepts_0o_prefix() -> None:
     args = build_parser().parse_args(["serve", "echo", "--unix-mode", "0o600"])
     assert server_options(args)["unix_mode"] == 0o600
@@ -365,6 +373,11 @@ def test_builtin_and_module_handlers_resolve(
         (["serve", "no_such_module_xyz:handler"], ["no module named 'no_such_module_xyz'"]),
         (["serve", "trionet.services:nothing"], ["has no attribute 'nothing'"]),
         (["serve", "trionet.services:SERVICES"], ["not a handler"]),
+        (["serve", "json:dumps"], ["'json:dumps' is not an async function"]),
+        (["serve", "trionet.services:daytime_line"], ["is not an async function"]),
+        (["serve", "echo", "--close-linger", "-1"], ["--close-linger", "'-1'"]),
+        (["serve", "echo", "--close-linger", "nan"], ["--close-linger"]),
+        (["connect", "tcp://127.0.0.1:7", "--close-linger", "x"], ["--close-linger", "'x'"]),
         (["serve", "json:"], ["unknown service 'json:'"]),
         (["connect"], ["required: TARGET"]),
         (["connect", "127.0.0.1:7"], ["invalid address '127.0.0.1:7'"]),

@@ -108,6 +108,7 @@ from ._exceptions import ConnectError, InvalidAddress, ListenError, LocalProtoco
 from ._server import Handler, Server, check_serve_config, serve
 from ._services import SERVICES
 from ._unwrap import leaves, unwrap_single
+from ._validate import is_async_callable
 from ._version import __version__
 
 log = logging.getLogger("trionet.cli")
@@ -261,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="close connections idle (no bytes either way) for S seconds",
     )
     srv.add_argument(
+        "--close-linger",
+        type=_seconds,
+        metavar="S",
+        help="seconds a close may linger for the peer's EOF so that no reply is lost "
+        "(default 5; 0 closes at once)",
+    )
+    srv.add_argument(
         "--unix-mode",
         type=_octal,
         metavar="OCTAL",
@@ -284,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_seconds,
         metavar="S",
         help="give up connecting after S seconds (> 0)",
+    )
+    con.add_argument(
+        "--close-linger",
+        type=_seconds,
+        metavar="S",
+        help="seconds the final close may linger for the peer's EOF (default 5; 0: at once)",
     )
     con.add_argument("--log-level", choices=_LOG_LEVELS, default="warning", help="default: warning")
     return parser
@@ -352,6 +366,11 @@ def resolve_handler(spec: str) -> Handler:
         raise CLIError(
             f"{spec!r} is a {type(obj).__name__}, not a handler (an async function)", EXIT_USAGE
         )
+    if not is_async_callable(obj):
+        raise CLIError(
+            f"{spec!r} is not an async function (a handler must be 'async def handler(conn)')",
+            EXIT_USAGE,
+        )
     handler: Handler = obj
     return handler
 
@@ -394,6 +413,8 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
             "idle_timeout": args.idle_timeout,
             "unix_mode": args.unix_mode,
         }
+        if args.close_linger is not None:
+            options["close_linger"] = args.close_linger
         ServerConfig(**options)  # validate now, before anything is opened
     except (TypeError, ValueError) as exc:
         raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
@@ -408,10 +429,12 @@ _FLAG_NAMES: Final = {
     "shutdown_grace": "--grace",
     "unix_mode": "--unix-mode",
     "backlog": "--backlog",
+    "close_linger": "--close-linger",
 }
 
 
 def _option_message(message: str) -> str:
+    message = message.removeprefix("serve(): ")  # the library names its call; we name flags
     for name, flag in _FLAG_NAMES.items():
         if message.startswith((name + " ", name + "=")):
             return flag + message[len(name) :]
@@ -663,6 +686,8 @@ def _run_connect(args: argparse.Namespace, interrupts: _DroppedInterrupts) -> in
         options["timeout"] = args.timeout
     if args.local_address is not None:
         options["local_address"] = args.local_address
+    if args.close_linger is not None:
+        options["close_linger"] = args.close_linger
     # Every argument is checked before any I/O, and whatever the checks
     # refuse is a usage error -- one line, exit 2 -- never a traceback.
     try:

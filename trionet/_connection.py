@@ -73,6 +73,29 @@ Hot-path choices (each measured, see ``docs/source/benchmarks.rst``):
   Trio's epoll and kqueue backends, and guarded by the ``trio`` case of
   ``tests/test_poller.py::test_drain_wakes_only_the_reader_of_a_connection_with_a_parked_writer``.
 
+Closing
+-------
+``send_all`` returning means the kernel has the bytes, and a close must not
+throw them away.  It would, if it closed a socket with the peer's bytes
+unread: the kernel then answers with RST and discards whatever of ours is
+still queued unsent.  So :meth:`Connection.aclose` (and the server, when a
+handler returns) first decides -- before anything more is written -- with
+:func:`linger_needed` (a non-blocking ``recv(1, MSG_PEEK)``, then
+``SIOCOUTQNSD`` when nothing is waiting), and if the close could do that
+damage it *lingers*: the connection is closed to its users (stats folded,
+waiters woken), the sending side shut down so the FIN follows the queued
+bytes, and the peer's late bytes read and discarded until its EOF,
+``close_linger`` seconds or cancellation; then the descriptor closes.  The
+states are ``open`` -> ``closed`` with the descriptor still open (lingering,
+``_fd_open``) -> closed.  ``close()``, ``abort()`` and a cancelled
+``aclose()`` never linger.  A connection that saw the peer's EOF, or never
+sent a byte, has nothing to protect and skips the check (an ``async for``
+server loop always ends at EOF, so the common close costs no system call).
+
+During a drain, ``async for`` stops once it delivered what had arrived when
+the drain began (``_mark_drain`` adds the kernel's ``FIONREAD`` count to the
+bytes received), so a peer that never stops sending cannot keep a loop busy.
+
 Errors
 ------
 ``OSError`` from the socket is translated in one place

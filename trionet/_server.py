@@ -12,13 +12,13 @@ Structure
         accept nursery                       -- one accept task per listener
           accept_loop(listener) ...
         (accept nursery done: drain has begun)
-        wait until no connections remain
+        wait until no connections remain (handlers and lingering closes)
       close listeners; set "stopped"
 
 Handlers run in a nursery *outside* the accept nursery, so accepting can stop
 (drain step 1) while connections finish (steps 2-4).  Data flows one way:
 listener -> accept task -> admission (access policy, per-host limit) ->
-Connection -> handler -> release (stats, close).  Admission is synchronous
+Connection -> handler -> release (slot, stats, orderly close) -> linger.  Admission is synchronous
 and happens before any task is spawned, so a refused peer costs no task and
 no handler code runs for it.
 
@@ -56,13 +56,31 @@ and a freed slot wakes exactly one of them -- no thundering herd of every
 waiter racing for one slot.  A waiter cancelled after being woken passes the
 wake-up on, so no slot is ever lost.
 
+The close after the handler
+===========================
+
+When a handler ends by itself, ``_release`` closes its connection the way
+``Connection.aclose`` does: it first decides whether closing at once could
+make the kernel reset the connection and drop the unsent tail of a reply
+(``linger_needed``: the peer's bytes waiting unread, or ours unsent).  If
+not, it closes at once.  If so, the connection *lingers* in the same task,
+after everything else is released: FIN sent, counted as closed, out of
+``connections``, its slot and host lease given back; only the descriptor
+remains, read and discarded until the peer's EOF, ``close_linger``, the
+grace deadline (the drain cancels the connection nursery) or cancellation.
+``stats.lingering`` gauges them, and at most ``max_connections`` linger at
+once (beyond that a close is immediate), so a flood of peers that keep
+sending cannot pile up descriptors.  A handler that was cancelled (grace
+over, idle timeout, the server cancelled) is closed at once.
+
 What the shutdown report counts
 ===============================
 
 During a drain each connection ends in exactly one way (``_release``):
 
 * its handler returned or raised by itself before the grace period ran out:
-  ``finished``;
+  ``finished`` (whether or not its close then lingered -- ``shutdown`` waits
+  for the linger too, within the grace period);
 * the idle reaper closed it (``stats.idle_closed``): neither field;
 * otherwise -- cancelled when the grace period ran out (or when the whole
   server was cancelled), or its handler never started: ``cancelled``.

@@ -263,6 +263,7 @@ def child_env(trionet_path: str | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.pop("PYTHONASYNCIODEBUG", None)
     env.pop("PYTHONDEVMODE", None)
+    env.setdefault("PYTHONHASHSEED", "0")  # one dict layout for every run: less run-to-run noise
     return env
 
 
@@ -896,9 +897,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--trionet-ref",
-        metavar="GITREF",
+        metavar="GITREF[,GITREF]",
         help="also run every selected trionet peer on revision GITREF (e.g. HEAD~1), "
-        "as PEER@SHA, alternated with the others in every round",
+        "as PEER@SHA, alternated with the others in every round; several refs: comma-separated",
     )
     parser.add_argument(
         "--baseline",
@@ -933,11 +934,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers = select_by_key(PEERS, args.peers, args.quick, "peers")
     workloads = select_by_key(WORKLOADS, args.workloads, args.quick, "workloads")
     if args.trionet_ref:
-        try:
-            peers += ref_peers(peers, args.trionet_ref)
-        except (OSError, subprocess.SubprocessError) as exc:
-            sys.exit(f"cannot check out trionet at {args.trionet_ref!r}: {exc}")
-    baseline = BASELINE
+        base = list(peers)
+        for ref in args.trionet_ref.split(","):
+            try:
+                peers += ref_peers(base, ref.strip())
+            except (OSError, subprocess.SubprocessError) as exc:
+                sys.exit(f"cannot check out trionet at {ref!r}: {exc}")
+    baseline = BASELINE if any(p.key == BASELINE for p in peers) else peers[0].key
     if args.baseline:
         keys = [p.key for p in peers]
         if args.baseline not in keys:

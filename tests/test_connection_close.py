@@ -840,32 +840,156 @@ async def test_pool_expiry_lingers_in_the_background(trionet_server: ServerFacto
     assert notice.ends == ["eof"]
 
 
-async def test_lingering_connections_are_capped_at_max_connections(
+async def test_lingering_beyond_max_connections_keeps_the_slot(
     trionet_server: ServerFactory,
 ) -> None:
-    # Lingering connections hold no slot; so that a flood of clients that keep
-    # sending cannot pile up descriptors, at most max_connections linger at
-    # once and further closes are immediate (the extra clients are reset).
+    # Lingering connections hold no slot -- up to max_connections of them.
+    # One lingering beyond that keeps its slot until its linger ends, so
+    # accepting pauses (backpressure) and descriptors stay bounded, and no
+    # close is cut short: every client gets its reply and a clean EOF.
     async def handler(conn: trionet.Connection) -> None:
-        await conn.receive_some(1)  # one byte of two: the close would linger
+        await conn.receive_some(1)  # one byte of two: the close lingers
         await conn.send_all(b"r")
 
     server = await trionet_server(handler, max_connections=2)
     socks = []
+
+    async def client() -> trio.socket.SocketType:
+        sock = await raw_client(port_of(server))
+        socks.append(sock)
+        await sock.send(b"!!")
+        return sock
+
     with trio.fail_after(10):
-        for i in range(5):
-            sock = await raw_client(port_of(server))
-            socks.append(sock)
-            await sock.send(b"!!")
-            await wait_until(lambda i=i: server.stats.closed == i + 1)
-            assert server.stats.lingering == min(i + 1, 2)
-        ends = []
+        for i in range(4):
+            sock = await client()
+            assert await sock.recv(1) == b"r"
+            assert await sock.recv(1) == b""  # FIN: lingering, not reset
+            await wait_until(lambda i=i: server.stats.lingering == i + 1)
+        # Two linger slot-free, two in their slots: both slots are taken.
+        fifth = await client()
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.stats.accepted == 4  # backpressure: the fifth waits in the backlog
+        socks[2].close()  # our EOF ends a slot-holding linger ...
+        assert await fifth.recv(1) == b"r"  # ... and the fifth is served
+        assert await fifth.recv(1) == b""
         for sock in socks:
-            with sock:
-                assert await sock.recv(1) == b"r"
-                try:
-                    ends.append("eof" if await sock.recv(1) == b"" else "data")
-                except ConnectionResetError:
-                    ends.append("reset")
-    assert ends == ["eof", "eof", "reset", "reset", "reset"]
-    await wait_until(lambda: server.stats.lingering == 0)
+            sock.close()
+        await wait_until(lambda: server.stats.lingering == 0)
+    stats = server.stats
+    assert stats.accepted == stats.closed == 5
+    assert stats.resets == stats.handler_errors == 0
+
+
+# ----------------------------------------------------------------------
+# 8. Regressions found by abuse testing: tasks racing a lingering close
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 3, 5])
+async def test_a_reader_racing_a_lingering_aclose_is_woken_not_lost(
+    trionet_server: ServerFactory, yields: int
+) -> None:
+    # One task of the handler reads while another calls aclose(), which
+    # lingers (most of a reply is unsent).  Depending on when the close
+    # lands, the reader is parked, spinning before it parks, or just woken:
+    # every way it must end with ClosedResourceError -- it used to park after
+    # the close, never to be woken, keeping the handler and its slot forever.
+    reader_ended: list[str] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        if reader_ended:  # the second client: is the server still serving?
+            await conn.send_all(b"hi")
+            return
+        await conn.send_all(b"D" * MIB)  # the peer reads nothing: most stays unsent
+
+        async def reader() -> None:
+            try:
+                await conn.receive_some()
+                reader_ended.append("data")  # pragma: no cover - the bug
+            except trio.ClosedResourceError:
+                reader_ended.append("closed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            for _ in range(yields):
+                await trio.lowlevel.checkpoint()
+            await conn.aclose()
+
+    server = await trionet_server(handler, close_linger=0.3, max_connections=1)
+    sock = await raw_client(port_of(server), rcvbuf=4096)
+    with sock, trio.fail_after(10):
+        await wait_until(lambda: bool(reader_ended))
+        assert reader_ended == ["closed"]
+        await wait_until(lambda: server.stats.lingering == 0 and not server.connections)
+        second = await raw_client(port_of(server))
+        with second:
+            assert await second.recv(2) == b"hi"  # the slot came back
+
+
+async def test_a_writer_woken_just_before_a_lingering_close_gets_closed_not_reset(
+    trionet_server: ServerFactory,
+) -> None:
+    # The poller has woken a blocked writer (the peer read a little) but the
+    # writer has not run yet when another task's aclose() shuts our sending
+    # side down.  The writer must see ClosedResourceError -- not EPIPE turned
+    # into BrokenResourceError, which blamed a peer reset that never happened.
+    outcome: list[BaseException] = []
+    rescheduled = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        async def writer() -> None:
+            try:
+                await conn.send_all(b"W" * (32 * MIB))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            parked = False
+            while True:  # bounded by the test's fail_after
+                await trio.lowlevel.checkpoint()
+                if conn._wtask is not None:
+                    parked = True
+                elif parked and conn._send_busy:
+                    break  # woken by the poller, not yet run
+            rescheduled.set()
+            await conn.aclose()
+
+    server = await trionet_server(handler, close_linger=0.2)
+    sock = await raw_client(port_of(server), rcvbuf=8192)
+    with sock, trio.fail_after(10):
+        while not rescheduled.is_set():
+            await sock.recv(8192)  # read a little: makes the writer writable
+            await trio.sleep(0.001)
+        await wait_until(lambda: bool(outcome))
+    assert isinstance(outcome[0], trio.ClosedResourceError), outcome
+    assert server.stats.resets == 0
+
+
+async def test_a_second_aclose_does_not_cut_the_first_ones_linger(
+    trionet_server: ServerFactory,
+) -> None:
+    # Two tasks close the same connection; the first lingers to protect a
+    # reply the peer reads slowly.  The second returns at once but must not
+    # close the descriptor under the first: the peer gets every byte.
+    size = MIB
+
+    async def handler(conn: trionet.Connection) -> None:
+        await conn.receive_some(1)
+        await conn.send_all(pattern(9, size))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.aclose)
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn.closed and conn._fd_open  # the first is lingering
+            await conn.aclose()  # returns at once, leaves the linger alone
+            assert conn._fd_open
+
+    server = await trionet_server(handler)
+    sock = await raw_client(port_of(server), rcvbuf=4096)
+    with sock:
+        await sock.send(b"!!")  # one byte stays unread: the close lingers
+        reading = Reading()
+        with trio.fail_after(20):
+            await reading.read_all(sock, pause=0.0005)
+    assert reading.end == "eof"
+    assert reading.data == pattern(9, size)

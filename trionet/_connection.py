@@ -354,6 +354,10 @@ def _stop(iterating: bool) -> bytes | None:
     return None
 
 
+def _closed_error() -> trio.ClosedResourceError:
+    return trio.ClosedResourceError("this connection was already closed")
+
+
 def _try_send(raw: _stdlib_socket.socket, data: Any) -> int:
     """``raw.send(data)``, or 0 if the send buffer is full (see :func:`_try_recv`)."""
     try:
@@ -795,6 +799,8 @@ class Connection(trio.abc.HalfCloseableStream):
                 deadline = _perf_counter() + _SPIN_SECONDS
                 while True:
                     await checkpoint()
+                    if self._closed:  # closed by another task while we yielded
+                        raise _closed_error()
                     data = _try_recv(raw, max_bytes)
                     if data is not None:
                         self.bytes_received += len(data)
@@ -827,6 +833,8 @@ class Connection(trio.abc.HalfCloseableStream):
                     # Normally already cleared by whoever woke us; not if a
                     # KeyboardInterrupt struck between park() and the trap.
                     self._rtask = None
+                if self._closed:  # woken for data, but closed before we ran
+                    raise _closed_error()
                 data = _try_recv(raw, max_bytes)
                 if data is None:
                     if interruptible and self._drain_stops_iteration():
@@ -1238,6 +1246,8 @@ class Connection(trio.abc.HalfCloseableStream):
                         continue  # woken by a drain's notify_closing(): wait again
                     finally:
                         self._wtask = None  # (see the receive side)
+                    if self._closed:  # woken to write, but closed before we ran
+                        raise _closed_error()
                     with view[sent:] as rest:
                         n = _try_send(raw, rest)
                     sent += n
@@ -1278,6 +1288,8 @@ class Connection(trio.abc.HalfCloseableStream):
                         await wait_writable(raw)
                     else:
                         await self.socket.wait_writable()
+                    if self._closed:
+                        raise _closed_error()
                     return
                 except trio.ClosedResourceError:
                     if self._closed:
@@ -1351,6 +1363,9 @@ class Connection(trio.abc.HalfCloseableStream):
 
     def _close_fd(self) -> None:
         self._fd_open = False
+        if self._poller is not None:
+            # Wake anything parked since _mark_closed (nothing should be).
+            self._poller.forget(self)
         tsock = self._tsock
         if tsock is not None:
             tsock.close()
@@ -1409,8 +1424,9 @@ class Connection(trio.abc.HalfCloseableStream):
         open so the peer's late bytes can be read and thrown away.
         """
         if self._closed:
-            if self._fd_open:
-                self._close_fd()
+            # Closed already -- and if another aclose() is lingering on the
+            # descriptor, that close is its to finish: cutting it short would
+            # discard what it protects.
             return False
         linger = self._wants_linger()
         self._mark_closed()
@@ -1467,7 +1483,10 @@ class Connection(trio.abc.HalfCloseableStream):
         queued data), reads and discards whatever the peer still sends, and
         closes at the first of the peer's EOF, ``close_linger`` seconds, or
         cancellation.  Otherwise it closes at once.  A cancelled ``aclose``
-        (``trio.aclose_forcefully`` included) closes at once.
+        (``trio.aclose_forcefully`` included) closes at once.  Called while
+        another ``aclose`` lingers, it returns without cutting that linger
+        short (the connection is closed to its users either way); the
+        synchronous :meth:`close` and :meth:`abort` do end it.
 
         Always a checkpoint (Trio's ``AsyncResource`` contract), and the
         socket is closed even if the call is cancelled; idempotent.  A

@@ -68,9 +68,10 @@ after everything else is released: FIN sent, counted as closed, out of
 ``connections``, its slot and host lease given back; only the descriptor
 remains, read and discarded until the peer's EOF, ``close_linger``, the
 grace deadline (the drain cancels the connection nursery) or cancellation.
-``stats.lingering`` gauges them, and at most ``max_connections`` linger at
-once (beyond that a close is immediate), so a flood of peers that keep
-sending cannot pile up descriptors.  A handler that was cancelled (grace
+``stats.lingering`` gauges them.  At most ``max_connections`` linger without
+a slot; one lingering beyond that keeps its slot until its linger ends
+(accepting pauses: backpressure, never a close that could drop a reply), so a
+flood of peers that keep sending cannot pile up descriptors.  A handler that was cancelled (grace
 over, idle timeout, the server cancelled) is closed at once.
 
 What the shutdown report counts
@@ -141,6 +142,8 @@ _NOT_ERRORS = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
 _NO_SCOPE: contextlib.nullcontext[None] = contextlib.nullcontext()
 #: One name for every connection task: a name built per task costs memory.
 _TASK_NAME = "trionet connection"
+#: What ``Server._release`` asks of the connection task afterwards.
+_NO_LINGER, _LINGER, _LINGER_IN_SLOT = 0, 1, 2
 
 
 @final
@@ -171,8 +174,10 @@ class Server:
         self.drain_silent = False
         self._counters = Counters()
         self._conns: dict[int, Connection] = {}
-        #: Connections whose handler has ended, lingering in an orderly close.
+        #: Connections whose handler has ended, lingering in an orderly close
+        #: (all of them, and those that gave their slot back).
         self._lingering = 0
+        self._lingering_slotless = 0
         #: Handlers holding a max_connections slot.
         self._active = 0
         self._max = config.max_connections
@@ -595,9 +600,9 @@ class Server:
                     self._handler_raised(conn, exc)
                 ended = True
         finally:
-            lingering = self._release(conn, hostkey, running=running, ended=ended)
-        if lingering:
-            await self._linger(conn)
+            how = self._release(conn, hostkey, running=running, ended=ended)
+        if how != _NO_LINGER:
+            await self._linger(conn, how)
 
     def _handler_raised(self, conn: Connection, exc: BaseException) -> None:
         # Classify what escaped a handler; re-raise cancellation (and, with
@@ -659,31 +664,34 @@ class Server:
 
     def _release(
         self, conn: Connection, hostkey: Hashable | None, *, running: bool = True, ended: bool
-    ) -> bool:
+    ) -> int:
         """The handler is done: give back its slot and host lease, close its connection.
 
         A handler that ended by itself gets an orderly close, which may
-        *linger* (see ``Connection.aclose``): then this returns True and the
-        task must await :meth:`_linger`.  Otherwise the connection is closed
-        at once.  Either way the connection leaves ``connections`` and is
-        counted as closed here (its FIN is on the way).
+        *linger* (see ``Connection.aclose``); then the task must await
+        :meth:`_linger`.  Returns ``_NO_LINGER``, ``_LINGER`` (the slot was
+        given back) or ``_LINGER_IN_SLOT`` (the slot is kept until the
+        linger ends: see :meth:`_linger_keeps_slot`).  Either way the
+        connection leaves ``connections`` and is counted as closed here (its
+        FIN is on the way).
         """
         del self._conns[conn.id]
         if hostkey is not None and (gate := self._admission) is not None:
             gate.release(hostkey)
-        lingering = False
-        if ended and not self._grace_over and not conn.closed and self._may_linger():
-            lingering = conn._begin_orderly_close()  # -> _connection_closed
-        else:
-            conn.close()  # -> _connection_closed, unless the handler closed it already
-        if lingering:
+        how = _NO_LINGER
+        if not ended or self._grace_over:
+            conn.close()  # -> _connection_closed, unless closed already
+        elif not conn.closed and conn._begin_orderly_close():  # -> _connection_closed
+            how = _LINGER_IN_SLOT if running and self._linger_keeps_slot() else _LINGER
             self._lingering += 1
-        if running:
-            self._active -= 1
-            if self._slot_waiters:
-                self._wake_slot_waiter()
-        if not lingering:
+        # (A handler that closed its connection itself owns that close, and
+        # perhaps its linger: nothing to do here.)
+        if running and how != _LINGER_IN_SLOT:
+            self._release_slot()
+        if how == _NO_LINGER:
             self._descriptor_freed()
+        elif how == _LINGER:
+            self._lingering_slotless += 1
         if self.draining:
             if ended and not self._grace_over:
                 self._finished += 1
@@ -692,19 +700,25 @@ class Server:
             else:
                 self._cancelled += 1
             self._check_empty()
-        return lingering
+        return how
 
-    def _may_linger(self) -> bool:
-        # Lingering connections hold no slot, so a flood of peers that keep
-        # sending after their handler returned could otherwise pile up
-        # descriptors for close_linger seconds each.  With max_connections
-        # set, at most that many linger at once (descriptors stay within
-        # twice the limit); beyond it a close is immediate -- load shedding.
-        return self._max is None or self._lingering < self._max
+    def _linger_keeps_slot(self) -> bool:
+        # A lingering connection normally holds no slot.  So that a flood of
+        # peers that keep sending after their handler returned cannot pile
+        # up descriptors for close_linger seconds each, at most
+        # max_connections linger slot-free at once; a connection lingering
+        # beyond that keeps its slot until the linger ends -- accepting pauses
+        # (backpressure) instead of a close that could drop a reply.
+        return self._max is not None and self._lingering_slotless >= self._max
 
-    async def _linger(self, conn: Connection) -> None:
-        # Holds the descriptor, no slot and no handler.  Bounded by
-        # close_linger, and by the grace period: when it runs out the
+    def _release_slot(self) -> None:
+        self._active -= 1
+        if self._slot_waiters:
+            self._wake_slot_waiter()
+
+    async def _linger(self, conn: Connection, how: int) -> None:
+        # Holds the descriptor, no handler (and, normally, no slot).  Bounded
+        # by close_linger, and by the grace period: when it runs out the
         # connection nursery is cancelled, and a cancelled linger closes at once.
         try:
             await conn._linger(self.config.close_linger)
@@ -713,6 +727,10 @@ class Server:
             conn.close()
         finally:
             self._lingering -= 1
+            if how == _LINGER_IN_SLOT:
+                self._release_slot()
+            else:
+                self._lingering_slotless -= 1
             self._descriptor_freed()
             if self.draining:
                 self._check_empty()

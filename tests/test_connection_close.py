@@ -993,3 +993,61 @@ async def test_a_second_aclose_does_not_cut_the_first_ones_linger(
             await reading.read_all(sock, pause=0.0005)
     assert reading.end == "eof"
     assert reading.data == pattern(9, size)
+
+
+async def test_cancelling_async_with_pool_closes_lingering_idle_connections_at_once(
+    trionet_server: ServerFactory,
+) -> None:
+    # A lingering close is an orderly close that can wait; a cancelled one
+    # cannot.  Leaving ``async with pool`` under a cancellation closes the
+    # idle connection that would linger at once instead of waiting for it.
+    notice = NoticeServer()
+    server = await trionet_server(notice)
+    with trio.fail_after(5):
+        with trio.CancelScope() as scope:
+            async with trionet.ConnectionPool(server.addresses[0], close_linger=60) as pool:
+                await leave_idle_with_unread_input(pool, notice)
+                scope.cancel()
+        assert scope.cancelled_caught
+        await notice.ended.wait()
+    assert notice.ends == ["reset"]  # closed at once, with the notice unread
+    assert pool.stats.closing == 0
+
+
+async def test_pool_expiry_lingers_at_most_max_size_at_once(
+    trionet_server: ServerFactory,
+) -> None:
+    # A server that keeps talking to idle connections and never closes them:
+    # each expired connection would linger.  At most max_size linger at once;
+    # the rest close at once, so descriptors stay bounded.
+    class Chatty:
+        def __init__(self) -> None:
+            self.served = 0
+
+        async def __call__(self, conn: trionet.Connection) -> None:
+            self.served += 1
+            await conn.send_all(await conn.receive_line() + b"\n")
+            with trio.move_on_after(5):
+                while True:
+                    await conn.send_all(b"chatter\n")
+                    await trio.sleep(0.01)
+
+    chatty = Chatty()
+    server = await trionet_server(chatty)
+    peak = 0
+    with trio.fail_after(15):
+        # A discard at a block's exit lingers there (the chatter may arrive
+        # before the exit): close_linger bounds that wait.
+        pool = trionet.ConnectionPool(
+            server.addresses[0], max_size=2, idle_timeout=0.05, close_linger=0.3
+        )
+        async with pool:
+            for _ in range(10):
+                async with pool.connection() as conn:
+                    await conn.send_all(b"hi\n")
+                    assert await conn.receive_line() == b"hi"
+                await wait_until(lambda: pool.stats.idle == 0)
+                peak = max(peak, pool.stats.closing)
+                assert pool.stats.closing <= 2
+    assert chatty.served == 10
+    assert 1 <= peak <= 2

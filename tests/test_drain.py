@@ -622,10 +622,23 @@ async def test_drain_on_signals_validates_its_arguments(trionet_server: ServerFa
         pass
 
     server = await trionet_server(handler)
-    with pytest.raises(ValueError, match="at least one signal"):
+    call = r"^drain_on_signals\(\): "
+    with pytest.raises(ValueError, match=call + "signals must name at least one signal"):
         await trionet.drain_on_signals(server, ())
-    with pytest.raises(ValueError, match="grace must be a number"):
+    with pytest.raises(ValueError, match=call + "signals: 99999 is not a signal"):
+        await trionet.drain_on_signals(server, [99999])
+    with pytest.raises(ValueError, match=call + "signals: 9 is not a signal"):
+        await trionet.drain_on_signals(server, [signal.SIGKILL])
+    with pytest.raises(TypeError, match=call + "signals must hold signal numbers"):
+        await trionet.drain_on_signals(server, ["SIGINT"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=call + "signals must be an iterable"):
+        await trionet.drain_on_signals(server, 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=call + "grace must be >= 0 seconds"):
         await trionet.drain_on_signals(server, grace=-1)
+    for bad in (True, "5", []):
+        with pytest.raises(TypeError, match=call + "grace must be a number of seconds"):
+            await trionet.drain_on_signals(server, grace=bad)  # type: ignore[arg-type]
+    assert not server.draining
 
 
 @pytest.mark.parametrize("started_by", ["signal", "shutdown"])

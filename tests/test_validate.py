@@ -41,7 +41,21 @@ async def _two_args(conn: trionet.Connection, greeting: bytes) -> None:
     await conn.send_all(greeting)
 
 
+def _sync_decorator(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(conn: trionet.Connection) -> Any:
+        return fn(conn)  # returns the coroutine
+
+    return wrapper
+
+
+@_sync_decorator
+async def _decorated(conn: trionet.Connection) -> None:
+    await conn.send_all(b"hi")
+
+
 def test_what_counts_as_an_async_callable() -> None:
+    assert is_async_callable(_decorated)  # functools.wraps says what it wraps
     assert is_async_callable(_handler)
     assert is_async_callable(_AsyncCallable())
     assert is_async_callable(functools.partial(_two_args, greeting=b"x"))
@@ -72,8 +86,8 @@ async def test_the_fixture_refuses_a_sync_handler(trionet_server: ServerFactory)
 
 @pytest.mark.parametrize(
     "handler",
-    [_AsyncCallable(), functools.partial(_two_args, greeting=b"hi")],
-    ids=["async __call__", "partial"],
+    [_AsyncCallable(), functools.partial(_two_args, greeting=b"hi"), _decorated],
+    ids=["async __call__", "partial", "functools.wraps"],
 )
 async def test_async_callables_and_partials_are_served(handler: Any) -> None:
     async with (

@@ -660,7 +660,11 @@ async def _peer_to_stdout(conn: Connection, fd: int) -> None:
         if not data:
             return
         if not await trio.to_thread.run_sync(_write_stdout, fd, data):
+            # Whoever read our output has gone (``| head``): like netcat,
+            # stop at once -- no lingering close for a conversation nobody
+            # is listening to any more.
             log.info("stdout was closed by its reader; closing the connection")
+            conn.close()
             return
 
 

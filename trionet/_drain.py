@@ -59,12 +59,14 @@ import logging
 import math
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
+
+from ._validate import check_seconds, public_call
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -88,15 +90,44 @@ def _seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> N
         raise ValueError(f"{attribute.name} must be >= 0 seconds, not {value!r}")
 
 
-def check_grace(grace: object) -> None:
-    """The ``grace`` argument of ``shutdown``/``drain_on_signals``: seconds >= 0."""
-    if (
-        not isinstance(grace, (int, float))
-        or isinstance(grace, bool)
-        or math.isnan(grace)
-        or grace < 0
-    ):
-        raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+def check_grace(grace: object, call: str = "Server.shutdown()") -> float:
+    """The ``grace`` argument of ``shutdown``/``drain_on_signals``: seconds >= 0.
+
+    Raises:
+        TypeError: not a number (bools and strings refused).
+        ValueError: negative or NaN.
+    """
+    with public_call(call):
+        seconds = check_seconds("grace", grace)
+    assert seconds is not None
+    return seconds
+
+
+def check_signals(signals: object, call: str = "drain_on_signals()") -> tuple[int, ...]:
+    """The ``signals`` argument of ``drain_on_signals``: catchable signal numbers.
+
+    Raises:
+        TypeError: not an iterable of ints.
+        ValueError: empty, or a number that is not a signal this process can catch.
+    """
+    with public_call(call):
+        if not isinstance(signals, Iterable):
+            raise TypeError(f"signals must be an iterable of signal numbers, not {signals!r}")
+        try:
+            nums: tuple[object, ...] = tuple(signals)
+        except TypeError:
+            raise TypeError(
+                f"signals must be an iterable of signal numbers, not {signals!r}"
+            ) from None
+        if not nums:
+            raise ValueError("signals must name at least one signal")
+        valid = signal.valid_signals()
+        for num in nums:
+            if not isinstance(num, int) or isinstance(num, bool):
+                raise TypeError(f"signals must hold signal numbers, not {num!r}")
+            if num not in valid or num in _UNCATCHABLE:
+                raise ValueError(f"signals: {int(num)} is not a signal this process can catch")
+    return nums  # type: ignore[return-value]  # every item checked to be an int
 
 
 @attrs.frozen
@@ -124,6 +155,9 @@ class ShutdownReport:
 
 
 _DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_UNCATCHABLE = frozenset(
+    getattr(signal, name) for name in ("SIGKILL", "SIGSTOP") if hasattr(signal, name)
+)
 
 
 async def drain_on_signals(
@@ -169,11 +203,9 @@ async def drain_on_signals(
             report = await trionet.drain_on_signals(server, grace=5.0)
             print(report)
     """
-    signals = tuple(signals)
-    if not signals:
-        raise ValueError("drain_on_signals needs at least one signal")
+    signals = check_signals(signals)
     if grace is not None:
-        check_grace(grace)
+        check_grace(grace, "drain_on_signals()")
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("drain_on_signals must run in the main thread (signal handlers do)")
     # Not trio.open_signal_receiver: at exit it re-raises the signals its

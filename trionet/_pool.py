@@ -130,10 +130,6 @@ _DEAD_EVENTS: Final = (
     | getattr(select, "POLLNVAL", 0)
 )
 
-# How long ``__aexit__`` may spend closing, shielded from the caller's
-# cancellation (closing is synchronous apart from one checkpoint).
-_CLOSE_TIMEOUT: Final = 5.0
-
 #: The public call named in error messages.
 _CALL: Final = "ConnectionPool()"
 #: Every keyword option ConnectionPool takes (named when one is unknown).
@@ -415,12 +411,38 @@ class ConnectionPool:
             finally:
                 await pool.aclose()
         """
+        try:
+            await checkpoint_if_cancelled()
+        except BaseException:
+            self._shut(orderly=False)  # a cancelled close cannot wait
+            raise
+        lingering = self._shut(orderly=True)
+        if lingering:
+            # Idle connections whose close could reset them linger under one
+            # deadline, close_linger from now: served in turn (one waiting for
+            # its server's EOF leaves the others' peers blocked, not reset).
+            # Cancelling aclose() closes them all at once.
+            self._closing += len(lingering)
+            try:
+                with trio.move_on_after(self._plan.close_linger):
+                    for conn in lingering:
+                        await conn._linger(math.inf)
+            finally:
+                self._closing -= len(lingering)
+                for conn in lingering:
+                    conn.close()
+        await cancel_shielded_checkpoint()
+
+    def _shut(self, *, orderly: bool) -> list[Connection]:
+        """Close the pool; with ``orderly``, return the idle connections to linger on."""
         lingering: list[Connection] = []
         if not self._closed:
             self._closed = True
             while self._idle:
                 conn, _since = self._idle.popleft()
-                if conn._begin_orderly_close():
+                if not orderly:
+                    conn.close()
+                elif conn._begin_orderly_close():
                     lingering.append(conn)
             for conn in self._lent:
                 conn.close()  # the borrower's block still returns it (a no-op then)
@@ -433,13 +455,7 @@ class ConnectionPool:
             if self._sweep_scope is not None:
                 self._sweep_scope.cancel()
             log.debug("pool for %s closed", self.target)
-        if lingering:
-            # Idle connections whose close could reset them linger together,
-            # each up to its close_linger; cancelling aclose() ends them at once.
-            async with trio.open_nursery() as nursery:
-                for conn in lingering:
-                    nursery.start_soon(self._linger, conn)
-        await checkpoint()
+        return lingering
 
     async def __aenter__(self) -> Self:
         if self._entered:
@@ -472,12 +488,15 @@ class ConnectionPool:
     ) -> None:
         manager, self._nursery_manager = self._nursery_manager, None
         try:
-            # Shielded: if the block is being cancelled, or raised while an
-            # enclosing scope is cancelled, aclose()'s checkpoint must not
-            # raise a Cancelled that replaces the block's own exception.
-            # Bounded, in case closing ever grows a real wait.
-            with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            try:
                 await self.aclose()
+            except trio.Cancelled:
+                # A cancelled aclose() has closed everything at once.  If the
+                # block raised, its exception must not be replaced by ours:
+                # it propagates, and the cancellation meets the caller again
+                # at its next checkpoint.
+                if exc_type is None:
+                    raise
         finally:
             if manager is not None:
                 assert self._sweep_scope is not None
@@ -612,9 +631,11 @@ class ConnectionPool:
 
     def _linger_later(self, conn: Connection) -> None:
         # An orderly close begun where nothing can wait (the idle expiry):
-        # linger in the background, or close at once without one.
+        # linger in the background -- at most max_size at once, so a server
+        # that keeps sending cannot make expired connections pile up -- or
+        # close at once when there is no background (no ``async with``).
         closers = self._closers
-        if closers is None:
+        if closers is None or self._closing >= self._max_size:
             conn.close()
         else:
             self._closing += 1  # counted now: the task starts a little later

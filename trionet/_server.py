@@ -294,7 +294,7 @@ class Server:
         """
         if grace is None:
             grace = self.config.shutdown_grace
-        check_grace(grace)
+        grace = check_grace(grace, "Server.shutdown()")
         deadline = trio.current_time() + grace
         if not self._shutdown_started:
             self._shutdown_started = True
@@ -779,7 +779,8 @@ def check_serve_config(
     config = ServerConfig.from_options(options, call)
     if not binds:
         raise LocalProtocolError(f"{call} needs at least one bind (e.g. 'tcp://127.0.0.1:0')")
-    check_unix_mode(binds, config.unix_mode)
+    with public_call(call):
+        check_unix_mode(binds, config.unix_mode)
     return config
 
 

@@ -50,6 +50,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _as_float(value: int | float) -> float:
+    # float(10**400) raises OverflowError: an int that large is infinite to us.
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 @contextmanager
 def public_call(call: str) -> Iterator[None]:
     """Prefix the message of a plain ``TypeError``/``ValueError`` raised inside with ``call``.
@@ -90,7 +98,7 @@ def check_seconds(
     if not _is_number(value):
         kind = "None or a number of seconds" if none else "a number of seconds"
         raise TypeError(f"{name} must be {kind}, not {value!r}")
-    seconds = float(value)  # type: ignore[arg-type]
+    seconds = _as_float(value)  # type: ignore[arg-type]
     bound = ">= 0" if zero else "> 0"
     if math.isnan(seconds) or seconds < 0 or (seconds == 0 and not zero):
         raise ValueError(f"{name} must be {bound} seconds, not {value!r}")
@@ -143,7 +151,7 @@ def check_keepalive(name: str, value: object) -> bool | float:
         return value
     if not _is_number(value):
         raise TypeError(f"{name} must be a bool or a number of seconds, not {value!r}")
-    seconds = float(value)  # type: ignore[arg-type]
+    seconds = _as_float(value)  # type: ignore[arg-type]
     if math.isnan(seconds) or seconds <= 0:
         raise ValueError(f"{name} must be a bool or a positive number of seconds, not {value!r}")
     if seconds > MAX_KEEPALIVE:
@@ -155,12 +163,20 @@ def check_keepalive(name: str, value: object) -> bool | float:
 
 
 def is_async_callable(value: object) -> bool:
-    """True for an ``async def`` function, a ``functools.partial`` of one, or an
-    object whose ``__call__`` is ``async def``."""
+    """True for an ``async def`` function, a ``functools.partial`` of one, an
+    object whose ``__call__`` is ``async def``, or a decorator's wrapper of
+    one of those that says so with ``functools.wraps`` (``__wrapped__``)."""
     while isinstance(value, functools.partial):
         value = value.func
     if inspect.iscoroutinefunction(value):
         return True
+    if callable(value) and hasattr(value, "__wrapped__"):
+        try:
+            inner = inspect.unwrap(value)
+        except ValueError:  # a __wrapped__ cycle
+            return False
+        if inner is not value:
+            return is_async_callable(inner)
     if inspect.isfunction(value) or inspect.ismethod(value) or inspect.isbuiltin(value):
         return False
     call = getattr(type(value), "__call__", None)  # noqa: B004 - the class's __call__

@@ -493,8 +493,10 @@ def test_version_and_console_script(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"trionet {trionet.__version__}"
     (script,) = importlib.metadata.entry_points(group="console_scripts", name="trionet")
-    assert script.value == "trionet._cli:main"
-    assert script.load() is main
+    # The console script is the launcher, which runs the command line's main
+    # (see test_ctrl_c_while_the_command_imports_trio_exits_130_quietly).
+    assert script.value == "trionet._launch:main"
+    assert script.load() is trionet._launch.main
 
 
 ################################################################
@@ -770,6 +772,48 @@ def test_ctrl_c_anywhere_in_start_up_exits_130_quietly(cli: Start) -> None:
             assert out.startswith("listening on "), out
             report_of(out)
             assert "Traceback" not in err and "Warning" not in err, err
+
+
+# The console script's own start: import trionet._launch (cheap: the package
+# loads its parts lazily), then main() -- which imports the command line and,
+# with it, Trio.  Here that import blocks, on a FIFO nobody writes to, until
+# the test's SIGINT arrives.
+LAUNCH_WITH_SLOW_TRIO = textwrap.dedent(
+    """
+    import sys
+
+    import trionet._launch
+
+    assert "trio" not in sys.modules, "importing trionet must not import Trio"
+
+    class SlowTrio:
+        def find_spec(self, name, path=None, target=None):
+            if name == "trio":
+                sys.stderr.write("importing trio\\n")
+                sys.stderr.flush()
+                with open(sys.argv[1], "rb") as f:
+                    f.read()
+            return None
+
+    sys.meta_path.insert(0, SlowTrio())
+    sys.exit(trionet._launch.main(sys.argv[2:]))
+    """
+)
+
+
+def test_ctrl_c_while_the_command_imports_trio_exits_130_quietly(
+    cli: Start, tmp_path: Path
+) -> None:
+    # Most of the command's start-up is importing Trio.  A Ctrl-C there used
+    # to print a KeyboardInterrupt traceback (the import ran before main()).
+    fifo = tmp_path / "never-written"
+    os.mkfifo(fifo)
+    proc = cli(str(fifo), "serve", "echo", "--bind", LOCAL, invoke=("-c", LAUNCH_WITH_SLOW_TRIO))
+    assert proc.err_line() == "importing trio\n"
+    proc.popen.send_signal(signal.SIGINT)
+    rc, out, err = proc.finish()
+    assert rc == 130, err
+    assert (out, err) == ("", "")
 
 
 @pytest.mark.parametrize("where", ["module body", "finalizer"])

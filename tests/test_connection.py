@@ -328,9 +328,12 @@ async def test_constructor_validation() -> None:
         Connection(dgram)
     ta, tb = trio.socket.socketpair()
     with ta, tb:
-        for bad in (0, -1, 1.5, True):
-            with pytest.raises(ValueError, match="schedule_budget"):
-                Connection(ta, schedule_budget=bad)  # type: ignore[arg-type]
+        for bad in (0, -1):
+            with pytest.raises(ValueError, match=r"^Connection\(\): schedule_budget"):
+                Connection(ta, schedule_budget=bad)
+        for wrong in (1.5, True, None):
+            with pytest.raises(TypeError, match=r"^Connection\(\): schedule_budget"):
+                Connection(ta, schedule_budget=wrong)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------

@@ -19,6 +19,13 @@ from trionet._validate import MAX_KEEPALIVE, is_async_callable
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 
 
+async def serve_briefly(handler: Any, *binds: str, **options: Any) -> None:
+    """``trionet.serve`` bounded in time: should validation ever miss, the
+    test fails (the server starts, and is cancelled) instead of hanging."""
+    with trio.fail_after(5):
+        await trionet.serve(handler, *binds, **options)
+
+
 async def _handler(conn: trionet.Connection) -> None:
     await conn.send_all(b"hi")
 
@@ -73,7 +80,7 @@ def test_what_counts_as_an_async_callable() -> None:
 )
 async def test_a_handler_that_is_not_async_is_refused_at_call_time(handler: Any) -> None:
     with pytest.raises(TypeError, match=r"^serve\(\): handler must be an async function"):
-        await trionet.serve(handler, "tcp://127.0.0.1:0")
+        await serve_briefly(handler, "tcp://127.0.0.1:0")
     with pytest.raises(TypeError, match=r"^open_server\(\): handler must be an async function"):
         async with trionet.open_server(handler, "tcp://127.0.0.1:0"):
             raise AssertionError("the body must not run")  # pragma: no cover
@@ -104,7 +111,7 @@ async def test_keepalive_beyond_the_kernels_limit_is_refused_everywhere(value: f
     # connection (serve), or fail at connect time / the first borrow.
     message = f"keepalive must be at most {MAX_KEEPALIVE} seconds"
     with pytest.raises(ValueError, match=rf"^serve\(\): {message}"):
-        await trionet.serve(_handler, "tcp://127.0.0.1:0", keepalive=value)
+        await serve_briefly(_handler, "tcp://127.0.0.1:0", keepalive=value)
     with pytest.raises(ValueError, match=rf"^connect\(\): {message}"):
         await trionet.connect("tcp://127.0.0.1:9", keepalive=value)
     with pytest.raises(ValueError, match=rf"^ConnectionPool\(\): {message}"):
@@ -130,7 +137,7 @@ async def test_the_largest_keepalive_is_applied_on_both_sides() -> None:
 
 async def test_schedule_budget_none_is_refused_at_call_time() -> None:
     with pytest.raises(TypeError, match=r"^serve\(\): schedule_budget must be an int, not None"):
-        await trionet.serve(_handler, "tcp://127.0.0.1:0", schedule_budget=None)
+        await serve_briefly(_handler, "tcp://127.0.0.1:0", schedule_budget=None)
 
 
 @pytest.mark.parametrize(
@@ -144,6 +151,10 @@ async def test_schedule_budget_none_is_refused_at_call_time() -> None:
         ("connect()", {"retries": -1}, ValueError, "retries must be >= 0"),
         ("connect()", {"close_linger": -1}, ValueError, "close_linger must be >= 0 seconds"),
         ("connect()", {"backoff": math.inf}, ValueError, "backoff must be a finite number"),
+        ("connect()", {"close_linger": math.inf}, ValueError, "close_linger must be a finite"),
+        ("serve()", {"close_linger": math.inf}, ValueError, "close_linger must be a finite"),
+        ("serve()", {"close_linger": 10**400}, ValueError, "close_linger must be a finite"),
+        ("connect()", {"keepalive": 10**400}, ValueError, "keepalive must be at most 32767"),
     ],
 )
 async def test_messages_name_the_public_call_and_the_option(
@@ -151,7 +162,7 @@ async def test_messages_name_the_public_call_and_the_option(
 ) -> None:
     with pytest.raises(error) as info:
         if call == "serve()":
-            await trionet.serve(_handler, "tcp://127.0.0.1:0", **options)
+            await serve_briefly(_handler, "tcp://127.0.0.1:0", **options)
         elif call == "connect()":
             await trionet.connect("tcp://127.0.0.1:9", **options)
         else:

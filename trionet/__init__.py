@@ -5,36 +5,79 @@ graceful drain, admission control and stats; clients that connect inside
 cancel scopes; a connection pool; a CLI and a pytest plugin.
 """
 
-from ._address import Address as Address
-from ._address import TCPAddress as TCPAddress
-from ._address import UnixAddress as UnixAddress
-from ._address import parse_address as parse_address
-from ._admission import AccessPolicy as AccessPolicy
-from ._client import connect as connect
-from ._config import ServerConfig as ServerConfig
-from ._connection import Connection as Connection
-from ._connection import ConnectionInfo as ConnectionInfo
-from ._drain import ShutdownReport as ShutdownReport
-from ._drain import drain_on_signals as drain_on_signals
-from ._exceptions import AddressInUse as AddressInUse
-from ._exceptions import ConnectAttempt as ConnectAttempt
-from ._exceptions import ConnectError as ConnectError
-from ._exceptions import ConnectTimeout as ConnectTimeout
-from ._exceptions import IncompleteRead as IncompleteRead
-from ._exceptions import InvalidAddress as InvalidAddress
-from ._exceptions import ListenError as ListenError
-from ._exceptions import LocalProtocolError as LocalProtocolError
-from ._exceptions import MessageTooLong as MessageTooLong
-from ._exceptions import RemoteProtocolError as RemoteProtocolError
-from ._exceptions import TrionetError as TrionetError
-from ._pool import ConnectionPool as ConnectionPool
-from ._pool import PoolStats as PoolStats
-from ._server import Handler as Handler
-from ._server import Server as Server
-from ._server import open_server as open_server
-from ._server import serve as serve
-from ._stats import ServerStats as ServerStats
+# The package imports its parts lazily (PEP 562): ``import trionet`` itself
+# is cheap, and the first public name asked for loads them all -- so that the
+# ``trionet`` command can take a Ctrl-C as exit 130 from its very first line
+# (see trionet/_launch.py) instead of in the middle of importing Trio.  Type
+# checkers and editors see the imports below.
+
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__ as __version__
+
+if TYPE_CHECKING:
+    from ._address import Address as Address
+    from ._address import TCPAddress as TCPAddress
+    from ._address import UnixAddress as UnixAddress
+    from ._address import parse_address as parse_address
+    from ._admission import AccessPolicy as AccessPolicy
+    from ._client import connect as connect
+    from ._config import ServerConfig as ServerConfig
+    from ._connection import Connection as Connection
+    from ._connection import ConnectionInfo as ConnectionInfo
+    from ._drain import ShutdownReport as ShutdownReport
+    from ._drain import drain_on_signals as drain_on_signals
+    from ._exceptions import AddressInUse as AddressInUse
+    from ._exceptions import ConnectAttempt as ConnectAttempt
+    from ._exceptions import ConnectError as ConnectError
+    from ._exceptions import ConnectTimeout as ConnectTimeout
+    from ._exceptions import IncompleteRead as IncompleteRead
+    from ._exceptions import InvalidAddress as InvalidAddress
+    from ._exceptions import ListenError as ListenError
+    from ._exceptions import LocalProtocolError as LocalProtocolError
+    from ._exceptions import MessageTooLong as MessageTooLong
+    from ._exceptions import RemoteProtocolError as RemoteProtocolError
+    from ._exceptions import TrionetError as TrionetError
+    from ._pool import ConnectionPool as ConnectionPool
+    from ._pool import PoolStats as PoolStats
+    from ._server import Handler as Handler
+    from ._server import Server as Server
+    from ._server import open_server as open_server
+    from ._server import serve as serve
+    from ._stats import ServerStats as ServerStats
+
+#: Public name -> the private module that defines it.
+_EXPORTS: dict[str, str] = {
+    "Address": "._address",
+    "TCPAddress": "._address",
+    "UnixAddress": "._address",
+    "parse_address": "._address",
+    "AccessPolicy": "._admission",
+    "connect": "._client",
+    "ServerConfig": "._config",
+    "Connection": "._connection",
+    "ConnectionInfo": "._connection",
+    "ShutdownReport": "._drain",
+    "drain_on_signals": "._drain",
+    "AddressInUse": "._exceptions",
+    "ConnectAttempt": "._exceptions",
+    "ConnectError": "._exceptions",
+    "ConnectTimeout": "._exceptions",
+    "IncompleteRead": "._exceptions",
+    "InvalidAddress": "._exceptions",
+    "ListenError": "._exceptions",
+    "LocalProtocolError": "._exceptions",
+    "MessageTooLong": "._exceptions",
+    "RemoteProtocolError": "._exceptions",
+    "TrionetError": "._exceptions",
+    "ConnectionPool": "._pool",
+    "PoolStats": "._pool",
+    "Handler": "._server",
+    "Server": "._server",
+    "open_server": "._server",
+    "serve": "._server",
+    "ServerStats": "._stats",
+}
 
 __all__ = [
     "AccessPolicy",
@@ -69,12 +112,29 @@ __all__ = [
     "serve",
 ]
 
-# Make reprs, docs and tracebacks say trionet.Name, like Trio does.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("trionet._"):
-        try:
-            _obj.__module__ = "trionet"
-        except (AttributeError, TypeError):  # pragma: no cover
-            pass
-del _name, _obj
+
+def _load_all() -> None:
+    # Import every part and make reprs, docs and tracebacks say
+    # trionet.Name, like Trio does.
+    import importlib
+
+    namespace = globals()
+    for name, module in _EXPORTS.items():
+        obj = getattr(importlib.import_module(module, __name__), name)
+        if getattr(obj, "__module__", "").startswith("trionet._"):
+            try:
+                obj.__module__ = "trionet"
+            except (AttributeError, TypeError):  # pragma: no cover
+                pass
+        namespace[name] = obj
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        _load_all()
+        return globals()[name]
+    raise AttributeError(f"module 'trionet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

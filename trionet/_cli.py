@@ -70,14 +70,17 @@ first ``listening on`` line is printed only then.
   interpreter shuts down: from the drain's end to the process's, SIGINT
   and SIGTERM are ignored (``_SignalLatch``), so a drained server exits 0.
 * SIGTERM before ready keeps its default action (the process ends, -15).
-* **Out of reach: before** :func:`main` **runs** -- interpreter start-up,
-  then importing the ``trionet`` package (which imports Trio: most of the
-  ~0.2 s start-up) and ``trionet._cli``, as both entry points do.  No code
+* **Loading**: both entry points (the console script and ``python -m
+  trionet``) call :func:`trionet._launch.main`, which imports this module --
+  and with it Trio, most of the ~0.2 s start-up -- inside a ``try``: a
+  Ctrl-C there is exit 130 too.  That works because ``import trionet``
+  itself is cheap (the package loads its parts lazily).
+* **Out of reach: before** :func:`trionet._launch.main` **runs** --
+  interpreter start-up and importing ``trionet._launch`` (~20 ms).  No code
   of ours runs yet, so a Ctrl-C there is Python's own: a
   ``KeyboardInterrupt`` traceback and death by SIGINT (status -2, 130 in a
   shell), or "Fatal Python error" and status 1 during interpreter
-  initialisation.  (A signal handled as :func:`main` is called, before its
-  first line, belongs here too.)
+  initialisation.
 """
 
 from __future__ import annotations

@@ -357,7 +357,7 @@ def _make_plan(
     delay = check_seconds("happy_eyeballs_delay", happy_eyeballs_delay, none=True)
     if delay is not None and math.isinf(delay):
         delay = None
-    linger = check_seconds("close_linger", close_linger)
+    linger = check_seconds("close_linger", close_linger, infinite=False)
     assert linger is not None
     local = _parse_local(local_address)
     if local is not None:

@@ -50,6 +50,10 @@ def _opt_seconds(allow_zero: bool, allow_none: bool = True) -> Any:
     return check
 
 
+def _finite_seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_seconds(attribute.name, value, infinite=False)
+
+
 def _bool(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     check_bool(attribute.name, value)
 
@@ -125,9 +129,7 @@ class ServerConfig:
     #: Seconds the server's close of a connection may linger for the peer's EOF
     #: when closing at once could discard a reply (see ``Connection.aclose``);
     #: 0 closes at once.
-    close_linger: float = attrs.field(
-        default=DEFAULT_CLOSE_LINGER, validator=_opt_seconds(True, False)
-    )
+    close_linger: float = attrs.field(default=DEFAULT_CLOSE_LINGER, validator=_finite_seconds)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], call: str = "serve()") -> ServerConfig:

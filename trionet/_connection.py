@@ -134,7 +134,7 @@ from ._poller import READ as _READ
 from ._poller import WRITE as _WRITE
 from ._poller import Poller
 from ._poller import current_poller as _current_poller
-from ._validate import check_seconds, public_call
+from ._validate import check_count, check_seconds, public_call
 
 if TYPE_CHECKING:
     from typing import Self
@@ -248,14 +248,17 @@ def linger_needed(sock: Any) -> bool:
 
 
 def check_close_linger(call: str, value: object) -> float:
-    """``close_linger``: seconds >= 0 (0 closes at once); ``inf`` waits for EOF alone.
+    """``close_linger``: finite seconds >= 0 (0 closes at once).
+
+    Infinite is refused: a silent peer that never closes would hold the
+    descriptor (and, past ``max_connections`` lingers, a slot) for good.
 
     Raises:
         TypeError, ValueError: as :func:`trionet._validate.check_seconds`,
             the message naming ``call``.
     """
     with public_call(call):
-        seconds = check_seconds("close_linger", value)
+        seconds = check_seconds("close_linger", value, infinite=False)
     assert seconds is not None
     return seconds
 
@@ -300,6 +303,8 @@ class _Owner(Protocol):
     drain_silent: bool
 
     def _connection_closed(self, conn: Connection) -> None: ...
+
+    def _linger_changed(self, delta: int) -> None: ...
 
 
 @attrs.frozen
@@ -465,8 +470,8 @@ class Connection(trio.abc.HalfCloseableStream):
             raise TypeError(f"Connection needs a trio socket, not {type(socket).__name__}")
         if socket.type != _stdlib_socket.SOCK_STREAM:
             raise ValueError("Connection needs a SOCK_STREAM socket")
-        if type(schedule_budget) is not int or schedule_budget < 1:
-            raise ValueError(f"schedule_budget must be an int >= 1, not {schedule_budget!r}")
+        with public_call("Connection()"):
+            check_count("schedule_budget", schedule_budget, minimum=1)
         close_linger = check_close_linger("Connection()", close_linger)
         self._tsock: trio.socket.SocketType | None = socket
         # The caller holds the Trio socket and may close it behind our back;
@@ -1449,6 +1454,9 @@ class Connection(trio.abc.HalfCloseableStream):
         The descriptor is closed on every way out, a cancellation included.
         A :meth:`close` or :meth:`abort` from elsewhere ends it too.
         """
+        owner = self._owner
+        if owner is not None:
+            owner._linger_changed(1)  # stats.lingering counts every linger
         try:
             with trio.move_on_after(seconds):
                 raw = self._raw
@@ -1470,6 +1478,8 @@ class Connection(trio.abc.HalfCloseableStream):
         finally:
             if self._fd_open:
                 self._close_fd()
+            if owner is not None:
+                owner._linger_changed(-1)
 
     async def aclose(self) -> None:
         """Close the connection with an orderly FIN, never discarding what was sent.

@@ -90,8 +90,10 @@ after its block ended normally (it lingers in that block's exit, as ``async
 with conn:`` would), idle connections closed by ``aclose()`` (they linger
 together inside it), and connections the idle sweep expires (they linger in
 the sweep's nursery; a pool used without ``async with`` closes those at
-once).  Immediate, like a cancelled ``aclose``: a connection whose block
-raised or was cancelled, and connections lent out when the pool closes.  A
+once).  A connection whose block raised is discarded in an orderly way too (the
+exchange may have stopped half-way, but what was sent is not thrown away).
+Immediate, like a cancelled ``aclose``: a connection whose block was
+cancelled, and connections lent out when the pool closes.  A
 lingering connection counts against no limit (``PoolStats.closing``).
 """
 
@@ -190,6 +192,13 @@ def _is_readable_or_dead(fd: int) -> bool:
     return bool(readable or errored)  # pragma: no cover
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    """A ``trio.Cancelled``, or a group holding nothing but cancellations."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
 def unusable_reason(conn: Connection) -> str | None:
     """Why an idle connection must not be lent again, or None if it looks fine."""
     if conn.closed:
@@ -238,10 +247,18 @@ class _Lease:
     ) -> None:
         conn, self._conn = self._conn, None
         assert conn is not None
-        if self._pool._take_back(conn, failed=exc_type is not None):
-            # Discarded after a normal exit, and closing at once could reset
-            # it: linger here, as ``async with conn:`` would.
-            await self._pool._linger(conn)
+        cancelled = exc is not None and _is_cancellation(exc)
+        if self._pool._take_back(conn, failed=exc_type is not None, cancelled=cancelled):
+            # Discarded, and closing at once could reset it: linger here, as
+            # ``async with conn:`` would.
+            try:
+                await self._pool._linger(conn)
+            except trio.Cancelled:
+                # Closed at once.  The block's own exception must not be
+                # replaced: it goes on, and the cancellation meets the caller
+                # again at its next checkpoint.
+                if exc_type is None:
+                    raise
 
 
 @final
@@ -600,7 +617,7 @@ class ConnectionPool:
         log.debug("pool for %s opened connection #%d", self.target, conn.id)
         return conn
 
-    def _take_back(self, conn: Connection, *, failed: bool) -> bool:
+    def _take_back(self, conn: Connection, *, failed: bool, cancelled: bool = False) -> bool:
         """Take a lent connection back; True means "linger now" (await :meth:`_linger`).
 
         Its slot is given back either way: a lingering connection is
@@ -610,9 +627,13 @@ class ConnectionPool:
         try:
             if self._closed:
                 conn.close()
+            elif cancelled:
+                # A cancelled block: a close that cannot wait.
+                self._discard(conn, "its borrower's block was cancelled", orderly=False)
             elif failed:
-                # Abandoned half-way (or cancelled): a close that cannot wait.
-                self._discard(conn, "its borrower's block raised", orderly=False)
+                # The exchange may have stopped half-way: never reused, but
+                # closed in an orderly way -- what was sent is not thrown away.
+                return self._discard(conn, "its borrower's block raised", orderly=True)
             else:
                 why = unusable_reason(conn)
                 if why is not None:

@@ -178,6 +178,8 @@ class Server:
         #: (all of them, and those that gave their slot back).
         self._lingering = 0
         self._lingering_slotless = 0
+        #: Lingers _release decided on whose task has not begun them yet.
+        self._lingering_pending = 0
         #: Handlers holding a max_connections slot.
         self._active = 0
         self._max = config.max_connections
@@ -243,7 +245,7 @@ class Server:
             accept_errors=c.accept_errors,
             idle_closed=c.idle_closed,
             swept=c.swept,
-            lingering=self._lingering,
+            lingering=self._lingering + self._lingering_pending,
         )
 
     @property
@@ -343,7 +345,7 @@ class Server:
                             conn._interrupt_iteration()
                         await self._empty.wait()
                     self._grace_scope = None
-                    if self._conns or self._lingering:
+                    if self._conns or self._lingering or self._lingering_pending:
                         # From here on, whatever still runs counts as cancelled
                         # (see "What the shutdown report counts"), and a
                         # lingering close ends at once.
@@ -683,7 +685,7 @@ class Server:
             conn.close()  # -> _connection_closed, unless closed already
         elif not conn.closed and conn._begin_orderly_close():  # -> _connection_closed
             how = _LINGER_IN_SLOT if running and self._linger_keeps_slot() else _LINGER
-            self._lingering += 1
+            self._lingering_pending += 1  # until conn._linger starts counting it
         # (A handler that closed its connection itself owns that close, and
         # perhaps its linger: nothing to do here.)
         if running and how != _LINGER_IN_SLOT:
@@ -720,13 +722,13 @@ class Server:
         # Holds the descriptor, no handler (and, normally, no slot).  Bounded
         # by close_linger, and by the grace period: when it runs out the
         # connection nursery is cancelled, and a cancelled linger closes at once.
+        self._lingering_pending -= 1
         try:
             await conn._linger(self.config.close_linger)
         except Exception:  # pragma: no cover - a bug must cost one connection only
             log.exception("lingering close of connection #%d failed", conn.id)
             conn.close()
         finally:
-            self._lingering -= 1
             if how == _LINGER_IN_SLOT:
                 self._release_slot()
             else:
@@ -742,8 +744,17 @@ class Server:
             self._closed_event = None
             ev.set()
 
+    def _linger_changed(self, delta: int) -> None:
+        """A linger of one of our connections began (+1) or ended (-1).
+
+        Called by the connection itself, so ``stats.lingering`` also counts a
+        handler's own ``await conn.aclose()`` (which lingers inside the
+        handler's task, holding its slot until the handler returns).
+        """
+        self._lingering += delta
+
     def _check_empty(self) -> None:
-        if not self._conns and not self._lingering:
+        if not self._conns and not self._lingering and not self._lingering_pending:
             self._empty.set()
 
 

@@ -51,7 +51,9 @@ class ServerStats:
     #: ``closed`` (the FIN is sent), but the server still reads and discards
     #: what the peer sends until its EOF, so closing cannot reset the
     #: connection and throw away the end of a reply (see ``Connection.aclose``).
-    #: They hold a descriptor, but no handler task and no ``max_connections`` slot.
+    #: They hold a descriptor but no handler task and, up to ``max_connections``
+    #: of them, no slot (beyond that a lingering connection keeps its slot);
+    #: a handler's own ``await conn.aclose()`` linger is counted too.
     lingering: int = 0
 
 

@@ -235,8 +235,10 @@ def linger_needed(sock: Any) -> bool:
       linger -- a request the peer pipelines meanwhile would reset us;
     * otherwise close now.
 
-    Measured on the reference machine: about 1 µs (one system call; two when
-    nothing is waiting), see ``benchmarks/micro/linger_check.py``.
+    Measured on the reference machine: 0.4-0.8 µs with data or EOF waiting
+    (one system call), 2-3.5 µs when nothing is waiting (the ``EAGAIN``
+    exception and the ``ioctl``); see ``benchmarks/micro/linger_check.py``
+    and ``benchmarks/results/micro.txt``.
     """
     try:
         data = sock.recv(1, _PEEK)

@@ -298,11 +298,42 @@ def read_peer_credentials(sock: Any) -> tuple[int, int, int] | None:
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 
 
+@attrs.frozen
+class ConnOptions:
+    """Per-connection settings, one shared instance per server or client plan (internal).
+
+    Kept in one slot, not one per setting: every slot costs each idle
+    connection 8 bytes.
+    """
+
+    #: ``schedule_budget`` (1 = strict Trio).
+    budget: int = DEFAULT_SCHEDULE_BUDGET
+    #: ``close_linger`` seconds (0 = close at once).
+    close_linger: float = DEFAULT_CLOSE_LINGER
+
+    @classmethod
+    def of(cls, budget: int, close_linger: float) -> ConnOptions:
+        """The shared default instance when the values are the defaults, else a new one."""
+        if budget == DEFAULT_OPTIONS.budget and close_linger == DEFAULT_OPTIONS.close_linger:
+            return DEFAULT_OPTIONS
+        return cls(budget, close_linger)
+
+
+DEFAULT_OPTIONS: Final = ConnOptions()
+
+# Connection._closed: open; closed to its users with the descriptor still
+# open (a lingering close); closed.  Connection._eof: bits.
+_OPEN, _LINGERING, _CLOSED = 0, 1, 2
+_EOF_SENT, _EOF_SEEN = 1, 2
+
+
 class _Owner(Protocol):
     """What a Connection needs from the server that owns it (none for clients)."""
 
     draining: bool
     drain_silent: bool
+    #: Set when the server begins a graceful drain (``Connection.draining``).
+    drain_event: trio.Event
 
     def _connection_closed(self, conn: Connection) -> None: ...
 
@@ -421,18 +452,14 @@ class Connection(trio.abc.HalfCloseableStream):
 
     __slots__ = (
         "_armed",
-        "_budget",
         "_buf",
-        "_close_linger",
         "_closed",
         "_coop_left",
-        "_drain_event",
         "_drain_mark",
-        "_eof_seen",
-        "_eof_sent",
-        "_fd_open",
+        "_eof",
         "_iter_scope",
         "_local",
+        "_opts",
         "_owner",
         "_peer_errors",
         "_pfd",
@@ -479,7 +506,8 @@ class Connection(trio.abc.HalfCloseableStream):
         # The caller holds the Trio socket and may close it behind our back;
         # only Trio's own waits hear about that (notify_closing), so a
         # Connection made this way never parks on the poller.
-        self._setup(raw_socket_of(socket), peer, local, schedule_budget, _owner, None, close_linger)
+        options = ConnOptions.of(schedule_budget, close_linger)
+        self._setup(raw_socket_of(socket), peer, local, options, _owner, None)
 
     @classmethod
     def _adopt(
@@ -487,9 +515,8 @@ class Connection(trio.abc.HalfCloseableStream):
         raw: _stdlib_socket.socket,
         peer: Address | None = None,
         local: Address | None = None,
-        schedule_budget: int = DEFAULT_SCHEDULE_BUDGET,
+        options: ConnOptions | None = None,
         owner: _Owner | None = None,
-        close_linger: float = DEFAULT_CLOSE_LINGER,
     ) -> Connection:
         """A Connection straight on a stdlib socket nobody else holds (internal).
 
@@ -503,7 +530,7 @@ class Connection(trio.abc.HalfCloseableStream):
         self = cls.__new__(cls)
         raw.setblocking(False)
         self._tsock = None
-        self._setup(raw, peer, local, schedule_budget, owner, _current_poller(), close_linger)
+        self._setup(raw, peer, local, options or DEFAULT_OPTIONS, owner, _current_poller())
         return self
 
     def _setup(
@@ -511,10 +538,9 @@ class Connection(trio.abc.HalfCloseableStream):
         raw: _stdlib_socket.socket | None,
         peer: Address | None,
         local: Address | None,
-        schedule_budget: int,
+        options: ConnOptions,
         owner: _Owner | None,
         poller: Poller | None,
-        close_linger: float,
     ) -> None:
         self._raw = raw
         if peer is None:
@@ -546,18 +572,14 @@ class Connection(trio.abc.HalfCloseableStream):
         self._waits = 0
         self._spin_skip = 0
         self._send_busy = False
-        self._closed = False
-        #: The descriptor is still open: False once closed, True while a
-        #: closed connection lingers (see aclose).
-        self._fd_open = True
-        self._close_linger = close_linger
-        #: A receive returned EOF: the peer will send nothing more.
-        self._eof_seen = False
-        self._eof_sent = False
-        self._budget = schedule_budget
-        self._coop_left = schedule_budget
+        #: _OPEN; _LINGERING (closed to its users, the descriptor still open:
+        #: see aclose); _CLOSED.  Tested for truth on the hot paths.
+        self._closed = _OPEN
+        #: _EOF_SENT | _EOF_SEEN (the peer will send nothing more).
+        self._eof = 0
+        self._opts = options
+        self._coop_left = options.budget
         self._owner = owner
-        self._drain_event: trio.Event | None = None
         #: During a drain: ``async for`` ends once this many bytes were received.
         self._drain_mark = _NO_MARK
         self._iter_scope: trio.CancelScope | None = None
@@ -613,7 +635,20 @@ class Connection(trio.abc.HalfCloseableStream):
     @property
     def closed(self) -> bool:
         """True once :meth:`close`, :meth:`aclose` or :meth:`abort` was called."""
-        return self._closed
+        return self._closed != _OPEN
+
+    @property
+    def _fd_open(self) -> bool:
+        # The descriptor is open: not closed, or closed but lingering.
+        return self._closed != _CLOSED
+
+    @property
+    def _eof_sent(self) -> bool:
+        return bool(self._eof & _EOF_SENT)
+
+    @property
+    def _close_linger(self) -> float:
+        return self._opts.close_linger
 
     @property
     def draining(self) -> trio.Event:
@@ -621,12 +656,10 @@ class Connection(trio.abc.HalfCloseableStream):
 
         Never set for client connections.
         """
-        ev = self._drain_event
-        if ev is None:
-            ev = self._drain_event = trio.Event()
-            if self._owner is not None and self._owner.draining:
-                ev.set()
-        return ev
+        owner = self._owner
+        if owner is None:
+            return trio.Event()  # never set: a client connection is never drained
+        return owner.drain_event
 
     @property
     def peer_credentials(self) -> tuple[int, int, int] | None:
@@ -688,7 +721,7 @@ class Connection(trio.abc.HalfCloseableStream):
         # here must be made there too.
         left = self._coop_left - 1
         if left <= 0:
-            self._coop_left = self._budget
+            self._coop_left = self._opts.budget
             await _schedule_point()
         else:
             self._coop_left = left
@@ -780,16 +813,16 @@ class Connection(trio.abc.HalfCloseableStream):
                 if coop:
                     left = self._coop_left - 1
                     if left <= 0:
-                        self._coop_left = self._budget
+                        self._coop_left = self._opts.budget
                         await _schedule_point()
                     else:
                         self._coop_left = left
                 if not n:
-                    self._eof_seen = True
+                    self._eof |= _EOF_SEEN
                     if iterating:
                         raise StopAsyncIteration
                 return data
-            self._coop_left = self._budget
+            self._coop_left = self._opts.budget
             if self._spin_skip:
                 self._spin_skip -= 1
             else:
@@ -812,7 +845,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     if data is not None:
                         self.bytes_received += len(data)
                         if not data:
-                            self._eof_seen = True
+                            self._eof |= _EOF_SEEN
                             if iterating:
                                 raise StopAsyncIteration
                         return data
@@ -849,7 +882,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     continue
                 self.bytes_received += len(data)
                 if not data:
-                    self._eof_seen = True
+                    self._eof |= _EOF_SEEN
                     if iterating:
                         raise StopAsyncIteration
                 return data
@@ -879,7 +912,7 @@ class Connection(trio.abc.HalfCloseableStream):
             data = await self.socket.recv(max_bytes)
         self.bytes_received += len(data)
         if not data:
-            self._eof_seen = True
+            self._eof |= _EOF_SEEN
         return data
 
     def _check_receive(self) -> None:
@@ -1217,7 +1250,7 @@ class Connection(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is already sending on this connection")
         if self._closed:
             raise trio.ClosedResourceError("this connection was already closed")
-        if self._eof_sent:
+        if self._eof & _EOF_SENT:
             raise trio.ClosedResourceError("can't send data after sending EOF")
         raw = self._raw
         self._send_busy = True
@@ -1234,7 +1267,7 @@ class Connection(trio.abc.HalfCloseableStream):
             self.bytes_sent += sent
             # A send refills the budget whatever happens next, and always
             # yields: after a wait (a schedule point) or right here.
-            self._coop_left = self._budget
+            self._coop_left = self._opts.budget
             if sent == total:
                 # The common case: the kernel took it all at once.
                 await _schedule_point()
@@ -1328,9 +1361,9 @@ class Connection(trio.abc.HalfCloseableStream):
             await checkpoint()
             if self._closed:
                 raise trio.ClosedResourceError("this connection was already closed")
-            if self._eof_sent:
+            if self._eof & _EOF_SENT:
                 return
-            self._eof_sent = True
+            self._eof |= _EOF_SENT
             self._sock().shutdown(_stdlib_socket.SHUT_WR)
         except OSError as exc:
             raise self._mark_broken(exc) from exc
@@ -1350,14 +1383,15 @@ class Connection(trio.abc.HalfCloseableStream):
         """
         if not self._closed:
             self._mark_closed()
-        if self._fd_open:
             self._close_fd()
+        elif self._closed == _LINGERING:
+            self._close_fd(after_linger=True)
 
     def _mark_closed(self) -> None:
         # The connection is closed to its users: stats folded, tasks parked on
         # the poller woken.  (Tasks in Trio's own waits are woken by
         # notify_closing: in _close_fd, or by a linger that keeps the descriptor.)
-        self._closed = True
+        self._closed = _LINGERING
         self._buf = None
         owner = self._owner
         if owner is not None:
@@ -1368,10 +1402,11 @@ class Connection(trio.abc.HalfCloseableStream):
             # Wake our parked tasks and leave the epoll set.
             self._poller.forget(self)
 
-    def _close_fd(self) -> None:
-        self._fd_open = False
-        if self._poller is not None:
-            # Wake anything parked since _mark_closed (nothing should be).
+    def _close_fd(self, after_linger: bool = False) -> None:
+        self._closed = _CLOSED
+        if after_linger and self._poller is not None:
+            # Drop what the poller may hold since _mark_closed (a task that
+            # parked meanwhile is woken with ClosedResourceError).
             self._poller.forget(self)
         tsock = self._tsock
         if tsock is not None:
@@ -1398,7 +1433,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 conn.abort()
                 return
         """
-        if not self._fd_open:
+        if self._closed == _CLOSED:
             return
         arm_reset(self._sock())
         self.close()
@@ -1410,7 +1445,7 @@ class Connection(trio.abc.HalfCloseableStream):
         inspected without waiting, so it lingers unless EOF was seen.  A
         connection that never sent a byte has nothing a reset could discard.
         """
-        if self._close_linger <= 0 or self._eof_seen or not self.bytes_sent:
+        if self._opts.close_linger <= 0 or self._eof & _EOF_SEEN or not self.bytes_sent:
             # Off; or the peer sends nothing more; or we never sent a byte,
             # so a reset cannot discard anything of ours.
             return False
@@ -1441,7 +1476,7 @@ class Connection(trio.abc.HalfCloseableStream):
             if self._raw is not None:
                 # Wake tasks in Trio's waits; the descriptor stays open.
                 trio.lowlevel.notify_closing(self._raw)
-            if not self._eof_sent:
+            if not self._eof & _EOF_SENT:
                 try:
                     self._sock().shutdown(_stdlib_socket.SHUT_WR)
                 except OSError:
@@ -1478,8 +1513,8 @@ class Connection(trio.abc.HalfCloseableStream):
             # or someone holding ``conn.socket`` is reading it: stop here.
             pass
         finally:
-            if self._fd_open:
-                self._close_fd()
+            if self._closed == _LINGERING:
+                self._close_fd(after_linger=True)
             if owner is not None:
                 owner._linger_changed(-1)
 
@@ -1519,7 +1554,7 @@ class Connection(trio.abc.HalfCloseableStream):
             self.close()
             raise
         if self._begin_orderly_close():
-            await self._linger(self._close_linger)
+            await self._linger(self._opts.close_linger)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def __aenter__(self) -> Self:

@@ -116,7 +116,7 @@ from . import _accept
 from ._address import Address, UnixAddress, address_from_sockaddr
 from ._admission import REFUSED, Admission
 from ._config import ServerConfig
-from ._connection import Connection, ConnectionInfo, configure_tcp_socket
+from ._connection import Connection, ConnectionInfo, ConnOptions, configure_tcp_socket
 from ._drain import ShutdownReport, check_grace
 from ._exceptions import IncompleteRead, LocalProtocolError
 from ._idle import IdleReaper
@@ -170,6 +170,10 @@ class Server:
         self.config = config
         #: True once a graceful drain has begun (read by connections).
         self.draining = False
+        #: Set when it begins: every connection's ``draining`` event.
+        self.drain_event = trio.Event()
+        #: The settings every connection of this server shares.
+        self._conn_options = ConnOptions.of(config.schedule_budget, config.close_linger)
         #: True once connections that never sent anything count as idle too.
         self.drain_silent = False
         self._counters = Counters()
@@ -393,10 +397,9 @@ class Server:
                 listener.close()
         if swept:
             log.info("drain: served %d connection(s) queued in the kernel", swept)
+        self.drain_event.set()
         for conn in list(self._conns.values()):
             conn._mark_drain()
-            if conn._drain_event is not None:
-                conn._drain_event.set()
             conn._interrupt_iteration()
         self._check_empty()
 
@@ -533,9 +536,7 @@ class Server:
             local = None if listener.wildcard else listener.address
         if isinstance(sock, _stdlib_socket.socket):
             # A kernel socket: no Trio wrapper unless the handler asks for one.
-            conn = Connection._adopt(
-                sock, peer, local, config.schedule_budget, self, config.close_linger
-            )
+            conn = Connection._adopt(sock, peer, local, self._conn_options, self)
         else:  # a socket from a custom Trio socket factory
             conn = Connection(
                 sock,

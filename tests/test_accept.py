@@ -34,8 +34,9 @@ from conftest import (
 from trio._socket import _SocketType
 
 import trionet
-from trionet import TCPAddress, _accept
+from trionet import TCPAddress
 from trionet._ratelimit import RateLimiter
+from trionet._server import _accept
 from trionet._stats import Counters
 
 ServerFactory = Any
@@ -196,8 +197,8 @@ class _SweepListener:
 
 @attrs.define
 class _SweepServer:
-    _counters: Counters = attrs.field(factory=Counters)
-    _sweep_log: RateLimiter = attrs.field(factory=lambda: RateLimiter(burst=3, period=60))
+    counters: Counters = attrs.field(factory=Counters)
+    sweep_log: RateLimiter = attrs.field(factory=lambda: RateLimiter(burst=3, period=60))
 
 
 async def test_sweep_warnings_say_how_many_were_not_logged(
@@ -475,7 +476,7 @@ async def test_sweep_warnings_are_rate_limited(
     server = _SweepServer()
     for _ in range(20):
         assert _accept.sweep(server, _SweepListener()) == 0  # type: ignore[arg-type]
-    assert server._counters.accept_errors == 20
+    assert server.counters.accept_errors == 20
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3
 

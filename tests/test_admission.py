@@ -18,9 +18,11 @@ import trio.testing
 from conftest import FakeTime, port_of, wait_until
 
 import trionet
-from trionet import AccessPolicy, TCPAddress, UnixAddress, _server
-from trionet._admission import REFUSED, Admission
+from trionet import AccessPolicy, TCPAddress, UnixAddress
 from trionet._ratelimit import RateLimiter
+from trionet._server import _table
+from trionet._server._admission import REFUSED, Admission
+from trionet._server._capacity import Capacity
 from trionet._stats import Counters
 
 ServerFactory = Any
@@ -144,7 +146,7 @@ def test_gate_counts_per_host_and_gives_counts_back(caplog: pytest.LogCaptureFix
     assert not gate.wants_local  # an AccessPolicy decides on the peer alone
 
     def admit(peer: trionet.Address) -> object:
-        return gate.admit(None, peer, None, None, _family(peer))  # type: ignore[arg-type]
+        return gate.admit(None, peer, TCPAddress("127.0.0.1", 9), _family(peer))
 
     first = admit(TCPAddress("::ffff:127.0.0.1", 1))
     assert first == (4, 0x7F000001)  # IPv4-mapped counts as the IPv4 host
@@ -176,7 +178,7 @@ def test_gate_fails_closed_and_logs_through_the_servers_limiter(
         warnings.simplefilter("always")
         for _ in range(3):
             # The coroutine is closed, never awaited (no RuntimeWarning).
-            assert gate.admit(None, peer, None, _Listener(), socket.AF_INET) is REFUSED  # type: ignore[arg-type]
+            assert gate.admit(None, peer, _Listener().address, socket.AF_INET) is REFUSED
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
     assert counters.rejected_access == 3
@@ -460,11 +462,8 @@ async def test_a_freed_slot_wakes_one_waiter_and_a_cancelled_one_passes_it_on() 
     # The slot queue itself, without sockets: FIFO, one wake-up per freed
     # slot (no thundering herd), and a waiter cancelled between its wake-up
     # and taking the slot hands it to the next one instead of losing it.
-    async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
-        pass
-
-    server = _server.Server(handler, [], trionet.ServerConfig(max_connections=1))
-    server._active = 1  # the one slot is taken
+    capacity = Capacity(1)
+    capacity.take()  # the one slot is taken
     got: list[str] = []
 
     async def waiter(
@@ -472,21 +471,20 @@ async def test_a_freed_slot_wakes_one_waiter_and_a_cancelled_one_passes_it_on() 
     ) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            await server._wait_for_capacity()
-            server._active += 1
+            await capacity.wait()
+            capacity.take()
             got.append(name)
 
     def free_a_slot() -> None:
-        server._active -= 1
-        server._wake_slot_waiter()
+        capacity.give_back()
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             scopes = {name: await nursery.start(waiter, name) for name in "abcde"}
             await trio.testing.wait_all_tasks_blocked()
-            assert len(server._slot_waiters) == 5
+            assert len(capacity._waiters) == 5
             free_a_slot()  # wakes "a" only
-            assert len(server._slot_waiters) == 4
+            assert len(capacity._waiters) == 4
             scopes["a"].cancel()  # ... which is cancelled before it runs
             await trio.testing.wait_all_tasks_blocked()
             assert got == ["b"]  # "a" passed the slot on, in order
@@ -494,7 +492,7 @@ async def test_a_freed_slot_wakes_one_waiter_and_a_cancelled_one_passes_it_on() 
                 free_a_slot()
                 await trio.testing.wait_all_tasks_blocked()
     assert got == ["b", "c", "d", "e"]
-    assert not server._slot_waiters
+    assert not capacity._waiters
 
 
 async def test_max_connections_per_host_rejects_the_excess(
@@ -580,14 +578,14 @@ async def test_unparseable_unix_peer_fails_closed(
 async def test_unparseable_tcp_peer_is_refused_even_without_a_policy(
     trionet_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = _server.address_from_sockaddr
+    real = _table.address_from_sockaddr
 
     def picky(family: int, sockaddr: Any) -> trionet.Address:
         if family != socket.AF_UNIX and sockaddr[0] == "127.0.0.2":
             raise ValueError("an address this build cannot represent")
         return real(family, sockaddr)
 
-    monkeypatch.setattr(_server, "address_from_sockaddr", picky)
+    monkeypatch.setattr(_table, "address_from_sockaddr", picky)
     handled = 0
 
     async def handler(conn: trionet.Connection) -> None:
@@ -656,10 +654,7 @@ async def test_a_failing_connection_setup_leaks_nothing(monkeypatch: pytest.Monk
     def broken(*args: Any, **kwargs: Any) -> trionet.Connection:
         raise RuntimeError("cannot set the connection up")
 
-    class BrokenConnection:
-        _adopt = staticmethod(broken)
-
-    monkeypatch.setattr(_server, "Connection", BrokenConnection)
+    monkeypatch.setattr(_table, "_socket_connection", broken)
 
     async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
         raise AssertionError("never started")
@@ -681,9 +676,9 @@ async def test_a_failing_connection_setup_leaks_nothing(monkeypatch: pytest.Monk
                 data = b""
         assert data == b""
     # ``server`` stays bound after the exception left the ``async with``.
-    gate = server._admission
+    gate = server._table._admission
     assert gate is not None and gate._hosts is not None and gate._hosts._counts == {}
-    assert server._conns == {}
+    assert server._table.records == {}
     assert (server.stats.accepted, server.stats.active) == (0, 0)
 
 

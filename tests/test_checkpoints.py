@@ -9,8 +9,8 @@ from typing import Any
 import trio
 import trio.lowlevel
 
-from trionet import _checkpoints
-from trionet._checkpoints import schedule_point, select
+from trionet._stream import _checkpoints
+from trionet._stream._checkpoints import schedule_point, select
 
 
 def test_the_fast_trap_is_chosen_on_this_trio() -> None:

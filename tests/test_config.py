@@ -191,7 +191,9 @@ async def test_unix_mode_with_an_abstract_name_is_refused_before_listening(
     # file-system bind listed first is never opened.
     name = f"unix:@trionet-mode-{os.getpid()}"
     async with trio.open_nursery() as nursery:
-        with pytest.raises(ValueError, match=r"^serve\(\): unix_mode=0o600 cannot apply to the ab"):
+        with pytest.raises(
+            ValueError, match=r"^serve\(\): Bind\('unix:@.*'\): unix_mode=0o600 cannot apply"
+        ):
             await nursery.start(
                 functools.partial(
                     trionet.serve, _never_called, f"unix:{unused_unix_path}", name, unix_mode=0o600

@@ -18,8 +18,9 @@ import trio.testing
 from conftest import Shutdown, port_of, proxy_sockets, wait_until
 
 import trionet
-from trionet import _connection, _poller, services
-from trionet._connection import linger_needed, unsent_bytes
+from trionet import _stream, services
+from trionet._stream import _poller
+from trionet._stream._sockopts import linger_needed, unsent_bytes
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 
@@ -650,7 +651,7 @@ async def test_pool_connections_carry_close_linger(trionet_server: ServerFactory
         assert conn._close_linger == 0.25
     conn = await trionet.connect(server.addresses[0])
     async with conn:
-        assert conn._close_linger == _connection.DEFAULT_CLOSE_LINGER
+        assert conn._close_linger == _stream.DEFAULT_CLOSE_LINGER
 
 
 # ----------------------------------------------------------------------

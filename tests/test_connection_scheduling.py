@@ -25,13 +25,9 @@ import trio.testing
 from conftest import ProxySocket, port_of
 
 import trionet
-from trionet._connection import (
-    _ITER_MAX,
-    _SPIN_BACKOFF,
-    DEFAULT_RECEIVE_SIZE,
-    ConnOptions,
-    raw_socket_of,
-)
+from trionet._stream import DEFAULT_RECEIVE_SIZE, ConnOptions, SocketConnection
+from trionet._stream._socket import _ITER_MAX, _SPIN_BACKOFF
+from trionet._stream._sockopts import raw_socket_of
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 T = TypeVar("T")
@@ -58,7 +54,7 @@ async def socket_pair(
         # As a server builds it: owning the kernel socket, parked on the poller.
         raw = raw_socket_of(server_sock)
         assert raw is not None
-        conn = trionet.Connection._adopt(raw, options=ConnOptions(budget=schedule_budget))
+        conn = SocketConnection._adopt(raw, options=ConnOptions(budget=schedule_budget))
         assert conn._poller is not None
     assert (conn._raw is None) == generic
     return conn, client

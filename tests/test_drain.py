@@ -14,7 +14,8 @@ import trio.testing
 from conftest import ExitRecordingEcho, Shutdown, connect_tcp, port_of, wait_until
 
 import trionet
-from trionet import ShutdownReport, _server
+from trionet import ShutdownReport
+from trionet._server import _server
 
 ServerFactory = Any
 

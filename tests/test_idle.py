@@ -12,7 +12,7 @@ import trio.testing
 from conftest import connect_tcp, port_of
 
 import trionet
-from trionet._idle import MAX_TICK, MIN_TICK, IdleReaper
+from trionet._server._idle import MAX_TICK, MIN_TICK, IdleReaper
 from trionet._stats import Counters
 
 ServerFactory = Any
@@ -163,7 +163,7 @@ async def test_one_shared_reaper_not_a_task_per_connection(
     clients = [await open_client(server) for _ in range(20)]
     with trio.fail_after(5):
         await all_started.wait()
-    nursery = server._conn_nursery
+    nursery = server._table.nursery
     assert nursery is not None
     # One task per handler plus the reaper: nothing per connection besides.
     assert len(nursery.child_tasks) == 20 + 1
@@ -177,13 +177,19 @@ async def test_one_shared_reaper_not_a_task_per_connection(
 
 @attrs.define(eq=False)
 class FakeConn:
+    """A connection and its server record in one (what the reaper reads)."""
+
     id: int
     bytes_received: int = 0
     bytes_sent: int = 0
-    _seen_bytes: int = 0
-    _seen_at: float = 0.0
-    _scope: trio.CancelScope | None = attrs.field(factory=trio.CancelScope)
+    seen_bytes: int = 0
+    seen_at: float = -1.0
+    scope: trio.CancelScope | None = attrs.field(factory=trio.CancelScope)
     closed_at: float | None = None
+
+    @property
+    def conn(self) -> FakeConn:
+        return self
 
     @property
     def closed(self) -> bool:
@@ -236,9 +242,9 @@ async def test_scan_skips_connections_whose_handler_has_not_started() -> None:
     assert reaper.scan(trio.current_time() + 100) == 0
     assert waiting.closed_at is None
     # Once its handler starts, the clock starts then, not at accept.
-    waiting._scope = trio.CancelScope()
+    waiting.scope = trio.CancelScope()
     reaper.watch(waiting)
-    t0 = waiting._seen_at
+    t0 = waiting.seen_at
     assert reaper.scan(t0 + 0.9) == 0
     assert reaper.scan(t0 + 1.0) == 1
     assert counters.idle_closed == 1
@@ -290,7 +296,7 @@ async def test_reaper_bounds_on_a_fake_clock(
         idle_for = conn.closed_at - last_activity[conn.id]
         assert timeout <= idle_for <= timeout + 2 * reaper.tick + 1e-9, (conn.id, idle_for)
         assert timeout + 2 * reaper.tick <= timeout + 1.0
-        assert conn._scope is not None and conn._scope.cancel_called
+        assert conn.scope is not None and conn.scope.cancel_called
     assert counters.idle_closed == 4
 
 
@@ -299,11 +305,11 @@ async def test_scan_stamps_progress_and_closes_once() -> None:
     conn = FakeConn(7)
     reaper = IdleReaper(1.0, {7: conn}, counters)
     reaper.watch(conn)
-    t0 = conn._seen_at
+    t0 = conn.seen_at
     assert reaper.scan(t0 + 0.5) == 0
     conn.bytes_sent = 10
     assert reaper.scan(t0 + 0.9) == 0
-    assert conn._seen_at == t0 + 0.9  # progress moved the stamp
+    assert conn.seen_at == t0 + 0.9  # progress moved the stamp
     assert reaper.scan(t0 + 1.8) == 0  # idle 0.9 s: not yet
     assert reaper.scan(t0 + 1.9) == 1  # idle 1.0 s: closed
     assert reaper.scan(t0 + 5.0) == 0  # already closed: not counted twice

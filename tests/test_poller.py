@@ -48,9 +48,10 @@ import trio.testing
 from conftest import ExitRecordingEcho, connect_tcp, fill_stream, port_of
 
 import trionet
-from trionet import Connection, _poller
-from trionet._connection import raw_socket_of
-from trionet._poller import READ, WRITE, Poller
+from trionet import Connection
+from trionet._stream import SocketConnection, _poller
+from trionet._stream._poller import READ, WRITE, Poller
+from trionet._stream._sockopts import raw_socket_of
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 Pair = tuple[Connection, Connection]
@@ -141,7 +142,7 @@ def adopt(sock: stdlib_socket.socket | trio.socket.SocketType) -> Connection:
     """
     raw = sock if isinstance(sock, stdlib_socket.socket) else raw_socket_of(sock)
     assert raw is not None
-    return Connection._adopt(raw)
+    return SocketConnection._adopt(raw)
 
 
 def conn_and_raw_peer() -> tuple[Connection, stdlib_socket.socket]:
@@ -753,7 +754,7 @@ async def test_parked_idle_connections_hold_no_exception_frames(poller_on: None)
                 chain = awaited_below(task)
                 # Parked inside Connection's own coroutine(s), then Trio's trap.
                 names = [c.cr_code.co_qualname for c in chain]
-                assert names[0].startswith("Connection."), names
+                assert names[0].startswith("SocketConnection."), names
                 assert names[-1] == "wait_task_rescheduled", names
                 assert [c.cr_code.co_qualname for c in chain if has_frame_object(c)] == []
             gc.collect()

@@ -23,8 +23,8 @@ import trio.testing
 from conftest import FakeTime, port_of, require_program
 
 import trionet
-import trionet._accept
 import trionet._ratelimit
+import trionet._server._accept
 from trionet import Connection, ConnectionInfo, IncompleteRead, TCPAddress, UnixAddress
 from trionet._address import address_from_sockaddr
 
@@ -256,7 +256,7 @@ async def test_one_accept_task_per_listener_and_handlers_in_their_own_nursery(
     )
     await trio.testing.wait_all_tasks_blocked()
     accept_tasks = [
-        t for t in all_tasks() if t.coro.cr_code is trionet._accept.accept_loop.__code__
+        t for t in all_tasks() if t.coro.cr_code is trionet._server._accept.accept_loop.__code__
     ]
     assert len(accept_tasks) == 3
     # Each is named after its listener.

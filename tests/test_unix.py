@@ -19,7 +19,8 @@ from conftest import custom_socket_class
 from trio._socket import _SocketType
 
 import trionet
-from trionet import AccessPolicy, _admission, _listeners
+from trionet import AccessPolicy
+from trionet._server import _admission, _listeners
 
 ServerFactory = Any
 

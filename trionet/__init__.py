@@ -20,13 +20,9 @@ if TYPE_CHECKING:
     from ._address import TCPAddress as TCPAddress
     from ._address import UnixAddress as UnixAddress
     from ._address import parse_address as parse_address
-    from ._admission import AccessPolicy as AccessPolicy
+    from ._binds import Bind as Bind
     from ._client import connect as connect
     from ._config import ServerConfig as ServerConfig
-    from ._connection import Connection as Connection
-    from ._connection import ConnectionInfo as ConnectionInfo
-    from ._drain import ShutdownReport as ShutdownReport
-    from ._drain import drain_on_signals as drain_on_signals
     from ._exceptions import AddressInUse as AddressInUse
     from ._exceptions import ConnectAttempt as ConnectAttempt
     from ._exceptions import ConnectError as ConnectError
@@ -40,25 +36,33 @@ if TYPE_CHECKING:
     from ._exceptions import TrionetError as TrionetError
     from ._pool import ConnectionPool as ConnectionPool
     from ._pool import PoolStats as PoolStats
-    from ._server import Handler as Handler
-    from ._server import Server as Server
-    from ._server import open_server as open_server
-    from ._server import serve as serve
+    from ._server._admission import AccessPolicy as AccessPolicy
+    from ._server._drain import ShutdownReport as ShutdownReport
+    from ._server._drain import drain_on_signals as drain_on_signals
+    from ._server._serve import Handler as Handler
+    from ._server._serve import open_server as open_server
+    from ._server._serve import serve as serve
+    from ._server._server import Server as Server
     from ._stats import ServerStats as ServerStats
+    from ._stream import Connection as Connection
+    from ._stream import ConnectionInfo as ConnectionInfo
+    from ._stream import TLSInfo as TLSInfo
 
 #: Public name -> the private module that defines it.
 _EXPORTS: dict[str, str] = {
     "Address": "._address",
+    "Bind": "._binds",
+    "TLSInfo": "._stream",
     "TCPAddress": "._address",
     "UnixAddress": "._address",
     "parse_address": "._address",
-    "AccessPolicy": "._admission",
+    "AccessPolicy": "._server._admission",
     "connect": "._client",
     "ServerConfig": "._config",
-    "Connection": "._connection",
-    "ConnectionInfo": "._connection",
-    "ShutdownReport": "._drain",
-    "drain_on_signals": "._drain",
+    "Connection": "._stream",
+    "ConnectionInfo": "._stream",
+    "ShutdownReport": "._server._drain",
+    "drain_on_signals": "._server._drain",
     "AddressInUse": "._exceptions",
     "ConnectAttempt": "._exceptions",
     "ConnectError": "._exceptions",
@@ -72,10 +76,10 @@ _EXPORTS: dict[str, str] = {
     "TrionetError": "._exceptions",
     "ConnectionPool": "._pool",
     "PoolStats": "._pool",
-    "Handler": "._server",
-    "Server": "._server",
-    "open_server": "._server",
-    "serve": "._server",
+    "Handler": "._server._serve",
+    "Server": "._server._server",
+    "open_server": "._server._serve",
+    "serve": "._server._serve",
     "ServerStats": "._stats",
 }
 
@@ -83,6 +87,7 @@ __all__ = [
     "AccessPolicy",
     "Address",
     "AddressInUse",
+    "Bind",
     "ConnectAttempt",
     "ConnectError",
     "ConnectTimeout",
@@ -102,6 +107,7 @@ __all__ = [
     "ServerStats",
     "ShutdownReport",
     "TCPAddress",
+    "TLSInfo",
     "TrionetError",
     "UnixAddress",
     "__version__",

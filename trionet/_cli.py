@@ -102,14 +102,15 @@ import attrs
 import trio
 
 from ._address import parse_address
-from ._admission import AccessPolicy
 from ._client import ConnectPlan, connect_with_plan, make_plan
 from ._config import ServerConfig
-from ._connection import Connection
-from ._drain import ShutdownReport, check_grace, drain_on_signals
 from ._exceptions import ConnectError, InvalidAddress, ListenError, LocalProtocolError
-from ._server import Handler, Server, check_serve_config, serve
+from ._server._admission import AccessPolicy
+from ._server._drain import ShutdownReport, check_grace, drain_on_signals
+from ._server._serve import Handler, check_serve_config, serve
+from ._server._server import Server
 from ._services import SERVICES
+from ._stream import Connection
 from ._unwrap import leaves, unwrap_single
 from ._validate import is_async_callable
 from ._version import __version__
@@ -438,6 +439,8 @@ _FLAG_NAMES: Final = {
 
 def _option_message(message: str) -> str:
     message = message.removeprefix("serve(): ")  # the library names its call; we name flags
+    if message.startswith("Bind(") and "): " in message:
+        message = message.split("): ", 1)[1]  # the message names the bind again
     for name, flag in _FLAG_NAMES.items():
         if message.startswith((name + " ", name + "=")):
             return flag + message[len(name) :]

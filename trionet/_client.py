@@ -123,13 +123,14 @@ import attrs
 import trio
 
 from ._address import Address, TCPAddress, UnixAddress, address_from_sockaddr, parse_address
-from ._connection import DEFAULT_CLOSE_LINGER, Connection, configure_tcp_socket
 from ._exceptions import (
     ConnectAttempt,
     InvalidAddress,
     connect_timeout_error,
     translate_connect_error,
 )
+from ._stream import DEFAULT_CLOSE_LINGER, Connection, SocketConnection
+from ._stream._sockopts import configure_tcp_socket
 from ._unwrap import unwrap_single
 from ._validate import check_count, check_keepalive, check_seconds, public_call
 
@@ -663,7 +664,7 @@ def _wrap(sock: trio.socket.SocketType, target: _Target, plan: ConnectPlan) -> C
         local: Address | None = address_from_sockaddr(family, sock.getsockname())
     except OSError:
         local = None
-    return Connection(sock, peer=peer, local=local, close_linger=plan.close_linger)
+    return SocketConnection(sock, peer=peer, local=local, close_linger=plan.close_linger)
 
 
 async def connect_with_plan(plan: ConnectPlan) -> Connection:

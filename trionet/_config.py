@@ -10,13 +10,15 @@ wrong values ``ValueError``, unknown names ``TypeError`` listing the valid ones.
 from __future__ import annotations
 
 import inspect
+import ssl
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
 
-from ._admission import AccessPolicy
-from ._connection import DEFAULT_CLOSE_LINGER, DEFAULT_SCHEDULE_BUDGET
+from ._binds import DEFAULT_HANDSHAKE_TIMEOUT, check_server_tls
+from ._server._admission import AccessPolicy
+from ._stream import DEFAULT_CLOSE_LINGER, DEFAULT_SCHEDULE_BUDGET
 from ._validate import (
     check_bool,
     check_count,
@@ -52,6 +54,14 @@ def _opt_seconds(allow_zero: bool, allow_none: bool = True) -> Any:
 
 def _finite_seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     check_seconds(attribute.name, value, infinite=False)
+
+
+def _positive_finite_seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_seconds(attribute.name, value, zero=False, infinite=False)
+
+
+def _tls(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_server_tls(attribute.name, value)
 
 
 def _bool(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -126,6 +136,14 @@ class ServerConfig:
     #: 1 = strict Trio (every call a schedule point); with N > 1, N - 1 immediately-completed
     #: receives in a row may skip theirs, the N-th yields, and a send always yields.
     schedule_budget: int = attrs.field(default=DEFAULT_SCHEDULE_BUDGET, validator=_int(1))
+    #: Serve TLS with this ``ssl.SSLContext`` (made for servers) on every bind
+    #: that does not say otherwise (``Bind(..., tls=False)`` stays plain).
+    tls: ssl.SSLContext | None = attrs.field(default=None, validator=_tls)
+    #: Seconds all of a connection's stages (the TLS handshake) may take; a
+    #: bind's own ``handshake_timeout`` overrides it.
+    handshake_timeout: float = attrs.field(
+        default=DEFAULT_HANDSHAKE_TIMEOUT, validator=_positive_finite_seconds
+    )
     #: Seconds the server's close of a connection may linger for the peer's EOF
     #: when closing at once could discard a reply (see ``Connection.aclose``);
     #: 0 closes at once.

@@ -102,7 +102,6 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import select
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, final
@@ -113,7 +112,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_
 
 from ._address import Address
 from ._client import CONNECT_OPTIONS, ConnectPlan, connect_with_plan, make_plan
-from ._connection import Connection
+from ._stream import Connection
 from ._unwrap import unwrap_single
 from ._validate import check_count, check_names, check_seconds, public_call
 
@@ -123,14 +122,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("trionet.pool")
 
 __all__ = ["ConnectionPool", "PoolStats"]
-
-_DEAD_EVENTS: Final = (
-    getattr(select, "POLLIN", 0)
-    | getattr(select, "POLLPRI", 0)
-    | getattr(select, "POLLERR", 0)
-    | getattr(select, "POLLHUP", 0)
-    | getattr(select, "POLLNVAL", 0)
-)
 
 #: The public call named in error messages.
 _CALL: Final = "ConnectionPool()"
@@ -182,16 +173,6 @@ class _Waiter:
         self.closed = False
 
 
-def _is_readable_or_dead(fd: int) -> bool:
-    """Zero-timeout poll: True if the socket has data, EOF, an error, or is gone."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, _DEAD_EVENTS)
-        return any(events & _DEAD_EVENTS for _fd, events in poller.poll(0))
-    readable, _, errored = select.select([fd], [], [fd], 0)  # pragma: no cover - no poll()
-    return bool(readable or errored)  # pragma: no cover
-
-
 def _is_cancellation(exc: BaseException) -> bool:
     """A ``trio.Cancelled``, or a group holding nothing but cancellations."""
     if isinstance(exc, BaseExceptionGroup):
@@ -201,27 +182,7 @@ def _is_cancellation(exc: BaseException) -> bool:
 
 def unusable_reason(conn: Connection) -> str | None:
     """Why an idle connection must not be lent again, or None if it looks fine."""
-    if conn.closed:
-        return "closed by its borrower"
-    # Connection keeps these private; the pool is its sibling module.
-    if conn._receive_busy or conn._send_busy:
-        return "still in use by another task"
-    if conn._eof_sent:
-        return "half-closed by its borrower"
-    if conn._buf:
-        return "holding unread data"
-    try:
-        fd = conn.socket.fileno()
-    except (OSError, NotImplementedError, AttributeError):
-        fd = -1
-    if fd < 0:
-        return "no descriptor to check its health"
-    try:
-        if _is_readable_or_dead(fd):
-            return "closed or reset by the peer, or holding unexpected data"
-    except (OSError, ValueError):
-        return "its descriptor cannot be polled"
-    return None
+    return conn._health()
 
 
 class _Lease:

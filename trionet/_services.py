@@ -40,7 +40,7 @@ from typing import Final
 
 import trio
 
-from ._connection import Connection
+from ._stream import Connection
 
 __all__ = [
     "CHARGEN_LINE_WIDTH",

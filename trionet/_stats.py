@@ -55,6 +55,12 @@ class ServerStats:
     #: of them, no slot (beyond that a lingering connection keeps its slot);
     #: a handler's own ``await conn.aclose()`` linger is counted too.
     lingering: int = 0
+    #: Connections whose TLS stage failed: the handshake timed out, met
+    #: garbage (plain text on a TLS bind), a reset, or a certificate the
+    #: context refused.  Never counted as handler errors.
+    tls_failures: int = 0
+    #: Connections whose stages failed, of every kind (TLS included).
+    stage_failures: int = 0
 
 
 class Counters:
@@ -72,7 +78,9 @@ class Counters:
         "rejected_access",
         "rejected_limit",
         "resets",
+        "stage_failures",
         "swept",
+        "tls_failures",
     )
 
     def __init__(self) -> None:
@@ -88,3 +96,5 @@ class Counters:
         self.accept_errors = 0
         self.idle_closed = 0
         self.swept = 0
+        self.tls_failures = 0
+        self.stage_failures = 0

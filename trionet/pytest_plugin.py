@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 import trio
 
-from ._server import Handler, Server, serve
+from ._server._serve import Handler, serve
+from ._server._server import Server
 
 __all__ = ["ServerFactory", "trionet_server", "unused_unix_path"]
 

@@ -45,14 +45,15 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
+import trio
 
-from ._address import Address, TCPAddress, UnixAddress
-from ._connection import ConnectionInfo, read_peer_credentials
+from .._address import Address, TCPAddress, UnixAddress
+from .._stream import Connection, ConnectionInfo
+from .._stream._sockopts import read_peer_credentials
 
 if TYPE_CHECKING:
-    from ._listeners import Listener
-    from ._ratelimit import RateLimiter
-    from ._stats import Counters
+    from .._ratelimit import RateLimiter
+    from .._stats import Counters
 
 __all__ = ["AccessCheck", "AccessPolicy"]
 
@@ -247,10 +248,16 @@ class HostCounter:
 
 
 def peer_credentials(sock: Any) -> tuple[int, int, int] | None:
-    """``(pid, uid, gid)`` of a Unix socket's peer, or None if it is already gone."""
+    """``(pid, uid, gid)`` of a Unix socket's peer, or None if it is already gone.
+
+    ``sock`` is an accepted socket, or a :class:`~trionet.Connection` (the
+    gate running after a bind's stages).
+    """
     try:
+        if isinstance(sock, Connection):
+            return sock.peer_credentials
         return read_peer_credentials(sock)
-    except OSError:
+    except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
         return None  # the peer is already gone: no credentials to admit it by
 
 
@@ -318,16 +325,15 @@ class Admission:
             return None
         return cls(access, max_per_host, counters, errors)
 
-    def admit(
-        self, sock: Any, peer: Address, local: Address | None, listener: Listener, family: int
-    ) -> Hashable | None:
+    def admit(self, sock: Any, peer: Address, local: Address, family: int) -> Hashable | None:
         """Decide on one accepted socket: :data:`REFUSED`, or its per-host key.
 
         The key (None when the peer is not counted per host) goes to
         :attr:`release` when the connection ends.  ``local`` is the real
         local address if :attr:`wants_local` (else None: the listener's
-        address stands in).  A refused peer is counted and logged here; the
-        caller closes its socket.
+        address stands in: the caller passes it).  ``sock`` is the accepted
+        socket, or the connection when the gate runs after a bind's stages.
+        A refused peer is counted and logged here; the caller closes it.
         """
         # A TCP peer's IP is parsed once, for the policy and the per-host count.
         host = peer.host if isinstance(peer, TCPAddress) else None
@@ -344,9 +350,7 @@ class Admission:
                 if policy is not None:
                     ok = policy._allows_ip(ip) if host is not None else policy.allows(peer, creds)
                 else:
-                    info = ConnectionInfo(
-                        0, peer, local or listener.address, time.time(), 0, 0, creds
-                    )
+                    info = ConnectionInfo(0, peer, local, time.time(), 0, 0, creds)
                     result = access(info)
                     if inspect.isawaitable(result):
                         # A coroutine is truthy: never let it admit anybody.

@@ -46,32 +46,32 @@ import os
 import socket as _stdlib_socket
 import stat
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from ._address import Address, TCPAddress, UnixAddress, address_from_sockaddr, parse_address
-from ._exceptions import (
+from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr, parse_address
+from .._binds import Bind
+from .._exceptions import (
     AddressInUse,
     ListenError,
     LocalProtocolError,
     translate_listen_error,
 )
 
+if TYPE_CHECKING:
+    from ._stages import StagePlan
+
 log = logging.getLogger("trionet.listeners")
 
-__all__ = ["Bind", "Listener", "check_unix_mode", "close_listeners", "open_listeners"]
+__all__ = ["Listener", "close_listeners", "open_listeners"]
 
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 _DUAL_STACK_RETRIES = 20
 
 #: Host strings that mean "every local address".
 _ANY = frozenset({"0.0.0.0", "::", "", "*"})
-
-#: What a bind may be: a spec string, a (host, port) tuple, an address
-#: record, or an already-bound listening socket.
-Bind = Any
 
 
 @attrs.define(eq=False)
@@ -87,6 +87,10 @@ class Listener:
     #: The backlog given to ``listen()``; None for an adopted socket.
     backlog: int | None = None
     closed: bool = False
+    #: The resolved bind this socket listens for (its options).
+    bind: Bind | None = None
+    #: The stages of its connections (None: none), set by the server.
+    plan: StagePlan | None = None
     #: The socket family, read once: ``socket.family`` builds an enum on
     #: every read, and every accepted socket has its listener's family.
     family: int = attrs.field(init=False)
@@ -117,13 +121,12 @@ def close_listeners(listeners: Sequence[Listener]) -> None:
         listener.close()
 
 
-async def open_listeners(
-    binds: Sequence[Bind], *, backlog: int | None = None, unix_mode: int | None = None
-) -> list[Listener]:
-    """Open every bind, in order; on any failure close what was opened and raise.
+async def open_listeners(binds: Sequence[Bind]) -> list[Listener]:
+    """Open every (resolved) bind, in order; on any failure close what was opened and raise.
 
-    The caller has checked ``unix_mode`` against the binds (``serve`` does,
-    in ``check_serve_config``, before any I/O).
+    Each bind brings its own ``backlog`` and ``unix_mode``; the checks that
+    need no I/O (an abstract name with ``unix_mode``) were made when the
+    :class:`~trionet.Bind` was.
 
     Raises:
         InvalidAddress: a malformed spec.
@@ -133,34 +136,16 @@ async def open_listeners(
     opened: list[Listener] = []
     try:
         for bind in binds:
-            opened.extend(await _open_one(bind, _backlog(backlog), unix_mode))
+            for listener in await _open_one(bind.address, _backlog(bind.backlog), bind.unix_mode):
+                listener.bind = bind
+                opened.append(listener)
     except BaseException:
         close_listeners(opened)
         raise
     return opened
 
 
-def check_unix_mode(binds: Sequence[Bind], unix_mode: int | None) -> None:
-    """Refuse ``unix_mode`` together with an abstract Unix name (it has no file).
-
-    Raises:
-        ValueError: ``unix_mode`` is set and a bind is ``unix:@NAME``.
-        InvalidAddress: a malformed bind spec (found early, while looking).
-    """
-    if unix_mode is None:
-        return
-    for bind in binds:
-        if isinstance(bind, (_stdlib_socket.socket, trio.socket.SocketType)):
-            continue
-        address = parse_address(bind)
-        if isinstance(address, UnixAddress) and address.is_abstract:
-            raise ValueError(
-                f"unix_mode={unix_mode:#o} cannot apply to the abstract name {address}: "
-                "it has no file, hence no permission bits (use AccessPolicy(unix_uids=...))"
-            )
-
-
-async def _open_one(bind: Bind, backlog: int, unix_mode: int | None) -> list[Listener]:
+async def _open_one(bind: Any, backlog: int, unix_mode: int | None) -> list[Listener]:
     if isinstance(bind, _stdlib_socket.socket):
         bind = trio.socket.from_stdlib_socket(bind)
     if isinstance(bind, trio.socket.SocketType):

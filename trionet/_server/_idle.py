@@ -26,9 +26,9 @@ A connection is watched from the moment its *handler starts*, not from
 ``accept()``: a connection swept from the kernel queue during a drain may
 wait for a ``max_connections`` slot first, and that wait is the server's
 doing, not the peer's silence.  The server calls :meth:`IdleReaper.watch`
-when the handler starts, and sets the connection's ``_scope`` (the handler's
+when the handler starts, and sets the connection's ``scope`` (the handler's
 cancel scope) at the same moment; :meth:`IdleReaper.scan` skips connections
-whose ``_scope`` is still None, so a connection is never closed before its
+whose ``scope`` is still None, so a connection is never closed before its
 handler ran.
 
 Cost
@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 if TYPE_CHECKING:
-    from ._stats import Counters
+    from .._stats import Counters
 
 log = logging.getLogger("trionet.idle")
 
@@ -58,20 +58,26 @@ MAX_TICK = 0.25
 MIN_TICK = 0.05
 
 
-class Watched(Protocol):
-    """What the reaper needs from a connection (``Connection`` provides it)."""
-
+class _Conn(Protocol):
     id: int
     bytes_received: int
     bytes_sent: int
-    _seen_bytes: int
-    _seen_at: float
-    _scope: trio.CancelScope | None
 
     @property
     def closed(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class Watched(Protocol):
+    """What the reaper needs per connection (the server's ``ConnectionRecord``)."""
+
+    @property
+    def conn(self) -> _Conn: ...
+
+    seen_bytes: int
+    seen_at: float
+    scope: trio.CancelScope | None
 
 
 class IdleReaper:
@@ -91,10 +97,11 @@ class IdleReaper:
         self._conns = conns
         self._counters = counters
 
-    def watch(self, conn: Watched) -> None:
+    def watch(self, rec: Watched) -> None:
         """Start the clock for a connection (called when its handler starts)."""
-        conn._seen_bytes = conn.bytes_received + conn.bytes_sent
-        conn._seen_at = trio.current_time()
+        conn = rec.conn
+        rec.seen_bytes = conn.bytes_received + conn.bytes_sent
+        rec.seen_at = trio.current_time()
 
     async def run(self) -> None:
         """Scan every ``tick`` seconds until cancelled."""
@@ -110,21 +117,23 @@ class IdleReaper:
     def scan(self, now: float) -> int:
         """One pass: stamp connections that made progress, close those idle too long.
 
-        Connections whose handler has not started yet (no ``_scope``) are
-        skipped.  Returns how many connections were closed.
+        Connections whose handler has not started yet (not watched, no
+        ``scope``, or still in their stages) are skipped.  Returns how many
+        connections were closed.
         """
         timeout = self.timeout
         closed = 0
-        for conn in list(self._conns.values()):
-            scope = conn._scope
-            if scope is None:
+        for rec in list(self._conns.values()):
+            scope = rec.scope
+            if scope is None or rec.seen_at < 0:  # not watched (yet)
                 continue
+            conn = rec.conn
             total = conn.bytes_received + conn.bytes_sent
-            if total != conn._seen_bytes:
-                conn._seen_bytes = total
-                conn._seen_at = now
-            elif now - conn._seen_at >= timeout and not conn.closed:
-                log.debug("closing connection #%d: idle for %.1f s", conn.id, now - conn._seen_at)
+            if total != rec.seen_bytes:
+                rec.seen_bytes = total
+                rec.seen_at = now
+            elif now - rec.seen_at >= timeout and not conn.closed:
+                log.debug("closing connection #%d: idle for %.1f s", conn.id, now - rec.seen_at)
                 self._counters.idle_closed += 1
                 closed += 1
                 scope.cancel()

@@ -55,20 +55,19 @@ from __future__ import annotations
 import errno
 import logging
 import random
-import socket as _stdlib_socket
 from typing import TYPE_CHECKING
 
 import trio
 from trio.lowlevel import wait_readable
 
-from ._connection import arm_reset, raw_socket_of
-from ._exceptions import translate_listen_error
-from ._ratelimit import RateLimiter
+from .._exceptions import translate_listen_error
+from .._ratelimit import RateLimiter
+from .._stream._sockopts import raw_socket_of
 
 if TYPE_CHECKING:
+    from .._stats import Counters
     from ._listeners import Listener
-    from ._server import Server
-    from ._stats import Counters
+    from ._table import AcceptTarget
 
 log = logging.getLogger("trionet.accept")
 
@@ -159,13 +158,13 @@ class _Storm:
         self.delay = _BACKOFF_FIRST
 
 
-async def accept_loop(server: Server, listener: Listener) -> None:
-    """Accept connections on ``listener`` until cancelled, handing each to ``server``."""
+async def accept_loop(target: AcceptTarget, listener: Listener) -> None:
+    """Accept connections on ``listener`` until cancelled, handing each to ``target``."""
     raw = raw_socket_of(listener.sock)
     storm = _Storm(listener)
-    counters = server._counters
+    counters = target.counters
     while True:
-        await server._wait_for_capacity()
+        await target.wait_for_capacity()
         # A drain cancels this task and closes the listener; never touch a
         # closed descriptor (it may be about to be reused).
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -181,17 +180,17 @@ async def accept_loop(server: Server, listener: Listener) -> None:
                     return
                 delay = _classify(exc, listener, storm, counters)
                 if delay:
-                    await server._wait_conn_closed(delay)
+                    await target.wait_descriptor_freed(delay)
                 continue
             if storm.count:
                 storm.recovered()
-            server._admit(sock, addr, listener, swept=False)
+            target.admit(sock, addr, listener, swept=False)
             continue
         await wait_readable(raw)
         if listener.closed:  # a drain closed it after we were woken, before we ran
             return
         for _ in range(_BATCH):
-            if not server._has_capacity():
+            if not target.has_capacity():
                 break
             try:
                 s, addr = raw.accept()
@@ -202,12 +201,12 @@ async def accept_loop(server: Server, listener: Listener) -> None:
             except OSError as exc:
                 delay = _classify(exc, listener, storm, counters)
                 if delay:
-                    await server._wait_conn_closed(delay)
+                    await target.wait_descriptor_freed(delay)
                     break
                 continue
             if storm.count:
                 storm.accepted()
-            server._admit(s, addr, listener, swept=False)
+            target.admit(s, addr, listener, swept=False)
 
 
 def _classify(exc: OSError, listener: Listener, storm: _Storm, counters: Counters) -> float:
@@ -222,7 +221,7 @@ def _classify(exc: OSError, listener: Listener, storm: _Storm, counters: Counter
     raise translate_listen_error(exc, listener.address) from exc
 
 
-def sweep(server: Server, listener: Listener) -> int:
+def sweep(target: AcceptTarget, listener: Listener) -> int:
     """Accept, without waiting, everything already queued on ``listener``.
 
     Called synchronously when a drain begins, just before the listener is
@@ -245,7 +244,7 @@ def sweep(server: Server, listener: Listener) -> int:
     raw = raw_socket_of(listener.sock)
     if raw is None or listener.closed:
         return 0
-    counters = server._counters
+    counters = target.counters
     n = 0
     for _ in range(sweep_limit(listener)):
         try:
@@ -257,7 +256,7 @@ def sweep(server: Server, listener: Listener) -> int:
             if exc.errno in _TRANSIENT_ERRNOS:
                 log.debug("sweep of %s: ignoring %s", listener.address, exc)
                 continue
-            server._sweep_log.log(
+            target.sweep_log.log(
                 log,
                 logging.WARNING,
                 "drain: sweeping the queue of %s stopped after %d connection(s): %s; "
@@ -268,7 +267,7 @@ def sweep(server: Server, listener: Listener) -> int:
                 note=" ({} similar line(s) not logged)",
             )
             break
-        if server._admit(s, addr, listener, swept=True):
+        if target.admit(s, addr, listener, swept=True):
             n += 1
     return n
 
@@ -293,13 +292,3 @@ def _somaxconn() -> int:
             return max(0, int(f.read().strip()))
     except (OSError, ValueError):
         return _MAX_BACKLOG
-
-
-def reset_close(sock: _stdlib_socket.socket | trio.socket.SocketType) -> None:
-    """Close with RST (SO_LINGER 0): the peer learns at once, we keep no TIME_WAIT.
-
-    Unix sockets have no reset; they are simply closed (the peer sees EOF or
-    ``ECONNRESET`` if it had sent data we never read).
-    """
-    arm_reset(sock)
-    sock.close()

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._validate import check_seconds, public_call
+from .._validate import check_seconds, public_call
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -150,6 +150,10 @@ class ShutdownReport:
     cancelled: int = attrs.field(validator=_count)
     #: Connections found queued in the kernel when the drain began, and accepted.
     swept: int = attrs.field(validator=_count)
+    #: Connections still in their stages (a TLS handshake, ...) when the drain
+    #: began, or swept into them during it: closed at once -- they never
+    #: reached a handler, so no request of theirs was taken.
+    in_stages: int = attrs.field(default=0, validator=_count, kw_only=True)
     #: Seconds from the start of the drain to the server having stopped.
     elapsed: float = attrs.field(default=0.0, validator=_seconds)
 
@@ -243,10 +247,9 @@ async def drain_on_signals(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(on_signals, nursery)
             task_status.started()
-            await server._stopped.wait()
+            await server.wait_stopped()
             nursery.cancel_scope.cancel()
-    assert server._report is not None
-    return server._report
+    return await server.wait_stopped()
 
 
 @contextlib.contextmanager

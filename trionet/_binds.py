@@ -1,0 +1,182 @@
+"""``Bind``: where a server listens, and how -- an address plus per-bind options.
+
+``serve(handler, "tcp://0.0.0.0:80", Bind("tcp://0.0.0.0:443", tls=ctx))``
+listens plain on one bind and TLS on the other.  A bind may be a plain spec
+(a string, a ``(host, port)`` tuple, an address record, or a bound listening
+socket) or a :class:`Bind`; either way every option it does not set comes
+from the server-wide keyword option of the same name (``serve(...,
+tls=ctx)`` makes every bind TLS unless one says ``tls=False``).
+
+Everything is checked when the ``Bind`` is made, or when ``serve`` is
+called for plain specs -- before any socket opens -- with messages that name
+the option and the bind.  :func:`resolve_binds` turns the server's binds
+into fully resolved ``Bind`` records (no option left to inherit), which is
+what ``Server.binds`` shows, one per listening socket, with the address it
+really bound.
+"""
+
+from __future__ import annotations
+
+import socket as _stdlib_socket
+import ssl
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import trio
+
+from ._address import Address, UnixAddress, parse_address
+from ._validate import check_count, check_seconds, public_call
+
+if TYPE_CHECKING:
+    from ._config import ServerConfig
+
+__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "Bind", "BindSpec", "check_server_tls", "resolve_binds"]
+
+#: Seconds a connection's stages (TLS handshake, PROXY header) may take in all.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+#: What a bind may be: a spec string, a (host, port) tuple, an address record,
+#: a bound listening socket, or a :class:`Bind`.
+BindSpec = Any
+
+
+def _is_socket(value: object) -> bool:
+    return isinstance(value, (_stdlib_socket.socket, trio.socket.SocketType))
+
+
+def check_server_tls(name: str, value: object) -> ssl.SSLContext | Literal[False] | None:
+    """A server-side TLS setting: an ``ssl.SSLContext`` for servers, False or None.
+
+    Raises:
+        TypeError: anything else.
+        ValueError: a context made for clients (it cannot accept handshakes).
+    """
+    if value is None or value is False:
+        return value
+    if not isinstance(value, ssl.SSLContext):
+        raise TypeError(f"{name} must be an ssl.SSLContext (or False for plain), not {value!r}")
+    if value.protocol == ssl.PROTOCOL_TLS_CLIENT or value.check_hostname:
+        raise ValueError(
+            f"{name} is a client-side context; make a server one with "
+            "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) and load_cert_chain()"
+        )
+    return value
+
+
+def _check_address(instance: Bind, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if _is_socket(value):
+        return
+    parse_address(value)  # InvalidAddress names the spec
+
+
+def _opt(check: Any) -> Any:
+    def validate(instance: Bind, attribute: attrs.Attribute[Any], value: Any) -> None:
+        with public_call(f"Bind({_describe(instance.address)})"):
+            check(attribute.name, value)
+
+    return validate
+
+
+def _check_backlog(name: str, value: object) -> None:
+    check_count(name, value, minimum=0, none=True)
+
+
+def _check_mode(name: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a permission int like 0o660, not {value!r}")
+    if not 0 <= value <= 0o7777:
+        raise ValueError(f"{name} must be a permission int in 0..0o7777, not {value!r}")
+
+
+def _check_handshake(name: str, value: object) -> None:
+    check_seconds(name, value, none=True, zero=False, infinite=False)
+
+
+def _describe(address: object) -> str:
+    if _is_socket(address):
+        return "<socket>"
+    return repr(str(address)) if not isinstance(address, str) else repr(address)
+
+
+@attrs.frozen
+class Bind:
+    """Where to listen, and how: an address and the options of this bind only.
+
+    Every option left ``None`` comes from the server-wide keyword option of
+    the same name (or its default).  In :attr:`Server.binds` every option is
+    resolved and ``address`` is the address really bound.
+
+    Example::
+
+        plain = "tcp://0.0.0.0:8080"
+        secure = trionet.Bind("tcp://0.0.0.0:8443", tls=context, handshake_timeout=5.0)
+        server = await nursery.start(functools.partial(trionet.serve, handler, plain, secure))
+    """
+
+    #: ``"tcp://HOST:PORT"``, ``"unix:PATH"``, ``"unix:@NAME"``, ``(host, port)``,
+    #: an address record, or an already-bound listening socket.
+    address: Any = attrs.field(validator=_check_address)
+    #: An ``ssl.SSLContext`` for a server (``ssl.create_default_context(
+    #: ssl.Purpose.CLIENT_AUTH)``) to serve TLS; ``False`` to stay plain even if
+    #: the server-wide ``tls`` option is set; None to follow it.
+    tls: ssl.SSLContext | Literal[False] | None = attrs.field(
+        default=None, validator=_opt(check_server_tls)
+    )
+    #: ``listen()`` queue length; None = the server's (65535, clamped by somaxconn).
+    backlog: int | None = attrs.field(default=None, validator=_opt(_check_backlog))
+    #: Permission bits for a Unix socket file; None = the server's.
+    unix_mode: int | None = attrs.field(default=None, validator=_opt(_check_mode))
+    #: Seconds all of a connection's stages (the TLS handshake) may take;
+    #: None = the server's ``handshake_timeout`` (default 10).
+    handshake_timeout: float | None = attrs.field(default=None, validator=_opt(_check_handshake))
+
+    def __attrs_post_init__(self) -> None:
+        if self.unix_mode is not None and not _is_socket(self.address):
+            address = parse_address(self.address)
+            if isinstance(address, UnixAddress) and address.is_abstract:
+                raise ValueError(
+                    f"Bind({_describe(self.address)}): unix_mode={self.unix_mode:#o} cannot "
+                    f"apply to the abstract name {address}: it has no file, hence no "
+                    "permission bits (use AccessPolicy(unix_uids=...))"
+                )
+
+    @property
+    def uses_tls(self) -> bool:
+        """True if this (resolved) bind serves TLS."""
+        return isinstance(self.tls, ssl.SSLContext)
+
+
+def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind, ...]:
+    """Every bind as a :class:`Bind`, with the server-wide options filled in.
+
+    Raises:
+        InvalidAddress: a malformed spec.
+        TypeError, ValueError: a bad option, or one that cannot apply to this
+            bind (``unix_mode`` on an abstract name), naming the bind.
+    """
+    resolved = []
+    for spec in binds:
+        bind = spec if isinstance(spec, Bind) else Bind(spec)
+        tls = bind.tls if bind.tls is not None else (config.tls or False)
+        resolved.append(
+            Bind(
+                bind.address,
+                tls=tls,
+                backlog=bind.backlog if bind.backlog is not None else config.backlog,
+                unix_mode=bind.unix_mode if bind.unix_mode is not None else config.unix_mode,
+                handshake_timeout=(
+                    bind.handshake_timeout
+                    if bind.handshake_timeout is not None
+                    else config.handshake_timeout
+                ),
+            )
+        )
+    return tuple(resolved)
+
+
+def bound(bind: Bind, address: Address) -> Bind:
+    """``bind`` as one of its listeners really bound it (``Server.binds``)."""
+    return attrs.evolve(bind, address=address)

@@ -1,0 +1,115 @@
+"""Connection stages: async steps between admission and the handler.
+
+A bind may need work on a connection before its handler can run: a TLS
+handshake now, a PROXY header next.  Such work runs as *stages*, in the
+connection's own task, in order, under **one** deadline for all of them --
+the bind's ``handshake_timeout`` (default 10 s) -- so a peer that stalls or
+trickles costs at most that long.  A bind with no stages has no plan: its
+connections go straight to the handler, with no extra frame, task or cancel
+scope (the plain path pays nothing).
+
+While in its stages a connection is ``accepted`` and ``active``, holds its
+``max_connections`` slot and its per-host lease, and is listed in
+``server.connections``.  A stage that fails -- the peer sent garbage,
+stalled past the deadline, reset the connection, failed a certificate check
+-- costs that connection only: it is closed, logged at DEBUG (never as a
+handler error), counted as closed, and counted per kind
+(``stats.tls_failures`` for TLS, and in ``stats.stage_failures`` for every
+kind).  A drain closes connections still in their stages at once; the
+shutdown report counts them in ``in_stages``.
+
+A stage may change what the connection knows about its peer (the PROXY
+stage will replace ``conn.peer``), so a plan may ask for the admission gate
+-- access policy, per-host limit -- to run *after* its stages instead of at
+accept (``admit_after``); a refusal then counts in ``rejected_access`` /
+``rejected_limit``, not as a stage failure.
+
+The seam is internal: built-in stages come from the bind's options
+(:func:`plan_for`), and tests exercise it with stages of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from .._address import Address
+from .._binds import Bind
+from .._stream import Connection, ConnectionOwner, ConnOptions
+
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["ConnectionFactory", "Stage", "StagePlan", "TLSStage", "plan_for"]
+
+#: Builds a connection from an accepted socket: (socket, peer, local, options, owner).
+ConnectionFactory = Callable[
+    [Any, Address, "Address | None", ConnOptions, ConnectionOwner], Connection
+]
+
+
+class Stage(Protocol):
+    """One step a connection takes before its handler runs."""
+
+    #: What the stage is; its failures count in ``stats.<kind>_failures``
+    #: when the stats have such a counter (``"tls"``), and always in
+    #: ``stats.stage_failures``.
+    kind: str
+
+    async def run(self, conn: Connection) -> None:
+        """Do the work; raise (anything) to fail the connection.
+
+        Runs inside the plan's deadline: a stage need not time itself out.
+        """
+
+
+@attrs.frozen
+class StagePlan:
+    """The stages of one bind's connections, and how they start (internal)."""
+
+    #: Run in order, under one deadline.
+    stages: tuple[Stage, ...]
+    #: Seconds all of them may take together (the bind's ``handshake_timeout``).
+    timeout: float
+    #: Run the admission gate after the stages (on what they learned) instead
+    #: of at accept.
+    admit_after: bool = False
+    #: Builds the connection for an accepted socket (stdlib, or from a custom
+    #: socket factory); None: a plain socket connection.
+    factory: ConnectionFactory | None = None
+
+
+@attrs.frozen
+class TLSStage:
+    """The server side of a TLS handshake, eagerly (so ALPN and SNI are known)."""
+
+    kind = "tls"
+
+    async def run(self, conn: Connection) -> None:
+        from .._stream._tls import TLSConnection
+
+        assert isinstance(conn, TLSConnection)
+        await conn._handshake()
+
+
+def plan_for(bind: Bind) -> StagePlan | None:
+    """The stages ``bind``'s connections run, or None for a plain bind."""
+    if not bind.uses_tls:
+        return None
+    from .._stream._tls import TLSConnection
+
+    assert bind.handshake_timeout is not None
+    context: ssl.SSLContext = bind.tls  # type: ignore[assignment]
+
+    def factory(
+        sock: Any,
+        peer: Address,
+        local: Address | None,
+        options: ConnOptions,
+        owner: ConnectionOwner,
+    ) -> Connection:
+        return TLSConnection._server_side(sock, peer, local, options, owner, context)
+
+    return StagePlan(stages=(TLSStage(),), timeout=bind.handshake_timeout, factory=factory)

@@ -1,0 +1,576 @@
+"""``ConnectionTable``: a server's connections, from accept to the end of their close.
+
+Data flows one way::
+
+    accept task --admit()--> admission gate --> record + connection task
+        --> [stages, under one deadline] --> [admission, if after stages]
+        --> handler --> release (slot, host lease, stats, orderly close)
+        --> [linger] --> gone
+
+The accept loops talk to the table through :class:`AcceptTarget` (capacity,
+admit, the descriptor-freed wake-up); connections talk to it through
+``ConnectionOwner`` (the drain state, "I closed", "I linger"); the server
+drives it (``begin_drain``, ``interrupt_all``, ``cancel_all``) and reads it
+(``records``, ``infos``, the report counters).  Nothing here reads another
+object's private members.
+
+The connection task is the per-connection hot path: one task, no timer, at
+most one cancel scope (only with ``idle_timeout``, for the reaper to
+cancel, or for a bind with stages), and the handler awaited right in it, not
+through a helper coroutine -- every frame between the task and the handler
+stays alive for the connection's whole life (~230 bytes each, measured).
+
+What the shutdown report counts
+===============================
+During a drain each connection ends in exactly one way (``_release``):
+
+* its handler returned or raised by itself before the grace period ran out:
+  ``finished`` (whether or not its close then lingered -- the drain waits
+  for the linger too, within the grace period);
+* it was still in its stages when the drain began (or was swept into them):
+  closed at once, ``in_stages``;
+* the idle reaper closed it (``stats.idle_closed``): neither field;
+* otherwise -- cancelled when the grace period ran out (or when the whole
+  server was cancelled), or its handler never started: ``cancelled``.
+
+Handler isolation
+=================
+With ``handler_errors="log"`` an exception escaping a handler is classified
+(:mod:`._classify`): the peer's doing is counted as a reset or a protocol
+error; anything else is a handler bug, logged once with its traceback
+(rate-limited under a storm), counted, and costs only that connection.
+``handler_errors="raise"`` lets real errors propagate out of ``serve``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket as _stdlib_socket
+from collections.abc import Hashable
+from typing import Any, Protocol
+
+import trio
+
+from .._address import Address, UnixAddress, address_from_sockaddr
+from .._config import ServerConfig
+from .._exceptions import RemoteProtocolError
+from .._ratelimit import RateLimiter
+from .._stats import Counters
+from .._stream import Connection, ConnectionInfo, ConnOptions, SocketConnection
+from .._stream._sockopts import AF_UNIX, arm_reset, configure_tcp_socket
+from ._admission import REFUSED, Admission
+from ._capacity import Capacity
+from ._classify import classify, clean_hang_up
+from ._idle import IdleReaper
+from ._listeners import Listener
+from ._record import HANDLER, QUEUED, STAGES, ConnectionRecord
+from ._stages import StagePlan
+
+log = logging.getLogger("trionet.server")
+
+__all__ = ["AcceptTarget", "ConnectionTable"]
+
+_NOT_ERRORS = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
+#: What a stage raises when the peer misbehaves (garbage, a reset, a bad
+#: certificate, a short read): logged at DEBUG, never as an error of ours.
+_PEER_FAILURES = (
+    OSError,  # ssl.SSLError included
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    RemoteProtocolError,
+)
+#: Stands in for the handler's cancel scope when there is no idle timeout.
+_NO_SCOPE: contextlib.nullcontext[None] = contextlib.nullcontext()
+#: One name for every connection task: a name built per task costs memory.
+_TASK_NAME = "trionet connection"
+#: What ``_release`` asks of the connection task afterwards.
+_NO_LINGER, _LINGER, _LINGER_IN_SLOT = 0, 1, 2
+
+
+class AcceptTarget(Protocol):
+    """What an accept loop needs from the server it feeds."""
+
+    counters: Counters
+    sweep_log: RateLimiter
+
+    def has_capacity(self) -> bool: ...
+
+    async def wait_for_capacity(self) -> None: ...
+
+    def admit(self, sock: Any, addr: Any, listener: Listener, *, swept: bool) -> bool: ...
+
+    async def wait_descriptor_freed(self, timeout: float) -> None: ...
+
+
+def reset_close(sock: _stdlib_socket.socket | trio.socket.SocketType) -> None:
+    """Close with RST (SO_LINGER 0): the peer learns at once, we keep no TIME_WAIT.
+
+    Unix sockets have no reset; they are simply closed (the peer sees EOF or
+    ``ECONNRESET`` if it had sent data we never read).
+    """
+    arm_reset(sock)
+    sock.close()
+
+
+def _socket_connection(
+    sock: Any, peer: Address, local: Address | None, options: ConnOptions, owner: Any
+) -> Connection:
+    if isinstance(sock, _stdlib_socket.socket):
+        # A kernel socket: no Trio wrapper unless the handler asks for one.
+        return SocketConnection._adopt(sock, peer, local, options, owner)
+    # A socket from a custom Trio socket factory (no descriptor).
+    return SocketConnection(sock, peer=peer, local=local, _owner=owner, _options=options)
+
+
+class ConnectionTable:
+    """A server's live connections and everything done to them (internal)."""
+
+    def __init__(self, handler: Any, config: ServerConfig, counters: Counters) -> None:
+        self._handler = handler
+        self._config = config
+        self.counters = counters
+        self.error_log = RateLimiter()
+        self.sweep_log = RateLimiter(burst=3, period=60.0)
+        self.records: dict[int, ConnectionRecord] = {}
+        self.capacity = Capacity(config.max_connections)
+        #: The admission gate; None admits everyone (nothing to decide).
+        self._admission = Admission.create(
+            config.access, config.max_connections_per_host, counters, self.error_log
+        )
+        self.reaper = (
+            IdleReaper(config.idle_timeout, self.records, counters)
+            if config.idle_timeout is not None
+            else None
+        )
+        self._options = ConnOptions.of(config.schedule_budget, config.close_linger, True)
+        self.nursery: trio.Nursery | None = None
+        # -- the drain, as connections see it (ConnectionOwner) --
+        self.draining = False
+        self.drain_silent = False
+        self.drain_event = trio.Event()
+        #: Set by the server once the grace period ran out.
+        self.grace_over = False
+        # -- lingering closes (see _release) --
+        self.lingering = 0
+        self._lingering_slotless = 0
+        self._lingering_pending = 0
+        # -- the shutdown report --
+        self.finished = 0
+        self.cancelled = 0
+        self.in_stages = 0
+        #: Set whenever no connection (and no linger) is left during a drain.
+        self.empty = trio.Event()
+        # Set (and replaced) whenever a descriptor closes: wakes accept tasks
+        # backing off from descriptor exhaustion.
+        self._freed: trio.Event | None = None
+
+    # ------------------------------------------------------------------
+    # For the server
+
+    def infos(self) -> tuple[ConnectionInfo, ...]:
+        """Snapshots of the live connections (in their stages or handler)."""
+        return tuple(rec.conn.info() for rec in list(self.records.values()) if not rec.conn.closed)
+
+    def live_bytes(self) -> tuple[int, int]:
+        """Bytes received and sent by the connections not yet folded into the counters."""
+        rx = tx = 0
+        for rec in self.records.values():
+            conn = rec.conn
+            if not conn.closed:  # a closed one is already in the counters
+                rx += conn.bytes_received
+                tx += conn.bytes_sent
+        return rx, tx
+
+    def begin_drain(self) -> None:
+        """The drain began: tell every connection, close those still in their stages."""
+        self.draining = True
+        self.drain_event.set()
+        for rec in list(self.records.values()):
+            if rec.state == STAGES and rec.scope is not None:
+                rec.scope.cancel()  # never reached a handler: close at once
+            else:
+                rec.conn._mark_drain()
+                rec.conn._interrupt_iteration()
+        self.check_empty()
+
+    def interrupt_all(self) -> None:
+        """Silent connections count as idle now: end their ``async for`` too."""
+        self.drain_silent = True
+        for rec in list(self.records.values()):
+            rec.conn._interrupt_iteration()
+
+    def lingering_now(self) -> int:
+        """Connections lingering now (``stats.lingering``)."""
+        return self.lingering + self._lingering_pending
+
+    def busy(self) -> bool:
+        """Any connection or linger left?"""
+        return bool(self.records) or bool(self.lingering) or bool(self._lingering_pending)
+
+    def check_empty(self) -> None:
+        if self.draining and not self.busy():
+            self.empty.set()
+
+    # ------------------------------------------------------------------
+    # For the accept loops (AcceptTarget)
+
+    def has_capacity(self) -> bool:
+        return self.capacity.has_room()
+
+    async def wait_for_capacity(self) -> None:
+        await self.capacity.wait()
+
+    async def wait_descriptor_freed(self, timeout: float) -> None:
+        """Sleep up to ``timeout``, waking early when a connection's descriptor closes."""
+        ev = self._freed
+        if ev is None:
+            ev = self._freed = trio.Event()
+        with trio.move_on_after(timeout):
+            await ev.wait()
+
+    def admit(self, sock: Any, addr: Any, listener: Listener, *, swept: bool) -> bool:
+        """Admit a freshly accepted socket (stdlib on the fast path); False if refused.
+
+        Refused peers are reset at once (``SO_LINGER`` 0), before any task
+        exists for them.
+        """
+        family = listener.family
+        try:
+            peer = address_from_sockaddr(family, addr)
+        except Exception:
+            # An address we cannot represent (e.g. an abstract Unix name with
+            # a NUL inside).  Never fail open: with an access check configured
+            # -- or on TCP, where a placeholder would be a lie -- refuse it.
+            # A Unix peer on a server without a check is admitted as the
+            # unnamed peer: nothing was promised about who may connect.
+            if self._config.access is not None or family != AF_UNIX:
+                self.counters.rejected_access += 1
+                self.error_log.log(
+                    log,
+                    logging.WARNING,
+                    "refused a peer on %s: unparseable peer address %r",
+                    listener.address,
+                    addr,
+                )
+                reset_close(sock)
+                return False
+            peer = UnixAddress("")
+        local: Address | None = None
+        hostkey: Hashable | None = None
+        gate = self._admission
+        plan: StagePlan | None = listener.plan
+        if gate is not None and (plan is None or not plan.admit_after):
+            if gate.wants_local:
+                # A callable may decide on the local address too: give it the
+                # real one, not a wildcard listener's 0.0.0.0.
+                local = _local_address(sock, listener, family)
+            hostkey = gate.admit(sock, peer, local or listener.address, family)
+            if hostkey is REFUSED:
+                reset_close(sock)
+                return False
+        try:
+            self._start(sock, peer, local, listener, hostkey, swept)
+        except BaseException:
+            # Nothing was registered (see _start); undo the per-host count.
+            if hostkey is not None and gate is not None:
+                gate.release(hostkey)
+            sock.close()
+            raise
+        return True
+
+    def _start(
+        self,
+        sock: Any,
+        peer: Address,
+        local: Address | None,
+        listener: Listener,
+        hostkey: Hashable | None,
+        swept: bool,
+    ) -> None:
+        # Exception-safe: nothing is registered until the task is scheduled,
+        # so if anything here raises, the caller only has to close the socket.
+        config = self._config
+        if listener.family != AF_UNIX and (config.tcp_nodelay or config.keepalive):
+            configure_tcp_socket(sock, nodelay=config.tcp_nodelay, keepalive=config.keepalive)
+        if local is None:
+            # The listener's address is the connection's local address, except
+            # on a wildcard listener (0.0.0.0 / ::), where Connection asks lazily.
+            local = None if listener.wildcard else listener.address
+        plan = listener.plan
+        if plan is None or plan.factory is None:
+            conn = _socket_connection(sock, peer, local, self._options, self)
+        else:
+            conn = plan.factory(sock, peer, local, self._options, self)
+        nursery = self.nursery
+        assert nursery is not None
+        capacity = self.capacity
+        if swept and not capacity.has_room():
+            # Queue for a slot here, in accept order: the tasks themselves
+            # first run in whatever order the scheduler picks.
+            rec = ConnectionRecord(conn, hostkey, plan, QUEUED)
+            ev = capacity.queue()
+            try:
+                nursery.start_soon(self._task, rec, ev, name=_TASK_NAME)
+            except BaseException:
+                capacity.leave(ev)
+                raise
+        else:
+            rec = ConnectionRecord(conn, hostkey, plan, HANDLER if plan is None else STAGES)
+            nursery.start_soon(self._task, rec, name=_TASK_NAME)
+            capacity.take()
+        self.records[conn.id] = rec
+        self.counters.accepted += 1
+        if swept:
+            self.counters.swept += 1
+
+    # ------------------------------------------------------------------
+    # The connection task
+
+    async def _task(self, rec: ConnectionRecord, slot: trio.Event | None = None) -> None:
+        # ``slot``: a connection swept at drain time while at max_connections
+        # holds no slot -- and the idle clock does not run -- until its
+        # handler can start.  ``ended``: the handler returned or raised by
+        # itself (for the shutdown report).
+        running = slot is None
+        ended = False
+        reaper = self.reaper
+        try:
+            if slot is not None:
+                await self.capacity.wait(slot)
+                self.capacity.take()
+                running = True
+                rec.state = HANDLER if rec.plan is None else STAGES
+            if rec.plan is not None and not await self._run_stages(rec):
+                return
+            conn = rec.conn
+            with trio.CancelScope() if reaper is not None else _NO_SCOPE as scope:
+                if reaper is not None:
+                    rec.scope = scope  # from now on the reaper watches it
+                    reaper.watch(rec)
+                try:
+                    await self._handler(conn)
+                except _NOT_ERRORS:
+                    raise
+                except BaseException as exc:
+                    self._handler_raised(conn, exc)
+                ended = True
+        finally:
+            how = self._release(rec, running=running, ended=ended)
+        if how != _NO_LINGER:
+            await self._linger(rec.conn, how)
+
+    async def _run_stages(self, rec: ConnectionRecord) -> bool:
+        """Run the bind's stages under one deadline; False if the connection failed.
+
+        A failure closes the connection (counted as closed, and per kind) and
+        is logged at DEBUG.  The admission gate runs here when the plan asks
+        for it after the stages.
+        """
+        plan = rec.plan
+        assert plan is not None
+        conn = rec.conn
+        stage_kind = "?"
+        with trio.move_on_after(plan.timeout) as scope:
+            rec.scope = scope
+            try:
+                for stage in plan.stages:
+                    stage_kind = stage.kind
+                    await stage.run(conn)
+            except _PEER_FAILURES as exc:
+                self._stage_failed(rec, stage_kind, f"failed: {exc!r}")
+                return False
+            except Exception as exc:
+                # Not the peer's doing: a bug in a stage.  It still costs this
+                # connection only.
+                log.exception("connection #%d: %s stage raised", conn.id, stage_kind)
+                self._stage_failed(rec, stage_kind, f"raised {exc!r}")
+                return False
+        rec.scope = None
+        if scope.cancelled_caught:
+            if self.draining and trio.current_time() < scope.deadline:
+                conn.close()  # the drain closed it: the report counts it in in_stages
+                return False
+            self._stage_failed(rec, stage_kind, f"timed out after {plan.timeout:g} s")
+            return False
+        if plan.admit_after and not self._admit_after_stages(rec):
+            return False
+        rec.state = HANDLER
+        return True
+
+    def _stage_failed(self, rec: ConnectionRecord, kind: str, why: str) -> None:
+        conn = rec.conn
+        counters = self.counters
+        counters.stage_failures += 1
+        if kind == "tls":
+            counters.tls_failures += 1
+        log.debug("connection #%d from %s: %s stage %s", conn.id, conn.peer, kind, why)
+        conn.close()
+
+    def _admit_after_stages(self, rec: ConnectionRecord) -> bool:
+        gate = self._admission
+        if gate is None:
+            return True
+        conn = rec.conn
+        hostkey = gate.admit(conn, conn.peer, conn.local, _family_of(conn.peer))
+        if hostkey is REFUSED:
+            conn.abort()  # counted in rejected_access / rejected_limit by the gate
+            return False
+        rec.hostkey = hostkey
+        return True
+
+    def _handler_raised(self, conn: Connection, exc: BaseException) -> None:
+        # Classify what escaped a handler; re-raise cancellation (and, with
+        # handler_errors="raise", real errors).
+        rest: BaseException | None = exc
+        cancelled: BaseException | None = None
+        if isinstance(exc, BaseExceptionGroup):
+            cancelled, rest = exc.split(_NOT_ERRORS)
+        if rest is not None:
+            self._handler_failed(conn, rest)
+        if cancelled is not None:
+            raise cancelled from None
+
+    def _handler_failed(self, conn: Connection, exc: BaseException) -> None:
+        blame = classify(conn, exc)
+        if blame == "reset":
+            self.counters.resets += 1
+            log.debug("connection #%d from %s: reset by peer (%s)", conn.id, conn.peer, exc)
+            return
+        if blame == "protocol":
+            self.counters.protocol_errors += 1
+            log.log(
+                logging.DEBUG if clean_hang_up(exc) else logging.INFO,
+                "connection #%d from %s: peer broke the protocol: %s",
+                conn.id,
+                conn.peer,
+                exc,
+            )
+            return
+        self.counters.handler_errors += 1
+        if self._config.handler_errors == "raise":
+            raise exc
+        self.error_log.log(
+            log,
+            logging.ERROR,
+            "handler failed on connection #%d from %s",
+            conn.id,
+            conn.peer,
+            exc_info=exc,
+        )
+
+    # ------------------------------------------------------------------
+    # The end of a connection (ConnectionOwner, release, linger)
+
+    def connection_closed(self, conn: Connection) -> None:
+        """Fold a connection into the counters (its close calls this once).
+
+        It runs *before* the FIN goes out -- whoever closes it: the handler,
+        the idle reaper or ``_release`` -- so a peer that has seen EOF reads
+        final figures in ``stats``.
+        """
+        c = self.counters
+        c.closed += 1
+        c.bytes_received += conn.bytes_received
+        c.bytes_sent += conn.bytes_sent
+
+    def linger_changed(self, delta: int) -> None:
+        """A linger of one of our connections began (+1) or ended (-1).
+
+        Called by the connection itself, so ``stats.lingering`` also counts a
+        handler's own ``await conn.aclose()`` (which lingers inside the
+        handler's task, holding its slot until the handler returns).
+        """
+        self.lingering += delta
+
+    def _release(self, rec: ConnectionRecord, *, running: bool, ended: bool) -> int:
+        """The task is done: give back its slot and host lease, close its connection.
+
+        A handler that ended by itself gets an orderly close, which may
+        *linger* (see ``Connection.aclose``); then the task must await
+        :meth:`_linger`.  Returns ``_NO_LINGER``, ``_LINGER`` (the slot was
+        given back) or ``_LINGER_IN_SLOT`` (the slot is kept until the
+        linger ends: see :meth:`_linger_keeps_slot`).  Either way the
+        connection leaves ``records`` and is counted as closed here (its FIN
+        is on the way).
+        """
+        conn = rec.conn
+        del self.records[conn.id]
+        if rec.hostkey is not None and (gate := self._admission) is not None:
+            gate.release(rec.hostkey)
+        how = _NO_LINGER
+        if not ended or self.grace_over:
+            conn.close()  # -> connection_closed, unless closed already
+        elif not conn.closed and conn._begin_orderly_close():  # -> connection_closed
+            how = _LINGER_IN_SLOT if running and self._linger_keeps_slot() else _LINGER
+            self._lingering_pending += 1  # until conn._linger starts counting it
+        # (A handler that closed its connection itself owns that close, and
+        # perhaps its linger: nothing to do here.)
+        if running and how != _LINGER_IN_SLOT:
+            self.capacity.give_back()
+        if how == _NO_LINGER:
+            self._descriptor_freed()
+        elif how == _LINGER:
+            self._lingering_slotless += 1
+        if self.draining:
+            if rec.state == STAGES:
+                self.in_stages += 1
+            elif ended and not self.grace_over:
+                self.finished += 1
+            elif not ended and rec.scope is not None and rec.scope.cancel_called:
+                pass  # closed by the idle reaper: counted in stats.idle_closed only
+            else:
+                self.cancelled += 1
+            self.check_empty()
+        return how
+
+    def _linger_keeps_slot(self) -> bool:
+        # A lingering connection normally holds no slot.  So that a flood of
+        # peers that keep sending after their handler returned cannot pile
+        # up descriptors for close_linger seconds each, at most
+        # max_connections linger slot-free at once; a connection lingering
+        # beyond that keeps its slot until the linger ends -- accepting pauses
+        # (backpressure) instead of a close that could drop a reply.
+        limit = self.capacity.limit
+        return limit is not None and self._lingering_slotless >= limit
+
+    async def _linger(self, conn: Connection, how: int) -> None:
+        # Holds the descriptor, no handler (and, normally, no slot).  Bounded
+        # by close_linger, and by the grace period: when it runs out the
+        # connection nursery is cancelled, and a cancelled linger closes at once.
+        self._lingering_pending -= 1
+        try:
+            await conn._linger(self._config.close_linger)
+        except Exception:  # pragma: no cover - a bug must cost one connection only
+            log.exception("lingering close of connection #%d failed", conn.id)
+            conn.close()
+        finally:
+            if how == _LINGER_IN_SLOT:
+                self.capacity.give_back()
+            else:
+                self._lingering_slotless -= 1
+            self._descriptor_freed()
+            self.check_empty()
+
+    def _descriptor_freed(self) -> None:
+        # Wakes accept tasks backing off from descriptor exhaustion.
+        ev = self._freed
+        if ev is not None:
+            self._freed = None
+            ev.set()
+
+
+def _local_address(sock: Any, listener: Listener, family: int) -> Address | None:
+    """The accepted socket's real local address if the listener is a wildcard, else None."""
+    if not listener.wildcard:
+        return None
+    try:
+        return address_from_sockaddr(family, sock.getsockname())
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _family_of(address: Address) -> int:
+    if isinstance(address, UnixAddress):
+        return int(AF_UNIX or 0)
+    return int(_stdlib_socket.AF_INET6 if ":" in address.host else _stdlib_socket.AF_INET)

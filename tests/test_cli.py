@@ -410,7 +410,7 @@ def test_connect_argument_errors_are_usage_errors(
     def refuse(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr("trionet._cli.make_plan", refuse)
+    monkeypatch.setattr("trionet._cli._serve.make_plan", refuse)
     assert run_main(["connect", "tcp://127.0.0.1:7", "--timeout", "5"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
@@ -429,7 +429,7 @@ def test_serve_configuration_errors_are_usage_errors(
     def refuse(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr("trionet._cli.check_serve_config", refuse)
+    monkeypatch.setattr("trionet._cli._serve.check_serve_config", refuse)
     assert run_main(["serve", "echo", "--bind", LOCAL]) == 2
     out, err = capsys.readouterr()
     assert out == ""
@@ -442,7 +442,7 @@ def test_an_unexpected_error_from_the_checks_keeps_its_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("trionet._cli.check_serve_config", broken)
+    monkeypatch.setattr("trionet._cli._serve.check_serve_config", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["serve", "echo", "--bind", LOCAL])
 
@@ -732,21 +732,23 @@ def test_a_second_signal_as_an_idle_server_drains_still_exits_0(cli: Start, seco
 
 
 # Run trionet._cli.main() with "main" on stderr as its first action (inside
-# its build_parser call), so that a test can signal it at a known point of
-# main() -- the import of trionet before it is out of main()'s reach.
+# its build_parser call, patched where main() looks it up), so that a test
+# can signal it at a known point of main() -- the import of trionet before
+# it is out of main()'s reach.
 MAIN_WITH_MARKER = textwrap.dedent(
     """
     import sys
-    import trionet._cli as cli
+    import trionet._cli
+    import trionet._cli._serve as where_main_looks
 
-    build_parser = cli.build_parser
+    build_parser = where_main_looks.build_parser
 
     def marked_build_parser():
         print("main", file=sys.stderr, flush=True)
         return build_parser()
 
-    cli.build_parser = marked_build_parser
-    sys.exit(cli.main(sys.argv[1:]))
+    where_main_looks.build_parser = marked_build_parser
+    sys.exit(trionet._cli.main(sys.argv[1:]))
     """
 )
 

@@ -1,4 +1,4 @@
-"""Tests for ``trionet.connect`` (trionet/_client.py), on real loopback and Unix sockets.
+"""Tests for ``trionet.connect`` (trionet/_client/), on real loopback and Unix sockets.
 
 Name resolution for the happy-eyeballs tests is faked with
 ``trio.socket.set_custom_hostname_resolver`` (the names end in ``.test``, a

@@ -41,9 +41,12 @@ def test_every_public_error_derives_from_trionet_error(cls: type[BaseException])
 def test_every_library_exception_class_derives_from_trionet_error() -> None:
     # Private modules too: an exception class defined anywhere in the library
     # can reach users.  (The CLI's own usage error never leaves trionet.main.)
+    # (walk_packages: the private packages' modules count too.)
     found = []
-    for info in pkgutil.iter_modules(trionet.__path__, "trionet."):
-        if info.name in ("trionet._cli", "trionet.__main__"):
+    for info in pkgutil.walk_packages(trionet.__path__, "trionet."):
+        if info.name in ("trionet._cli", "trionet.__main__") or info.name.startswith(
+            "trionet._cli."
+        ):
             continue
         module = importlib.import_module(info.name)
         for obj in vars(module).values():

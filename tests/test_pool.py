@@ -1,4 +1,4 @@
-"""Tests for ``trionet.ConnectionPool`` (trionet/_pool.py), against real loopback servers."""
+"""Tests for ``trionet.ConnectionPool`` (trionet/_client/_pool.py), on real loopback servers."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from test_client import full_backlog_address
 
 import trionet
 from trionet import ConnectError, ConnectionPool, PoolStats, TCPAddress
-from trionet._pool import unusable_reason
+from trionet._client import unusable_reason
 
 
 async def echo_lines(conn: trionet.Connection) -> None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._address import UnixAddress as UnixAddress
     from ._address import parse_address as parse_address
     from ._binds import Bind as Bind
-    from ._client import connect as connect
+    from ._client._connect import connect as connect
     from ._config import ServerConfig as ServerConfig
     from ._exceptions import AddressInUse as AddressInUse
     from ._exceptions import ConnectAttempt as ConnectAttempt
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from ._exceptions import MessageTooLong as MessageTooLong
     from ._exceptions import RemoteProtocolError as RemoteProtocolError
     from ._exceptions import TrionetError as TrionetError
-    from ._pool import ConnectionPool as ConnectionPool
-    from ._pool import PoolStats as PoolStats
+    from ._client._pool import ConnectionPool as ConnectionPool
+    from ._client._pool import PoolStats as PoolStats
     from ._server._admission import AccessPolicy as AccessPolicy
     from ._server._drain import ShutdownReport as ShutdownReport
     from ._server._drain import drain_on_signals as drain_on_signals
@@ -57,7 +57,7 @@ _EXPORTS: dict[str, str] = {
     "UnixAddress": "._address",
     "parse_address": "._address",
     "AccessPolicy": "._server._admission",
-    "connect": "._client",
+    "connect": "._client._connect",
     "ServerConfig": "._config",
     "Connection": "._stream",
     "ConnectionInfo": "._stream",
@@ -74,8 +74,8 @@ _EXPORTS: dict[str, str] = {
     "MessageTooLong": "._exceptions",
     "RemoteProtocolError": "._exceptions",
     "TrionetError": "._exceptions",
-    "ConnectionPool": "._pool",
-    "PoolStats": "._pool",
+    "ConnectionPool": "._client._pool",
+    "PoolStats": "._client._pool",
     "Handler": "._server._serve",
     "Server": "._server._server",
     "open_server": "._server._serve",

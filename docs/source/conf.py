@@ -30,10 +30,13 @@ def _restore_defining_modules() -> None:
     directives, not from ``__module__``.
     """
     private = [
-        importlib.import_module(f"trionet.{info.name}")
-        for info in pkgutil.iter_modules(trionet.__path__)
-        if info.name.startswith("_") and info.name != "__main__"
+        importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(trionet.__path__, "trionet.")
+        if info.name.startswith("trionet._") and info.name != "trionet.__main__"
     ]
+    # A private package (trionet._client) re-exports its modules' names in
+    # its own __all__: look in the deepest modules first.
+    private.sort(key=lambda module: -module.__name__.count("."))
     for name in trionet.__all__:
         obj = getattr(trionet, name)
         if getattr(obj, "__module__", None) != "trionet":

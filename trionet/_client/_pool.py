@@ -110,11 +110,11 @@ import attrs
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
-from ._address import Address
-from ._client import CONNECT_OPTIONS, ConnectPlan, connect_with_plan, make_plan
-from ._stream import Connection
-from ._unwrap import unwrap_single
-from ._validate import check_count, check_names, check_seconds, public_call
+from .._address import Address
+from .._stream import Connection
+from .._unwrap import unwrap_single
+from .._validate import check_count, check_names, check_seconds, public_call
+from ._connect import CONNECT_OPTIONS, ConnectPlan, connect_with_plan, make_plan
 
 if TYPE_CHECKING:
     from typing import Self

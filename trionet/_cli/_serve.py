@@ -101,19 +101,19 @@ from typing import Any, Final, NoReturn
 import attrs
 import trio
 
-from ._address import parse_address
-from ._client import ConnectPlan, connect_with_plan, make_plan
-from ._config import ServerConfig
-from ._exceptions import ConnectError, InvalidAddress, ListenError, LocalProtocolError
-from ._server._admission import AccessPolicy
-from ._server._drain import ShutdownReport, check_grace, drain_on_signals
-from ._server._serve import Handler, check_serve_config, serve
-from ._server._server import Server
-from ._services import SERVICES
-from ._stream import Connection
-from ._unwrap import leaves, unwrap_single
-from ._validate import is_async_callable
-from ._version import __version__
+from .._address import parse_address
+from .._client import ConnectPlan, connect_with_plan, make_plan
+from .._config import ServerConfig
+from .._stream import Connection
+from .._exceptions import ConnectError, InvalidAddress, ListenError, LocalProtocolError
+from .._server._admission import AccessPolicy
+from .._server._drain import ShutdownReport, check_grace, drain_on_signals
+from .._server._serve import Handler, check_serve_config, serve
+from .._server._server import Server
+from .._services import SERVICES
+from .._unwrap import leaves, unwrap_single
+from .._validate import is_async_callable
+from .._version import __version__
 
 log = logging.getLogger("trionet.cli")
 

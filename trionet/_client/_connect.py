@@ -122,17 +122,17 @@ from typing import Any, Final
 import attrs
 import trio
 
-from ._address import Address, TCPAddress, UnixAddress, address_from_sockaddr, parse_address
-from ._exceptions import (
+from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr, parse_address
+from .._exceptions import (
     ConnectAttempt,
     InvalidAddress,
     connect_timeout_error,
     translate_connect_error,
 )
-from ._stream import DEFAULT_CLOSE_LINGER, Connection, SocketConnection
-from ._stream._sockopts import configure_tcp_socket
-from ._unwrap import unwrap_single
-from ._validate import check_count, check_keepalive, check_seconds, public_call
+from .._stream import DEFAULT_CLOSE_LINGER, Connection, SocketConnection
+from .._stream._sockopts import configure_tcp_socket
+from .._unwrap import unwrap_single
+from .._validate import check_count, check_keepalive, check_seconds, public_call
 
 log = logging.getLogger("trionet.client")
 

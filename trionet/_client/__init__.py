@@ -1,6 +1,7 @@
 """The client side: ``connect`` and ``ConnectionPool`` (being split into small modules)."""
 
-from ._connect import (
+from ._connect import connect, connect_with_plan
+from ._plan import (
     CONNECT_OPTIONS,
     DEFAULT_BACKOFF,
     DEFAULT_HAPPY_EYEBALLS_DELAY,
@@ -8,8 +9,6 @@ from ._connect import (
     AttemptObserver,
     ConnectPlan,
     backoff_delay,
-    connect,
-    connect_with_plan,
     interleave_families,
     make_plan,
 )

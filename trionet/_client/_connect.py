@@ -27,11 +27,8 @@ each attempt (it keeps bare ``OSError``s and raises a plain ``OSError`` from an
 
 Happy eyeballs (RFC 8305)
 -------------------------
-*Ordering* (section 4): ``getaddrinfo``'s order is kept within each address
-family, and the families are interleaved starting with the family of the
-first result -- ``v6a, v4a, v6b, v4b, ...`` -- so a broken family costs one
-attempt, not all of them.  (Trio only moves the first other-family address to
-second place, RFC 6555 style.)  Duplicate addresses are dropped.
+*Ordering* (section 4) needs no I/O: ``interleave_families`` (in ``_plan``)
+interleaves the address families, so that a broken family costs one attempt.
 
 *Staggering* (section 5): attempt ``i+1`` starts when attempt ``i`` fails or
 when ``happy_eyeballs_delay`` has passed since it started, whichever comes
@@ -66,10 +63,8 @@ still pending are recorded as ``"timed out"``.  A cancellation from an
 *enclosing* scope is not ours to interpret: ``trio.Cancelled`` passes through
 untouched (never converted, never retried), after every socket is closed.
 
-Retries back off exponentially with *full jitter* -- the delay before retry
-``n`` is uniform in ``[0, min(max_backoff, backoff * 2**n))`` -- which spreads
-a thundering herd of clients restarting together (see the AWS architecture
-blog post "Exponential Backoff And Jitter").
+Retries back off exponentially with *full jitter* (``backoff_delay``, in
+``_plan``).
 
 Only failures that waiting can change are retried.  A round is retried when
 at least one of its failures is of that kind:
@@ -109,30 +104,31 @@ Anything else escaping an attempt (a bug, a custom socket factory raising
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import math
-import random
-import re
 import socket as _stdlib_socket
-from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any, Final
 
-import attrs
 import trio
 
-from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr, parse_address
-from .._exceptions import (
-    ConnectAttempt,
-    InvalidAddress,
-    connect_timeout_error,
-    translate_connect_error,
-)
+from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
 from .._stream import DEFAULT_CLOSE_LINGER, Connection, SocketConnection
 from .._stream._sockopts import configure_tcp_socket
+from .._exceptions import connect_timeout_error, translate_connect_error
 from .._unwrap import unwrap_single
-from .._validate import check_count, check_keepalive, check_seconds, public_call
+from ._attempts import Run
+from ._plan import (
+    DEFAULT_BACKOFF,
+    DEFAULT_HAPPY_EYEBALLS_DELAY,
+    DEFAULT_MAX_BACKOFF,
+    WILDCARD_HOSTS,
+    AttemptObserver,
+    ConnectPlan,
+    backoff_delay,
+    interleave_families,
+    make_plan,
+)
 
 log = logging.getLogger("trionet.client")
 
@@ -151,382 +147,22 @@ _PERMANENT_LOOKUP_CODES: Final = frozenset(
     if code is not None
 )
 
-__all__ = [
-    "DEFAULT_BACKOFF",
-    "DEFAULT_HAPPY_EYEBALLS_DELAY",
-    "DEFAULT_MAX_BACKOFF",
-    "ConnectPlan",
-    "backoff_delay",
-    "connect",
-    "connect_with_plan",
-    "interleave_families",
-    "make_plan",
-]
-
-#: Default ``happy_eyeballs_delay`` (RFC 8305 recommends 250 ms).
-DEFAULT_HAPPY_EYEBALLS_DELAY: Final = 0.25
-#: Default base delay of the retry back-off, in seconds.
-DEFAULT_BACKOFF: Final = 0.1
-#: Default cap on one back-off delay, in seconds.
-DEFAULT_MAX_BACKOFF: Final = 5.0
+__all__ = ["connect", "connect_with_plan"]
 
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
 _INET_FAMILIES = (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6)
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
-_WILDCARD_HOSTS = ("", "*")
-
-#: Called with each :class:`ConnectAttempt` as it finishes.
-AttemptObserver = Callable[[ConnectAttempt], object]
 
 # One resolved address to try: (family, type, proto, sockaddr, display address).
 _Target = tuple[int, int, int, Any, Address]
 
 
-################################################################
-# Argument validation -- everything is checked before any I/O.
-################################################################
-
-
-def _check_host(spec: object, host: str) -> None:
-    """Reject a host that is neither an IP literal nor a well-formed DNS name."""
-    if host in _WILDCARD_HOSTS:
-        return
-    try:
-        ipaddress.ip_address(host)
-        return
-    except ValueError:
-        pass
-    try:
-        name = host.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise InvalidAddress(spec, f"{host!r} is not a valid host name") from None
-    if name.endswith("."):
-        name = name[:-1]
-    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
-        raise InvalidAddress(spec, f"{host!r} is not a valid host name")
-
-
-def _parse_target(target: object) -> Address:
-    if isinstance(target, list):  # a JSON-ish ["host", port] is a common slip
-        raise InvalidAddress(target, "use a (host, port) tuple, not a list")
-    address = parse_address(target)
-    if isinstance(address, TCPAddress):
-        if address.port == 0:
-            raise InvalidAddress(target, "cannot connect to port 0")
-        _check_host(target, address.host)
-    return address
-
-
-def _parse_local(local: object) -> tuple[str, int, int] | None:
-    """``local_address`` -> (ip, port, family), or None."""
-    if local is None:
-        return None
-    if isinstance(local, TCPAddress):
-        host, port = local.host, local.port
-    elif isinstance(local, str):
-        host, port = local, 0
-    elif isinstance(local, tuple) and len(local) == 2:
-        host, port = local
-        if not isinstance(host, str):
-            raise InvalidAddress(local, "the local IP must be a str")
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-            raise InvalidAddress(local, "the local port must be an int in 0-65535")
-    else:
-        raise InvalidAddress(local, "local_address must be an IP string or an (ip, port) tuple")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise InvalidAddress(local, f"{host!r} is not an IP address") from None
-    family = _stdlib_socket.AF_INET if ip.version == 4 else _stdlib_socket.AF_INET6
-    return (host, port, family)
-
-
-def _family_of_literal(host: str) -> int | None:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return _stdlib_socket.AF_INET if ip.version == 4 else _stdlib_socket.AF_INET6
-
-
-@attrs.frozen
-class ConnectPlan:
-    """Validated :func:`connect` arguments (internal; shared with the pool)."""
-
-    #: The parsed target.
-    target: Address
-    #: Seconds for the whole operation, or None.
-    timeout: float | None
-    #: Extra rounds after the first.
-    retries: int
-    #: Base back-off delay in seconds.
-    backoff: float
-    #: Cap on one back-off delay in seconds.
-    max_backoff: float
-    #: ``(ip, port, family)`` to bind, or None.
-    local: tuple[str, int, int] | None
-    #: Stagger delay, or None for one attempt at a time.
-    happy_eyeballs_delay: float | None
-    #: ``SO_KEEPALIVE`` (a number also sets the idle time).
-    keepalive: bool | float
-    #: Seconds ``aclose()`` may linger for the peer's EOF (see ``Connection.aclose``).
-    close_linger: float = DEFAULT_CLOSE_LINGER
-    #: Called with each finished attempt.
-    on_attempt: AttemptObserver | None = attrs.field(default=None, eq=False)
-
-
-def make_plan(
-    target: object,
-    *,
-    timeout: float | None = None,
-    retries: int = 0,
-    backoff: float = DEFAULT_BACKOFF,
-    max_backoff: float = DEFAULT_MAX_BACKOFF,
-    local_address: str | tuple[str, int] | TCPAddress | None = None,
-    happy_eyeballs_delay: float | None = DEFAULT_HAPPY_EYEBALLS_DELAY,
-    keepalive: bool | float = False,
-    close_linger: float = DEFAULT_CLOSE_LINGER,
-    on_attempt: AttemptObserver | None = None,
-    call: str = "connect()",
-) -> ConnectPlan:
-    """Validate :func:`connect`'s arguments into a :class:`ConnectPlan`.
-
-    ``call`` is the public call named in error messages (``connect()``, or
-    ``ConnectionPool()`` for the pool's connect options).
-
-    Raises:
-        InvalidAddress: a malformed target or ``local_address``, or one whose
-            address family cannot match the target.
-        TypeError: an argument of the wrong type (or an unknown keyword).
-        ValueError: a number out of range.
-    """
-    with public_call(call):
-        return _make_plan(
-            target,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            local_address=local_address,
-            happy_eyeballs_delay=happy_eyeballs_delay,
-            keepalive=keepalive,
-            close_linger=close_linger,
-            on_attempt=on_attempt,
-        )
-
-
-#: The names :func:`make_plan` takes besides the target (the pool checks them).
-CONNECT_OPTIONS: Final = frozenset(
-    {
-        "timeout",
-        "retries",
-        "backoff",
-        "max_backoff",
-        "local_address",
-        "happy_eyeballs_delay",
-        "keepalive",
-        "close_linger",
-        "on_attempt",
-    }
-)
-
-
-def _make_plan(
-    target: object,
-    *,
-    timeout: object,
-    retries: object,
-    backoff: object,
-    max_backoff: object,
-    local_address: object,
-    happy_eyeballs_delay: object,
-    keepalive: object,
-    close_linger: object,
-    on_attempt: object,
-) -> ConnectPlan:
-    address = _parse_target(target)
-    timeout_s = check_seconds("timeout", timeout, none=True, zero=False)
-    if timeout_s is not None and math.isinf(timeout_s):
-        timeout_s = None
-    retries_n = check_count("retries", retries, minimum=0)
-    assert retries_n is not None
-    backoff_s = check_seconds("backoff", backoff, infinite=False)
-    max_backoff_s = check_seconds("max_backoff", max_backoff, infinite=False)
-    assert backoff_s is not None and max_backoff_s is not None
-    if max_backoff_s < backoff_s:
-        raise ValueError(f"max_backoff ({max_backoff_s:g}) must be >= backoff ({backoff_s:g})")
-    delay = check_seconds("happy_eyeballs_delay", happy_eyeballs_delay, none=True)
-    if delay is not None and math.isinf(delay):
-        delay = None
-    linger = check_seconds("close_linger", close_linger, infinite=False)
-    assert linger is not None
-    local = _parse_local(local_address)
-    if local is not None:
-        if isinstance(address, UnixAddress):
-            raise InvalidAddress(local_address, "local_address applies only to TCP targets")
-        target_family = _family_of_literal(address.host)
-        if target_family is not None and target_family != local[2]:
-            raise InvalidAddress(
-                local_address,
-                f"local address {local[0]} and target {address.host} are of different "
-                "address families",
-            )
-    if on_attempt is not None and not callable(on_attempt):
-        raise TypeError("on_attempt must be a callable taking a ConnectAttempt")
-    return ConnectPlan(
-        target=address,
-        timeout=timeout_s,
-        retries=retries_n,
-        backoff=backoff_s,
-        max_backoff=max_backoff_s,
-        local=local,
-        happy_eyeballs_delay=delay,
-        keepalive=check_keepalive("keepalive", keepalive),
-        close_linger=linger,
-        on_attempt=on_attempt,
-    )
-
-
-################################################################
-# Pure helpers
-################################################################
-
-
-def backoff_delay(
-    retry: int, base: float, cap: float, rand: Callable[[], float] = random.random
-) -> float:
-    """The full-jitter delay before retry number ``retry`` (0-based).
-
-    Uniform in ``[0, min(cap, base * 2**retry))``; ``rand`` returns a float in
-    ``[0, 1)`` (injectable for tests).
-
-    Example::
-
-        >>> backoff_delay(3, 0.1, 5.0, rand=lambda: 0.5)
-        0.4
-    """
-    ceiling = min(cap, base * 2.0 ** min(retry, 64))
-    return ceiling * rand()
-
-
-def interleave_families(entries: Sequence[Any]) -> list[Any]:
-    """Order ``getaddrinfo`` results per RFC 8305 section 4.
-
-    Each family keeps its own order; families alternate, starting with the
-    family of the first entry.  Exact duplicates (same family and sockaddr)
-    are dropped.
-
-    Example::
-
-        >>> v6, v4 = 10, 2
-        >>> [e[4][0] for e in interleave_families([
-        ...     (v6, 1, 6, "", ("::1", 80, 0, 0)), (v6, 1, 6, "", ("::2", 80, 0, 0)),
-        ...     (v4, 1, 6, "", ("127.0.0.1", 80)), (v4, 1, 6, "", ("127.0.0.2", 80))])]
-        ['::1', '127.0.0.1', '::2', '127.0.0.2']
-    """
-    queues: dict[int, list[Any]] = {}
-    seen: set[tuple[int, Any]] = set()
-    for entry in entries:
-        key = (entry[0], entry[4])
-        if key in seen:
-            continue
-        seen.add(key)
-        queues.setdefault(entry[0], []).append(entry)
-    out: list[Any] = []
-    lists = list(queues.values())
-    for i in range(max((len(q) for q in lists), default=0)):
-        for q in lists:
-            if i < len(q):
-                out.append(q[i])
-    return out
-
-
-################################################################
-# The connect loop
-################################################################
-
-
-class _Attempt:
-    """A mutable attempt record, frozen into a ConnectAttempt when it ends."""
-
-    __slots__ = ("address", "record", "round", "started")
-
-    def __init__(self, address: Address, round_: int, started: float) -> None:
-        self.address = address
-        self.round = round_
-        self.started = started
-        self.record: ConnectAttempt | None = None
-
-
-class _Run:
-    """State of one ``connect`` call: the plan, the clock, the attempts so far."""
-
-    def __init__(self, plan: ConnectPlan) -> None:
-        self.plan = plan
-        self.t0 = trio.current_time()
-        self.attempts: list[_Attempt] = []
-        self.last_error: OSError | None = None
-        # Did the current round meet a failure that a retry could change?
-        self.retryable = False
-        # The deadline scope, set once it exists; its cancel_called tells an
-        # attempt that it was cut short by *our* timeout.
-        self.deadline_scope: trio.CancelScope | None = None
-
-    def begin(self, address: Address, round_: int) -> _Attempt:
-        attempt = _Attempt(address, round_, trio.current_time() - self.t0)
-        self.attempts.append(attempt)
-        return attempt
-
-    def end(
-        self,
-        attempt: _Attempt,
-        outcome: str,
-        error: BaseException | None,
-        *,
-        retryable: bool = True,
-    ) -> None:
-        elapsed = trio.current_time() - self.t0 - attempt.started
-        attempt.record = ConnectAttempt(
-            attempt.address,
-            error,
-            attempt.round,
-            outcome,
-            started=attempt.started,
-            elapsed=max(0.0, elapsed),
-        )
-        if isinstance(error, OSError):
-            self.last_error = error
-            if retryable:
-                self.retryable = True
-        log.debug("connect attempt %s (round %d): %s", attempt.address, attempt.round, outcome)
-        observer = self.plan.on_attempt
-        if observer is not None:
-            try:
-                observer(attempt.record)
-            except Exception:
-                log.exception("on_attempt callback raised; ignoring it")
-
-    def end_interrupted(self, attempt: _Attempt, winner_found: bool) -> None:
-        """Record an attempt stopped by a cancellation (ours, the race's, or the caller's)."""
-        scope = self.deadline_scope
-        if winner_found:
-            self.end(attempt, "abandoned", None)
-        elif scope is not None and scope.cancel_called:
-            self.end(attempt, "timed out", TimeoutError("still pending when the timeout expired"))
-        else:
-            self.end(attempt, "cancelled", None)
-
-    def records(self) -> list[ConnectAttempt]:
-        return [a.record for a in self.attempts if a.record is not None]
-
-
-async def _resolve(run: _Run, round_: int) -> list[_Target] | None:
+async def _resolve(run: Run, round_: int) -> list[_Target] | None:
     """The addresses to try this round, or None (failure recorded)."""
     address = run.plan.target
     if isinstance(address, UnixAddress):
         assert _AF_UNIX is not None
         return [(_AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, address.sockaddr, address)]
-    host: str | None = None if address.host in _WILDCARD_HOSTS else address.host
+    host: str | None = None if address.host in WILDCARD_HOSTS else address.host
     attempt = run.begin(address, round_)
     try:
         entries = await trio.socket.getaddrinfo(host, address.port, type=_stdlib_socket.SOCK_STREAM)
@@ -590,7 +226,7 @@ def _setup_failure(exc: OSError, local: tuple[str, int] | None) -> tuple[OSError
 
 
 async def _race(
-    run: _Run, targets: list[_Target], round_: int
+    run: Run, targets: list[_Target], round_: int
 ) -> tuple[trio.socket.SocketType, _Target] | None:
     """Happy eyeballs over ``targets``; the winning socket, or None if all failed."""
     plan = run.plan
@@ -669,7 +305,7 @@ def _wrap(sock: trio.socket.SocketType, target: _Target, plan: ConnectPlan) -> C
 
 async def connect_with_plan(plan: ConnectPlan) -> Connection:
     """Run :func:`connect` with already-validated arguments (used by the pool)."""
-    run = _Run(plan)
+    run = Run(plan)
     deadline = math.inf if plan.timeout is None else run.t0 + plan.timeout
     won: tuple[trio.socket.SocketType, _Target] | None = None
     with trio.move_on_at(deadline) as scope:

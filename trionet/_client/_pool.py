@@ -114,7 +114,8 @@ from .._address import Address
 from .._stream import Connection
 from .._unwrap import unwrap_single
 from .._validate import check_count, check_names, check_seconds, public_call
-from ._connect import CONNECT_OPTIONS, ConnectPlan, connect_with_plan, make_plan
+from ._connect import connect_with_plan
+from ._plan import CONNECT_OPTIONS, ConnectPlan, make_plan
 
 if TYPE_CHECKING:
     from typing import Self

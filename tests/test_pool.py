@@ -365,7 +365,7 @@ async def test_waiter_cancelled_in_the_tick_it_is_woken_passes_its_slot_on(
             # "first" passed the slot on to the next waiter, in FIFO order.
             assert outcome == {"first": "cancelled", "second": "lent"}
             assert pool.stats == PoolStats(created=1, reused=1, idle=1)
-            assert pool._slots == 0  # a slot is a connection lent or opening
+            assert pool._slots.used == 0  # a slot is a connection lent or opening
             async with pool.connection() as conn:  # the slot is still usable
                 assert conn is held
                 await roundtrip(conn, b"again")
@@ -374,7 +374,7 @@ async def test_waiter_cancelled_in_the_tick_it_is_woken_passes_its_slot_on(
             # Closed: nobody is left to pass the slot to, so it is freed.
             assert outcome == {"first": "cancelled", "second": "closed"}
             assert pool.stats == PoolStats(created=1)
-            assert pool._slots == 0
+            assert pool._slots.used == 0
 
 
 async def test_storm_of_cancelled_borrowers_leaks_no_slot(trionet_server: Any) -> None:
@@ -422,7 +422,7 @@ async def test_storm_of_cancelled_borrowers_leaks_no_slot(trionet_server: Any) -
             assert stats.lent == 0 and stats.waiting == 0 and stats.opening == 0
             # A slot is held by a connection lent or being opened (idle ones
             # hold none), so at rest every slot is free again.
-            assert pool._slots == stats.lent + stats.opening == 0
+            assert pool._slots.used == stats.lent + stats.opening == 0
             assert stats.idle <= pool.max_size
 
             # Every slot can be borrowed at once.
@@ -447,7 +447,7 @@ async def test_storm_of_cancelled_borrowers_leaks_no_slot(trionet_server: Any) -
                     assert pool.stats.lent == pool.max_size
                     assert pool.stats.waiting == 0
                     release.set()
-            assert pool.stats.lent == 0 and pool._slots == 0
+            assert pool.stats.lent == 0 and pool._slots.used == 0
             assert pool.stats.idle == pool.max_size
 
 
@@ -784,7 +784,7 @@ async def test_idle_sweep_expires_exactly_at_its_deadline(autojump_clock: trio.a
         async with pool:
             assert trio.current_time() == 0.0
             await trio.sleep_until(0.1)
-            pool._put_idle(conn, trio.current_time())
+            pool._idle.put(conn, trio.current_time())
             with real_time_limit(5) as limit:
                 await trio.sleep_until(0.1 + 0.25)
                 await trio.testing.wait_all_tasks_blocked()

@@ -43,7 +43,7 @@ from typing import Any, Final
 import attrs
 
 from .._address import Address, TCPAddress, UnixAddress, parse_address
-from .._connection import DEFAULT_CLOSE_LINGER
+from .._stream import DEFAULT_CLOSE_LINGER
 from .._exceptions import ConnectAttempt, InvalidAddress
 from .._validate import check_count, check_keepalive, check_seconds, public_call
 

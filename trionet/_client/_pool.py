@@ -15,44 +15,9 @@ sweep closes the *oldest*.  ::
     return: healthy and the block ended normally -> idle deque; else close
             -> hand the slot straight to the first waiter (or free it)
 
-Fairness
---------
-Waiters queue in a deque of events.  A returned slot is *handed over* to the
-first waiter rather than freed, so a task that arrives later cannot barge
-past the queue.  A waiter cancelled before its turn leaves the queue.
-
-A waiter can be handed a slot and cancelled in the same tick, in either
-order, and neither order may lose the slot.  Both reschedule the parked
-task, which runs only later; whichever comes first decides what
-``Event.wait`` does.  Handed over first: ``wait`` returns normally, and the
-cancellation hits the waiter's next checkpoint -- in ``_lend`` while opening
-a connection, whose error path gives the slot back, or else in the
-borrower's block, whose exit does.  Cancelled first: Trio has already
-rescheduled the task with ``Cancelled``, so setting its event wakes
-nothing, but the waiter is still queued: ``_give_slot_back`` pops it and
-marks it ``granted``, and its ``wait`` raises although it owns a slot.  So
-``_take_slot``'s error path checks: a ``granted`` waiter passes the slot on
-as if returning it (to the next waiter, keeping FIFO order, or freed); one
-that ``aclose()`` dequeued and woke (``closed``) has nothing to undo; only
-any other is still queued and leaves the queue.  A waiter that finds the
-pool closed when it runs gives its slot back and raises
-``ClosedResourceError``: a closed pool opens no connection.
-
-Health
-------
-A connection may die while idle: the server closed it (EOF), reset it, or
-sent bytes nobody asked for (a protocol desync).  All three make the socket
-*readable*, so before lending an idle connection -- and when one comes back
--- we poll its descriptor with a zero timeout: any readiness other than
-"writable" means discard.  We also discard one with unread bytes in its
-buffer, one the borrower closed or half-closed, one whose block raised
-(the exchange may have stopped half-way), and one that a task is still
-receiving or sending on -- a borrower that handed the connection to a
-background task and left its block: lending it again would let two users
-interleave on one byte stream (closing it wakes that task with
-``ClosedResourceError``).  A socket without a descriptor
-(made by a custom Trio socket factory) cannot be checked, so it is
-conservatively never reused.
+The slots and their fair queue are in ``_slots``, the health check in
+``_health``, the idle connections and their expiry in ``_expiry``, and
+``pool.connection()``'s context manager in ``_lease``.
 
 The sweep
 ---------
@@ -61,14 +26,6 @@ With ``idle_timeout``, connections idle longer than that are closed lazily
 when nobody lends.  The task runs in a nursery the pool opens in
 ``__aenter__`` and closes in ``__aexit__``: the caller never has to provide
 one.  A pool used without ``async with`` only expires lazily.
-
-A connection expires when ``now >= since + idle_timeout``, and the sweep
-sleeps until exactly ``since + idle_timeout``: one expression for both
-(``_expires_at``).  Written as ``now - since >= idle_timeout`` instead, float
-rounding can make the sweep wake *at* its deadline and still find nothing
-expired (``(0.1 + 0.25) - 0.1 < 0.25``), then sleep until a deadline already
-past -- a busy loop, and a hang under a mock clock that only jumps when every
-task is blocked.
 
 Closing
 -------
@@ -99,7 +56,6 @@ lingering connection counts against no limit (``PoolStats.closing``).
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 from contextlib import AbstractAsyncContextManager
@@ -115,7 +71,11 @@ from .._stream import Connection
 from .._unwrap import unwrap_single
 from .._validate import check_count, check_names, check_seconds, public_call
 from ._connect import connect_with_plan
+from ._expiry import IdleConnections
+from ._health import unusable_reason
+from ._lease import Lease
 from ._plan import CONNECT_OPTIONS, ConnectPlan, make_plan
+from ._slots import Slots
 
 if TYPE_CHECKING:
     from typing import Self
@@ -163,64 +123,6 @@ class PoolStats:
     #: because closing at once could discard bytes they sent (see
     #: ``Connection.aclose``); they count against no limit.
     closing: int = _count
-
-
-class _Waiter:
-    __slots__ = ("closed", "event", "granted")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.granted = False
-        self.closed = False
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    """A ``trio.Cancelled``, or a group holding nothing but cancellations."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_cancellation(e) for e in exc.exceptions)
-    return isinstance(exc, trio.Cancelled)
-
-
-def unusable_reason(conn: Connection) -> str | None:
-    """Why an idle connection must not be lent again, or None if it looks fine."""
-    return conn._health()
-
-
-class _Lease:
-    """``async with pool.connection() as conn``: lend on enter, take back on exit."""
-
-    __slots__ = ("_conn", "_pool")
-
-    def __init__(self, pool: ConnectionPool) -> None:
-        self._pool = pool
-        self._conn: Connection | None = None
-
-    async def __aenter__(self) -> Connection:
-        if self._conn is not None:
-            raise RuntimeError("this pool.connection() context is already in use")
-        self._conn = await self._pool._lend()
-        return self._conn
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        conn, self._conn = self._conn, None
-        assert conn is not None
-        cancelled = exc is not None and _is_cancellation(exc)
-        if self._pool._take_back(conn, failed=exc_type is not None, cancelled=cancelled):
-            # Discarded, and closing at once could reset it: linger here, as
-            # ``async with conn:`` would.
-            try:
-                await self._pool._linger(conn)
-            except trio.Cancelled:
-                # Closed at once.  The block's own exception must not be
-                # replaced: it goes on, and the cancellation meets the caller
-                # again at its next checkpoint.
-                if exc_type is None:
-                    raise
 
 
 @final
@@ -282,24 +184,19 @@ class ConnectionPool:
         if idle is not None and math.isinf(idle):
             idle = None
         self._max_size = size
-        self._idle_timeout: float | None = idle
-        # (connection, time it came back), oldest on the left.
-        self._idle: collections.deque[tuple[Connection, float]] = collections.deque()
+        self._idle = IdleConnections(idle, self._plan.target, self._linger_later)
         self._lent: set[Connection] = set()
         self._opening = 0
         # One scope per connect in progress, so aclose() can cancel them.
         self._open_scopes: set[trio.CancelScope] = set()
-        self._slots = 0
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._slots = Slots(size)
         self._closed = False
         self._created = 0
         self._reused = 0
         self._discarded = 0
-        self._expired = 0
         self._entered = False
         self._nursery_manager: Any = None
         self._sweep_scope: trio.CancelScope | None = None
-        self._sweep_wakeup: trio.Event | None = None
         #: Where the idle expiry's orderly closes linger (None: close at once).
         self._closers: trio.Nursery | None = None
         #: Connections lingering in an orderly close now.
@@ -330,8 +227,8 @@ class ConnectionPool:
             created=self._created,
             reused=self._reused,
             discarded=self._discarded,
-            expired=self._expired,
-            waiting=len(self._waiters),
+            expired=self._idle.expired,
+            waiting=self._slots.waiting,
             idle=len(self._idle),
             lent=len(self._lent),
             opening=self._opening,
@@ -365,7 +262,7 @@ class ConnectionPool:
                 await conn.send_all(b"PING\\n")
                 assert await conn.receive_line() == b"PONG"
         """
-        return _Lease(self)
+        return Lease(self)
 
     async def aclose(self) -> None:
         """Close the pool and every connection it made.
@@ -417,8 +314,7 @@ class ConnectionPool:
         lingering: list[Connection] = []
         if not self._closed:
             self._closed = True
-            while self._idle:
-                conn, _since = self._idle.popleft()
+            while (conn := self._idle.pop_oldest()) is not None:
                 if not orderly:
                     conn.close()
                 elif conn._begin_orderly_close():
@@ -427,10 +323,7 @@ class ConnectionPool:
                 conn.close()  # the borrower's block still returns it (a no-op then)
             for scope in self._open_scopes:
                 scope.cancel()
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.closed = True
-                waiter.event.set()
+            self._slots.close()
             if self._sweep_scope is not None:
                 self._sweep_scope.cancel()
             log.debug("pool for %s closed", self.target)
@@ -442,7 +335,7 @@ class ConnectionPool:
         if self._closed:
             raise trio.ClosedResourceError("this connection pool was already closed")
         self._entered = True
-        if self._idle_timeout is not None:
+        if self._idle.timeout is not None:
             manager = trio.open_nursery()
             nursery = await manager.__aenter__()
             self._nursery_manager = manager
@@ -488,66 +381,25 @@ class ConnectionPool:
             await checkpoint_if_cancelled()  # still a cancellation point
 
     # ------------------------------------------------------------------
-    # Slots
-
-    async def _take_slot(self) -> None:
-        await checkpoint_if_cancelled()
-        if self._closed:
-            raise trio.ClosedResourceError("this connection pool was closed")
-        if self._slots < self._max_size and not self._waiters:
-            self._slots += 1
-            await cancel_shielded_checkpoint()
-            return
-        waiter = _Waiter()
-        self._waiters.append(waiter)
-        try:
-            await waiter.event.wait()
-        except BaseException:
-            # Cancelled (or interrupted) while waiting -- and, if that was
-            # delivered before the pool acted but the task had not run yet,
-            # maybe dequeued since by a hand-over or by aclose().
-            if waiter.granted:
-                self._give_slot_back()  # to the next waiter, or freed
-            elif not waiter.closed:
-                self._waiters.remove(waiter)
-            raise
-        if waiter.closed or self._closed:
-            # Closed before this waiter ran: a slot handed to it is given
-            # back (to nobody: aclose() emptied the queue), and no
-            # connection is opened for a closed pool.
-            if waiter.granted:
-                self._give_slot_back()
-            raise trio.ClosedResourceError("this connection pool was closed")
-
-    def _give_slot_back(self) -> None:
-        if self._waiters:
-            waiter = self._waiters.popleft()
-            waiter.granted = True
-            waiter.event.set()
-        else:
-            self._slots -= 1
-
-    # ------------------------------------------------------------------
     # Lending
 
     async def _lend(self) -> Connection:
-        await self._take_slot()
+        await self._slots.take()
         try:
-            if self._closed:  # closed during _take_slot's checkpoint
+            if self._closed:  # closed during take()'s checkpoint
                 raise trio.ClosedResourceError("this connection pool was closed")
             conn = self._take_idle()
             if conn is None:
                 conn = await self._open()
         except BaseException:
-            self._give_slot_back()
+            self._slots.give_back()
             raise
         self._lent.add(conn)
         return conn
 
     def _take_idle(self) -> Connection | None:
-        self._expire(trio.current_time())
-        while self._idle:
-            conn, _since = self._idle.pop()
+        self._idle.expire(trio.current_time())
+        while (conn := self._idle.pop_newest()) is not None:
             why = unusable_reason(conn)
             if why is None:
                 self._reused += 1
@@ -600,10 +452,10 @@ class ConnectionPool:
                 why = unusable_reason(conn)
                 if why is not None:
                     return self._discard(conn, why, orderly=True)
-                self._put_idle(conn, trio.current_time())
+                self._idle.put(conn, trio.current_time())
             return False
         finally:
-            self._give_slot_back()
+            self._slots.give_back()
 
     async def _linger(self, conn: Connection) -> None:
         self._closing += 1
@@ -630,13 +482,6 @@ class ConnectionPool:
         finally:
             self._closing -= 1
 
-    def _put_idle(self, conn: Connection, since: float) -> None:
-        self._idle.append((conn, since))
-        wakeup = self._sweep_wakeup
-        if wakeup is not None:
-            self._sweep_wakeup = None
-            wakeup.set()
-
     def _discard(self, conn: Connection, why: str, *, orderly: bool) -> bool:
         """Close an unusable connection; with ``orderly``, True means "linger now"."""
         self._discarded += 1
@@ -647,22 +492,7 @@ class ConnectionPool:
         return False
 
     # ------------------------------------------------------------------
-    # Idle expiry
-
-    def _expires_at(self, since: float) -> float:
-        """When a connection idle since ``since`` expires (the sweep sleeps until then)."""
-        assert self._idle_timeout is not None
-        return since + self._idle_timeout
-
-    def _expire(self, now: float) -> None:
-        if self._idle_timeout is None:
-            return
-        while self._idle and now >= self._expires_at(self._idle[0][1]):
-            conn, _since = self._idle.popleft()
-            self._expired += 1
-            log.debug("pool for %s closes idle connection #%d", self.target, conn.id)
-            if conn._begin_orderly_close():
-                self._linger_later(conn)
+    # The idle sweep
 
     async def _sweep(self) -> None:
         assert self._sweep_scope is not None
@@ -672,15 +502,6 @@ class ConnectionPool:
             async with trio.open_nursery() as closers:
                 self._closers = closers
                 try:
-                    await self._sweep_forever()
+                    await self._idle.sweep_forever()
                 finally:
                     self._closers = None
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            if self._idle:
-                await trio.sleep_until(self._expires_at(self._idle[0][1]))
-                self._expire(trio.current_time())
-            else:
-                wakeup = self._sweep_wakeup = trio.Event()
-                await wakeup.wait()

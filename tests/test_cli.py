@@ -410,7 +410,7 @@ def test_connect_argument_errors_are_usage_errors(
     def refuse(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr("trionet._cli._serve.make_plan", refuse)
+    monkeypatch.setattr("trionet._cli._connect.make_plan", refuse)
     assert run_main(["connect", "tcp://127.0.0.1:7", "--timeout", "5"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
@@ -739,7 +739,7 @@ MAIN_WITH_MARKER = textwrap.dedent(
     """
     import sys
     import trionet._cli
-    import trionet._cli._serve as where_main_looks
+    import trionet._cli._main as where_main_looks
 
     build_parser = where_main_looks.build_parser
 

@@ -1,0 +1,181 @@
+"""The ``trionet`` argument parser: the ``serve`` and ``connect`` sub-commands, their flags.
+
+Every value is checked by its argument type as it is parsed, and every
+parse error is one ``trionet: error: ...`` line and exit 2, like every
+other usage error (see ``_errors``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Final, NoReturn
+
+from .._version import __version__
+from ._errors import EXIT_USAGE
+
+__all__ = ["DEFAULT_BIND", "build_parser"]
+
+#: Where ``trionet serve`` listens when given no ``--bind`` (also ``make run``).
+DEFAULT_BIND: Final = "tcp://127.0.0.1:7007"
+
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, like every other CLI error."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the usage block and then the error; we keep to one
+        # line and point at --help instead, so scripts and people see the
+        # same "trionet: error: ..." shape for every failure.
+        self.exit(EXIT_USAGE, f"trionet: error: {message} (see '{self.prog} --help')\n")
+
+
+################################################################
+# Argument types: each raises ArgumentTypeError with a readable message.
+################################################################
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _octal(text: str) -> int:
+    digits = text[2:] if text.lower().startswith("0o") else text
+    try:
+        value = int(digits, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 660") from None
+    if not 0 <= value <= 0o7777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (0-7777)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``trionet`` argument parser (``serve`` and ``connect`` sub-commands).
+
+    Returns:
+        A parser whose errors print one ``trionet: error: ...`` line and exit 2.
+
+    Example::
+
+        >>> build_parser().parse_args(["serve", "echo"]).backlog is None
+        True
+    """
+    parser = _Parser(
+        prog="trionet",
+        description="Structured-concurrency networking for Trio: serve and connect.",
+    )
+    parser.add_argument("--version", action="version", version=f"trionet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    srv = commands.add_parser(
+        "serve",
+        help="serve a handler until Ctrl-C or SIGTERM, then drain gracefully",
+        description=(
+            "Serve a built-in service (echo, discard, daytime, chargen) or your own "
+            "handler (MODULE:FUNCTION, an async function taking a trionet.Connection). "
+            "Ctrl-C or SIGTERM drains gracefully; a second signal cancels the handlers."
+        ),
+    )
+    srv.add_argument(
+        "handler",
+        metavar="HANDLER",
+        help="echo, discard, daytime, chargen, or MODULE:FUNCTION",
+    )
+    srv.add_argument(
+        "--bind",
+        action="append",
+        metavar="SPEC",
+        help=f"tcp://HOST:PORT, unix:PATH or unix:@NAME; repeatable (default {DEFAULT_BIND})",
+    )
+    srv.add_argument("--backlog", type=_count, metavar="N", help="listen() queue length")
+    srv.add_argument(
+        "--grace",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds handlers get to finish on shutdown (default 10)",
+    )
+    srv.add_argument(
+        "--allow", action="append", metavar="CIDR", help="admit only these networks (repeatable)"
+    )
+    srv.add_argument(
+        "--deny", action="append", metavar="CIDR", help="refuse these networks (repeatable)"
+    )
+    srv.add_argument(
+        "--max-connections", type=_count, metavar="N", help="handle at most N connections at once"
+    )
+    srv.add_argument(
+        "--max-per-host", type=_count, metavar="N", help="at most N live connections per peer IP"
+    )
+    srv.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        metavar="S",
+        help="close connections idle (no bytes either way) for S seconds",
+    )
+    srv.add_argument(
+        "--close-linger",
+        type=_seconds,
+        metavar="S",
+        help="seconds a close may linger for the peer's EOF so that no reply is lost "
+        "(default 5; 0 closes at once)",
+    )
+    srv.add_argument(
+        "--unix-mode",
+        type=_octal,
+        metavar="OCTAL",
+        help="permissions of Unix socket files, e.g. 660",
+    )
+    srv.add_argument("--log-level", choices=_LOG_LEVELS, default="info", help="default: info")
+
+    con = commands.add_parser(
+        "connect",
+        help="connect and copy stdin to the peer and the peer to stdout (like netcat)",
+        description=(
+            "Connect to TARGET; copy stdin to the connection and the connection to stdout. "
+            "When stdin ends the sending side is half-closed; the command exits when the "
+            "peer closes the connection."
+        ),
+    )
+    con.add_argument("target", metavar="TARGET", help="tcp://HOST:PORT or unix:PATH")
+    con.add_argument("--local-address", metavar="IP", help="local IP address to connect from")
+    con.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="S",
+        help="give up connecting after S seconds (> 0)",
+    )
+    con.add_argument(
+        "--close-linger",
+        type=_seconds,
+        metavar="S",
+        help="seconds the final close may linger for the peer's EOF (default 5; 0: at once)",
+    )
+    con.add_argument("--log-level", choices=_LOG_LEVELS, default="warning", help="default: warning")
+    return parser

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from ._address import parse_address as parse_address
     from ._binds import Bind as Bind
     from ._client._connect import connect as connect
+    from ._client._pool import ConnectionPool as ConnectionPool
+    from ._client._pool import PoolStats as PoolStats
     from ._config import ServerConfig as ServerConfig
     from ._exceptions import AddressInUse as AddressInUse
     from ._exceptions import ConnectAttempt as ConnectAttempt
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
     from ._exceptions import MessageTooLong as MessageTooLong
     from ._exceptions import RemoteProtocolError as RemoteProtocolError
     from ._exceptions import TrionetError as TrionetError
-    from ._client._pool import ConnectionPool as ConnectionPool
-    from ._client._pool import PoolStats as PoolStats
     from ._server._admission import AccessPolicy as AccessPolicy
     from ._server._drain import ShutdownReport as ShutdownReport
     from ._server._drain import drain_on_signals as drain_on_signals

@@ -27,8 +27,8 @@ from typing import Any, Final
 import trio
 
 from .._client import ConnectPlan, connect_with_plan, make_plan
-from .._stream import Connection
 from .._exceptions import ConnectError
+from .._stream import Connection
 from .._unwrap import unwrap_single
 from ._errors import EXIT_OK, EXIT_USAGE, CLIError
 from ._signals import DroppedInterrupts

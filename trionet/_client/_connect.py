@@ -113,9 +113,9 @@ from typing import Any, Final
 import trio
 
 from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
+from .._exceptions import connect_timeout_error, translate_connect_error
 from .._stream import DEFAULT_CLOSE_LINGER, Connection, SocketConnection
 from .._stream._sockopts import configure_tcp_socket
-from .._exceptions import connect_timeout_error, translate_connect_error
 from .._unwrap import unwrap_single
 from ._attempts import Run
 from ._plan import (

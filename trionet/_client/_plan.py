@@ -43,8 +43,8 @@ from typing import Any, Final
 import attrs
 
 from .._address import Address, TCPAddress, UnixAddress, parse_address
-from .._stream import DEFAULT_CLOSE_LINGER
 from .._exceptions import ConnectAttempt, InvalidAddress
+from .._stream import DEFAULT_CLOSE_LINGER
 from .._validate import check_count, check_keepalive, check_seconds, public_call
 
 __all__ = [

@@ -16,6 +16,19 @@
  *                                   line, wait for a line/EOF on stdin (at
  *                                   most --hold-timeout s), close, exit.
  *
+ * --tls (OpenSSL, link with -lssl -lcrypto): every connection is a TLS client
+ * that sends SNI "localhost" and completes its handshake before the workload.
+ * The server certificate is not verified unless --tls-ca FILE is given (then
+ * the chain is verified against FILE and the name against "localhost").
+ *   pingpong  handshakes (one connection at a time, bounded) happen before
+ *             the clock starts: only the echoes are measured.
+ *   connrate  connect, full handshake (a fresh SSL per connection, session
+ *             cache off: never a resumption), 16 B echo, close_notify
+ *             (SSL_shutdown once), close.
+ *   hold      handshake and 16 B echo on every held connection before it
+ *             counts as held; close_notify before closing at the end.
+ * bulk has no TLS variant.
+ *
  * Timed modes run --warmup seconds (discarded) then --duration seconds and
  * print one JSON object on stdout.  The load generator's own CPU time
  * (getrusage) and, with --server-pid, the server's CPU time (/proc/PID/stat)
@@ -39,6 +52,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
@@ -61,6 +77,10 @@ static double opt_duration = 4.0;
 static double opt_hold_timeout = 120.0;
 static int opt_server_pid = 0;
 static int opt_src_ips = 0;
+static int opt_tls = 0;
+static const char *opt_tls_ca = NULL;
+
+#define TLS_NAME "localhost"
 
 /* ------------------------------------------------------------ utilities */
 
@@ -273,6 +293,130 @@ static void ep_set(int fd, unsigned events, void *ptr, int op) {
         die("epoll_ctl");
 }
 
+/* ----------------------------------------------------------------- TLS */
+
+static SSL_CTX *tls_ctx;
+static char tls_first_error[200]; /* the first TLS failure, for the report */
+static char tls_params[120];      /* version and cipher of the first handshake */
+
+/* JSON-safe copy (no quotes, backslashes or control characters). */
+static void json_copy(char *dst_buf, size_t size, const char *src) {
+    size_t i = 0;
+    for (; src[i] != '\0' && i + 1 < size; i++)
+        dst_buf[i] = (src[i] == '"' || src[i] == '\\' || (unsigned char)src[i] < 0x20) ? '\''
+                                                                                : src[i];
+    dst_buf[i] = '\0';
+}
+
+/* Describe a failed SSL call (once per run), then empty OpenSSL's error queue. */
+static void tls_note(const char *what, int ssl_err) {
+    if (tls_first_error[0] == '\0') {
+        char why[160];
+        unsigned long e = ERR_peek_error();
+        if (e != 0)
+            ERR_error_string_n(e, why, sizeof why);
+        else if (ssl_err == SSL_ERROR_SYSCALL)
+            snprintf(why, sizeof why, "%s", errno ? strerror(errno) : "unexpected EOF");
+        else if (ssl_err == SSL_ERROR_ZERO_RETURN)
+            snprintf(why, sizeof why, "close_notify from the server");
+        else
+            snprintf(why, sizeof why, "SSL error %d", ssl_err);
+        char text[sizeof tls_first_error];
+        snprintf(text, sizeof text, "%s: %s", what, why);
+        json_copy(tls_first_error, sizeof tls_first_error, text);
+    }
+    ERR_clear_error();
+}
+
+static void die_tls(const char *what, int ssl_err) {
+    tls_note(what, ssl_err);
+    printf("{\"error\": \"tls %s\"}\n", tls_first_error);
+    fflush(stdout);
+    exit(1);
+}
+
+/* Without --tls-ca: no chain building at all (OpenSSL would build and check
+ * the chain even with SSL_VERIFY_NONE, then ignore the result). */
+static int tls_skip_chain(X509_STORE_CTX *store, void *arg) {
+    (void)store;
+    (void)arg;
+    return 1;
+}
+
+static void tls_init(int release_buffers) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (tls_ctx == NULL)
+        die_tls("SSL_CTX_new", SSL_ERROR_SSL);
+    /* No session is ever stored or offered: every handshake is a full one. */
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    /* One read() per batch of records instead of two per record. */
+    SSL_CTX_set_read_ahead(tls_ctx, 1);
+    if (release_buffers) /* hold: thousands of idle SSLs */
+        SSL_CTX_set_mode(tls_ctx, SSL_MODE_RELEASE_BUFFERS);
+    if (opt_tls_ca != NULL) {
+        if (SSL_CTX_load_verify_locations(tls_ctx, opt_tls_ca, NULL) != 1)
+            die_tls("--tls-ca", SSL_ERROR_SSL);
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_cert_verify_callback(tls_ctx, tls_skip_chain, NULL);
+    }
+}
+
+/* A fresh client SSL on fd (connected or connecting); NULL on failure. */
+static SSL *tls_new(int fd) {
+    SSL *s = SSL_new(tls_ctx);
+    if (s == NULL)
+        return NULL;
+    if (SSL_set_fd(s, fd) != 1 || SSL_set_tlsext_host_name(s, TLS_NAME) != 1 ||
+        (opt_tls_ca != NULL && SSL_set1_host(s, TLS_NAME) != 1)) {
+        SSL_free(s);
+        return NULL;
+    }
+    SSL_set_connect_state(s);
+    return s;
+}
+
+static void tls_handshake_done(SSL *s) {
+    if (tls_params[0] == '\0')
+        snprintf(tls_params, sizeof tls_params, "%s %s", SSL_get_version(s),
+                 SSL_get_cipher_name(s));
+}
+
+/* close_notify (SSL_shutdown once: not waiting for the server's), free. */
+static void tls_close(SSL *s) {
+    ERR_clear_error();
+    (void)SSL_shutdown(s);
+    SSL_free(s);
+    ERR_clear_error();
+}
+
+/* Handshake on a connected socket, bounded in time (pingpong setup). */
+static SSL *tls_handshake_blocking(int fd) {
+    SSL *s = tls_new(fd);
+    if (s == NULL)
+        die_tls("SSL_new", SSL_ERROR_SSL);
+    uint64_t deadline = now_ns() + 5000000000ull;
+    for (;;) {
+        ERR_clear_error();
+        int r = SSL_do_handshake(s);
+        if (r == 1) {
+            tls_handshake_done(s);
+            return s;
+        }
+        int e = SSL_get_error(s, r);
+        short want = e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+        if (want == 0)
+            die_tls("handshake", e);
+        uint64_t t = now_ns();
+        struct pollfd p = {.fd = fd, .events = want};
+        if (t >= deadline || poll(&p, 1, (int)((deadline - t) / 1000000ull) + 1) < 0) {
+            errno = ETIMEDOUT;
+            die_tls("handshake", SSL_ERROR_SYSCALL);
+        }
+    }
+}
+
 /* -------------------------------------------------------- measurement */
 
 static uint64_t t_start, t_measure, t_end;
@@ -326,6 +470,16 @@ static int wait_ms(void) {
     return ms > 50 ? 50 : (int)ms;
 }
 
+/* ", "tls": ..., "tls_error": ..." for the JSON line; "" without --tls. */
+static const char *tls_fields(void) {
+    static char text[400];
+    if (!opt_tls)
+        return "";
+    snprintf(text, sizeof text, ", \"tls\": \"%s\", \"tls_error\": \"%s\"", tls_params,
+             tls_first_error);
+    return text;
+}
+
 static void report(int conns) {
     double secs = (double)(m_end - m_begin) / 1e9;
     double srv = (srv0 >= 0 && srv1 >= 0) ? (srv1 - srv0) / secs : -1.0;
@@ -335,11 +489,11 @@ static void report(int conns) {
            "\"count\": %llu, \"rate\": %.3f, \"bytes\": %llu, \"mbps\": %.3f, "
            "\"p50_us\": %.3f, \"p90_us\": %.3f, \"p99_us\": %.3f, \"max_us\": %.3f, "
            "\"lg_cpu\": %.4f, \"srv_cpu\": %.4f, \"machine_cpu\": %.4f, \"steal_cpu\": %.4f, "
-           "\"errors\": %llu}\n",
+           "\"errors\": %llu%s}\n",
            opt_mode, conns, opt_size, secs, (unsigned long long)count, (double)count / secs,
            (unsigned long long)bytes, (double)bytes / secs / 1e6, hist_pct(0.50) / 1e3,
            hist_pct(0.90) / 1e3, hist_pct(0.99) / 1e3, (double)hist_max / 1e3,
-           (cpu1 - cpu0) / secs, srv, busy, steal, (unsigned long long)errors);
+           (cpu1 - cpu0) / secs, srv, busy, steal, (unsigned long long)errors, tls_fields());
     fflush(stdout);
 }
 
@@ -351,6 +505,7 @@ struct pp_conn {
     int want_out;
     size_t sent, rcvd;
     uint64_t t0;
+    SSL *ssl; /* --tls */
 };
 
 static char *pattern;
@@ -360,12 +515,77 @@ static void pp_kill(struct pp_conn *c, int *alive) {
     if (!c->alive)
         return;
     c->alive = 0;
+    if (c->ssl != NULL) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        ERR_clear_error();
+    }
     close(c->fd);
     errors++;
     (*alive)--;
 }
 
+static void pp_want_out(struct pp_conn *c, int want) {
+    if (c->want_out != want) {
+        c->want_out = want;
+        ep_set(c->fd, want ? EPOLLIN | EPOLLOUT : EPOLLIN, c, EPOLL_CTL_MOD);
+    }
+}
+
+/* TLS: one SSL_write of the whole message (no partial writes); when it has
+ * to wait it is retried with the same arguments on the next event. */
+static int pp_send_tls(struct pp_conn *c) {
+    ERR_clear_error();
+    int r = SSL_write(c->ssl, pattern, opt_size);
+    if (r > 0) {
+        c->sent = (size_t)opt_size;
+        pp_want_out(c, 0);
+        return 0;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_WRITE) {
+        pp_want_out(c, 1);
+        return 0;
+    }
+    if (e == SSL_ERROR_WANT_READ) /* retried on the next EPOLLIN */
+        return 0;
+    tls_note("write", e);
+    return -1;
+}
+
+/* TLS: read the echo until it is complete (1) or the socket is drained
+ * (0); -1 on failure.  With read-ahead, records may wait inside the SSL, so
+ * read on until SSL_read wants the socket again. */
+static int pp_recv_tls(struct pp_conn *c) {
+    for (;;) {
+        size_t want = (size_t)opt_size - c->rcvd;
+        ERR_clear_error();
+        int r = SSL_read(c->ssl, scratch, (int)want);
+        if (r > 0) {
+            if (c->rcvd + (size_t)r > c->sent || memcmp(scratch, pattern + c->rcvd, (size_t)r) != 0)
+                return -1; /* corrupted echo */
+            c->rcvd += (size_t)r;
+            if (c->rcvd == (size_t)opt_size)
+                return 1;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ) {
+            pp_want_out(c, 0); /* the message is out: no write is waiting */
+            return 0;
+        }
+        if (e == SSL_ERROR_WANT_WRITE) { /* a read that has to write: rare */
+            pp_want_out(c, 1);
+            return 0;
+        }
+        tls_note("read", e);
+        return -1;
+    }
+}
+
 static int pp_send(struct pp_conn *c) {
+    if (c->ssl != NULL)
+        return pp_send_tls(c);
     while (c->sent < (size_t)opt_size) {
         ssize_t n = send(c->fd, pattern + c->sent, (size_t)opt_size - c->sent, MSG_NOSIGNAL);
         if (n > 0) {
@@ -399,6 +619,8 @@ static int run_pingpong(void) {
     for (int i = 0; i < opt_conns; i++) {
         cs[i].fd = connect_blocking();
         cs[i].alive = 1;
+        if (opt_tls) /* before the clock starts: handshakes are not measured */
+            cs[i].ssl = tls_handshake_blocking(cs[i].fd);
         ep_set(cs[i].fd, EPOLLIN, &cs[i], EPOLL_CTL_ADD);
     }
     int alive = opt_conns;
@@ -417,6 +639,33 @@ static int run_pingpong(void) {
             struct pp_conn *c = evs[i].data.ptr;
             if (!c->alive)
                 continue;
+            if (c->ssl != NULL) {
+                /* Any event may unblock a waiting write or read. */
+                if (c->sent < (size_t)opt_size && pp_send(c) < 0) {
+                    pp_kill(c, &alive);
+                    continue;
+                }
+                if (c->sent < (size_t)opt_size)
+                    continue; /* nothing to read before the message is out */
+                int got = pp_recv_tls(c);
+                if (got < 0) {
+                    pp_kill(c, &alive);
+                    continue;
+                }
+                if (got == 0)
+                    continue;
+                uint64_t t = now_ns();
+                if (measuring) {
+                    count++;
+                    bytes += (uint64_t)opt_size;
+                    hist_add(t - c->t0);
+                }
+                c->sent = c->rcvd = 0;
+                c->t0 = t;
+                if (pp_send(c) < 0)
+                    pp_kill(c, &alive);
+                continue;
+            }
             if ((evs[i].events & EPOLLOUT) && c->sent < (size_t)opt_size) {
                 if (pp_send(c) < 0) {
                     pp_kill(c, &alive);
@@ -452,7 +701,8 @@ static int run_pingpong(void) {
         }
     }
     if (alive == 0 && !m_end) {
-        printf("{\"error\": \"all connections failed\", \"errors\": %llu}\n",
+        printf("{\"error\": \"all connections failed%s%s\", \"errors\": %llu}\n",
+               tls_first_error[0] ? "; first TLS error: " : "", tls_first_error,
                (unsigned long long)errors);
         return 1;
     }
@@ -561,13 +811,15 @@ static int run_bulk(void) {
 
 /* ------------------------------------------------- connrate and hold */
 
-enum { S_IDLE, S_CONNECTING, S_READING };
+enum { S_IDLE, S_CONNECTING, S_HANDSHAKE, S_WRITING, S_READING };
 
 struct cr_conn {
     int fd;
     int state;
+    unsigned events; /* epoll interest */
     size_t rcvd;
     uint64_t t0;
+    SSL *ssl; /* --tls */
 };
 
 static const char small_msg[16] = "0123456789abcdef";
@@ -587,19 +839,103 @@ static int cr_start(struct cr_conn *c) {
         return -1;
     }
     c->state = S_CONNECTING;
+    c->events = EPOLLOUT;
     ep_set(c->fd, EPOLLOUT, c, EPOLL_CTL_ADD);
     return 0;
 }
 
 static void cr_fail(struct cr_conn *c) {
+    if (c->ssl != NULL) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        ERR_clear_error();
+    }
     close(c->fd);
     c->fd = -1;
     c->state = S_IDLE;
     errors++;
 }
 
+/* Graceful close after the echo: close_notify first over TLS. */
+static void cr_close(struct cr_conn *c) {
+    if (c->ssl != NULL) {
+        tls_close(c->ssl);
+        c->ssl = NULL;
+    }
+    close(c->fd);
+    c->fd = -1;
+}
+
+static void cr_want(struct cr_conn *c, unsigned events) {
+    if (c->events != events) {
+        c->events = events;
+        ep_set(c->fd, events, c, EPOLL_CTL_MOD);
+    }
+}
+
+/* TLS: handshake, 16 B write, 16 B read, each resumed where it had to wait;
+ * returns 1 when the echo has completed. */
+static int cr_event_tls(struct cr_conn *c) {
+    for (;;) {
+        const char *what;
+        int r;
+        ERR_clear_error();
+        if (c->state == S_HANDSHAKE) {
+            what = "handshake";
+            r = SSL_do_handshake(c->ssl);
+        } else if (c->state == S_WRITING) {
+            what = "write";
+            r = SSL_write(c->ssl, small_msg, (int)sizeof small_msg);
+        } else {
+            what = "read";
+            r = SSL_read(c->ssl, scratch, (int)(sizeof small_msg - c->rcvd));
+        }
+        if (r > 0) {
+            if (c->state == S_HANDSHAKE) {
+                tls_handshake_done(c->ssl);
+                c->state = S_WRITING;
+            } else if (c->state == S_WRITING) {
+                c->state = S_READING;
+            } else {
+                if (memcmp(scratch, small_msg + c->rcvd, (size_t)r) != 0) {
+                    cr_fail(c);
+                    return 0;
+                }
+                c->rcvd += (size_t)r;
+                if (c->rcvd == sizeof small_msg)
+                    return 1;
+            }
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ) {
+            cr_want(c, EPOLLIN);
+            return 0;
+        }
+        if (e == SSL_ERROR_WANT_WRITE) {
+            cr_want(c, EPOLLOUT);
+            return 0;
+        }
+        tls_note(what, e);
+        cr_fail(c);
+        return 0;
+    }
+}
+
 /* Drive one event; returns 1 when the 16 B echo has completed. */
 static int cr_event(struct cr_conn *c, unsigned events) {
+    if (c->state == S_CONNECTING && opt_tls) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err != 0 || (events & (EPOLLERR | EPOLLHUP)) || (c->ssl = tls_new(c->fd)) == NULL) {
+            cr_fail(c);
+            return 0;
+        }
+        c->state = S_HANDSHAKE; /* and send the ClientHello now */
+    }
+    if (c->ssl != NULL)
+        return cr_event_tls(c);
     if (c->state == S_CONNECTING) {
         int err = 0;
         socklen_t el = sizeof err;
@@ -613,7 +949,7 @@ static int cr_event(struct cr_conn *c, unsigned events) {
             return 0;
         }
         c->state = S_READING;
-        ep_set(c->fd, EPOLLIN, c, EPOLL_CTL_MOD);
+        cr_want(c, EPOLLIN);
         return 0;
     }
     ssize_t r = recv(c->fd, scratch, sizeof small_msg - c->rcvd, 0);
@@ -640,7 +976,8 @@ static int run_connrate(void) {
     uint64_t ok_total = 0;
     while (phase_tick()) {
         if (errors > 10000 && ok_total == 0) {
-            printf("{\"error\": \"no connection succeeded\", \"errors\": %llu}\n",
+            printf("{\"error\": \"no connection succeeded%s%s\", \"errors\": %llu}\n",
+                   tls_first_error[0] ? "; first TLS error: " : "", tls_first_error,
                    (unsigned long long)errors);
             return 1;
         }
@@ -653,7 +990,7 @@ static int run_connrate(void) {
                 continue;
             if (cr_event(c, evs[i].events)) {
                 uint64_t t = now_ns();
-                close(c->fd); /* graceful close: we take the TIME_WAIT */
+                cr_close(c); /* graceful close (TLS: close_notify first) */
                 c->state = S_IDLE;
                 ok_total++;
                 if (measuring) {
@@ -666,6 +1003,12 @@ static int run_connrate(void) {
             if (cs[i].state == S_IDLE && cr_start(&cs[i]) < 0)
                 errors++;
     }
+    if (ok_total == 0) {
+        printf("{\"error\": \"no connection succeeded%s%s\", \"errors\": %llu}\n",
+               tls_first_error[0] ? "; first TLS error: " : "", tls_first_error,
+               (unsigned long long)errors);
+        return 1;
+    }
     report(k);
     return 0;
 }
@@ -675,7 +1018,8 @@ static int run_hold(void) {
     int k = opt_concurrency;
     struct cr_conn *cs = calloc((size_t)k, sizeof *cs);
     int *held = calloc((size_t)opt_conns, sizeof *held);
-    if (cs == NULL || held == NULL)
+    SSL **held_ssl = calloc((size_t)opt_conns, sizeof *held_ssl);
+    if (cs == NULL || held == NULL || held_ssl == NULL)
         die("calloc");
     int nheld = 0, inflight = 0;
     uint64_t begin = now_ns();
@@ -702,7 +1046,9 @@ static int run_hold(void) {
                 inflight--;
             } else if (done) {
                 (void)epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                held_ssl[nheld] = c->ssl;
                 held[nheld++] = c->fd;
+                c->ssl = NULL;
                 c->state = S_IDLE;
                 inflight--;
             }
@@ -710,15 +1056,18 @@ static int run_hold(void) {
     }
     double secs = (double)(now_ns() - begin) / 1e9;
     printf("{\"mode\": \"hold\", \"conns\": %d, \"held\": %d, \"seconds\": %.6f, "
-           "\"lg_cpu\": %.4f, \"errors\": %llu}\n",
+           "\"lg_cpu\": %.4f, \"errors\": %llu%s}\n",
            opt_conns, nheld, secs, (self_cpu() - c0) / (secs > 0 ? secs : 1),
-           (unsigned long long)errors);
+           (unsigned long long)errors, tls_fields());
     fflush(stdout);
     /* Wait for the runner to read the server's RSS (line or EOF on stdin). */
     struct pollfd p = {.fd = 0, .events = POLLIN};
     (void)poll(&p, 1, (int)(opt_hold_timeout * 1000));
-    for (int i = 0; i < nheld; i++)
+    for (int i = 0; i < nheld; i++) {
+        if (held_ssl[i] != NULL)
+            tls_close(held_ssl[i]);
         close(held[i]);
+    }
     return nheld == opt_conns ? 0 : 1;
 }
 
@@ -728,7 +1077,8 @@ static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s pingpong|bulk|connrate|hold --port P [--host H] [--conns N]\n"
             "       [--size S] [--concurrency K] [--window B] [--warmup S] [--duration S]\n"
-            "       [--hold-timeout S] [--server-pid PID] [--src-ips N]\n",
+            "       [--hold-timeout S] [--server-pid PID] [--src-ips N]\n"
+            "       [--tls [--tls-ca FILE]]   (not with bulk)\n",
             argv0);
     exit(2);
 }
@@ -739,6 +1089,10 @@ int main(int argc, char **argv) {
     opt_mode = argv[1];
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--tls")) {
+            opt_tls = 1;
+            continue;
+        }
         if (i + 1 >= argc)
             usage(argv[0]);
         const char *v = argv[++i];
@@ -764,11 +1118,14 @@ int main(int argc, char **argv) {
             opt_server_pid = atoi(v);
         else if (!strcmp(a, "--src-ips"))
             opt_src_ips = atoi(v);
+        else if (!strcmp(a, "--tls-ca"))
+            opt_tls_ca = v;
         else
             usage(argv[0]);
     }
     if (opt_port <= 0 || opt_port > 65535 || opt_conns < 1 || opt_size < 1 || opt_size > CHUNK ||
-        opt_concurrency < 1 || opt_window < 1 || opt_duration <= 0 || opt_warmup < 0)
+        opt_concurrency < 1 || opt_window < 1 || opt_duration <= 0 || opt_warmup < 0 ||
+        (opt_tls_ca != NULL && !opt_tls) || (opt_tls && !strcmp(opt_mode, "bulk")))
         usage(argv[0]);
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
@@ -776,6 +1133,8 @@ int main(int argc, char **argv) {
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0)
         die("epoll_create1");
+    if (opt_tls)
+        tls_init(!strcmp(opt_mode, "hold"));
     /* Hard stop whatever happens: warmup + duration + generous slack. */
     double limit = opt_warmup + opt_duration + 60.0;
     if (!strcmp(opt_mode, "hold"))

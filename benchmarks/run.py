@@ -41,6 +41,8 @@ RESULTS = HERE / "results"
 DOCS_RST = REPO / "docs" / "source" / "benchmarks.rst"
 DOCS_PNG = REPO / "docs" / "source" / "_static" / "benchmarks.png"
 C_SOURCES = {"loadgen": HERE / "loadgen.c", "echo_epoll": HERE / "echo_epoll.c"}
+#: Libraries each C program links with (Debian: libssl-dev for the load generator).
+C_LIBS = {"loadgen": ("-lssl", "-lcrypto"), "echo_epoll": ()}
 HOST = "127.0.0.1"  # loopback only, always
 
 
@@ -304,11 +306,15 @@ def build_c(cc: str) -> dict[str, Path]:
         binary = BUILD / name
         if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
             tmp = binary.with_name(f".{name}.{os.getpid()}.tmp")
-            cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(tmp), str(source)]
+            cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(tmp), str(source), *C_LIBS[name]]
             log(f"building {binary.relative_to(REPO)}: {' '.join(cmd)}")
             try:
                 subprocess.run(cmd, check=True, timeout=120)
                 os.replace(tmp, binary)  # atomic: a running copy is not disturbed
+            except subprocess.CalledProcessError:
+                if "-lssl" in C_LIBS[name]:
+                    log("(the load generator needs OpenSSL's headers: apt-get install libssl-dev)")
+                raise
             finally:
                 tmp.unlink(missing_ok=True)
         binaries[name] = binary

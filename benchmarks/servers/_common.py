@@ -2,7 +2,8 @@
 
 Every server script accepts ``--host`` (loopback only) and ``--port``
 (0 = pick a free port), prints ``LISTENING <port>`` on stdout once it
-accepts connections, and then runs until it is killed.
+accepts connections, and then runs until it is killed.  Those that can
+serve TLS also take ``--tls-cert FILE --tls-key FILE`` (:func:`add_tls_args`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import resource
+import ssl
 import sys
 
 #: Handler shape shared by every peer: read up to 64 KiB, write it back.
@@ -44,3 +46,20 @@ def announce(port: int) -> None:
     """Tell the runner that the server is ready (must be the first stdout line)."""
     sys.stdout.write(f"LISTENING {port}\n")
     sys.stdout.flush()
+
+
+def add_tls_args(parser: argparse.ArgumentParser) -> None:
+    """``--tls-cert FILE --tls-key FILE``: serve TLS instead of plain TCP."""
+    parser.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM): serve TLS")
+    parser.add_argument("--tls-key", metavar="FILE", help="private key (PEM) of --tls-cert")
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server-side context of ``--tls-cert``/``--tls-key``, or None (plain TCP)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        sys.exit("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    return ctx

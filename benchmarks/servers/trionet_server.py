@@ -7,16 +7,26 @@ Usage::
     trionet_server.py --all-on                 # every admission feature on
     trionet_server.py --all-on-except idle     # ... but one (access|limits|idle)
     trionet_server.py --schedule-budget 8      # cooperative budget (default 1)
+    trionet_server.py --tls-cert F --tls-key F # any of the above over TLS (tls= option)
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import ssl
 from typing import Any
 
 import trio
-from _common import BACKLOG, CHUNK, announce, raise_nofile_limit, server_args
+from _common import (
+    BACKLOG,
+    CHUNK,
+    add_tls_args,
+    announce,
+    raise_nofile_limit,
+    server_args,
+    tls_context,
+)
 
 import trionet
 
@@ -67,10 +77,13 @@ async def main(
     except_feature: str | None,
     budget: int | None,
     fixed: bool,
+    ctx: ssl.SSLContext | None,
 ) -> None:
     options = all_on_options(host, except_feature) if all_on or except_feature else {}
     if budget is not None:  # trionet checks it (and knows its own default)
         options["schedule_budget"] = budget
+    if ctx is not None:  # a trionet without TLS fails here: "unknown option 'tls'"
+        options["tls"] = ctx
     target = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
     serve = functools.partial(
         trionet.serve,
@@ -106,6 +119,7 @@ if __name__ == "__main__":
         action="store_true",
         help=f"handler loops receive_some({CHUNK}) / send_all instead of `async for`",
     )
+    add_tls_args(parser)
     args = parser.parse_args()
     raise_nofile_limit()
     trio.run(
@@ -116,4 +130,5 @@ if __name__ == "__main__":
         args.all_on_except,
         args.schedule_budget,
         args.fixed_reads,
+        tls_context(args),
     )

@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import resource
 import select
 import shutil
@@ -391,6 +392,20 @@ def kill_group(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
 # ------------------------------------------------------------ the servers
 
 
+def error_line(lines: Sequence[str]) -> str:
+    """The exception a server died of, from its log's last lines.
+
+    Skips the border lines of an exception group's box, and prefers the last
+    ``SomeError: message`` line (the innermost exception) to a trailing line.
+    """
+    text = [line.strip().lstrip("|").strip() for line in lines]
+    text = [t for t in text if t.strip("+-| ")]
+    for t in reversed(text):
+        if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", t):
+            return t
+    return text[-1] if text else ""
+
+
 class Server:
     """One echo server process, in its own process group."""
 
@@ -449,8 +464,7 @@ class Server:
         rc = self.proc.poll()
         tail = ""
         with contextlib.suppress(OSError):
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-            tail = lines[-1].strip() if lines else ""
+            tail = error_line(self.log_path.read_text(errors="replace").splitlines())
         if rc is None:
             return f"no LISTENING line (got {line!r})"
         return f"exited with code {rc}: {tail}" if tail else f"exited with code {rc}"

@@ -138,7 +138,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 continue
             values = [float(m["value"]) for m in ok]
             results = [m["result"] for m in ok]
-            msgs = wl["unit"] == "msg/s"
+            # Per message or per connection: independent of a busy load generator.
+            per_op = wl["unit"] in ("msg/s", "conn/s")
             # The Python side's CPU per message: the server's, or the client's.
             cpu_key = "lg_cpu" if client else "srv_cpu"
             row.update(
@@ -154,7 +155,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 lg_cpu=_mean([r.get("lg_cpu") for r in results]),
                 lg_cpu_max=_max([r.get("lg_cpu") for r in results]),
                 cpu_us_per_msg=_mean([_us_per_msg(r.get(cpu_key), r.get("rate")) for r in results])
-                if msgs
+                if per_op
                 else None,
                 srv_cpu=_mean([r.get("srv_cpu") for r in results]),
                 other_cpu=_mean([other_cpu(r) for r in results]),
@@ -361,8 +362,9 @@ def _detail_header(wl: dict[str, Any]) -> list[str]:
         return [*head, "RSS before MiB", "RSS after MiB", "Load-gen CPU"]
     if wl["latency"]:
         head += ["p50 µs", "p99 µs"]
-    if wl["unit"] == "msg/s":
-        head.append("Client CPU µs/msg" if wl["kind"] == "client" else "Server CPU µs/msg")
+    if wl["unit"] in ("msg/s", "conn/s"):
+        per = "msg" if wl["unit"] == "msg/s" else "conn"
+        head.append(f"Client CPU µs/{per}" if wl["kind"] == "client" else f"Server CPU µs/{per}")
     lg = "Client CPU" if wl["kind"] == "client" else "Load-gen CPU (max)"
     return [*head, lg, "Server CPU", "Other CPU"]
 
@@ -391,7 +393,7 @@ def _detail_rows(wl: dict[str, Any]) -> list[list[str]]:
             continue
         if wl["latency"]:
             cells += [fmt_us(row["p50_us"]), fmt_us(row["p99_us"])]
-        if wl["unit"] == "msg/s":
+        if wl["unit"] in ("msg/s", "conn/s"):
             cells.append(fmt_us(row.get("cpu_us_per_msg")))
         lg = row["lg_cpu"] if wl["kind"] == "client" else row.get("lg_cpu_max")
         cells += [fmt_pct(lg), fmt_pct(row["srv_cpu"]), fmt_pct(row["other_cpu"])]
@@ -561,7 +563,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"⚠ marks figures where the load generator used ≥ {LG_BUSY:.0%} of its core in some "
         "round (`lg NN%` in the summary is its maximum over the rounds), so the figure may be "
         "limited by the load generator. "
-        "CPU µs/msg is the server's CPU (client's, for the client-side workload) per message. "
+        "CPU µs/msg is the server's CPU (client's, for the client-side workload) per message, "
+        "CPU µs/conn the server's per connection: the comparable figure when the load "
+        "generator is busy. "
         "Other CPU is what the rest of the machine used meanwhile (in cores, from /proc/stat).",
         "",
         "## Summary",

@@ -99,6 +99,16 @@ def paired_ratios(row: Row, base: Row) -> list[float]:
     ]
 
 
+def missing_key(peer: str, tls: bool) -> str:
+    """Key of ``meta["missing"]``: a peer may start plain but not with TLS."""
+    return f"{peer}+tls" if tls else peer
+
+
+def row_name(wl: dict[str, Any], row: Row) -> str:
+    """A row's peer in notes: ``trionet with TLS`` for a TLS workload."""
+    return f"{row['label']} with TLS" if wl.get("tls") else str(row["label"])
+
+
 def other_cpu(result: dict[str, Any]) -> float | None:
     """CPU used by everything but the server and the load generator, in cores."""
     parts = [result.get(k) for k in ("machine_cpu", "lg_cpu", "srv_cpu")]
@@ -118,7 +128,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     workloads = []
     for wl in meta["workloads"]:
         client = wl["kind"] == "client"
-        peers = meta["clients"] if client else meta["peers"]
+        all_peers = meta["clients"] if client else meta["peers"]
+        # A TLS workload has a row for each peer that serves TLS only.
+        peers = [p for p in all_peers if p.get("tls")] if wl.get("tls") else all_peers
         baseline = meta["client_baseline"] if client else meta["baseline"]
         rows: list[Row] = []
         for peer in peers:
@@ -133,7 +145,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 reason = next((m["error"] for m in ms if not m.get("ok")), None)
                 server = "c-epoll" if client else peer["key"]
                 row["status"] = "failed" if reason else "missing"
-                row["reason"] = reason or missing.get(server, "not run")
+                row["reason"] = reason or missing.get(
+                    missing_key(server, bool(wl.get("tls"))), "not run"
+                )
                 rows.append(row)
                 continue
             values = [float(m["value"]) for m in ok]
@@ -166,6 +180,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 p99_us=_mean([r.get("p99_us") for r in results]) if wl["latency"] else None,
                 errors=sum(int(r.get("errors") or 0) for r in results),
                 failed_rounds=len(ms) - len(ok),
+                tls=next((r["tls"] for r in results if r.get("tls")), None),
             )
             rows.append(row)
         base = next((r for r in rows if r["peer"] == baseline and r["status"] == "ok"), None)
@@ -181,7 +196,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             {
                 **wl,
                 "baseline": baseline,
-                "baseline_label": next(p["label"] for p in peers if p["key"] == baseline),
+                "baseline_label": next(
+                    (p["label"] for p in all_peers if p["key"] == baseline), baseline
+                ),
                 "rows": rows,
             }
         )
@@ -196,7 +213,7 @@ def absent_peers(summary: dict[str, Any]) -> list[str]:
     for wl in summary["workloads"]:
         for row in wl["rows"]:
             if row["status"] != "ok":
-                absent.setdefault(row["label"], []).append(str(row.get("reason") or ""))
+                absent.setdefault(row_name(wl, row), []).append(str(row.get("reason") or ""))
     return [
         f"{label} ({len(reasons)} workload(s)): {reasons[0]}" for label, reasons in absent.items()
     ]
@@ -218,6 +235,13 @@ class Target:
     base: str = "trio"
     context: bool = False  # a reading aid, not a target: no verdict
 
+
+#: The TLS workloads: key, short label, lower is better.
+TLS_WORKLOADS: tuple[tuple[str, str, bool], ...] = (
+    ("tls-pingpong-64x100", "TLS ping-pong 64 B \u00d7100", False),
+    ("tls-connrate", "TLS connection rate", False),
+    ("tls-rss-idle", "TLS RSS per idle conn", True),
+)
 
 #: The issue's targets.  "All on" must keep >= 95 % of the default's
 #: performance; for RSS (lower is better) that is at most 1/0.95 of it.
@@ -275,6 +299,15 @@ TARGETS: tuple[Target, ...] = (
             ("pingpong-64x1", "ping-pong 64 B \u00d71"),
             ("pingpong-64x100", "ping-pong 64 B \u00d7100"),
         )
+    ),
+    # TLS, each peer's TLS stack against trio.serve_tcp + trio.SSLStream.
+    Target("TLS ping-pong 64 B \u00d7100", "tls-pingpong-64x100", 1.5),
+    Target("TLS connection rate", "tls-connrate", 1.2),
+    Target("TLS RSS per idle conn", "tls-rss-idle", 0.9, at_most=True),
+    *(
+        Target(f"context: {name}: {short}", key, 1.0, at_most=at_most, peer=peer, context=True)
+        for peer, name in (("asyncio", "asyncio streams"), ("uvloop", "uvloop streams"))
+        for key, short, at_most in TLS_WORKLOADS
     ),
 )
 
@@ -409,8 +442,10 @@ def _summary_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     for peer in summary["meta"]["peers"]:
         cells = [peer["label"]]
         for wl in server_wls:
-            row = next(r for r in wl["rows"] if r["peer"] == peer["key"])
-            if row["status"] != "ok":
+            row = next((r for r in wl["rows"] if r["peer"] == peer["key"]), None)
+            if row is None:
+                cells.append("—")  # no TLS
+            elif row["status"] != "ok":
                 cells.append(row["status"])
             else:
                 text = f"{_value_cell(wl, row)} \u00b7 {fmt_ratio_range(row)}"
@@ -465,6 +500,39 @@ def _explanations(summary: dict[str, Any]) -> list[str]:
             "core busy answer sooner; the server CPU µs per message column is the comparable "
             "Python-overhead figure there."
         )
+    tls_wls = [w for w in summary["workloads"] if w.get("tls")]
+    if tls_wls:
+        no_tls = [p["label"] for p in summary["meta"]["peers"] if not p.get("tls")]
+        params = sorted({r["tls"] for w in tls_wls for r in w["rows"] if r.get("tls")})
+        text = (
+            "TLS workloads: "
+            + (", ".join(params) + "; " if params else "")
+            + "a trustme ECDSA P-256 certificate for localhost; the C load generator is an "
+            "OpenSSL client sending SNI localhost.  Ping-pong handshakes happen before the "
+            "clock starts; every connection-rate cycle is a full handshake (a fresh SSL, no "
+            "session cache, no resumption) ended by close_notify, and there the certificate "
+            "is not verified (a verification is one more ECDSA verify on the load generator's "
+            "core); ping-pong and RSS verify it against the run's CA."
+        )
+        if no_tls:
+            text += f"  No TLS: {', '.join(no_tls)} (— in the summary)."
+        notes.append(text)
+    connrate = workloads.get("tls-connrate")
+    if connrate and any(_busy(connrate, r) for r in connrate["rows"] if r["status"] == "ok"):
+        notes.append(
+            f"On {connrate['short']} a full client handshake costs the load generator about as "
+            "much CPU as the server's whole connection (OpenSSL 3.0 spends much of it decoding "
+            "the server's certificate), so the fastest servers there are bound by the load "
+            "generator's core (⚠); the server CPU µs per connection column compares them "
+            "regardless."
+        )
+    rss = workloads.get("tls-rss-idle")
+    if rss and any(r["peer"] in ("asyncio", "anyio-asyncio") for r in rss["rows"]):
+        notes.append(
+            f"On {rss['short']}, asyncio's SSLProtocol (CPython 3.11) allocates a 256 KiB "
+            "receive buffer per connection (`SSLProtocol.max_size`): asyncio streams and anyio "
+            "on asyncio carry it, uvloop's own SSL protocol does not."
+        )
     return notes
 
 
@@ -478,7 +546,7 @@ def _notes(summary: dict[str, Any]) -> list[str]:
         for row in wl["rows"]:
             what = f"{row['label']} ({wl['short']})"
             if row["status"] == "missing":
-                missing.setdefault(row["label"], row.get("reason") or "")
+                missing.setdefault(row_name(wl, row), row.get("reason") or "")
             elif row["status"] == "failed":
                 notes.append(f"{what} failed: {row.get('reason')}")
             else:

@@ -1,13 +1,14 @@
 """Run the trionet benchmark suite.
 
-    .venv/bin/python benchmarks/run.py            # full run, about 12 minutes
+    .venv/bin/python benchmarks/run.py            # full run, about 16 minutes
     .venv/bin/python benchmarks/run.py --quick    # ~1 min sanity check
 
 Every echo server runs in its own process pinned to one core; the C load
 generator (or the Python client for the client-side workload) is pinned to
 another.  Peers are alternated within each round (A..Z, then Z..A in the
-next round) so slow drift of the machine hits every peer alike.  See
-benchmarks/README.md and docs/source/benchmarks.rst.
+next round) so slow drift of the machine hits every peer alike.  The TLS
+workloads run on the peers that can serve TLS, with a certificate made by
+trustme for the run.  See benchmarks/README.md and docs/source/benchmarks.rst.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -44,6 +46,9 @@ DOCS_PNG = REPO / "docs" / "source" / "_static" / "benchmarks.png"
 C_SOURCES = {"loadgen": HERE / "loadgen.c", "echo_epoll": HERE / "echo_epoll.c"}
 #: Libraries each C program links with (Debian: libssl-dev for the load generator).
 C_LIBS = {"loadgen": ("-lssl", "-lcrypto"), "echo_epoll": ()}
+TLS_DIR = BUILD / "tls"
+#: The name the certificate is for, and the SNI every TLS client sends.
+TLS_NAME = "localhost"
 HOST = "127.0.0.1"  # loopback only, always
 
 
@@ -58,10 +63,15 @@ class Peer:
     quick: bool
     #: Where this peer imports trionet from, if not the working tree (--trionet-ref).
     trionet_path: str | None = None
+    #: Runs the TLS workloads: its server takes ``--tls-cert FILE --tls-key FILE``.
+    tls: bool = False
 
 
+# ``tls=True``: the peers of the TLS workloads.  trionet's variants could
+# serve TLS too (same script); only the default one runs them, to keep the
+# full run short.  trio-floor, uvloop-protocol and c-epoll have no TLS.
 PEERS: tuple[Peer, ...] = (
-    Peer("trionet", "trionet", ("{python}", "servers/trionet_server.py"), True),
+    Peer("trionet", "trionet", ("{python}", "servers/trionet_server.py"), True, tls=True),
     Peer(
         "trionet-all-on",
         "trionet (all on)",
@@ -95,7 +105,8 @@ PEERS: tuple[Peer, ...] = (
         ("{python}", "servers/trionet_server.py", "--schedule-budget", "2"),
         False,
     ),
-    Peer("trio", "trio.serve_tcp", ("{python}", "servers/trio_server.py"), True),
+    # With TLS: trio.SSLStream over serve_tcp, the TLS baseline.
+    Peer("trio", "trio.serve_tcp", ("{python}", "servers/trio_server.py"), True, tls=True),
     # The least an echo server on Trio can do while keeping every operation
     # a checkpoint: the ceiling for trionet's strict default.
     Peer(
@@ -109,19 +120,28 @@ PEERS: tuple[Peer, ...] = (
         "anyio on Trio",
         ("{python}", "servers/anyio_server.py", "--backend", "trio"),
         False,
+        tls=True,
     ),
     Peer(
         "anyio-asyncio",
         "anyio on asyncio",
         ("{python}", "servers/anyio_server.py", "--backend", "asyncio"),
         False,
+        tls=True,
     ),
-    Peer("asyncio", "asyncio streams", ("{python}", "servers/asyncio_streams_server.py"), True),
+    Peer(
+        "asyncio",
+        "asyncio streams",
+        ("{python}", "servers/asyncio_streams_server.py"),
+        True,
+        tls=True,
+    ),
     Peer(
         "uvloop",
         "uvloop streams",
         ("{python}", "servers/asyncio_streams_server.py", "--uvloop"),
         False,
+        tls=True,
     ),
     Peer(
         "uvloop-protocol",
@@ -163,6 +183,12 @@ class Workload:
     higher_is_better: bool = True
     latency: bool = True
     quick: bool = False
+    #: Over TLS (load generator ``--tls``), on the peers with ``tls=True`` only.
+    tls: bool = False
+    #: TLS: the load generator verifies the certificate against the run's CA.
+    #: Off where handshakes are timed: under OpenSSL 3.0 the check is one more
+    #: ECDSA verify per handshake on the load generator's core.
+    tls_verify: bool = True
 
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -225,6 +251,39 @@ WORKLOADS: tuple[Workload, ...] = (
         higher_is_better=False,
         latency=False,
         quick=True,
+    ),
+    Workload(
+        "tls-pingpong-64x100",
+        "TLS ping-pong, 64 B, 100 connections",
+        "TLS ping-pong 64 B \u00d7100",
+        "msg/s",
+        "rate",
+        "loadgen",
+        ("pingpong", "--conns", "100", "--size", "64"),
+        quick=True,
+        tls=True,
+    ),
+    Workload(
+        "tls-connrate",
+        "TLS connection rate: connect, handshake, 16 B echo, close",
+        "TLS connect+handshake+echo+close",
+        "conn/s",
+        "rate",
+        "loadgen",
+        ("connrate", "--concurrency", "32", "--src-ips", "32"),
+        tls=True,
+        tls_verify=False,
+    ),
+    Workload(
+        "tls-rss-idle",
+        "Server RSS per idle TLS connection, 5,000 held",
+        "RSS per idle TLS conn",
+        "KiB/conn",
+        "kib_per_conn",
+        "rss",
+        higher_is_better=False,
+        latency=False,
+        tls=True,
     ),
     Workload(
         "client-pingpong",
@@ -323,6 +382,34 @@ def build_c(cc: str) -> dict[str, Path]:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    cert: Path  # the server's certificate chain (PEM)
+    key: Path  # its private key (PEM)
+    ca: Path  # the CA that issued it, for the clients (PEM)
+
+
+def make_certificates() -> TlsFiles:
+    """A fresh CA and a server certificate for localhost/127.0.0.1, in build/tls/.
+
+    trustme's default key type, ECDSA P-256: the handshake's own cost stays
+    small next to the Python servers' (an RSA-2048 signature alone would
+    cost about a millisecond of the server's core).
+    """
+    import trustme
+
+    TLS_DIR.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    leaf = ca.issue_cert(TLS_NAME, HOST)
+    files = TlsFiles(TLS_DIR / "server.pem", TLS_DIR / "server.key", TLS_DIR / "ca.pem")
+    files.cert.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    files.key.touch(mode=0o600)
+    files.key.chmod(0o600)
+    leaf.private_key_pem.write_to_path(str(files.key))
+    ca.cert_pem.write_to_path(str(files.ca))
+    return files
+
+
+@dataclass(frozen=True)
 class Pinning:
     server: tuple[str, ...]
     loadgen: tuple[str, ...]
@@ -409,9 +496,10 @@ def error_line(lines: Sequence[str]) -> str:
 class Server:
     """One echo server process, in its own process group."""
 
-    def __init__(self, peer: Peer, pinning: Pinning) -> None:
+    def __init__(self, peer: Peer, pinning: Pinning, tls: TlsFiles | None = None) -> None:
         self.peer = peer
         self.pinning = pinning
+        self.tls = tls  # serve TLS with these files
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.log_path = LOGS / f"{peer.key}.log"
@@ -427,6 +515,8 @@ class Server:
             for a in self.peer.argv
         ]
         cmd = [*self.pinning.server, *argv, "--host", HOST, "--port", "0"]
+        if self.tls is not None:
+            cmd += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
         LOGS.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== {dt.datetime.now().isoformat()} {' '.join(cmd)}\n".encode())
@@ -446,16 +536,38 @@ class Server:
         self._probe(timeout)
 
     def _probe(self, timeout: float) -> None:
-        """Bounded connect loop: the server really accepts connections."""
+        """Bounded connect loop: the server really accepts connections.
+
+        With TLS, the probe also completes a verified handshake (the run's CA,
+        SNI and name ``localhost``) and one echo: the server serves the
+        certificate it was given.
+        """
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with socket.create_connection((HOST, self.port), timeout=1.0):
+                with socket.create_connection((HOST, self.port), timeout=1.0) as sock:
+                    if self.tls is not None:
+                        self._tls_echo(sock)
                     return
+            except ssl.SSLError as exc:  # a TLS failure does not go away by retrying
+                raise PeerFailed(f"TLS probe failed: {exc}") from exc
             except OSError as exc:
                 if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
                     raise PeerFailed(f"connect probe failed: {exc}") from exc
                 time.sleep(0.05)
+
+    def _tls_echo(self, sock: socket.socket) -> None:
+        assert self.tls is not None
+        ctx = ssl.create_default_context(cafile=str(self.tls.ca))
+        with ctx.wrap_socket(sock, server_hostname=TLS_NAME) as tls:
+            tls.sendall(b"probe")
+            echo = b""
+            while len(echo) < 5 and (chunk := tls.recv(5 - len(echo))):
+                echo += chunk
+            if echo != b"probe":
+                raise PeerFailed(f"TLS probe: echo {echo!r} instead of b'probe'")
+            with contextlib.suppress(OSError):
+                tls.unwrap()  # close_notify both ways (bounded by the socket timeout)
 
     def _why(self, line: bytes | None) -> str:
         assert self.proc is not None
@@ -478,8 +590,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(peer: Peer, pinning: Pinning) -> Iterator[Server]:
-    server = Server(peer, pinning)
+def running(peer: Peer, pinning: Pinning, tls: TlsFiles | None = None) -> Iterator[Server]:
+    server = Server(peer, pinning, tls)
     try:
         server.start()
         yield server
@@ -500,6 +612,9 @@ class Settings:
     quick: bool
     retries: int = 1
     profile_dir: Path | None = None
+    #: Certificates of this run (made when a TLS workload is selected).
+    tls: TlsFiles | None = None
+    tls_rss_conns: int = 5000
 
 
 def run_json(cmd: Sequence[str], timeout: float) -> dict[str, Any]:
@@ -524,6 +639,14 @@ def run_json(cmd: Sequence[str], timeout: float) -> dict[str, Any]:
     return result
 
 
+def tls_loadgen_args(wl: Workload, s: Settings) -> list[str]:
+    """``--tls [--tls-ca CA]`` for a TLS workload, nothing otherwise."""
+    if not wl.tls:
+        return []
+    assert s.tls is not None
+    return ["--tls", *(("--tls-ca", str(s.tls.ca)) if wl.tls_verify else ())]
+
+
 def measure_loadgen(wl: Workload, server: Server, s: Settings) -> dict[str, Any]:
     cmd = [
         *s.pinning.loadgen,
@@ -539,6 +662,7 @@ def measure_loadgen(wl: Workload, server: Server, s: Settings) -> dict[str, Any]
         str(s.duration),
         "--server-pid",
         str(server.pid),
+        *tls_loadgen_args(wl, s),
     ]
     result = run_json(cmd, timeout=s.warmup + s.duration + 60)
     if not server.alive():
@@ -546,16 +670,17 @@ def measure_loadgen(wl: Workload, server: Server, s: Settings) -> dict[str, Any]
     return result
 
 
-def measure_rss(server: Server, s: Settings) -> dict[str, Any]:
+def measure_rss(wl: Workload, server: Server, s: Settings) -> dict[str, Any]:
+    conns = s.tls_rss_conns if wl.tls else s.rss_conns
     loadgen = [*s.pinning.loadgen, str(BUILD / "loadgen"), "hold", "--host", HOST]
-    port = ["--port", str(server.port), "--concurrency", "100"]
+    port = ["--port", str(server.port), "--concurrency", "100", *tls_loadgen_args(wl, s)]
     # Warm-up: open and close a few hundred connections so that one-off
     # allocations (code paths, caches, first arena growth) are in the baseline.
     run_json([*loadgen, *port, "--conns", "200", "--duration", "20", "--hold-timeout", "0"], 40)
     time.sleep(0.3)
     before = read_rss_kib(server.pid)
     proc = spawn(
-        [*loadgen, *port, "--conns", str(s.rss_conns), "--duration", "30", "--hold-timeout", "60"],
+        [*loadgen, *port, "--conns", str(conns), "--duration", "30", "--hold-timeout", "60"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -566,10 +691,8 @@ def measure_rss(server: Server, s: Settings) -> dict[str, Any]:
         if line is None:
             raise MeasurementFailed("load generator did not report held connections")
         held: dict[str, Any] = json.loads(line)
-        if held.get("held", 0) < s.rss_conns:
-            raise MeasurementFailed(
-                f"held {held.get('held', 0)} of {s.rss_conns} connections ({held})"
-            )
+        if held.get("held", 0) < conns:
+            raise MeasurementFailed(f"held {held.get('held', 0)} of {conns} connections ({held})")
         # Let the server finish setting up the last connections: wait until
         # RSS is stable (bounded).
         time.sleep(0.3)
@@ -589,15 +712,18 @@ def measure_rss(server: Server, s: Settings) -> dict[str, Any]:
         kill_group(proc)
     if not server.alive():
         raise MeasurementFailed("server died while holding connections")
-    return {
-        "kib_per_conn": (after - before) / s.rss_conns,
+    result = {
+        "kib_per_conn": (after - before) / conns,
         "rss_before_kib": before,
         "rss_after_kib": after,
-        "conns": s.rss_conns,
+        "conns": conns,
         "lg_cpu": held.get("lg_cpu"),
         "connect_seconds": held.get("seconds"),
         "errors": held.get("errors", 0),
     }
+    if wl.tls:
+        result["tls"] = held.get("tls")
+    return result
 
 
 def measure_client(client: Peer, server: Server, s: Settings) -> dict[str, Any]:
@@ -662,13 +788,14 @@ def clean(result: dict[str, Any]) -> dict[str, Any]:
 
 def measure_once(run: Run, wl: Workload, peer: Peer, server_peer: Peer, rnd: int) -> dict[str, Any]:
     """One measurement on a fresh server; raises PeerFailed / MeasurementFailed."""
-    with running(server_peer, run.settings.pinning) as server:
+    tls = run.settings.tls if wl.tls else None
+    with running(server_peer, run.settings.pinning, tls) as server:
         profiler = start_profiler(server, wl, rnd, run.settings)
         try:
             if wl.kind == "loadgen":
                 result = measure_loadgen(wl, server, run.settings)
             elif wl.kind == "rss":
-                result = measure_rss(server, run.settings)
+                result = measure_rss(wl, server, run.settings)
             else:
                 result = measure_client(peer, server, run.settings)
         finally:
@@ -691,16 +818,18 @@ def one(run: Run, wl: Workload, peer: Peer, rnd: int, c_epoll: Peer) -> None:
     """Measure one peer once for this round; retry if the machine was busy."""
     record: dict[str, Any] = {"workload": wl.key, "peer": peer.key, "round": rnd}
     server_peer = c_epoll if wl.kind == "client" else peer
+    # A peer that cannot serve TLS (yet) is missing from the TLS workloads only.
+    missing_key = report.missing_key(server_peer.key, wl.tls)
     best: dict[str, Any] | None = None
     attempts = 1 + run.settings.retries
     for attempt in range(attempts):
-        if server_peer.key in run.missing:
+        if missing_key in run.missing:
             return
         t0 = time.monotonic()
         try:
             result = measure_once(run, wl, peer, server_peer, rnd)
         except PeerFailed as exc:
-            run.missing[server_peer.key] = str(exc)
+            run.missing[missing_key] = str(exc)
             log(f"    {peer.label:<22} MISSING: {exc}")
             return
         except MeasurementFailed as exc:
@@ -733,6 +862,10 @@ def execute(run: Run, peers: Sequence[Peer], workloads: Sequence[Workload]) -> N
         for wl in workloads:
             log(f"[round {rnd + 1}/{run.settings.rounds}] {wl.title}")
             candidates = CLIENTS if wl.kind == "client" else peers
+            if wl.tls:
+                candidates = [p for p in candidates if p.tls]
+                if not candidates:
+                    log("    (no selected peer serves TLS)")
             # A..Z in even rounds, Z..A in odd ones: linear drift cancels out.
             order = list(candidates) if rnd % 2 == 0 else list(reversed(candidates))
             for peer in order:
@@ -830,7 +963,7 @@ def ref_peers(peers: Sequence[Peer], ref: str) -> list[Peer]:
     """For each selected trionet peer, the same peer running revision ``ref``."""
     sha, path = checkout_ref(ref)
     return [
-        Peer(f"{p.key}@{sha}", f"{p.label} @{sha}", p.argv, p.quick, trionet_path=path)
+        Peer(f"{p.key}@{sha}", f"{p.label} @{sha}", p.argv, p.quick, trionet_path=path, tls=p.tls)
         for p in peers
         if p.key.startswith("trionet")
     ]
@@ -856,6 +989,7 @@ def metadata(s: Settings, peers: Sequence[Peer], workloads: Sequence[Workload]) 
         "warmup_s": s.warmup,
         "duration_s": s.duration,
         "rss_conns": s.rss_conns,
+        "tls_rss_conns": s.tls_rss_conns if any(w.tls for w in workloads) else None,
         "pinning": s.pinning.description,
         "profiled": s.profile_dir is not None,
         "retries": s.retries,
@@ -867,7 +1001,9 @@ def metadata(s: Settings, peers: Sequence[Peer], workloads: Sequence[Workload]) 
         "versions": versions(),
         "baseline": BASELINE,
         "client_baseline": CLIENT_BASELINE,
-        "peers": [{"key": p.key, "label": p.label, "python": is_python(p)} for p in peers],
+        "peers": [
+            {"key": p.key, "label": p.label, "python": is_python(p), "tls": p.tls} for p in peers
+        ],
         "clients": [{"key": p.key, "label": p.label, "python": is_python(p)} for p in CLIENTS],
         "workloads": [
             {
@@ -878,6 +1014,8 @@ def metadata(s: Settings, peers: Sequence[Peer], workloads: Sequence[Workload]) 
                 "higher_is_better": w.higher_is_better,
                 "latency": w.latency,
                 "kind": w.kind,
+                "tls": w.tls,
+                "tls_verify": w.tls and w.tls_verify,
             }
             for w in workloads
         ],
@@ -896,6 +1034,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds discarded before measuring")
     parser.add_argument("--duration", type=float, help="seconds per measurement")
     parser.add_argument("--rss-conns", type=int, default=5000, help="held connections for RSS")
+    parser.add_argument(
+        "--tls-rss-conns",
+        type=int,
+        default=5000,
+        help="held TLS connections for the TLS RSS figure (default 5000)",
+    )
     parser.add_argument("--peers", help="comma-separated peer keys (default: all, or quick set)")
     parser.add_argument("--workloads", help="comma-separated workload keys")
     parser.add_argument("--output", help="result name in results/ (default: latest / quick)")
@@ -947,9 +1091,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for p in (*PEERS, *CLIENTS):
-            print(f"peer      {p.key:<18} {p.label}{'  [quick]' if p.quick else ''}")
+            tags = "  [quick]" * p.quick + "  [tls]" * p.tls
+            print(f"peer      {p.key:<22} {p.label}{tags}")
         for w in WORKLOADS:
-            print(f"workload  {w.key:<18} {w.title}{'  [quick]' if w.quick else ''}")
+            tags = "  [quick]" * w.quick + "  [tls]" * w.tls
+            print(f"workload  {w.key:<22} {w.title}{tags}")
         return 0
     peers = select_by_key(PEERS, args.peers, args.quick, "peers")
     workloads = select_by_key(WORKLOADS, args.workloads, args.quick, "workloads")
@@ -971,6 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration=args.duration if args.duration is not None else (1.5 if args.quick else 4.0),
         rounds=args.rounds if args.rounds is not None else (1 if args.quick else 2),
         rss_conns=args.rss_conns,
+        tls_rss_conns=args.tls_rss_conns,
         pinning=choose_pinning(not args.no_pin),
         quick=args.quick,
         retries=max(0, args.retries),
@@ -997,6 +1144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, subprocess.SubprocessError) as exc:
         log(f"cannot build the C load generator / echo server: {exc}")
         return 2
+    if any(w.tls for w in workloads):
+        try:
+            settings.tls = make_certificates()
+        except ImportError:
+            log("the TLS workloads need trustme: .venv/bin/pip install -e '.[bench]'")
+            return 2
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(LOGS)
     meta = metadata(settings, peers, workloads)

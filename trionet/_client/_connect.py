@@ -107,6 +107,7 @@ import errno
 import logging
 import math
 import socket as _stdlib_socket
+import ssl
 from contextlib import suppress
 from typing import Any, Final
 
@@ -114,8 +115,15 @@ import trio
 
 from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
 from .._exceptions import connect_timeout_error, translate_connect_error
-from .._stream import DEFAULT_CLOSE_LINGER, Connection, SocketConnection
+from .._stream import (
+    DEFAULT_CLOSE_LINGER,
+    DEFAULT_SCHEDULE_BUDGET,
+    Connection,
+    ConnOptions,
+    SocketConnection,
+)
 from .._stream._sockopts import configure_tcp_socket
+from .._stream._tls import TLSConnection
 from .._unwrap import unwrap_single
 from ._attempts import Run
 from ._plan import (
@@ -300,7 +308,37 @@ def _wrap(sock: trio.socket.SocketType, target: _Target, plan: ConnectPlan) -> C
         local: Address | None = address_from_sockaddr(family, sock.getsockname())
     except OSError:
         local = None
-    return SocketConnection(sock, peer=peer, local=local, close_linger=plan.close_linger)
+    options = ConnOptions.of(DEFAULT_SCHEDULE_BUDGET, plan.close_linger)
+    if plan.tls is not None:
+        return TLSConnection._client_side(
+            sock, peer, local, options, plan.tls, plan.server_hostname
+        )
+    return SocketConnection(sock, peer=peer, local=local, _options=options)
+
+
+async def _shake_hands(run: Run, conn: Connection, display: Address, round_: int) -> bool:
+    """The TLS handshake of a won connection, under the connect deadline.
+
+    False (the failure recorded, the connection closed) if it failed; a
+    certificate failure can never change, so it is not retried.
+    """
+    assert isinstance(conn, TLSConnection)
+    attempt = run.begin(display, round_)
+    try:
+        await conn._handshake()
+    except trio.BrokenResourceError as exc:
+        conn.close()
+        cause = exc.__cause__
+        error = cause if isinstance(cause, OSError) else OSError(str(exc))
+        retryable = not isinstance(cause, ssl.SSLCertVerificationError)
+        run.end(attempt, "failed", error, retryable=retryable)
+        return False
+    except BaseException:
+        conn.close()
+        run.end_interrupted(attempt, winner_found=False)
+        raise
+    run.attempts.remove(attempt)  # the connect's own record says "connected"
+    return True
 
 
 async def connect_with_plan(plan: ConnectPlan) -> Connection:
@@ -308,6 +346,7 @@ async def connect_with_plan(plan: ConnectPlan) -> Connection:
     run = Run(plan)
     deadline = math.inf if plan.timeout is None else run.t0 + plan.timeout
     won: tuple[trio.socket.SocketType, _Target] | None = None
+    conn: Connection | None = None
     with trio.move_on_at(deadline) as scope:
         run.deadline_scope = scope
         for round_ in range(plan.retries + 1):
@@ -327,7 +366,14 @@ async def connect_with_plan(plan: ConnectPlan) -> Connection:
             if targets is not None:
                 won = await _race(run, targets, round_)
                 if won is not None:
-                    break
+                    try:
+                        conn = _wrap(*won, plan)
+                    except BaseException:
+                        won[0].close()
+                        raise
+                    if plan.tls is None or await _shake_hands(run, conn, won[1][4], round_):
+                        break
+                    conn = None
             if not run.retryable:
                 if round_ < plan.retries:
                     log.info(
@@ -336,12 +382,7 @@ async def connect_with_plan(plan: ConnectPlan) -> Connection:
                         run.last_error,
                     )
                 break
-    if won is not None:
-        try:
-            conn = _wrap(*won, plan)
-        except BaseException:
-            won[0].close()
-            raise
+    if conn is not None:
         log.debug("connected to %s from %s", conn.peer, conn.local)
         return conn
     attempts = run.records()
@@ -364,6 +405,8 @@ async def connect(
     happy_eyeballs_delay: float | None = DEFAULT_HAPPY_EYEBALLS_DELAY,
     keepalive: bool | float = False,
     close_linger: float = DEFAULT_CLOSE_LINGER,
+    tls: ssl.SSLContext | bool | None = None,
+    server_hostname: str | None = None,
     on_attempt: AttemptObserver | None = None,
 ) -> Connection:
     """Connect to ``target`` and return a :class:`~trionet.Connection`.
@@ -407,12 +450,26 @@ async def connect(
         close_linger: the most seconds :meth:`Connection.aclose` lingers for
             the peer's EOF when closing at once could discard bytes we sent
             (see :meth:`Connection.aclose`); 0 closes at once.
+        tls: speak TLS: ``True`` for ``ssl.create_default_context()`` (the
+            system's trusted CAs, host name checked), or an
+            ``ssl.SSLContext`` of your own (made for clients).  The
+            handshake completes before ``connect`` returns, inside
+            ``timeout``; ``conn.tls`` then says what was negotiated.
+        server_hostname: the name to send (SNI) and check the server's
+            certificate against; default: the target's host.
         on_attempt: called with each :class:`~trionet.ConnectAttempt` as it
             finishes (for logging or a ``-v`` flag); exceptions it raises are
             logged and ignored.
 
     Returns:
         The connected :class:`~trionet.Connection`.
+
+    A TLS certificate the context refuses raises :class:`~trionet.ConnectError`
+    (chained from the ``ssl.SSLCertVerificationError``) at once: no retry can
+    change it.  A TLS connection is strict about its end: a server that
+    closes without ``close_notify`` makes the next receive raise
+    ``trio.BrokenResourceError`` (a truncated stream), where a plain one
+    would read ``b""``.
 
     Raises:
         ConnectTimeout: ``timeout`` expired (also a ``TimeoutError``).
@@ -445,6 +502,8 @@ async def connect(
         happy_eyeballs_delay=happy_eyeballs_delay,
         keepalive=keepalive,
         close_linger=close_linger,
+        tls=tls,
+        server_hostname=server_hostname,
         on_attempt=on_attempt,
     )
     return await connect_with_plan(plan)

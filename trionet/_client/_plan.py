@@ -37,6 +37,7 @@ import math
 import random
 import re
 import socket as _stdlib_socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -164,6 +165,10 @@ class ConnectPlan:
     keepalive: bool | float
     #: Seconds ``aclose()`` may linger for the peer's EOF (see ``Connection.aclose``).
     close_linger: float = DEFAULT_CLOSE_LINGER
+    #: The client TLS context, or None for plain.
+    tls: ssl.SSLContext | None = attrs.field(default=None, eq=False)
+    #: The name to send (SNI) and check the certificate against.
+    server_hostname: str | None = None
     #: Called with each finished attempt.
     on_attempt: AttemptObserver | None = attrs.field(default=None, eq=False)
 
@@ -179,6 +184,8 @@ def make_plan(
     happy_eyeballs_delay: float | None = DEFAULT_HAPPY_EYEBALLS_DELAY,
     keepalive: bool | float = False,
     close_linger: float = DEFAULT_CLOSE_LINGER,
+    tls: ssl.SSLContext | bool | None = None,
+    server_hostname: str | None = None,
     on_attempt: AttemptObserver | None = None,
     call: str = "connect()",
 ) -> ConnectPlan:
@@ -204,6 +211,8 @@ def make_plan(
             happy_eyeballs_delay=happy_eyeballs_delay,
             keepalive=keepalive,
             close_linger=close_linger,
+            tls=tls,
+            server_hostname=server_hostname,
             on_attempt=on_attempt,
         )
 
@@ -219,6 +228,8 @@ CONNECT_OPTIONS: Final = frozenset(
         "happy_eyeballs_delay",
         "keepalive",
         "close_linger",
+        "tls",
+        "server_hostname",
         "on_attempt",
     }
 )
@@ -235,6 +246,8 @@ def _make_plan(
     happy_eyeballs_delay: object,
     keepalive: object,
     close_linger: object,
+    tls: object,
+    server_hostname: object,
     on_attempt: object,
 ) -> ConnectPlan:
     address = _parse_target(target)
@@ -266,6 +279,8 @@ def _make_plan(
             )
     if on_attempt is not None and not callable(on_attempt):
         raise TypeError("on_attempt must be a callable taking a ConnectAttempt")
+    context = check_client_tls("tls", tls)
+    hostname = _check_server_hostname(context, server_hostname, address)
     return ConnectPlan(
         target=address,
         timeout=timeout_s,
@@ -276,8 +291,51 @@ def _make_plan(
         happy_eyeballs_delay=delay,
         keepalive=check_keepalive("keepalive", keepalive),
         close_linger=linger,
+        tls=context,
+        server_hostname=hostname,
         on_attempt=on_attempt,
     )
+
+
+def check_client_tls(name: str, value: object) -> ssl.SSLContext | None:
+    """A client's TLS setting: None/False (plain), True (the default context), or a context.
+
+    Raises:
+        TypeError: anything else.
+        ValueError: a context made for servers (it cannot start handshakes).
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return ssl.create_default_context()
+    if not isinstance(value, ssl.SSLContext):
+        raise TypeError(f"{name} must be True, False or an ssl.SSLContext, not {value!r}")
+    if value.protocol == ssl.PROTOCOL_TLS_SERVER:
+        raise ValueError(
+            f"{name} is a server-side context; make a client one with ssl.create_default_context()"
+        )
+    return value
+
+
+def _check_server_hostname(
+    context: ssl.SSLContext | None, value: object, address: Address
+) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"server_hostname must be a str or None, not {value!r}")
+    if context is None:
+        if value is not None:
+            raise ValueError("server_hostname applies only with tls")
+        return None
+    if value:
+        return value
+    if isinstance(address, TCPAddress) and address.host not in WILDCARD_HOSTS:
+        return address.host  # a name or an IP literal: what the certificate must show
+    if context.check_hostname:
+        raise ValueError(
+            f"server_hostname is needed for TLS to {address}: the context checks the "
+            "certificate's name, and the target names no host"
+        )
+    return None
 
 
 ################################################################

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+import trustme
 
 import trionet
 from trionet import _ratelimit
@@ -272,3 +274,35 @@ def limiter_clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     fake = FakeTime()
     monkeypatch.setattr(_ratelimit, "time", fake)
     return fake
+
+
+# ----------------------------------------------------------------------
+# TLS: certificates from trustme (a test CA, never the system's)
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    """A throw-away certificate authority for the whole test session."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def tls_cert(tls_ca: trustme.CA) -> trustme.LeafCert:
+    """A server certificate for ``localhost``, 127.0.0.1 and ::1."""
+    return tls_ca.issue_cert("localhost", "127.0.0.1", "::1")
+
+
+@pytest.fixture
+def server_tls(tls_cert: trustme.LeafCert) -> ssl.SSLContext:
+    """A server context with ``tls_cert``."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_cert.configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture
+def client_tls(tls_ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts ``tls_ca`` (and nothing else)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks names; no system CAs
+    ctx.load_verify_locations(cadata=tls_ca.cert_pem.bytes().decode())
+    return ctx

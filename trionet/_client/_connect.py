@@ -367,13 +367,13 @@ async def connect_with_plan(plan: ConnectPlan) -> Connection:
                 won = await _race(run, targets, round_)
                 if won is not None:
                     try:
-                        conn = _wrap(*won, plan)
+                        candidate = _wrap(*won, plan)
                     except BaseException:
                         won[0].close()
                         raise
-                    if plan.tls is None or await _shake_hands(run, conn, won[1][4], round_):
+                    if plan.tls is None or await _shake_hands(run, candidate, won[1][4], round_):
+                        conn = candidate
                         break
-                    conn = None
             if not run.retryable:
                 if round_ < plan.retries:
                     log.info(

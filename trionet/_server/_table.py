@@ -373,6 +373,10 @@ class ConnectionTable:
         stage_kind = "?"
         with trio.move_on_after(plan.timeout) as scope:
             rec.scope = scope
+            if self.draining:
+                # The drain began before this task first ran (begin_drain
+                # found no scope to cancel): it never reaches a handler.
+                scope.cancel()
             try:
                 for stage in plan.stages:
                     stage_kind = stage.kind

@@ -271,10 +271,10 @@ class TLSConnection(SocketConnection):
                 raise _closed_error()
 
     async def _raw_recv_generic(self, max_bytes: int, interruptible: bool) -> bytes | None:
+        self._waits += 1  # every path below is a checkpoint
         if interruptible and self._drain_stops_iteration():
             await checkpoint()
             return None
-        self._waits += 1
         if not interruptible:
             return await self.socket.recv(max_bytes)
         with trio.CancelScope() as scope:
@@ -289,6 +289,7 @@ class TLSConnection(SocketConnection):
         """Send all of ``data`` to the socket; True if it had to wait."""
         raw = self._raw
         if raw is None:
+            self._waits += 1  # trio.socket's send is a checkpoint
             view = memoryview(data)
             while view:
                 view = view[await self.socket.send(view) :]
@@ -325,6 +326,7 @@ class TLSConnection(SocketConnection):
         lot = self._lot
         if lot is None:
             lot = self._lot = ParkingLot()
+        self._waits += 1
         await lot.park()
 
     async def _flush(self) -> bool:
@@ -383,7 +385,7 @@ class TLSConnection(SocketConnection):
         try:
             await checkpoint_if_cancelled()
             ssl_object = self._ssl
-            waited = False
+            waits = self._waits  # counts the schedule points taken below
             while True:
                 try:
                     data = ssl_object.read(max_bytes)
@@ -391,7 +393,6 @@ class TLSConnection(SocketConnection):
                     if self._out.pending and not self._flushing:
                         await self._flush()  # a post-handshake answer of ours
                     fed = await self._feed(interruptible)
-                    waited = True
                     if fed is None:
                         return _stop(iterating)
                     continue
@@ -412,18 +413,19 @@ class TLSConnection(SocketConnection):
                 break
             n = len(data)
             self.bytes_received += n
-            if not n:
-                self._eof |= _EOF_SEEN
-                if iterating:
-                    raise StopAsyncIteration
-                return data
-            if coop and not waited:
+            if self._waits != waits:
+                self._coop_left = self._opts.budget
+            elif coop:
                 left = self._coop_left - 1
                 if left <= 0:
                     self._coop_left = self._opts.budget
                     await _schedule_point()
                 else:
                     self._coop_left = left
+            if not n:
+                self._eof |= _EOF_SEEN
+                if iterating:
+                    raise StopAsyncIteration
             return data
         except OSError as exc:
             raise self._mark_broken(exc) from exc
@@ -440,7 +442,7 @@ class TLSConnection(SocketConnection):
         try:
             await checkpoint_if_cancelled()
             ssl_object = self._ssl
-            waited = False
+            waits = self._waits  # counts the schedule points taken below
             with memoryview(data) as view:
                 flat = view.cast("B") if view.ndim != 1 or view.itemsize != 1 else view
                 total = len(flat)
@@ -453,17 +455,15 @@ class TLSConnection(SocketConnection):
                             # The peer must speak first (a renegotiation).
                             if await self._feed(False) is False:
                                 raise _tls_error("the peer closed the connection") from None
-                            waited = True
                             continue
                         except ssl.SSLError as exc:
                             self.peer_reset = True
                             raise self._peer_fault(_tls_error(f"TLS error: {exc}", exc)) from exc
-                    if await self._flush():
-                        waited = True
+                    await self._flush()
                     pos += n
                     self.bytes_sent += n
             self._coop_left = self._opts.budget
-            if not waited:
+            if self._waits == waits:
                 await _schedule_point()
         except OSError as exc:
             raise self._mark_broken(exc) from exc
@@ -516,11 +516,14 @@ class TLSConnection(SocketConnection):
     def _begin_linger(self) -> bool:
         # The decision to linger was made before close_notify; now send it,
         # and the FIN after it -- once it is out (else the linger sends it).
-        self._queue_close_notify()
-        if self._flushing or not self._try_flush_now():
-            if self._raw is not None:
-                trio.lowlevel.notify_closing(self._raw)
-            return True
+        try:
+            self._queue_close_notify()
+            if self._flushing or not self._try_flush_now():
+                if self._raw is not None:
+                    trio.lowlevel.notify_closing(self._raw)
+                return True
+        except OSError:
+            return False  # reset or gone meanwhile: nothing to protect
         return super()._begin_linger()
 
     async def _discard_until_eof(self) -> None:

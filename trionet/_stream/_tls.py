@@ -198,23 +198,27 @@ class TLSConnection(SocketConnection):
         """
         ssl_object = self._ssl
         while True:
+            failure: ssl.SSLError | None = None
             try:
                 ssl_object.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                await self._flush()
-                data = await self._raw_recv(_RAW_READ, False)
-                if not data:
-                    raise self._peer_fault(
-                        _tls_error("the peer closed the connection during the TLS handshake")
-                    ) from None
-                if self._hello is not None:
-                    self._note_hello(data)
-                self._in.write(data)
+                pass
             except ssl.SSLError as exc:
+                failure = exc
+            if failure is not None:
                 self.peer_reset = True
                 await self._flush_quietly()  # the alert tells the peer why
-                raise self._peer_fault(_tls_error(f"TLS handshake failed: {exc}", exc)) from exc
+                raise self._peer_fault(_tls_error(f"TLS handshake failed: {failure}", failure))
+            await self._flush()
+            data = await self._raw_recv(_RAW_READ, False)
+            if not data:
+                raise self._peer_fault(
+                    _tls_error("the peer closed the connection during the TLS handshake")
+                )
+            if self._hello is not None:
+                self._note_hello(data)
+            self._in.write(data)
         await self._flush()  # the last flight, session tickets
         name = ssl_object.server_hostname if not ssl_object.server_side else None
         if self._hello is not None:
@@ -376,6 +380,25 @@ class TLSConnection(SocketConnection):
     # ------------------------------------------------------------------
     # Receiving application bytes
 
+    def _decrypt(self, ssl_object: ssl.SSLObject, max_bytes: int) -> bytes | None:
+        """Application bytes from the ``SSLObject``; None: it needs more ciphertext."""
+        try:
+            return ssl_object.read(max_bytes)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLZeroReturnError:
+            return b""  # the peer's close_notify: a clean end
+        except ssl.SSLEOFError as exc:
+            if not self._opts.lenient_tls_eof:
+                self.peer_reset = True
+                raise self._peer_fault(
+                    _tls_error("the peer ended the TLS stream without close_notify", exc)
+                ) from exc
+            return b""  # a server: clients skip close_notify all the time
+        except ssl.SSLError as exc:
+            self.peer_reset = True
+            raise self._peer_fault(_tls_error(f"TLS error: {exc}", exc)) from exc
+
     async def _recv_into_nothing(
         self, max_bytes: int, interruptible: bool, coop: bool = True, iterating: bool = False
     ) -> bytes | None:
@@ -385,32 +408,22 @@ class TLSConnection(SocketConnection):
         try:
             await checkpoint_if_cancelled()
             ssl_object = self._ssl
+            incoming = self._in
             waits = self._waits  # counts the schedule points taken below
             while True:
-                try:
-                    data = ssl_object.read(max_bytes)
-                except ssl.SSLWantReadError:
-                    if self._out.pending and not self._flushing:
-                        await self._flush()  # a post-handshake answer of ours
-                    fed = await self._feed(interruptible)
-                    if fed is None:
-                        return _stop(iterating)
-                    continue
-                except ssl.SSLZeroReturnError:
-                    data = b""  # the peer's close_notify: a clean end
-                except ssl.SSLEOFError as exc:
-                    if not self._opts.lenient_tls_eof:
-                        self.peer_reset = True
-                        raise self._peer_fault(
-                            _tls_error("the peer ended the TLS stream without close_notify", exc)
-                        ) from exc
-                    data = b""  # a server: clients skip close_notify all the time
-                except ssl.SSLError as exc:
-                    self.peer_reset = True
-                    raise self._peer_fault(_tls_error(f"TLS error: {exc}", exc)) from exc
+                # With no new ciphertext, nothing decrypted pending and no end
+                # seen, read() could only raise SSLWantReadError: skip it (an
+                # exception per message, and one kept alive while we wait).
+                if incoming.pending or ssl_object.pending() or incoming.eof or self._eof:
+                    data = self._decrypt(ssl_object, max_bytes)
+                    if data is not None:
+                        if self._out.pending and not self._flushing:
+                            await self._flush()  # e.g. a KeyUpdate answer
+                        break
                 if self._out.pending and not self._flushing:
-                    await self._flush()  # e.g. a KeyUpdate answer
-                break
+                    await self._flush()  # a post-handshake answer of ours
+                if await self._feed(interruptible) is None:
+                    return _stop(iterating)
             n = len(data)
             self.bytes_received += n
             if self._waits != waits:
@@ -435,6 +448,16 @@ class TLSConnection(SocketConnection):
     # ------------------------------------------------------------------
     # Sending application bytes
 
+    def _encrypt(self, ssl_object: ssl.SSLObject, chunk: memoryview) -> int | None:
+        """Encrypt ``chunk`` into the outgoing BIO; None: the peer must speak first."""
+        try:
+            return ssl_object.write(chunk)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLError as exc:
+            self.peer_reset = True
+            raise self._peer_fault(_tls_error(f"TLS error: {exc}", exc)) from exc
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send all of ``data`` (see ``Connection.send_all``)."""
         self._check_send()
@@ -449,16 +472,12 @@ class TLSConnection(SocketConnection):
                 pos = 0
                 while pos < total:
                     with flat[pos : pos + _WRITE_CHUNK] as chunk:
-                        try:
-                            n = ssl_object.write(chunk)
-                        except ssl.SSLWantReadError:
-                            # The peer must speak first (a renegotiation).
-                            if await self._feed(False) is False:
-                                raise _tls_error("the peer closed the connection") from None
-                            continue
-                        except ssl.SSLError as exc:
-                            self.peer_reset = True
-                            raise self._peer_fault(_tls_error(f"TLS error: {exc}", exc)) from exc
+                        n = self._encrypt(ssl_object, chunk)
+                    if n is None:
+                        # The peer must speak first (a renegotiation).
+                        if await self._feed(False) is False:
+                            raise _tls_error("the peer closed the connection")
+                        continue
                     await self._flush()
                     pos += n
                     self.bytes_sent += n

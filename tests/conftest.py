@@ -306,3 +306,11 @@ def client_tls(tls_ca: trustme.CA) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks names; no system CAs
     ctx.load_verify_locations(cadata=tls_ca.cert_pem.bytes().decode())
     return ctx
+
+
+@pytest.fixture
+def cli() -> Iterator[Any]:
+    """Start ``python -m trionet`` processes (see ``cliproc``); leftovers are killed."""
+    from cliproc import cli_processes
+
+    yield from cli_processes()

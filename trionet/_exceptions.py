@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -281,6 +282,30 @@ def translate_connect_error(
         target=target,
         attempts=attempts,
         errno_=code,
+    )
+
+
+def handshake_error(
+    exc: OSError, target: object, attempts: Sequence[ConnectAttempt]
+) -> ConnectError:
+    """The :class:`ConnectError` for a connect whose TLS handshake failed.
+
+    The caller must ``raise handshake_error(...) from exc`` (the ``ssl`` error).
+    """
+    where = ""
+    if attempts and str(attempts[-1].address) != str(target):
+        where = f" with {attempts[-1].address}"
+    reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else None
+    detail = str(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        detail = f"certificate verify failed: {exc.verify_message}"
+    elif reason is not None and reason not in detail:
+        detail = f"{reason}: {detail}"
+    return ConnectError(
+        f"cannot connect to {target}: the TLS handshake{where} failed: {detail}",
+        target=target,
+        attempts=attempts,
+        errno_=None,
     )
 
 

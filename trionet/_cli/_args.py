@@ -152,6 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OCTAL",
         help="permissions of Unix socket files, e.g. 660",
     )
+    tls = srv.add_argument_group(
+        "TLS", "serve TLS on every --bind (the handshake completes before the handler runs)"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM certificate chain (the server's certificate first); turns TLS on",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="PEM private key (default: read from the --tls-cert file)",
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by these PEM CA certificates",
+    )
+    tls.add_argument(
+        "--handshake-timeout",
+        type=_positive_seconds,
+        metavar="S",
+        help="seconds a client gets to complete the TLS handshake (default 10)",
+    )
     srv.add_argument("--log-level", choices=_LOG_LEVELS, default="info", help="default: info")
 
     con = commands.add_parser(
@@ -176,6 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         metavar="S",
         help="seconds the final close may linger for the peer's EOF (default 5; 0: at once)",
+    )
+    con_tls = con.add_argument_group(
+        "TLS",
+        "TLS has no half-close: with --tls, the end of stdin does not end the "
+        "connection; the command prints what the peer sends until the peer closes "
+        "(or Ctrl-C), like 'openssl s_client -ign_eof'",
+    )
+    con_tls.add_argument(
+        "--tls", action="store_true", help="speak TLS (certificates checked against --ca)"
+    )
+    con_tls.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="trust these PEM CA certificates (default: the system's); needs --tls",
+    )
+    con_tls.add_argument(
+        "--server-name",
+        metavar="NAME",
+        help="the name to send (SNI) and check the certificate against "
+        "(default: TARGET's host); needs --tls",
     )
     con.add_argument("--log-level", choices=_LOG_LEVELS, default="warning", help="default: warning")
     return parser

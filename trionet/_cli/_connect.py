@@ -2,6 +2,9 @@
 
 When stdin ends the sending side is half-closed; the command exits when the
 peer closes the connection, or at once when whoever reads stdout has gone.
+With ``--tls`` there is no half-close (TLS has none here): the end of stdin
+leaves the connection open, and the command prints what the peer sends until
+the peer closes it (or Ctrl-C), like ``openssl s_client -ign_eof``.
 
 Design notes
 ============
@@ -32,6 +35,7 @@ from .._stream import Connection
 from .._unwrap import unwrap_single
 from ._errors import EXIT_OK, EXIT_USAGE, CLIError
 from ._signals import DroppedInterrupts
+from ._tls import client_context
 
 log = logging.getLogger("trionet.cli")
 
@@ -75,6 +79,11 @@ async def _stdin_to_peer(conn: Connection, fd: int) -> None:
         except trio.BrokenResourceError:
             # The peer is gone; the receiving side reports how it ended.
             return
+    if conn.tls is not None:
+        # TLS has no half-close: keep the connection and print what the peer
+        # sends until it closes (like ``openssl s_client -ign_eof``).
+        log.info("stdin ended; TLS has no half-close: reading until the peer closes")
+        return
     try:
         await conn.send_eof()
     except trio.BrokenResourceError:
@@ -85,7 +94,10 @@ async def _peer_to_stdout(conn: Connection, fd: int) -> None:
     while True:
         try:
             data = await conn.receive_some()
-        except trio.BrokenResourceError:
+        except trio.BrokenResourceError as exc:
+            if conn.tls is not None:
+                # e.g. "the peer ended the TLS stream without close_notify"
+                raise CLIError(f"connection to {conn.peer}: {exc}") from None
             raise CLIError(f"connection to {conn.peer} was reset by the peer") from None
         if not data:
             return
@@ -122,6 +134,11 @@ def run_connect(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
         options["local_address"] = args.local_address
     if args.close_linger is not None:
         options["close_linger"] = args.close_linger
+    context = client_context(args)
+    if context is not None:
+        options["tls"] = context
+        if args.server_name is not None:
+            options["server_hostname"] = args.server_name
     # Every argument is checked before any I/O, and whatever the checks
     # refuse is a usage error -- one line, exit 2 -- never a traceback.
     try:

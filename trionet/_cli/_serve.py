@@ -36,6 +36,7 @@ from .._validate import is_async_callable
 from ._args import DEFAULT_BIND
 from ._errors import EXIT_OK, EXIT_USAGE, CLIError
 from ._signals import DRAIN_SIGNALS, DroppedInterrupts, SignalLatch
+from ._tls import server_context
 
 log = logging.getLogger("trionet.cli")
 
@@ -132,7 +133,8 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         Keyword arguments for :func:`trionet.serve` (``ServerConfig`` fields).
 
     Raises:
-        CLIError: a value ``ServerConfig`` or ``AccessPolicy`` refuses (exit 2).
+        CLIError: a value ``ServerConfig`` or ``AccessPolicy`` refuses, or TLS
+            files that cannot be loaded (exit 2).
 
     Example::
 
@@ -155,6 +157,13 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         }
         if args.close_linger is not None:
             options["close_linger"] = args.close_linger
+        context = server_context(args)
+        if context is not None:
+            options["tls"] = context
+        if args.handshake_timeout is not None:
+            if context is None:
+                raise CLIError("--handshake-timeout needs --tls-cert", EXIT_USAGE)
+            options["handshake_timeout"] = args.handshake_timeout
         ServerConfig(**options)  # validate now, before anything is opened
     except (TypeError, ValueError) as exc:
         raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
@@ -170,6 +179,8 @@ _FLAG_NAMES: Final = {
     "unix_mode": "--unix-mode",
     "backlog": "--backlog",
     "close_linger": "--close-linger",
+    "handshake_timeout": "--handshake-timeout",
+    "tls": "--tls-cert",
 }
 
 

@@ -49,6 +49,8 @@ class Run:
         self.t0 = trio.current_time()
         self.attempts: list[Attempt] = []
         self.last_error: OSError | None = None
+        #: The error of the last failed TLS handshake (of a connected socket).
+        self.handshake_error: OSError | None = None
         # Did the current round meet a failure that a retry could change?
         self.retryable = False
         # The deadline scope, set once it exists; its cancel_called tells an

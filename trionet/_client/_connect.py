@@ -114,7 +114,7 @@ from typing import Any, Final
 import trio
 
 from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
-from .._exceptions import connect_timeout_error, translate_connect_error
+from .._exceptions import connect_timeout_error, handshake_error, translate_connect_error
 from .._stream import (
     DEFAULT_CLOSE_LINGER,
     DEFAULT_SCHEDULE_BUDGET,
@@ -332,6 +332,7 @@ async def _shake_hands(run: Run, conn: Connection, display: Address, round_: int
         error = cause if isinstance(cause, OSError) else OSError(str(exc))
         retryable = not isinstance(cause, ssl.SSLCertVerificationError)
         run.end(attempt, "failed", error, retryable=retryable)
+        run.handshake_error = error
         return False
     except BaseException:
         conn.close()
@@ -391,6 +392,9 @@ async def connect_with_plan(plan: ConnectPlan) -> Connection:
         raise connect_timeout_error(plan.target, plan.timeout, attempts) from None
     exc = run.last_error
     assert exc is not None
+    if exc is run.handshake_error:
+        # TCP connected; TLS did not: say so, not "all 2 attempts failed".
+        raise handshake_error(exc, plan.target, attempts) from exc
     raise translate_connect_error(exc, plan.target, attempts) from exc
 
 

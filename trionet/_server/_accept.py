@@ -55,7 +55,7 @@ from __future__ import annotations
 import errno
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from trio.lowlevel import wait_readable
@@ -67,9 +67,24 @@ from .._stream._sockopts import raw_socket_of
 if TYPE_CHECKING:
     from .._stats import Counters
     from ._listeners import Listener
-    from ._table import AcceptTarget
 
 log = logging.getLogger("trionet.accept")
+
+
+class AcceptTarget(Protocol):
+    """What an accept loop needs from the server it feeds (``ConnectionTable``)."""
+
+    counters: Counters
+    sweep_log: RateLimiter
+
+    def has_capacity(self) -> bool: ...
+
+    async def wait_for_capacity(self) -> None: ...
+
+    def admit(self, sock: Any, addr: Any, listener: Listener, *, swept: bool) -> bool: ...
+
+    async def wait_descriptor_freed(self, timeout: float) -> None: ...
+
 
 _BATCH = 64
 #: The largest backlog ``listen()`` is given (see _listeners._backlog).

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from .._validate import check_seconds, public_call
+from .._validate import check_count, check_integer, check_seconds, public_call, validator
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -76,25 +76,19 @@ log = logging.getLogger("trionet.drain")
 __all__ = ["ShutdownReport", "drain_on_signals"]
 
 
-def _count(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be an int, not {value!r}")
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, not {value!r}")
-
-
-def _seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0 seconds, not {value!r}")
+_count = validator(check_count, minimum=0)
+_seconds = validator(check_seconds)
 
 
 def check_grace(grace: object, call: str = "Server.shutdown()") -> float:
     """The ``grace`` argument of ``shutdown``/``drain_on_signals``: seconds >= 0.
 
+    ``math.inf`` waits for the handlers without limit (a limit you may lift:
+    see ``trionet._validate``); None, "the server's ``shutdown_grace``", is
+    the caller's to resolve first.
+
     Raises:
-        TypeError: not a number (bools and strings refused).
+        TypeError: not a number (bools, strings and None refused).
         ValueError: negative or NaN.
     """
     with public_call(call):
@@ -107,8 +101,9 @@ def check_signals(signals: object, call: str = "drain_on_signals()") -> tuple[in
     """The ``signals`` argument of ``drain_on_signals``: catchable signal numbers.
 
     Raises:
-        TypeError: not an iterable of ints.
-        ValueError: empty, or a number that is not a signal this process can catch.
+        TypeError: not an iterable of ints (bools and finite floats refused).
+        ValueError: empty, NaN or infinity, or a number that is not a signal
+            this process can catch.
     """
     with public_call(call):
         if not isinstance(signals, Iterable):
@@ -122,12 +117,14 @@ def check_signals(signals: object, call: str = "drain_on_signals()") -> tuple[in
         if not nums:
             raise ValueError("signals must name at least one signal")
         valid = signal.valid_signals()
-        for num in nums:
-            if not isinstance(num, int) or isinstance(num, bool):
-                raise TypeError(f"signals must hold signal numbers, not {num!r}")
+        checked: list[int] = []
+        for item in nums:
+            num = check_integer("signals", item, expected="signal numbers (ints)")
+            assert num is not None
             if num not in valid or num in _UNCATCHABLE:
                 raise ValueError(f"signals: {int(num)} is not a signal this process can catch")
-    return nums  # type: ignore[return-value]  # every item checked to be an int
+            checked.append(num)
+    return tuple(checked)
 
 
 @attrs.frozen
@@ -190,15 +187,21 @@ async def drain_on_signals(
     Args:
         server: the server to drain.
         signals: which signals trigger the drain (default SIGINT and SIGTERM).
-        grace: seconds handlers get to finish; None = the server's ``shutdown_grace``.
+        grace: seconds handlers get to finish; None = the server's
+            ``shutdown_grace``; ``math.inf`` waits without limit.
         task_status: reports (``None``) once the signal handlers are installed.
 
     Returns:
         The :class:`ShutdownReport` of the drain.
 
     Raises:
-        ValueError: no signals, or a bad ``grace``.
+        TypeError: ``signals`` or ``grace`` of the wrong type.
+        ValueError: no signals, one this process cannot catch, or a bad
+            ``grace`` (negative, NaN).
         RuntimeError: not called from the main thread.
+
+    The arguments are checked when the call is awaited, before its first
+    checkpoint: nothing is installed, and the server is not touched.
 
     Example::
 

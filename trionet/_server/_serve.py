@@ -98,7 +98,10 @@ async def serve(
         InvalidAddress: a malformed bind spec.
         AddressInUse: an address is taken.
         ListenError: another failure to listen.
-        TypeError, ValueError: a bad option (raised before anything opens).
+        TypeError, ValueError: a bad option, bind option or handler, raised
+            when the call is awaited (or started by ``nursery.start``), before
+            its first checkpoint: nothing is opened (the rules are those of
+            ``trionet._validate``).
 
     Example::
 
@@ -155,7 +158,9 @@ async def open_server(handler: Handler, *binds: BindSpec, **options: Any) -> Asy
         InvalidAddress: a malformed bind spec.
         AddressInUse: an address is taken.
         ListenError: another failure to listen.
-        TypeError, ValueError: a bad option (raised before anything opens).
+        TypeError, ValueError: a bad option, bind option or handler, raised
+            when the ``async with`` is entered, before its first checkpoint:
+            nothing is opened.
 
     Example::
 

@@ -30,19 +30,43 @@ The seam is internal: built-in stages come from the bind's options
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
+import trio
 
 from .._address import Address
 from .._binds import Bind
+from .._exceptions import RemoteProtocolError
+from .._stats import Counters
 from .._stream import Connection, ConnectionOwner, ConnOptions
+from ._record import HANDLER, ConnectionRecord
 
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["ConnectionFactory", "Stage", "StagePlan", "TLSStage", "plan_for"]
+__all__ = [
+    "ConnectionFactory",
+    "Stage",
+    "StageHost",
+    "StagePlan",
+    "TLSStage",
+    "plan_for",
+    "run_stages",
+]
+
+log = logging.getLogger("trionet.server")
+
+#: What a stage raises when the peer misbehaves (garbage, a reset, a bad
+#: certificate, a short read): logged at DEBUG, never as an error of ours.
+_PEER_FAILURES = (
+    OSError,  # ssl.SSLError included
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    RemoteProtocolError,
+)
 
 #: Builds a connection from an accepted socket: (socket, peer, local, options, owner).
 ConnectionFactory = Callable[
@@ -113,3 +137,68 @@ def plan_for(bind: Bind) -> StagePlan | None:
         return TLSConnection._server_side(sock, peer, local, options, owner, context)
 
     return StagePlan(stages=(TLSStage(),), timeout=bind.handshake_timeout, factory=factory)
+
+
+class StageHost(Protocol):
+    """What :func:`run_stages` needs from the server (``ConnectionTable``)."""
+
+    counters: Counters
+
+    @property
+    def draining(self) -> bool: ...
+
+    def admit_after_stages(self, rec: ConnectionRecord) -> bool:
+        """Run the admission gate on what the stages learned; False: refused (and closed)."""
+        ...
+
+
+async def run_stages(rec: ConnectionRecord, host: StageHost) -> bool:
+    """Run ``rec``'s stages under one deadline; False if the connection did not make it.
+
+    A failure closes the connection (counted as closed, and per kind) and is
+    logged at DEBUG -- ERROR for a stage's own bug, which still costs that
+    connection only.  A drain closes it at once (the shutdown report counts
+    it in ``in_stages``).  The admission gate runs here when the plan asks for
+    it after the stages.  ``rec.scope`` is the deadline's scope meanwhile, so
+    that ``begin_drain`` can cancel it.
+    """
+    plan = rec.plan
+    assert plan is not None
+    conn = rec.conn
+    kind = "?"
+    with trio.move_on_after(plan.timeout) as scope:
+        rec.scope = scope
+        if host.draining:
+            # The drain began before this task first ran (begin_drain found
+            # no scope to cancel): it never reaches a handler.
+            scope.cancel()
+        try:
+            for stage in plan.stages:
+                kind = stage.kind
+                await stage.run(conn)
+        except _PEER_FAILURES as exc:
+            _failed(host.counters, conn, kind, f"failed: {exc!r}")
+            return False
+        except Exception as exc:
+            log.exception("connection #%d: %s stage raised", conn.id, kind)
+            _failed(host.counters, conn, kind, f"raised {exc!r}")
+            return False
+    rec.scope = None
+    if scope.cancelled_caught:
+        if host.draining and trio.current_time() < scope.deadline:
+            conn.close()  # the drain closed it: the report counts it in in_stages
+            return False
+        _failed(host.counters, conn, kind, f"timed out after {plan.timeout:g} s")
+        return False
+    if plan.admit_after and not host.admit_after_stages(rec):
+        return False
+    rec.state = HANDLER
+    return True
+
+
+def _failed(counters: Counters, conn: Connection, kind: str, why: str) -> None:
+    counters.stage_failures += 1
+    if kind == "tls":
+        counters.tls_failures += 1
+    log.debug("connection #%d from %s: %s stage %s", conn.id, conn.peer, kind, why)
+    conn.close()

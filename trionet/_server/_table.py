@@ -7,7 +7,7 @@ Data flows one way::
         --> handler --> release (slot, host lease, stats, orderly close)
         --> [linger] --> gone
 
-The accept loops talk to the table through :class:`AcceptTarget` (capacity,
+The accept loops talk to the table through ``_accept.AcceptTarget`` (capacity,
 admit, the descriptor-freed wake-up); connections talk to it through
 ``ConnectionOwner`` (the drain state, "I closed", "I linger"); the server
 drives it (``begin_drain``, ``interrupt_all``, ``cancel_all``) and reads it
@@ -33,13 +33,12 @@ During a drain each connection ends in exactly one way (``_release``):
 * otherwise -- cancelled when the grace period ran out (or when the whole
   server was cancelled), or its handler never started: ``cancelled``.
 
-Handler isolation
-=================
-With ``handler_errors="log"`` an exception escaping a handler is classified
-(:mod:`._classify`): the peer's doing is counted as a reset or a protocol
-error; anything else is a handler bug, logged once with its traceback
-(rate-limited under a storm), counted, and costs only that connection.
-``handler_errors="raise"`` lets real errors propagate out of ``serve``.
+Elsewhere
+=========
+The stages run in :func:`._stages.run_stages` (the table is their
+``StageHost``); what escapes a handler goes to
+:class:`._handler_errors.HandlerErrors`, which classifies it by cause
+(:mod:`._classify`); the idle clock is :mod:`._idle`'s.
 """
 
 from __future__ import annotations
@@ -48,59 +47,34 @@ import contextlib
 import logging
 import socket as _stdlib_socket
 from collections.abc import Hashable
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from .._address import Address, UnixAddress, address_from_sockaddr
 from .._config import ServerConfig
-from .._exceptions import RemoteProtocolError
 from .._ratelimit import RateLimiter
 from .._stats import Counters
 from .._stream import Connection, ConnectionInfo, ConnOptions, SocketConnection
 from .._stream._sockopts import AF_UNIX, arm_reset, configure_tcp_socket
 from ._admission import REFUSED, Admission
 from ._capacity import Capacity
-from ._classify import classify, clean_hang_up
+from ._handler_errors import NOT_ERRORS, HandlerErrors
 from ._idle import IdleReaper
 from ._listeners import Listener
 from ._record import HANDLER, QUEUED, STAGES, ConnectionRecord
-from ._stages import StagePlan
+from ._stages import StagePlan, run_stages
 
 log = logging.getLogger("trionet.server")
 
-__all__ = ["AcceptTarget", "ConnectionTable"]
+__all__ = ["ConnectionTable", "reset_close"]
 
-_NOT_ERRORS = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
-#: What a stage raises when the peer misbehaves (garbage, a reset, a bad
-#: certificate, a short read): logged at DEBUG, never as an error of ours.
-_PEER_FAILURES = (
-    OSError,  # ssl.SSLError included
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    RemoteProtocolError,
-)
 #: Stands in for the handler's cancel scope when there is no idle timeout.
 _NO_SCOPE: contextlib.nullcontext[None] = contextlib.nullcontext()
 #: One name for every connection task: a name built per task costs memory.
 _TASK_NAME = "trionet connection"
 #: What ``_release`` asks of the connection task afterwards.
 _NO_LINGER, _LINGER, _LINGER_IN_SLOT = 0, 1, 2
-
-
-class AcceptTarget(Protocol):
-    """What an accept loop needs from the server it feeds."""
-
-    counters: Counters
-    sweep_log: RateLimiter
-
-    def has_capacity(self) -> bool: ...
-
-    async def wait_for_capacity(self) -> None: ...
-
-    def admit(self, sock: Any, addr: Any, listener: Listener, *, swept: bool) -> bool: ...
-
-    async def wait_descriptor_freed(self, timeout: float) -> None: ...
 
 
 def reset_close(sock: _stdlib_socket.socket | trio.socket.SocketType) -> None:
@@ -131,6 +105,9 @@ class ConnectionTable:
         self._config = config
         self.counters = counters
         self.error_log = RateLimiter()
+        self.handler_errors = HandlerErrors(
+            counters, self.error_log, raise_errors=config.handler_errors == "raise"
+        )
         self.sweep_log = RateLimiter(burst=3, period=60.0)
         self.records: dict[int, ConnectionRecord] = {}
         self.capacity = Capacity(config.max_connections)
@@ -341,7 +318,7 @@ class ConnectionTable:
                 self.capacity.take()
                 running = True
                 rec.state = HANDLER if rec.plan is None else STAGES
-            if rec.plan is not None and not await self._run_stages(rec):
+            if rec.plan is not None and not await run_stages(rec, self):
                 return
             conn = rec.conn
             with trio.CancelScope() if reaper is not None else _NO_SCOPE as scope:
@@ -350,68 +327,18 @@ class ConnectionTable:
                     reaper.watch(rec)
                 try:
                     await self._handler(conn)
-                except _NOT_ERRORS:
+                except NOT_ERRORS:
                     raise
                 except BaseException as exc:
-                    self._handler_raised(conn, exc)
+                    self.handler_errors.report(conn, exc)
                 ended = True
         finally:
             how = self._release(rec, running=running, ended=ended)
         if how != _NO_LINGER:
             await self._linger(rec.conn, how)
 
-    async def _run_stages(self, rec: ConnectionRecord) -> bool:
-        """Run the bind's stages under one deadline; False if the connection failed.
-
-        A failure closes the connection (counted as closed, and per kind) and
-        is logged at DEBUG.  The admission gate runs here when the plan asks
-        for it after the stages.
-        """
-        plan = rec.plan
-        assert plan is not None
-        conn = rec.conn
-        stage_kind = "?"
-        with trio.move_on_after(plan.timeout) as scope:
-            rec.scope = scope
-            if self.draining:
-                # The drain began before this task first ran (begin_drain
-                # found no scope to cancel): it never reaches a handler.
-                scope.cancel()
-            try:
-                for stage in plan.stages:
-                    stage_kind = stage.kind
-                    await stage.run(conn)
-            except _PEER_FAILURES as exc:
-                self._stage_failed(rec, stage_kind, f"failed: {exc!r}")
-                return False
-            except Exception as exc:
-                # Not the peer's doing: a bug in a stage.  It still costs this
-                # connection only.
-                log.exception("connection #%d: %s stage raised", conn.id, stage_kind)
-                self._stage_failed(rec, stage_kind, f"raised {exc!r}")
-                return False
-        rec.scope = None
-        if scope.cancelled_caught:
-            if self.draining and trio.current_time() < scope.deadline:
-                conn.close()  # the drain closed it: the report counts it in in_stages
-                return False
-            self._stage_failed(rec, stage_kind, f"timed out after {plan.timeout:g} s")
-            return False
-        if plan.admit_after and not self._admit_after_stages(rec):
-            return False
-        rec.state = HANDLER
-        return True
-
-    def _stage_failed(self, rec: ConnectionRecord, kind: str, why: str) -> None:
-        conn = rec.conn
-        counters = self.counters
-        counters.stage_failures += 1
-        if kind == "tls":
-            counters.tls_failures += 1
-        log.debug("connection #%d from %s: %s stage %s", conn.id, conn.peer, kind, why)
-        conn.close()
-
-    def _admit_after_stages(self, rec: ConnectionRecord) -> bool:
+    def admit_after_stages(self, rec: ConnectionRecord) -> bool:
+        """The admission gate, after the stages (``StageHost``); False: refused and aborted."""
         gate = self._admission
         if gate is None:
             return True
@@ -422,46 +349,6 @@ class ConnectionTable:
             return False
         rec.hostkey = hostkey
         return True
-
-    def _handler_raised(self, conn: Connection, exc: BaseException) -> None:
-        # Classify what escaped a handler; re-raise cancellation (and, with
-        # handler_errors="raise", real errors).
-        rest: BaseException | None = exc
-        cancelled: BaseException | None = None
-        if isinstance(exc, BaseExceptionGroup):
-            cancelled, rest = exc.split(_NOT_ERRORS)
-        if rest is not None:
-            self._handler_failed(conn, rest)
-        if cancelled is not None:
-            raise cancelled from None
-
-    def _handler_failed(self, conn: Connection, exc: BaseException) -> None:
-        blame = classify(conn, exc)
-        if blame == "reset":
-            self.counters.resets += 1
-            log.debug("connection #%d from %s: reset by peer (%s)", conn.id, conn.peer, exc)
-            return
-        if blame == "protocol":
-            self.counters.protocol_errors += 1
-            log.log(
-                logging.DEBUG if clean_hang_up(exc) else logging.INFO,
-                "connection #%d from %s: peer broke the protocol: %s",
-                conn.id,
-                conn.peer,
-                exc,
-            )
-            return
-        self.counters.handler_errors += 1
-        if self._config.handler_errors == "raise":
-            raise exc
-        self.error_log.log(
-            log,
-            logging.ERROR,
-            "handler failed on connection #%d from %s",
-            conn.id,
-            conn.peer,
-            exc_info=exc,
-        )
 
     # ------------------------------------------------------------------
     # The end of a connection (ConnectionOwner, release, linger)

@@ -43,6 +43,17 @@ EXPECTED: dict[str, list[str]] = {
         "-> hello from tcp://127.0.0.1:",
         "stopped: True | file left: False",
     ],
+    "bind_options.py": [
+        "tcp://127.0.0.1:",
+        "backlog=16 unix_mode=0o660",
+        "unix:.../admin.sock      backlog=1024 unix_mode=0o600",
+        "admin.sock 0o600\napp.sock 0o660",
+        "server.addresses in the same order: True",
+        "-> hello from unix:.../admin.sock",
+        "ValueError: Bind('tcp://127.0.0.1:0'): backlog must be >= 0, not -1",
+        "ValueError: Bind('unix:@trionet-example'): unix_mode=0o600 cannot apply",
+        "ValueError: Bind('tcp://127.0.0.1:0'): handshake_timeout must be > 0 seconds, not 0",
+    ],
     "buffered_reads.py": [
         "OK 5\nHELLO Trio\nERR line too long\n",
         "server: peer hung up mid-line after b'NAM'",

@@ -54,6 +54,37 @@ EXPECTED: dict[str, list[str]] = {
         "ValueError: Bind('unix:@trionet-example'): unix_mode=0o600 cannot apply",
         "ValueError: Bind('tcp://127.0.0.1:0'): handshake_timeout must be > 0 seconds, not 0",
     ],
+    "tls_server.py": [
+        "TLS   on tcp://127.0.0.1:",
+        "plain on tcp://127.0.0.1:",
+        "server says: hello localhost over TLSv1.",
+        "echo: ping",
+        "client sent SNI: localhost | ALPN: None",
+        "server certificate: (('DNS', 'localhost'), ('IP Address', '127.0.0.1'))",
+        "application bytes sent: 5",
+        "send_eof on TLS: LocalProtocolError",
+        "plain bind says: hello in plain text",
+        "conn.tls on a plain connection: None",
+        "untrusted: ConnectError from SSLCertVerificationError",
+        "attempts: ['connected', 'failed']",
+        "tls_failures=2 stage_failures=2 handler_errors=0",
+    ],
+    "tls_mutual.py": [
+        "alice@example.test asked for api.example.test speaking http/1.1\n"
+        "  server certificate: (('DNS', 'api.example.test'),)",
+        "alice@example.test asked for www.example.test speaking http/1.1\n"
+        "  server certificate: (('DNS', 'www.example.test'),)",
+        "no client certificate: refused",
+        "tls_failures: 1",
+    ],
+    "tls_handshake_timeout.py": [
+        "silent client: accepted=1 active=1 listed=1",
+        "next client connected after the handshake timeout: True",
+        "echo: hello",
+        "silent client then got: b''",
+        "tls_failures=1 stage_failures=1",
+        "drain: finished=0 cancelled=0 in_stages=1 fast=True",
+    ],
     "buffered_reads.py": [
         "OK 5\nHELLO Trio\nERR line too long\n",
         "server: peer hung up mid-line after b'NAM'",

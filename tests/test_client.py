@@ -938,6 +938,10 @@ async def test_on_attempt_errors_are_logged_not_raised(
 ################################################################
 
 
+async def _async_observer(attempt: ConnectAttempt) -> None:  # pragma: no cover - refused
+    pass
+
+
 @pytest.mark.parametrize(
     ("target", "options", "error"),
     [
@@ -968,6 +972,8 @@ async def test_on_attempt_errors_are_logged_not_raised(
         ("tcp://127.0.0.1:80", {"local_address": "::1"}, trionet.InvalidAddress),
         ("unix:/tmp/x.sock", {"local_address": "127.0.0.1"}, trionet.InvalidAddress),
         ("tcp://127.0.0.1:80", {"on_attempt": 3}, TypeError),
+        # Called, never awaited: an async observer would silently never run.
+        ("tcp://127.0.0.1:80", {"on_attempt": _async_observer}, TypeError),
         ("tcp://127.0.0.1:80", {"no_such_option": 1}, TypeError),
     ],
 )

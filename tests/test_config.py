@@ -84,6 +84,7 @@ BAD_OPTIONS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"handler_errors": "bogus"}, ValueError, "handler_errors must be 'log' or 'raise'"),
     ({"access": "10.0.0.0/8"}, TypeError, "access must be an AccessPolicy or a callable"),
     ({"access": _async_check}, TypeError, "synchronous callable"),
+    ({"access": functools.partial(_async_check)}, TypeError, "synchronous callable"),
     ({"access": _AsyncCallable()}, TypeError, "synchronous callable"),
     ({"unix_mode": "0660"}, TypeError, "unix_mode must be a permission int"),
     ({"unix_mode": 0o10000}, ValueError, "unix_mode must be a permission int"),

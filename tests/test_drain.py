@@ -630,7 +630,7 @@ async def test_drain_on_signals_validates_its_arguments(trionet_server: ServerFa
         await trionet.drain_on_signals(server, [99999])
     with pytest.raises(ValueError, match=call + "signals: 9 is not a signal"):
         await trionet.drain_on_signals(server, [signal.SIGKILL])
-    with pytest.raises(TypeError, match=call + "signals must hold signal numbers"):
+    with pytest.raises(TypeError, match=call + "signals must be signal numbers"):
         await trionet.drain_on_signals(server, ["SIGINT"])  # type: ignore[list-item]
     with pytest.raises(TypeError, match=call + "signals must be an iterable"):
         await trionet.drain_on_signals(server, 2)  # type: ignore[arg-type]

@@ -8,11 +8,12 @@ from the server-wide keyword option of the same name (``serve(...,
 tls=ctx)`` makes every bind TLS unless one says ``tls=False``).
 
 Everything is checked when the ``Bind`` is made, or when ``serve`` is
-called for plain specs -- before any socket opens -- with messages that name
-the option and the bind.  :func:`resolve_binds` turns the server's binds
-into fully resolved ``Bind`` records (no option left to inherit), which is
-what ``Server.binds`` shows, one per listening socket, with the address it
-really bound.
+called for plain specs -- before any socket opens -- by the shared rules of
+``trionet._validate``, with messages that name the bind and the option
+(``Bind('tcp://0.0.0.0:443'): backlog must be >= 0, not -1``).
+:func:`resolve_binds` turns the server's binds into fully resolved ``Bind``
+records (no option left to inherit), which is what ``Server.binds`` shows,
+one per listening socket, with the address it really bound.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import attrs
 import trio
 
 from ._address import Address, UnixAddress, parse_address
-from ._validate import check_count, check_seconds, public_call
+from ._validate import check_count, check_mode, check_seconds, public_call
 
 if TYPE_CHECKING:
     from ._config import ServerConfig
@@ -82,15 +83,6 @@ def _check_backlog(name: str, value: object) -> None:
     check_count(name, value, minimum=0, none=True)
 
 
-def _check_mode(name: str, value: object) -> None:
-    if value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a permission int like 0o660, not {value!r}")
-    if not 0 <= value <= 0o7777:
-        raise ValueError(f"{name} must be a permission int in 0..0o7777, not {value!r}")
-
-
 def _check_handshake(name: str, value: object) -> None:
     check_seconds(name, value, none=True, zero=False, infinite=False)
 
@@ -128,9 +120,9 @@ class Bind:
     #: ``listen()`` queue length; None = the server's (65535, clamped by somaxconn).
     backlog: int | None = attrs.field(default=None, validator=_opt(_check_backlog))
     #: Permission bits for a Unix socket file; None = the server's.
-    unix_mode: int | None = attrs.field(default=None, validator=_opt(_check_mode))
-    #: Seconds all of a connection's stages (the TLS handshake) may take;
-    #: None = the server's ``handshake_timeout`` (default 10).
+    unix_mode: int | None = attrs.field(default=None, validator=_opt(check_mode))
+    #: Seconds all of a connection's stages (the TLS handshake) may take, > 0
+    #: and finite; None = the server's ``handshake_timeout`` (default 10).
     handshake_timeout: float | None = attrs.field(default=None, validator=_opt(_check_handshake))
 
     def __attrs_post_init__(self) -> None:

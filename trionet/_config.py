@@ -3,16 +3,18 @@
 Every option defaults to "off" (``None``) or to a conservative value, and is
 checked when ``serve``/``open_server`` is *called* -- before any socket is
 opened -- so a typo in a config file fails at start-up with a message naming
-the option, never at the first connection.  Wrong types raise ``TypeError``,
-wrong values ``ValueError``, unknown names ``TypeError`` listing the valid ones.
+the call and the option, never at the first connection.  The checks are the
+shared ones of ``trionet._validate``, whose module notes give the rule per
+kind of option: wrong types raise ``TypeError``, wrong values (negative,
+NaN, infinite where the option must be finite) ``ValueError``, unknown names
+``TypeError`` listing the valid ones.
 """
 
 from __future__ import annotations
 
-import inspect
 import ssl
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -21,51 +23,22 @@ from ._server._admission import AccessPolicy
 from ._stream import DEFAULT_CLOSE_LINGER, DEFAULT_SCHEDULE_BUDGET
 from ._validate import (
     check_bool,
+    check_choice,
     check_count,
     check_keepalive,
+    check_mode,
     check_names,
     check_seconds,
+    is_async_callable,
+    none_if_infinite,
     public_call,
+    validator,
 )
 
-__all__ = ["ServerConfig"]
+__all__ = ["HANDLER_ERRORS", "ServerConfig"]
 
-
-def _opt_int(minimum: int) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        check_count(attribute.name, value, minimum=minimum, none=True)
-
-    return check
-
-
-def _int(minimum: int) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        check_count(attribute.name, value, minimum=minimum)
-
-    return check
-
-
-def _opt_seconds(allow_zero: bool, allow_none: bool = True) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        check_seconds(attribute.name, value, none=allow_none, zero=allow_zero)
-
-    return check
-
-
-def _finite_seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    check_seconds(attribute.name, value, infinite=False)
-
-
-def _positive_finite_seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    check_seconds(attribute.name, value, zero=False, infinite=False)
-
-
-def _tls(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    check_server_tls(attribute.name, value)
-
-
-def _bool(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    check_bool(attribute.name, value)
+#: What ``handler_errors`` may be.
+HANDLER_ERRORS: Final = ("log", "raise")
 
 
 def _check_access(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -74,31 +47,12 @@ def _check_access(instance: object, attribute: attrs.Attribute[Any], value: Any)
     if not callable(value):
         raise TypeError(f"access must be an AccessPolicy or a callable, not {value!r}")
     # An async function would return a coroutine -- which is truthy, so it
-    # would silently admit everybody.  Refuse it here, loudly.
-    if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
-        getattr(value, "__call__", None)  # noqa: B004 - we want the bound __call__
-    ):
+    # would silently admit everybody.  Refuse it here, loudly (partials and
+    # functools.wraps wrappers of one included: the handler's own rule).
+    if is_async_callable(value):
         raise TypeError(
             f"access must be a synchronous callable returning bool, not the async {value!r}"
         )
-
-
-def _check_handler_errors(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value not in ("log", "raise"):
-        raise ValueError(f"handler_errors must be 'log' or 'raise', not {value!r}")
-
-
-def _check_keepalive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    check_keepalive(attribute.name, value)
-
-
-def _check_mode(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"unix_mode must be a permission int like 0o660, not {value!r}")
-    if not 0 <= value <= 0o7777:
-        raise ValueError(f"unix_mode must be a permission int in 0..0o7777, not {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -106,48 +60,67 @@ class ServerConfig:
     """Options for :func:`trionet.serve` and :func:`trionet.open_server`.
 
     Every option is keyword-only and validated when the server is started;
-    a bad value raises ``TypeError``/``ValueError`` naming the option.
+    a bad value raises ``TypeError`` (the wrong type) or ``ValueError`` (a bad
+    value) naming the option, by the rules of ``trionet._validate``.
     """
 
     #: ``listen()`` queue length; None = 65535 clamped by the kernel's somaxconn.
-    backlog: int | None = attrs.field(default=None, validator=_opt_int(0))
+    backlog: int | None = attrs.field(
+        default=None, validator=validator(check_count, minimum=0, none=True)
+    )
     #: ``"log"``: a handler's exception is logged and counted, the server goes
     #: on; ``"raise"``: it propagates out of ``serve`` (for tests).
     handler_errors: Literal["log", "raise"] = attrs.field(
-        default="log", validator=_check_handler_errors
+        default="log", validator=validator(check_choice, choices=HANDLER_ERRORS)
     )
-    #: Grace period used by ``open_server``'s exit and ``shutdown(None)``.
-    shutdown_grace: float = attrs.field(default=10.0, validator=_opt_seconds(True, False))
+    #: Grace period (seconds) used by ``open_server``'s exit and
+    #: ``shutdown(None)``; ``math.inf`` waits for the handlers without limit.
+    shutdown_grace: float = attrs.field(default=10.0, validator=validator(check_seconds))
     #: Set ``TCP_NODELAY`` on accepted TCP connections.
-    tcp_nodelay: bool = attrs.field(default=True, validator=_bool)
+    tcp_nodelay: bool = attrs.field(default=True, validator=validator(check_bool))
     #: ``SO_KEEPALIVE``: False, True (system timers) or idle seconds before probes
     #: (whole seconds, 1 to 32767: the kernel's ``TCP_KEEPIDLE`` range).
-    keepalive: bool | float = attrs.field(default=False, validator=_check_keepalive)
+    keepalive: bool | float = attrs.field(default=False, validator=validator(check_keepalive))
     #: Who may connect: an :class:`AccessPolicy` or a callable(ConnectionInfo) -> bool.
     access: Any = attrs.field(default=None, validator=_check_access)
     #: Most connections handled at once; beyond it accepting pauses (backpressure).
-    max_connections: int | None = attrs.field(default=None, validator=_opt_int(1))
+    max_connections: int | None = attrs.field(
+        default=None, validator=validator(check_count, minimum=1, none=True)
+    )
     #: Most live connections from one IP; excess ones are reset at once.
-    max_connections_per_host: int | None = attrs.field(default=None, validator=_opt_int(1))
-    #: Close a connection with no bytes in either direction for this long.
-    idle_timeout: float | None = attrs.field(default=None, validator=_opt_seconds(False))
+    max_connections_per_host: int | None = attrs.field(
+        default=None, validator=validator(check_count, minimum=1, none=True)
+    )
+    #: Close a connection with no bytes in either direction for this many
+    #: seconds (> 0); None or ``math.inf`` (stored as None): never.
+    idle_timeout: float | None = attrs.field(
+        default=None,
+        converter=none_if_infinite,
+        validator=validator(check_seconds, none=True, zero=False),
+    )
     #: Permission bits for Unix socket files (applied before ``listen()``).
-    unix_mode: int | None = attrs.field(default=None, validator=_check_mode)
+    unix_mode: int | None = attrs.field(default=None, validator=validator(check_mode))
     #: 1 = strict Trio (every call a schedule point); with N > 1, N - 1 immediately-completed
     #: receives in a row may skip theirs, the N-th yields, and a send always yields.
-    schedule_budget: int = attrs.field(default=DEFAULT_SCHEDULE_BUDGET, validator=_int(1))
+    schedule_budget: int = attrs.field(
+        default=DEFAULT_SCHEDULE_BUDGET, validator=validator(check_count, minimum=1)
+    )
     #: Serve TLS with this ``ssl.SSLContext`` (made for servers) on every bind
     #: that does not say otherwise (``Bind(..., tls=False)`` stays plain).
-    tls: ssl.SSLContext | None = attrs.field(default=None, validator=_tls)
-    #: Seconds all of a connection's stages (the TLS handshake) may take; a
-    #: bind's own ``handshake_timeout`` overrides it.
+    tls: ssl.SSLContext | None = attrs.field(default=None, validator=validator(check_server_tls))
+    #: Seconds all of a connection's stages (the TLS handshake) may take: > 0
+    #: and finite (a peer that never finishes would hold its slot for good);
+    #: a bind's own ``handshake_timeout`` overrides it.
     handshake_timeout: float = attrs.field(
-        default=DEFAULT_HANDSHAKE_TIMEOUT, validator=_positive_finite_seconds
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        validator=validator(check_seconds, zero=False, infinite=False),
     )
     #: Seconds the server's close of a connection may linger for the peer's EOF
     #: when closing at once could discard a reply (see ``Connection.aclose``);
-    #: 0 closes at once.
-    close_linger: float = attrs.field(default=DEFAULT_CLOSE_LINGER, validator=_finite_seconds)
+    #: 0 closes at once; finite (a silent peer would hold the descriptor).
+    close_linger: float = attrs.field(
+        default=DEFAULT_CLOSE_LINGER, validator=validator(check_seconds, infinite=False)
+    )
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], call: str = "serve()") -> ServerConfig:

@@ -1,23 +1,92 @@
-"""Option validation shared by every public entry point.
+"""Option validation shared by every public entry point: one rule per kind of option.
 
-Every option of ``serve``/``open_server``, ``connect``, ``ConnectionPool``,
-``Connection``, ``shutdown``/``drain_on_signals`` and the CLI is checked when
-the public call is *made* -- before any socket is opened, any task started or
-any name resolved -- so a typo in a config file fails at start-up, never at
-the first connection.  The rules are the same everywhere:
+Every option of ``serve``/``open_server``, ``Bind``, ``connect``,
+``ConnectionPool``, ``Connection``, ``Server.shutdown``/``drain_on_signals``
+and the CLI is checked by the functions here, when the public call is *made*
+-- before any socket is opened, any task started or any name resolved -- so
+a typo in a config file fails at start-up, never at the first connection.
 
-* a value of the wrong *type* raises ``TypeError``: a ``bool`` where a number
-  is expected (``True`` is an ``int`` to Python, never to us), a ``str``, or
-  ``None`` where the option has no "off" value;
-* a value of the right type but out of range raises ``ValueError``: a
-  negative number, NaN, infinity where the option must be finite, a number
-  beyond what the kernel can apply;
-* the message names the public call and the option
-  (``"serve(): keepalive must be ..."``), never an internal helper.
+The two exceptions
+==================
+* ``TypeError``: the value is of the wrong *type* -- a ``bool`` where a
+  number is expected (``True`` is an ``int`` to Python, never to us), a
+  ``str``, ``None`` where the option has no "off" value, any other object.
+* ``ValueError``: the type is right but the value is not -- negative, NaN,
+  infinite where the option must be finite, zero where it must be positive,
+  beyond what the kernel can apply.  NaN and infinity are bad *values* for
+  every numeric option, integer options included: they are floats only
+  because Python has no other way to spell them.
 
-The checks here take the option's *name* and raise messages that start with
-it; :func:`public_call` prefixes the call.  Values a check accepts come back
-normalised (``float`` seconds), so callers keep what the check returns.
+Every message names the public call and then the option
+(``"serve(): keepalive must be ..."``, ``"Bind('tcp://0.0.0.0:443'): backlog
+..."``), never an internal helper: the checks here name the option and
+:func:`public_call` prefixes the call.  Values a check accepts come back
+normalised (``float`` seconds, ``None`` for "no limit"), so callers keep what
+the check returns.
+
+The rule per kind of option
+===========================
+*Counts* (``backlog``, ``max_connections``, ``max_connections_per_host``,
+``schedule_budget``, ``retries``, ``max_size``; signal numbers) --
+:func:`check_count`: an ``int`` at least a minimum, or None where the option
+documents None.  A float is the wrong type (``TypeError``: ``1.5`` and
+``2.0`` alike), except NaN and infinity, which are ``ValueError``.
+
+*Permission bits* (``unix_mode``) -- :func:`check_mode`: a count in
+``0..0o7777``, or None.
+
+*Seconds* -- :func:`check_seconds`: an ``int`` or ``float``; NaN and
+negative values are ``ValueError``, and so is zero for an option that must be
+positive.  Infinity depends on what the option bounds, and only on that:
+
+* a *limit you may lift* -- ``timeout``, ``idle_timeout``,
+  ``happy_eyeballs_delay``, ``grace``, ``shutdown_grace`` -- takes infinity
+  as "no limit".  Where None also means "no limit" (``timeout``,
+  ``idle_timeout``, ``happy_eyeballs_delay``) infinity is normalised to
+  None (:func:`check_limit`, :func:`none_if_infinite`), so the two spellings
+  make equal configurations; where None means "the default" (``grace``) it
+  stays ``math.inf``, a wait without end (``shutdown_grace`` has no None).
+* a *bound that protects the process* -- ``handshake_timeout`` and
+  ``close_linger`` (without one, a silent peer holds a connection, a slot
+  and a descriptor for good), ``backoff``/``max_backoff`` (an infinite
+  pause is a retry that never happens) -- must be finite: infinity is a
+  ``ValueError``.
+
+An ``int`` too large for a float counts as infinite.
+
+*TCP keepalive* (``keepalive``) -- :func:`check_keepalive`: a ``bool`` (the
+one numeric option where a bool is meant: off, or on with the system's
+timers), or the idle seconds, more than 0 and at most :data:`MAX_KEEPALIVE`
+(the kernel's limit; infinity is a ``ValueError``).
+
+*Switches* (``tcp_nodelay``) -- :func:`check_bool`: ``True`` or ``False``;
+``1`` or ``"yes"`` is a ``TypeError``.
+
+*Choices* (``handler_errors``; the CLI's ``--log-level``) --
+:func:`check_choice`: a ``str`` among the choices; another ``str`` is a
+``ValueError``, anything else a ``TypeError``.
+
+*TLS* (``tls``) -- ``check_server_tls`` (``trionet._binds``) and
+``check_client_tls`` (``trionet._client._plan``): an ``ssl.SSLContext`` or
+the documented switches (None, False; ``True`` on clients); anything else is
+a ``TypeError``, a context made for the other side a ``ValueError``.
+
+*Addresses* (bind specs, targets, ``local_address``) are not numbers: a
+malformed one -- a port of the wrong type included -- is
+:class:`~trionet.InvalidAddress` (a ``ValueError``) naming the spec, the one
+rule of ``trionet._address``.
+
+When the checks run
+===================
+Synchronous entry points check in the constructor: ``Bind``,
+``ServerConfig``, ``ConnectionPool``, ``Connection``.  Asynchronous ones
+check in the first step of their coroutine -- when awaited, or started with
+``nursery.start`` -- before its first checkpoint: ``serve``, ``connect``,
+``Server.shutdown``, ``drain_on_signals``; ``open_server`` checks when its
+``async with`` is entered, likewise before any checkpoint.  The command line
+makes the same checks before ``trio.run``, and refuses what they refuse as a
+usage error (exit 2) naming the flag; its own argument types refuse what
+argparse can tell (a flag's value that is not a number at all) the same way.
 """
 
 from __future__ import annotations
@@ -25,25 +94,34 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "MAX_KEEPALIVE",
+    "MAX_MODE",
     "check_async_callable",
     "check_bool",
+    "check_choice",
     "check_count",
+    "check_integer",
     "check_keepalive",
+    "check_limit",
+    "check_mode",
     "check_names",
     "check_seconds",
     "is_async_callable",
+    "none_if_infinite",
     "public_call",
+    "validator",
 ]
 
 #: The largest idle time (seconds) ``TCP_KEEPIDLE`` accepts on Linux
 #: (``MAX_TCP_KEEPIDLE`` in ``include/net/tcp.h``); larger values fail there.
 MAX_KEEPALIVE: Final = 32767
+#: The largest permission bits ``unix_mode`` takes (``chmod``'s 12 bits).
+MAX_MODE: Final = 0o7777
 
 
 def _is_number(value: object) -> bool:
@@ -107,21 +185,72 @@ def check_seconds(
     return seconds
 
 
+def check_limit(name: str, value: object, *, zero: bool = False) -> float | None:
+    """A limit in seconds you may lift: None or infinity for "no limit" (returned as None).
+
+    Raises:
+        TypeError: not None, an int or a float (bools refused).
+        ValueError: NaN, negative, or zero unless ``zero`` allows it.
+    """
+    seconds = check_seconds(name, value, none=True, zero=zero)
+    return None if seconds is None or math.isinf(seconds) else seconds
+
+
+def none_if_infinite(value: float | None) -> float | None:
+    """An attrs converter: positive infinity becomes None ("no limit"); anything else is kept.
+
+    It runs before the field's validator, which still sees (and refuses) a
+    value of the wrong type.
+    """
+    if _is_number(value) and _as_float(value) == math.inf:  # type: ignore[arg-type]
+        return None
+    return value
+
+
+def check_integer(name: str, value: object, *, expected: str, none: bool = False) -> int | None:
+    """An ``int`` (bools refused), or None if ``none`` allows it; the caller checks the range.
+
+    ``expected`` says what the option takes (``"an int"``, ``"a permission
+    int like 0o660"``) in the messages.
+
+    Raises:
+        TypeError: not an int -- a bool, a str, a finite float, None when not allowed.
+        ValueError: NaN or infinity (a bad value whatever the option's type).
+    """
+    if value is None and none:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be {expected}, not {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be {expected}, not {value!r}")
+    return value
+
+
 def check_count(name: str, value: object, *, minimum: int, none: bool = False) -> int | None:
     """A whole number ``>= minimum``, or None if ``none`` allows it.
 
     Raises:
-        TypeError: not an int (bools and floats refused), or None when not allowed.
-        ValueError: below ``minimum``.
+        TypeError: not an int (bools and finite floats refused), or None when
+            not allowed.
+        ValueError: below ``minimum``, NaN or infinite.
     """
-    if value is None and none:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        kind = "an int or None" if none else "an int"
-        raise TypeError(f"{name} must be {kind}, not {value!r}")
-    if value < minimum:
+    count = check_integer(name, value, expected="an int or None" if none else "an int", none=none)
+    if count is not None and count < minimum:
         raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
-    return value
+    return count
+
+
+def check_mode(name: str, value: object) -> int | None:
+    """Permission bits for a Unix socket file (``0o660``), or None.
+
+    Raises:
+        TypeError: not an int (bools and finite floats refused).
+        ValueError: outside ``0..0o7777``, NaN or infinite.
+    """
+    mode = check_integer(name, value, expected="a permission int like 0o660", none=True)
+    if mode is not None and not 0 <= mode <= MAX_MODE:
+        raise ValueError(f"{name} must be a permission int in 0..0o7777, not {value!r}")
+    return mode
 
 
 def check_bool(name: str, value: object) -> bool:
@@ -132,6 +261,21 @@ def check_bool(name: str, value: object) -> bool:
     """
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Collection[str]) -> str:
+    """One of the strings ``choices``.
+
+    Raises:
+        TypeError: not a str.
+        ValueError: a str that is not one of ``choices``.
+    """
+    names = " or ".join(repr(choice) for choice in choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be {names}, not {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be {names}, not {value!r}")
     return value
 
 
@@ -209,3 +353,19 @@ def check_names(given: Collection[str], known: Collection[str]) -> None:
         names = ", ".join(repr(n) for n in unknown)
         valid = ", ".join(sorted(known))
         raise TypeError(f"unknown option(s) {names}; valid options are: {valid}")
+
+
+def validator(check: Callable[..., object], /, **kwargs: Any) -> Callable[[object, Any, Any], None]:
+    """An attrs validator running ``check(attribute.name, value, **kwargs)``.
+
+    Example::
+
+        backlog: int | None = attrs.field(
+            default=None, validator=validator(check_count, minimum=0, none=True)
+        )
+    """
+
+    def validate(instance: object, attribute: Any, value: Any) -> None:
+        check(attribute.name, value, **kwargs)
+
+    return validate

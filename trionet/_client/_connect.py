@@ -432,7 +432,8 @@ async def connect(
             :class:`~trionet.UnixAddress` (e.g. ``server.addresses[0]``).  A
             wildcard host (``0.0.0.0``, ``::``, ``*``) reaches this machine.
         timeout: seconds for the whole operation -- resolution, every attempt,
-            every back-off and retry -- or None for no limit.
+            every back-off and retry -- > 0, or None (or ``math.inf``) for no
+            limit.
         retries: how many more rounds to try after a failed one.  Only
             failures that waiting can change are retried: a failed connect
             (refused, unreachable, a missing Unix socket), a temporary lookup
@@ -440,20 +441,22 @@ async def connect(
             exist (``EAI_NONAME``/``EAI_FAIL``), a ``local_address`` this
             machine cannot bind (``EADDRNOTAVAIL``, ``EACCES``, ...) or whose
             family the name has no address of fail at once.
-        backoff: base delay in seconds between rounds; the delay before retry
-            ``n`` (from 0) is uniform in ``[0, min(max_backoff, backoff * 2**n))``.
-        max_backoff: cap on one back-off delay, in seconds.
+        backoff: base delay in seconds between rounds (finite, >= 0); the
+            delay before retry ``n`` (from 0) is uniform in
+            ``[0, min(max_backoff, backoff * 2**n))``.
+        max_backoff: cap on one back-off delay, in seconds (finite, >= ``backoff``).
         local_address: an IP string (``"127.0.0.3"``) or an ``(ip, port)``
             tuple to bind before connecting; only remote addresses of the
             same family are tried.  ``conn.local`` always reports the real
             local address, whether bound or chosen by the kernel.
         happy_eyeballs_delay: seconds before starting the next attempt while
-            one is still pending; None means strictly one attempt at a time.
+            one is still pending (0 starts them all at once); None (or
+            ``math.inf``) means strictly one attempt at a time.
         keepalive: turn on TCP keepalive; a number also sets the idle time
             (seconds, 1 to 32767) before the first probe.
         close_linger: the most seconds :meth:`Connection.aclose` lingers for
             the peer's EOF when closing at once could discard bytes we sent
-            (see :meth:`Connection.aclose`); 0 closes at once.
+            (see :meth:`Connection.aclose`); 0 closes at once; finite.
         tls: speak TLS: ``True`` for ``ssl.create_default_context()`` (the
             system's trusted CAs, host name checked), or an
             ``ssl.SSLContext`` of your own (made for clients).  The
@@ -461,9 +464,9 @@ async def connect(
             ``timeout``; ``conn.tls`` then says what was negotiated.
         server_hostname: the name to send (SNI) and check the server's
             certificate against; default: the target's host.
-        on_attempt: called with each :class:`~trionet.ConnectAttempt` as it
-            finishes (for logging or a ``-v`` flag); exceptions it raises are
-            logged and ignored.
+        on_attempt: a synchronous callable, called with each
+            :class:`~trionet.ConnectAttempt` as it finishes (for logging or a
+            ``-v`` flag); exceptions it raises are logged and ignored.
 
     Returns:
         The connected :class:`~trionet.Connection`.
@@ -481,7 +484,10 @@ async def connect(
             the target and ``.attempts`` lists each attempt's address, error,
             round and outcome (also an ``OSError``).
         InvalidAddress: a malformed target or ``local_address`` (before any I/O).
-        TypeError, ValueError: a bad option (before any I/O).
+        TypeError, ValueError: a bad option: the wrong type, or a bad value
+            (negative, NaN, infinite where it must be finite), raised when
+            the call is awaited, before its first checkpoint -- no socket,
+            no name lookup (the rules are ``trionet._validate``'s).
 
     Cancellation by an enclosing scope is never turned into an error nor
     retried: a bare ``trio.Cancelled`` propagates (never inside an exception

@@ -33,7 +33,6 @@ blog post "Exponential Backoff And Jitter").
 from __future__ import annotations
 
 import ipaddress
-import math
 import random
 import re
 import socket as _stdlib_socket
@@ -46,7 +45,14 @@ import attrs
 from .._address import Address, TCPAddress, UnixAddress, parse_address
 from .._exceptions import ConnectAttempt, InvalidAddress
 from .._stream import DEFAULT_CLOSE_LINGER
-from .._validate import check_count, check_keepalive, check_seconds, public_call
+from .._validate import (
+    check_count,
+    check_keepalive,
+    check_limit,
+    check_seconds,
+    is_async_callable,
+    public_call,
+)
 
 __all__ = [
     "CONNECT_OPTIONS",
@@ -251,9 +257,7 @@ def _make_plan(
     on_attempt: object,
 ) -> ConnectPlan:
     address = _parse_target(target)
-    timeout_s = check_seconds("timeout", timeout, none=True, zero=False)
-    if timeout_s is not None and math.isinf(timeout_s):
-        timeout_s = None
+    timeout_s = check_limit("timeout", timeout)
     retries_n = check_count("retries", retries, minimum=0)
     assert retries_n is not None
     backoff_s = check_seconds("backoff", backoff, infinite=False)
@@ -261,9 +265,7 @@ def _make_plan(
     assert backoff_s is not None and max_backoff_s is not None
     if max_backoff_s < backoff_s:
         raise ValueError(f"max_backoff ({max_backoff_s:g}) must be >= backoff ({backoff_s:g})")
-    delay = check_seconds("happy_eyeballs_delay", happy_eyeballs_delay, none=True)
-    if delay is not None and math.isinf(delay):
-        delay = None
+    delay = check_limit("happy_eyeballs_delay", happy_eyeballs_delay, zero=True)
     linger = check_seconds("close_linger", close_linger, infinite=False)
     assert linger is not None
     local = _parse_local(local_address)
@@ -278,7 +280,15 @@ def _make_plan(
                 "address families",
             )
     if on_attempt is not None and not callable(on_attempt):
-        raise TypeError("on_attempt must be a callable taking a ConnectAttempt")
+        raise TypeError(
+            f"on_attempt must be a callable taking a ConnectAttempt, not {on_attempt!r}"
+        )
+    if on_attempt is not None and is_async_callable(on_attempt):
+        # It is called, not awaited: its coroutine would never run.
+        raise TypeError(
+            f"on_attempt must be a synchronous callable taking a ConnectAttempt, not the "
+            f"async {on_attempt!r}"
+        )
     context = check_client_tls("tls", tls)
     hostname = _check_server_hostname(context, server_hostname, address)
     return ConnectPlan(

@@ -69,7 +69,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_
 from .._address import Address
 from .._stream import Connection
 from .._unwrap import unwrap_single
-from .._validate import check_count, check_names, check_seconds, public_call
+from .._validate import check_count, check_limit, check_names, public_call, validator
 from ._connect import connect_with_plan
 from ._expiry import IdleConnections
 from ._health import unusable_reason
@@ -89,9 +89,7 @@ _CALL: Final = "ConnectionPool()"
 #: Every keyword option ConnectionPool takes (named when one is unknown).
 _POOL_OPTIONS: Final = CONNECT_OPTIONS | {"max_size", "idle_timeout"}
 
-_count = attrs.field(
-    default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
-)
+_count = attrs.field(default=0, validator=validator(check_count, minimum=0))
 
 
 @attrs.frozen
@@ -142,7 +140,7 @@ class ConnectionPool:
             ``"unix:PATH"``, ``(host, port)``, or an address record.
         max_size: the most connections open at once (lent, idle or opening).
         idle_timeout: close connections idle for longer than this many
-            seconds (None: keep them until the pool closes).
+            seconds, > 0 (None or ``math.inf``: keep them until the pool closes).
         **connect_options: passed to :func:`trionet.connect` for each new
             connection (``timeout``, ``retries``, ``backoff``,
             ``local_address``, ``happy_eyeballs_delay``, ``keepalive``,
@@ -151,7 +149,8 @@ class ConnectionPool:
 
     Raises:
         InvalidAddress: a malformed target (at construction).
-        TypeError, ValueError: a bad option or an unknown keyword (at construction).
+        TypeError, ValueError: a bad option or an unknown keyword (at
+            construction, by the rules of :func:`trionet.connect`'s options).
 
     Use it as an async context manager (``async with pool:``): that starts
     the background idle sweep and closes everything at the end.
@@ -179,10 +178,8 @@ class ConnectionPool:
         self._plan: ConnectPlan = make_plan(target, call=_CALL, **connect_options)
         with public_call(_CALL):
             size = check_count("max_size", max_size, minimum=1)
-            idle = check_seconds("idle_timeout", idle_timeout, none=True, zero=False)
+            idle = check_limit("idle_timeout", idle_timeout)
         assert size is not None
-        if idle is not None and math.isinf(idle):
-            idle = None
         self._max_size = size
         self._idle = IdleConnections(idle, self._plan.target, self._linger_later)
         self._lent: set[Connection] = set()

@@ -8,7 +8,8 @@ peer on the handler's own connection:
   without ``close_notify`` -- ``stats.resets``, logged at DEBUG;
 * a **protocol error**: the peer broke the protocol -- an uncaught
   :class:`~trionet.RemoteProtocolError` (``MessageTooLong``,
-  ``IncompleteRead``), or garbage where TLS records belong --
+  ``IncompleteRead``), or garbage (or a fatal alert) where TLS records
+  belong --
   ``stats.protocol_errors``, logged at INFO (DEBUG for a clean hang-up
   between two messages).
 
@@ -58,20 +59,27 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _tls_blame(exc: BaseException) -> Blame | None:
+    """What the ``ssl`` error in ``exc``'s chain says, if there is one."""
+    for link in _chain(exc):
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return "handler"  # whom we chose to trust
+        if isinstance(link, ssl.SSLEOFError):
+            return "reset"  # TLS ended without close_notify
+        if isinstance(link, ssl.SSLError):
+            return "protocol"  # garbage, an alert, a refused renegotiation
+    return None
+
+
 def _blame_one(conn: _Raiser, exc: BaseException) -> Blame:
     for link in _chain(exc):
         if conn.raised_by_peer(link):
             if isinstance(link, trio.BrokenResourceError):
-                return "reset"
+                # The connection's own TLS errors carry the ssl error.
+                return "protocol" if _tls_blame(link) == "protocol" else "reset"
             return "protocol"
     if isinstance(exc, trio.BrokenResourceError):
-        for link in _chain(exc):
-            if isinstance(link, ssl.SSLCertVerificationError):
-                return "handler"
-            if isinstance(link, ssl.SSLEOFError):
-                return "reset"  # TLS ended without close_notify
-            if isinstance(link, ssl.SSLError):
-                return "protocol"
+        return _tls_blame(exc) or "handler"
     return "handler"
 
 

@@ -26,7 +26,7 @@ from conftest import ProxySocket, port_of
 
 import trionet
 from trionet._stream import DEFAULT_RECEIVE_SIZE, ConnOptions, SocketConnection
-from trionet._stream._socket import _ITER_MAX, _SPIN_BACKOFF
+from trionet._stream._socket_receive import _ITER_MAX, _SPIN_BACKOFF
 from trionet._stream._sockopts import raw_socket_of
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]

@@ -1,8 +1,17 @@
 """What a handler or a client holds: :class:`~trionet.Connection` and its transports.
 
 * :mod:`._base` -- the ``Connection`` API every transport shares;
+* :mod:`._options` -- its settings (``ConnOptions``, the defaults);
 * :mod:`._buffered` -- the buffered reads (a mixin of ``Connection``);
-* :mod:`._socket` -- the socket transport (kernel fast path, generic path);
+* :mod:`._iteration` -- the drain-aware ``async for`` (a mixin of ``Connection``);
+* :mod:`._closing` -- the close protocol: close at once, or linger first (a
+  mixin of ``Connection``);
+* :mod:`._socket` -- the socket transport (kernel fast path, generic path),
+  with its receive path :mod:`._socket_receive` and send path
+  :mod:`._socket_send` (mixins of ``SocketConnection``);
+* :mod:`._tls` -- the TLS transport (making one, the handshake, the
+  goodbye), over its record I/O :mod:`._tls_io`;
+* :mod:`._clienthello` -- the server name a TLS ClientHello asks for (sans-I/O);
 * :mod:`._poller` -- the shared epoll set server connections park on;
 * :mod:`._checkpoints` -- the cheap schedule point;
 * :mod:`._sockopts` -- socket-level helpers (options, queue sizes, the
@@ -10,16 +19,16 @@
 * :mod:`._info` -- the frozen records (``ConnectionInfo``, ``TLSInfo``).
 """
 
-from ._base import DEFAULT_CLOSE_LINGER as DEFAULT_CLOSE_LINGER
-from ._base import DEFAULT_OPTIONS as DEFAULT_OPTIONS
-from ._base import DEFAULT_SCHEDULE_BUDGET as DEFAULT_SCHEDULE_BUDGET
 from ._base import Connection as Connection
 from ._base import ConnectionOwner as ConnectionOwner
-from ._base import ConnOptions as ConnOptions
-from ._base import check_close_linger as check_close_linger
 from ._buffered import DEFAULT_RECEIVE_SIZE as DEFAULT_RECEIVE_SIZE
 from ._info import ConnectionInfo as ConnectionInfo
 from ._info import TLSInfo as TLSInfo
+from ._options import DEFAULT_CLOSE_LINGER as DEFAULT_CLOSE_LINGER
+from ._options import DEFAULT_OPTIONS as DEFAULT_OPTIONS
+from ._options import DEFAULT_SCHEDULE_BUDGET as DEFAULT_SCHEDULE_BUDGET
+from ._options import ConnOptions as ConnOptions
+from ._options import check_close_linger as check_close_linger
 from ._socket import SocketConnection as SocketConnection
 
 __all__ = [

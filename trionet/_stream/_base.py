@@ -3,9 +3,11 @@
 What every transport shares lives here: peer and local addresses, byte
 counters, the buffered reads (a mixin, :mod:`._buffered`) sharing one buffer
 with ``receive_some`` and ``async for``, the schedule-point budget, the
-drain-aware end of ``async for``, peer-fault bookkeeping, and the close
-protocol (close, abort, the lingering ``aclose``).  Each transport is a
-subclass that supplies the primitives:
+drain-aware end of ``async for`` (a mixin, :mod:`._iteration`), peer-fault
+bookkeeping, and the public close methods (the close protocol behind them --
+close at once, or linger first -- is the mixin :mod:`._closing`; the
+settings are :mod:`._options`).  Each transport is a subclass that supplies
+the primitives:
 
 * :class:`~trionet._stream._socket.SocketConnection` -- a socket: the kernel
   fast path, or the generic path of a socket from a custom Trio socket
@@ -13,7 +15,8 @@ subclass that supplies the primitives:
 * :class:`~trionet._stream._tls.TLSConnection` -- TLS (``ssl.SSLObject``)
   driven over that socket transport;
 * :class:`~trionet._stream._wrapped.StreamConnection` -- any
-  ``trio.abc.Stream`` (the Connection API around a stream of your own).
+  ``trio.abc.Stream`` (the Connection API around a stream of your own,
+  ``trio.SSLStream`` say).
 
 Why subclasses and not a transport object held by the connection
 (composition)?  The hot path: a message through a held transport would cross
@@ -22,29 +25,13 @@ keep that frame alive for its whole life (~230 bytes each, measured).  The
 primitives are methods of the transport class itself, so ``async for chunk
 in conn`` on a socket runs one coroutine deep, as before.  ``Connection`` is
 the type everyone names; calling it with a socket (``trionet.Connection(sock)``)
-makes a socket connection.
+makes a socket connection.  (``StreamConnection`` is the composition case:
+there the stream is someone else's, and its frames are the price of using it.)
 
 What a server keeps per connection (its slot, host lease, idle clock) lives
 in the server's own record (``trionet._server._record``), not here; a
 connection only knows its owner through the narrow :class:`ConnectionOwner`
 interface: the drain state it must honour, and whom to tell that it closed.
-
-Closing
--------
-``send_all`` returning means the transport has the bytes, and a close must
-not throw them away.  On a socket it would, if it closed with the peer's
-bytes unread: the kernel answers with RST and discards whatever of ours is
-still queued unsent.  So :meth:`Connection.aclose` (and the server, when a
-handler returns) first decides -- before anything more is written, a TLS
-``close_notify`` included -- whether closing at once could do that damage
-(``_linger_needed``), and if so *lingers*: the connection is closed to its
-users (stats folded, waiters woken), its sending side shut down (the FIN
-follows the queued bytes), and the peer's late bytes are read and discarded
-until its EOF, ``close_linger`` seconds or cancellation; then the transport
-closes.  ``_closed`` goes ``_OPEN`` -> ``_LINGERING`` -> ``_CLOSED``.
-``close()``, ``abort()`` and a cancelled ``aclose()`` never linger.  A
-connection that saw the peer's EOF, or never sent a byte, has nothing to
-protect and skips the check.
 """
 
 from __future__ import annotations
@@ -52,19 +39,29 @@ from __future__ import annotations
 import itertools
 import operator
 import time
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import attrs
 import trio
-from trio.lowlevel import checkpoint, checkpoint_if_cancelled
+from trio.lowlevel import checkpoint_if_cancelled
 
 from .._address import Address
 from .._exceptions import translate_stream_error
-from .._validate import check_seconds, public_call
 from ._buffered import DEFAULT_RECEIVE_SIZE, BufferedReads
 from ._checkpoints import schedule_point as _schedule_point
+from ._closing import _CLOSED as _CLOSED
+from ._closing import _EOF_SEEN as _EOF_SEEN
+from ._closing import _EOF_SENT as _EOF_SENT
+from ._closing import _LINGERING as _LINGERING
+from ._closing import _OPEN as _OPEN
+from ._closing import OrderlyClose
+from ._closing import _closed_error as _closed_error
 from ._info import ConnectionInfo, TLSInfo
+from ._iteration import DrainAwareIteration, Interruptible
+from ._options import DEFAULT_CLOSE_LINGER as DEFAULT_CLOSE_LINGER
+from ._options import DEFAULT_OPTIONS as DEFAULT_OPTIONS
+from ._options import DEFAULT_SCHEDULE_BUDGET as DEFAULT_SCHEDULE_BUDGET
+from ._options import ConnOptions as ConnOptions
+from ._options import check_close_linger as check_close_linger
 
 if TYPE_CHECKING:
     from typing import Self
@@ -80,61 +77,10 @@ __all__ = [
     "check_close_linger",
 ]
 
-#: Immediately-completed operations between two schedule points (1 = strict Trio).
-DEFAULT_SCHEDULE_BUDGET: Final = 1
-#: Seconds an orderly close may linger for the peer's EOF (see ``Connection.aclose``).
-DEFAULT_CLOSE_LINGER: Final = 5.0
-
 _ids = itertools.count(1)
 
-# Connection._closed: open; closed to its users with the transport still
-# open (a lingering close); closed.  Connection._eof: bits.
-_OPEN, _LINGERING, _CLOSED = 0, 1, 2
-_EOF_SENT, _EOF_SEEN = 1, 2
 #: ``Connection._drain_mark`` while no drain has begun.
 NO_MARK: Final = 1 << 62
-
-
-@attrs.frozen
-class ConnOptions:
-    """Per-connection settings, one shared instance per server or client plan (internal).
-
-    Kept in one slot, not one per setting: every slot costs each idle
-    connection 8 bytes.
-    """
-
-    #: ``schedule_budget`` (1 = strict Trio).
-    budget: int = DEFAULT_SCHEDULE_BUDGET
-    #: ``close_linger`` seconds (0 = close at once).
-    close_linger: float = DEFAULT_CLOSE_LINGER
-    #: A TLS connection tolerates a peer that ends without ``close_notify``
-    #: (servers do: HTTPS clients often skip it).
-    lenient_tls_eof: bool = False
-
-    @classmethod
-    def of(cls, budget: int, close_linger: float, lenient_tls_eof: bool = False) -> ConnOptions:
-        """The shared default instance when the values are the defaults, else a new one."""
-        options = cls(budget, close_linger, lenient_tls_eof)
-        return DEFAULT_OPTIONS if options == DEFAULT_OPTIONS else options
-
-
-DEFAULT_OPTIONS: Final = ConnOptions()
-
-
-def check_close_linger(call: str, value: object) -> float:
-    """``close_linger``: finite seconds >= 0 (0 closes at once).
-
-    Infinite is refused: a silent peer that never closes would hold the
-    descriptor (and, past ``max_connections`` lingers, a slot) for good.
-
-    Raises:
-        TypeError, ValueError: as :func:`trionet._validate.check_seconds`,
-            the message naming ``call``.
-    """
-    with public_call(call):
-        seconds = check_seconds("close_linger", value, infinite=False)
-    assert seconds is not None
-    return seconds
 
 
 class ConnectionOwner(Protocol):
@@ -154,11 +100,7 @@ class ConnectionOwner(Protocol):
         """A linger of one of the owner's connections began (+1) or ended (-1)."""
 
 
-def _closed_error() -> trio.ClosedResourceError:
-    return trio.ClosedResourceError("this connection was already closed")
-
-
-class Connection(BufferedReads, trio.abc.HalfCloseableStream):
+class Connection(BufferedReads, DrainAwareIteration, OrderlyClose, trio.abc.HalfCloseableStream):
     """A connected byte stream: a :class:`trio.abc.HalfCloseableStream` plus extras.
 
     Servers create one per accepted connection and hand it to the handler;
@@ -210,6 +152,7 @@ class Connection(BufferedReads, trio.abc.HalfCloseableStream):
         "_coop_left",
         "_drain_mark",
         "_eof",
+        "_iter_scope",
         "_local",
         "_opts",
         "_owner",
@@ -264,6 +207,9 @@ class Connection(BufferedReads, trio.abc.HalfCloseableStream):
         self._owner = owner
         #: During a drain: ``async for`` ends once this many bytes were received.
         self._drain_mark = NO_MARK
+        #: What to cancel to end an ``async for`` wait on a drain (see the
+        #: module notes); None when no such wait is in progress.
+        self._iter_scope: Interruptible | None = None
 
     # ------------------------------------------------------------------
     # Introspection
@@ -474,67 +420,8 @@ class Connection(BufferedReads, trio.abc.HalfCloseableStream):
         assert data is not None
         return data
 
-    def __aiter__(self) -> Self:
-        return self
-
-    def __anext__(self) -> Coroutine[Any, Any, bytes]:
-        return self._anext_slow()
-
-    async def _anext_slow(self) -> bytes:
-        self._check_receive()
-        if self._buf:
-            await checkpoint_if_cancelled()
-            out = self._take(DEFAULT_RECEIVE_SIZE)
-            await self._coop()
-            return out
-        if self.bytes_received >= self._drain_mark and self._drain_stops_iteration():
-            # Everything that had arrived when the drain began was delivered.
-            await checkpoint()
-            raise StopAsyncIteration
-        # During a drain this still takes what has already arrived (a request
-        # sent just before the drain is served), and stops instead of
-        # waiting for more.
-        more = await self._recv_into_nothing(self._rx_size, self._owner is not None)
-        if not more:
-            raise StopAsyncIteration
-        return more
-
-    def _drain_stops_iteration(self) -> bool:
-        # ``async for`` ends on drain for a connection that has already been
-        # talking.  One that has received nothing yet -- typically swept from
-        # the kernel queue, its client's first request still on the way -- is
-        # given a moment (the server's first-request allowance) before it
-        # counts as idle too; the grace period bounds everything.
-        owner = self._owner
-        return (
-            owner is not None and owner.draining and (self.bytes_received > 0 or owner.drain_silent)
-        )
-
-    def _mark_drain(self) -> None:
-        """A drain begins: ``async for`` delivers what has arrived by now, then ends.
-
-        Without this mark a peer that never stops sending -- a client
-        streaming to an echo service -- would keep the loop going until the
-        grace period ran out and the handler was cancelled.  The bytes the
-        transport says are waiting (:meth:`_pending_bytes`) are added to what
-        was already received; a transport that cannot tell keeps the rule of
-        ending once nothing is waiting.
-        """
-        if self._closed:
-            return
-        waiting = self._pending_bytes()
-        if waiting is not None:
-            self._drain_mark = self.bytes_received + waiting
-
-    def _pending_bytes(self) -> int | None:
-        """Application bytes known to be waiting, or None if the transport cannot tell."""
-        return None
-
-    def _interrupt_iteration(self) -> None:
-        """Wake an ``async for`` blocked waiting for data (a drain has begun)."""
-
     # ------------------------------------------------------------------
-    # Closing (the transport supplies the primitives)
+    # Closing (the protocol is ._closing's; the transport supplies the primitives)
 
     def close(self) -> None:
         """Close now (synchronous; tasks blocked on it get ``ClosedResourceError``).
@@ -550,18 +437,6 @@ class Connection(BufferedReads, trio.abc.HalfCloseableStream):
             self._close_transport(after_linger=False)
         elif self._closed == _LINGERING:
             self._close_transport(after_linger=True)
-
-    def _mark_closed(self) -> None:
-        # The connection is closed to its users: stats folded, waiters woken
-        # (the transport still open, for a linger or the close that follows).
-        self._closed = _LINGERING
-        self._buf = None
-        owner = self._owner
-        if owner is not None:
-            # The server folds this connection into its stats *before* the
-            # FIN goes out, so a peer that saw EOF sees final figures.
-            owner.connection_closed(self)
-        self._wake_waiters()
 
     def abort(self) -> None:
         """Close at once with a TCP reset (RST) instead of an orderly FIN.
@@ -582,60 +457,6 @@ class Connection(BufferedReads, trio.abc.HalfCloseableStream):
             return
         self._arm_reset()
         self.close()
-
-    def _wants_linger(self) -> bool:
-        """Decide, before anything more is written, whether an orderly close must linger."""
-        if self._opts.close_linger <= 0 or self._eof & _EOF_SEEN or not self.bytes_sent:
-            # Off; or the peer sends nothing more; or we never sent a byte,
-            # so a reset cannot discard anything of ours.
-            return False
-        return self._linger_needed()
-
-    def _begin_orderly_close(self) -> bool:
-        """Start an orderly close; True means "linger now" (await :meth:`_linger`).
-
-        Decides whether to linger (:meth:`_wants_linger`); if not, closes at
-        once as :meth:`close` does.  If so, the connection is closed to its
-        users (stats folded, waiters woken) and our sending side is shut
-        down -- the FIN follows the queued data -- but the transport stays
-        open so the peer's late bytes can be read and thrown away.
-        """
-        if self._closed:
-            # Closed already -- and if another aclose() is lingering, that
-            # close is its to finish: cutting it short would discard what it
-            # protects.
-            return False
-        linger = self._wants_linger()
-        self._mark_closed()
-        if linger:
-            linger = self._begin_linger()
-        if not linger:
-            self._close_transport(after_linger=False)
-        return linger
-
-    async def _linger(self, seconds: float) -> None:
-        """Read and discard until the peer's EOF, ``seconds``, or cancellation; then close.
-
-        The transport is closed on every way out, a cancellation included.
-        A :meth:`close` or :meth:`abort` from elsewhere ends it too.
-        """
-        owner = self._owner
-        if owner is not None:
-            owner.linger_changed(1)  # stats.lingering counts every linger
-        try:
-            with trio.move_on_after(seconds):
-                await self._discard_until_eof()
-        except (OSError, trio.ClosedResourceError, trio.BusyResourceError):
-            # A reset (nothing left to protect); closed by close()/abort();
-            # or someone holding ``conn.socket`` is reading it: stop here.
-            pass
-        except trio.BrokenResourceError:
-            pass  # the same, translated (a TLS transport)
-        finally:
-            if self._closed == _LINGERING:
-                self._close_transport(after_linger=True)
-            if owner is not None:
-                owner.linger_changed(-1)
 
     async def aclose(self) -> None:
         """Close the connection with an orderly FIN, never discarding what was sent.
@@ -680,26 +501,3 @@ class Connection(BufferedReads, trio.abc.HalfCloseableStream):
 
     async def __aenter__(self) -> Self:
         return self
-
-    # -- transport primitives of the close (each transport overrides them) --
-
-    def _wake_waiters(self) -> None:
-        """Wake tasks blocked on the transport with ``ClosedResourceError``."""
-
-    def _close_transport(self, *, after_linger: bool) -> None:
-        """Close the underlying transport for good (sets ``_CLOSED``)."""
-        self._closed = _CLOSED
-
-    def _arm_reset(self) -> None:
-        """Make the close that follows a reset, where the transport has one."""
-
-    def _linger_needed(self) -> bool:
-        """Whether closing the transport now could discard bytes we sent."""
-        return False
-
-    def _begin_linger(self) -> bool:
-        """Shut our sending side down for a linger; False if there is nothing to linger on."""
-        return False
-
-    async def _discard_until_eof(self) -> None:
-        """Read and drop the peer's bytes until its EOF (the body of a linger)."""

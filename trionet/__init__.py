@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ._stats import ServerStats as ServerStats
     from ._stream import Connection as Connection
     from ._stream import ConnectionInfo as ConnectionInfo
+    from ._stream import StreamConnection as StreamConnection
     from ._stream import TLSInfo as TLSInfo
 
 #: Public name -> the private module that defines it.
@@ -61,6 +62,7 @@ _EXPORTS: dict[str, str] = {
     "ServerConfig": "._config",
     "Connection": "._stream",
     "ConnectionInfo": "._stream",
+    "StreamConnection": "._stream",
     "ShutdownReport": "._server._drain",
     "drain_on_signals": "._server._drain",
     "AddressInUse": "._exceptions",
@@ -106,6 +108,7 @@ __all__ = [
     "ServerConfig",
     "ServerStats",
     "ShutdownReport",
+    "StreamConnection",
     "TCPAddress",
     "TLSInfo",
     "TrionetError",

@@ -12,6 +12,9 @@
 * :mod:`._tls` -- the TLS transport (making one, the handshake, the
   goodbye), over its record I/O :mod:`._tls_io`;
 * :mod:`._clienthello` -- the server name a TLS ClientHello asks for (sans-I/O);
+* :mod:`._wrapped` -- ``StreamConnection``: the ``Connection`` API over any
+  ``trio.abc.Stream`` (``trio.SSLStream``, say), and :mod:`._layers`, which
+  finds the trionet connection (or socket) beneath such a stream;
 * :mod:`._poller` -- the shared epoll set server connections park on;
 * :mod:`._checkpoints` -- the cheap schedule point;
 * :mod:`._sockopts` -- socket-level helpers (options, queue sizes, the
@@ -30,6 +33,7 @@ from ._options import DEFAULT_SCHEDULE_BUDGET as DEFAULT_SCHEDULE_BUDGET
 from ._options import ConnOptions as ConnOptions
 from ._options import check_close_linger as check_close_linger
 from ._socket import SocketConnection as SocketConnection
+from ._wrapped import StreamConnection as StreamConnection
 
 __all__ = [
     "DEFAULT_CLOSE_LINGER",
@@ -41,6 +45,7 @@ __all__ = [
     "ConnectionInfo",
     "ConnectionOwner",
     "SocketConnection",
+    "StreamConnection",
     "TLSInfo",
     "check_close_linger",
 ]

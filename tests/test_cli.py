@@ -8,6 +8,7 @@ bound every wait with a timeout, and kill whatever is left in teardown.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import re
 import signal
@@ -161,6 +162,15 @@ def test_close_linger_reaches_serve_and_connect() -> None:
     assert args.close_linger == 0.0
 
 
+def test_inf_means_no_limit_where_the_library_says_so() -> None:
+    args = build_parser().parse_args(["serve", "echo", "--grace", "inf", "--idle-timeout", "inf"])
+    assert args.grace == math.inf
+    options = server_options(args)
+    assert trionet.ServerConfig(**options).idle_timeout is None  # "no limit"
+    args = build_parser().parse_args(["connect", "tcp://127.0.0.1:7", "--timeout", "inf"])
+    assert args.timeout == math.inf
+
+
 def test_unix_mode_accepts_0o_prefix() -> None:
     args = build_parser().parse_args(["serve", "echo", "--unix-mode", "0o600"])
     assert server_options(args)["unix_mode"] == 0o600
@@ -191,7 +201,10 @@ def test_builtin_and_module_handlers_resolve(
         (["serve", "echo", "--deny", "nonsense"], ["invalid CIDR 'nonsense'"]),
         (["serve", "echo", "--max-connections", "0"], ["--max-connections must be >= 1"]),
         (["serve", "echo", "--max-per-host", "0"], ["--max-per-host must be >= 1"]),
-        (["serve", "echo", "--idle-timeout", "0"], ["--idle-timeout must be > 0"]),
+        (
+            ["serve", "echo", "--idle-timeout", "0"],
+            ["--idle-timeout", "'0' is not a number of seconds > 0"],
+        ),  # noqa: E501
         (["serve", "echo", "--backlog", "many"], ["--backlog", "'many' is not a whole number"]),
         (["serve", "echo", "--grace", "-1"], ["--grace", "not a number of seconds >= 0"]),
         (["serve", "echo", "--grace", "nan"], ["--grace"]),
@@ -216,7 +229,7 @@ def test_builtin_and_module_handlers_resolve(
         (["connect", "tcp://127.0.0.1:7", "--timeout", "soon"], ["--timeout"]),
         (["connect", "tcp://127.0.0.1:7", "--timeout", "0"], ["--timeout", "'0'", "> 0"]),
         (["connect", "tcp://127.0.0.1:7", "--timeout", "-1"], ["--timeout", "'-1'"]),
-        (["connect", "tcp://127.0.0.1:7", "--timeout", "inf"], ["--timeout", "'inf'"]),
+        (["connect", "tcp://127.0.0.1:7", "--timeout", "nan"], ["--timeout", "'nan'"]),
         (
             ["connect", "tcp://127.0.0.1:7", "--local-address", "::1"],
             ["local address ::1 and target 127.0.0.1 are of different address families"],

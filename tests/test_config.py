@@ -129,7 +129,9 @@ def test_bad_option_raises_precise_error(
         ({"allow": 5}, TypeError, "CIDR lists must be iterables of str"),
         ({"unix_uids": 0}, TypeError, "unix_uids must be an iterable of ints"),
         ({"unix_uids": [-1]}, ValueError, "non-negative"),
-        ({"unix_uids": ["0"]}, TypeError, "unix_uids must hold ints"),
+        ({"unix_uids": ["0"]}, TypeError, "unix_uids must hold non-negative ints"),
+        ({"unix_uids": [True]}, TypeError, "unix_uids must hold non-negative ints"),
+        ({"unix_uids": [float("nan")]}, ValueError, "unix_uids must hold non-negative ints"),
     ],
 )
 def test_bad_access_policy(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:

@@ -20,9 +20,9 @@ option); this table is where they are held to, everywhere at once:
 * the command line refuses the same values (those a command line can spell)
   with exit status 2 and one ``trionet: error: ...`` line naming the flag,
   without ever reaching ``trio.run``.  (``inf`` is tried only for the flags
-  whose option must be finite: for ``--grace``, ``--idle-timeout`` and
-  ``--timeout`` the library takes infinity as "no limit", while the command
-  line today refuses ``inf`` and spells "no limit" by leaving the flag out.)
+  whose option must be finite: ``--grace``, ``--idle-timeout`` and
+  ``--timeout`` take it as "no limit", as the library does -- see
+  ``test_cli.py``.)
 
 The option lists are read from the signatures (``inspect.signature``, the
 attrs fields of ``ServerConfig`` and ``Bind``, the argument parser): a new

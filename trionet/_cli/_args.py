@@ -8,9 +8,10 @@ other usage error (see ``_errors``).
 from __future__ import annotations
 
 import argparse
-import math
+from collections.abc import Callable
 from typing import Final, NoReturn
 
+from .._validate import check_count, check_mode, check_seconds
 from .._version import __version__
 from ._errors import EXIT_USAGE
 
@@ -37,21 +38,29 @@ class _Parser(argparse.ArgumentParser):
 ################################################################
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return value
+def _seconds(*, zero: bool = True, infinite: bool = False) -> Callable[[str], float]:
+    """An argument type for seconds, by the library's rule (``check_seconds``).
 
+    ``inf`` is accepted where the option is a limit you may lift (``--grace``,
+    ``--idle-timeout``, ``--timeout``): "no limit", as in the library.
+    """
+    bound = ">= 0" if zero else "> 0"
+    finite = "" if infinite else "finite "
 
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
-    return value
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        try:
+            check_seconds("value", value, zero=zero, infinite=infinite)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {finite}number of seconds {bound}"
+            ) from None
+        return value
+
+    return seconds
 
 
 def _count(text: str) -> int:
@@ -59,8 +68,10 @@ def _count(text: str) -> int:
         value = int(text, 10)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    try:
+        check_count("value", value, minimum=0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative") from None
     return value
 
 
@@ -70,8 +81,10 @@ def _octal(text: str) -> int:
         value = int(digits, 8)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 660") from None
-    if not 0 <= value <= 0o7777:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (0-7777)")
+    try:
+        check_mode("value", value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (0-7777)") from None
     return value
 
 
@@ -116,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--backlog", type=_count, metavar="N", help="listen() queue length")
     srv.add_argument(
         "--grace",
-        type=_seconds,
+        type=_seconds(infinite=True),
         default=10.0,
         metavar="S",
-        help="seconds handlers get to finish on shutdown (default 10)",
+        help="seconds handlers get to finish on shutdown (default 10; inf: no limit)",
     )
     srv.add_argument(
         "--allow", action="append", metavar="CIDR", help="admit only these networks (repeatable)"
@@ -135,13 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument(
         "--idle-timeout",
-        type=_seconds,
+        type=_seconds(zero=False, infinite=True),
         metavar="S",
         help="close connections idle (no bytes either way) for S seconds",
     )
     srv.add_argument(
         "--close-linger",
-        type=_seconds,
+        type=_seconds(),
         metavar="S",
         help="seconds a close may linger for the peer's EOF so that no reply is lost "
         "(default 5; 0 closes at once)",
@@ -172,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tls.add_argument(
         "--handshake-timeout",
-        type=_positive_seconds,
+        type=_seconds(zero=False),
         metavar="S",
         help="seconds a client gets to complete the TLS handshake (default 10)",
     )
@@ -191,13 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--local-address", metavar="IP", help="local IP address to connect from")
     con.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=_seconds(zero=False, infinite=True),
         metavar="S",
-        help="give up connecting after S seconds (> 0)",
+        help="give up connecting after S seconds (> 0; inf: never)",
     )
     con.add_argument(
         "--close-linger",
-        type=_seconds,
+        type=_seconds(),
         metavar="S",
         help="seconds the final close may linger for the peer's EOF (default 5; 0: at once)",
     )

@@ -50,6 +50,7 @@ import trio
 from .._address import Address, TCPAddress, UnixAddress
 from .._stream import Connection, ConnectionInfo
 from .._stream._sockopts import read_peer_credentials
+from .._validate import check_count
 
 if TYPE_CHECKING:
     from .._ratelimit import RateLimiter
@@ -106,10 +107,10 @@ def _to_uids(value: Iterable[int] | None) -> frozenset[int] | None:
         raise TypeError(f"unix_uids must be an iterable of ints (e.g. [1000]), not {value!r}")
     uids = frozenset(value)
     for uid in uids:
-        if not isinstance(uid, int) or isinstance(uid, bool):
-            raise TypeError(f"unix_uids must hold ints, not {uid!r}")
-        if uid < 0:
-            raise ValueError(f"unix_uids must hold non-negative ints, not {uid!r}")
+        try:
+            check_count("unix_uids", uid, minimum=0)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"unix_uids must hold non-negative ints, not {uid!r}") from None
     return uids
 
 

@@ -17,7 +17,7 @@ message: 7 % more echoed messages per second with 100 connections
 The private name
 ----------------
 The message object lives in ``trio._core._traps``.  trionet touches private
-Trio names in two places only: here, and ``_connection.raw_socket_of``, which
+Trio names in two places only: here, and ``_sockopts.raw_socket_of``, which
 recognises Trio's own socket class to reach the kernel socket inside it (and
 treats anything else as a custom-factory socket).  Here it is done
 defensively.

@@ -69,6 +69,16 @@ EXPECTED: dict[str, list[str]] = {
         "attempts: ['connected', 'failed']",
         "tls_failures=2 stage_failures=2 handler_errors=0",
     ],
+    "starttls.py": [
+        "client got: GO",
+        "server: same id True, same peer True",
+        "client got: HELLO",
+        "client tls: True localhost",
+        "application bytes: 6 | on the wire:",
+        "server: loop ended, draining=True",
+        "drain: finished=1 cancelled=0",
+        "quick: True",
+    ],
     "tls_mutual.py": [
         "alice@example.test asked for api.example.test speaking http/1.1\n"
         "  server certificate: (('DNS', 'api.example.test'),)",

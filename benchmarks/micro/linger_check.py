@@ -1,4 +1,4 @@
-"""What the lingering close's decision costs: ``trionet._connection.linger_needed``.
+"""What the lingering close's decision costs: ``trionet._stream._sockopts.linger_needed``.
 
 At close time trionet asks the kernel whether closing at once could discard
 data (``recv(1, MSG_PEEK | MSG_DONTWAIT)``, plus ``ioctl(SIOCOUTQNSD)`` when
@@ -14,7 +14,10 @@ from __future__ import annotations
 import socket
 import time
 
-from trionet._connection import linger_needed
+try:
+    from trionet._stream._sockopts import linger_needed
+except ImportError:  # a revision from before the _stream package
+    from trionet._connection import linger_needed  # type: ignore[no-redef]
 
 N = 200_000
 

@@ -204,7 +204,7 @@ def test_builtin_and_module_handlers_resolve(
         (
             ["serve", "echo", "--idle-timeout", "0"],
             ["--idle-timeout", "'0' is not a number of seconds > 0"],
-        ),  # noqa: E501
+        ),
         (["serve", "echo", "--backlog", "many"], ["--backlog", "'many' is not a whole number"]),
         (["serve", "echo", "--grace", "-1"], ["--grace", "not a number of seconds >= 0"]),
         (["serve", "echo", "--grace", "nan"], ["--grace"]),

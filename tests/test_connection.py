@@ -465,15 +465,20 @@ async def test_receive_until_at_eof() -> None:
 
 
 async def test_receive_until_argument_checks() -> None:
+    # The shared rule: TypeError for the wrong type, ValueError for a bad value.
     conn, _peer = socketpair_conn()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^receive_until\(\): delimiter must be non-empty"):
         await conn.receive_until(b"", max_size=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match=r"^receive_until\(\): delimiter must be bytes"):
         await conn.receive_until("\n", max_size=1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^receive_until\(\): max_size must be >= 0"):
         await conn.receive_until(b"\n", max_size=-1)
-    with pytest.raises(ValueError):
-        await conn.receive_line(max_size=-1)
+    for bad in (True, "10", 1.5, None):
+        with pytest.raises(TypeError, match=r"^receive_line\(\): max_size must be an int"):
+            await conn.receive_line(max_size=bad)  # type: ignore[arg-type]
+    for bad in (-1, math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"^receive_line\(\): max_size"):
+            await conn.receive_line(max_size=bad)  # type: ignore[arg-type]
 
 
 async def test_receive_line(generic: bool) -> None:

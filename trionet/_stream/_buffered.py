@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from .._exceptions import IncompleteRead, MessageTooLong
+from .._validate import check_count, public_call
 
 __all__ = ["DEFAULT_RECEIVE_SIZE", "BufferedReads"]
 
@@ -23,6 +24,14 @@ DEFAULT_RECEIVE_SIZE = 65536
 # Largest single recv() of the buffered helpers (receive_exactly(10**9) must
 # not allocate a gigabyte per call).
 _MAX_FILL = 1 << 20
+
+
+def _max_size(call: str, value: object) -> int:
+    """``max_size`` by the shared rule: an int >= 0 (TypeError for a bool, str or float)."""
+    with public_call(call):
+        size = check_count("max_size", value, minimum=0)
+    assert size is not None
+    return size
 
 
 class BufferedReads:
@@ -136,15 +145,19 @@ class BufferedReads:
                 stays buffered).
             IncompleteRead: end-of-file before the delimiter; ``.partial`` has
                 the bytes that did arrive (``b""`` at a clean end-of-file).
+            TypeError: ``delimiter`` not bytes, or ``max_size`` not an int.
+            ValueError: an empty ``delimiter``, or ``max_size`` below 0.
 
         Example::
 
             header = await conn.receive_until(b"\\r\\n\\r\\n", max_size=16384)
         """
-        if not isinstance(delimiter, (bytes, bytearray)) or not delimiter:
-            raise ValueError("delimiter must be non-empty bytes")
+        if not isinstance(delimiter, (bytes, bytearray)):
+            raise TypeError(f"receive_until(): delimiter must be bytes, not {delimiter!r}")
+        if not delimiter:
+            raise ValueError("receive_until(): delimiter must be non-empty bytes")
         if type(max_size) is not int or max_size < 0:
-            raise ValueError(f"max_size must be an int >= 0, not {max_size!r}")
+            max_size = _max_size("receive_until()", max_size)
         return await self._receive_delimited(bytes(delimiter), max_size, False)
 
     async def receive_line(self, *, max_size: int = 65536) -> bytes:
@@ -166,7 +179,7 @@ class BufferedReads:
             command = await conn.receive_line(max_size=1024)
         """
         if type(max_size) is not int or max_size < 0:
-            raise ValueError(f"max_size must be an int >= 0, not {max_size!r}")
+            max_size = _max_size("receive_line()", max_size)
         return await self._receive_delimited(b"\n", max_size, True)
 
     async def _receive_delimited(self, delimiter: bytes, max_size: int, strip_cr: bool) -> bytes:

@@ -123,11 +123,15 @@ def test_cli_connect_tls_round_trips_and_ends_when_the_server_closes(
 def test_cli_connect_tls_to_daytime_prints_the_line_and_exits(
     cli: Start, pem: dict[str, str]
 ) -> None:
-    _server, port = tls_serve(cli, pem, "daytime")
+    server, port = tls_serve(cli, pem, "daytime")
     client = cli("connect", f"tcp://127.0.0.1:{port}", "--tls", "--ca", pem["ca"])
     rc, out, err = client.finish()
     assert rc == 0, err
     assert out.endswith("\r\n") and len(out.splitlines()) == 1
+    rc, out, err = server.stop()
+    assert rc == 0, err
+    assert stats_of(out)["handler_errors"] == 0  # daytime does not half-close TLS
+    assert "ERROR" not in err
 
 
 def test_a_certificate_the_client_cannot_verify_is_one_error_line(

@@ -134,12 +134,14 @@ async def daytime(conn: Connection) -> None:
         await trionet.serve(trionet.services.daytime, "tcp://127.0.0.1:1313")
     """
     await conn.send_all(daytime_line())
-    # Half-close before the server closes the socket.  If the client sent
-    # anything (RFC 867 says it is thrown away) and it is still unread at
-    # close, the kernel answers the close with a reset; with our FIN already
-    # sent, the client sees the reply and a clean end-of-file, where without
-    # it the client's read after the reply fails with "connection reset".
-    await conn.send_eof()
+    # Half-close now: the client sees the reply and a clean end-of-file at
+    # once, even if it sent something (RFC 867 says it is thrown away) that
+    # is still unread when the server closes.  (The server's lingering close
+    # would deliver the reply anyway; this also holds with close_linger=0.)
+    # TLS has no half-close: there the close that follows sends
+    # close_notify, after the reply.
+    if conn.tls is None:
+        await conn.send_eof()
 
 
 async def chargen(conn: Connection) -> None:

@@ -282,7 +282,7 @@ async def _serve(
     report = reports[0]
     _print(
         f"shutdown: finished={report.finished} cancelled={report.cancelled} "
-        f"swept={report.swept} elapsed={report.elapsed:.3f}s"
+        f"in_stages={report.in_stages} swept={report.swept} elapsed={report.elapsed:.3f}s"
     )
     _print("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(server.stats).items()))
 

@@ -132,9 +132,10 @@ class ShutdownReport:
     """What a graceful drain did.
 
     Every connection still open when the drain began, or swept during it,
-    ends up in exactly one place: ``finished``, ``cancelled``, or -- closed
-    by the idle timeout while the drain was running -- ``stats.idle_closed``
-    (in neither field).  So ``finished + cancelled`` can be smaller than the
+    ends up in exactly one place: ``finished``, ``cancelled``, ``in_stages``
+    (closed before its handler ever ran), or -- closed by the idle timeout
+    while the drain was running -- ``stats.idle_closed`` (in none of the
+    fields).  So ``finished + cancelled + in_stages`` can be smaller than the
     number of connections the drain started with, never larger.
     """
 

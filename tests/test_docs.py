@@ -45,13 +45,14 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "bind_options.py": [
         "tcp://127.0.0.1:",
-        "backlog=16 unix_mode=0o660",
+        "backlog=16 unix_mode=-",
         "unix:.../admin.sock      backlog=1024 unix_mode=0o600",
         "admin.sock 0o600\napp.sock 0o660",
         "server.addresses in the same order: True",
         "-> hello from unix:.../admin.sock",
         "ValueError: Bind('tcp://127.0.0.1:0'): backlog must be >= 0, not -1",
         "ValueError: Bind('unix:@trionet-example'): unix_mode=0o600 cannot apply",
+        "ValueError: Bind('tcp://127.0.0.1:0'): unix_mode=0o600 applies to unix: socket files",
         "ValueError: Bind('tcp://127.0.0.1:0'): handshake_timeout must be > 0 seconds, not 0",
     ],
     "tls_server.py": [

@@ -431,8 +431,9 @@ def test_the_edges_the_rules_accept() -> None:
     assert (config.shutdown_grace, config.close_linger, config.unix_mode) == (0, 0, 0)
     assert (config.keepalive, config.handler_errors) == (True, "raise")
     assert trionet.ServerConfig(keepalive=MAX_KEEPALIVE, backlog=0).keepalive == MAX_KEEPALIVE
-    bind = trionet.Bind(LISTEN, tls=False, backlog=0, unix_mode=0o7777, handshake_timeout=1e-3)
-    assert (bind.tls, bind.backlog, bind.unix_mode) == (False, 0, 0o7777)
+    bind = trionet.Bind(LISTEN, tls=False, backlog=0, handshake_timeout=1e-3)
+    assert (bind.tls, bind.backlog, bind.handshake_timeout) == (False, 0, 1e-3)
+    assert trionet.Bind("unix:/tmp/never-bound.sock", unix_mode=0o7777).unix_mode == 0o7777
     plan = make_plan(TARGET, backoff=0, max_backoff=0, happy_eyeballs_delay=0, retries=0)
     assert (plan.backoff, plan.max_backoff, plan.happy_eyeballs_delay, plan.retries) == (0, 0, 0, 0)
 

@@ -128,7 +128,12 @@ class Bind:
     def __attrs_post_init__(self) -> None:
         if self.unix_mode is not None and not _is_socket(self.address):
             address = parse_address(self.address)
-            if isinstance(address, UnixAddress) and address.is_abstract:
+            if not isinstance(address, UnixAddress):
+                raise ValueError(
+                    f"Bind({_describe(self.address)}): unix_mode={self.unix_mode:#o} applies "
+                    "to unix: socket files only"
+                )
+            if address.is_abstract:
                 raise ValueError(
                     f"Bind({_describe(self.address)}): unix_mode={self.unix_mode:#o} cannot "
                     f"apply to the abstract name {address}: it has no file, hence no "
@@ -153,12 +158,15 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
     for spec in binds:
         bind = spec if isinstance(spec, Bind) else Bind(spec)
         tls = bind.tls if bind.tls is not None else (config.tls or False)
+        unix_mode = bind.unix_mode
+        if unix_mode is None and _is_unix(bind.address):
+            unix_mode = config.unix_mode  # server-wide: for the unix: binds among them
         resolved.append(
             Bind(
                 bind.address,
                 tls=tls,
                 backlog=bind.backlog if bind.backlog is not None else config.backlog,
-                unix_mode=bind.unix_mode if bind.unix_mode is not None else config.unix_mode,
+                unix_mode=unix_mode,
                 handshake_timeout=(
                     bind.handshake_timeout
                     if bind.handshake_timeout is not None
@@ -167,6 +175,10 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
             )
         )
     return tuple(resolved)
+
+
+def _is_unix(address: object) -> bool:
+    return not _is_socket(address) and isinstance(parse_address(address), UnixAddress)
 
 
 def bound(bind: Bind, address: Address) -> Bind:

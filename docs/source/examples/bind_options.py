@@ -35,7 +35,8 @@ async def main() -> None:
             # address really bound (ephemeral ports filled in).
             for bind in server.binds:
                 where = str(bind.address).replace(tmpdir, "...")
-                print(f"{where:24} backlog={bind.backlog} unix_mode={bind.unix_mode:#o}")
+                mode = "-" if bind.unix_mode is None else f"{bind.unix_mode:#o}"
+                print(f"{where:24} backlog={bind.backlog} unix_mode={mode}")
             for path in (private, shared):
                 print(os.path.basename(path), oct(stat.S_IMODE(os.stat(path).st_mode)))
             same = server.addresses == [bind.address for bind in server.binds]
@@ -49,6 +50,7 @@ async def main() -> None:
     for make in (
         lambda: trionet.Bind("tcp://127.0.0.1:0", backlog=-1),
         lambda: trionet.Bind("unix:@trionet-example", unix_mode=0o600),
+        lambda: trionet.Bind("tcp://127.0.0.1:0", unix_mode=0o600),
         lambda: trionet.Bind("tcp://127.0.0.1:0", handshake_timeout=0),
     ):
         try:

@@ -224,7 +224,7 @@ async def test_tiny_timeout_scans_at_the_floor_rate(
 
     conn = FakeConn(1)
     reaper = Counting(0.001, {1: conn}, Counters())
-    reaper.watch(conn)
+    reaper.watch(conn, conn.scope)
     start = trio.current_time()
     with trio.move_on_after(1.0):
         await reaper.run()
@@ -243,7 +243,7 @@ async def test_scan_skips_connections_whose_handler_has_not_started() -> None:
     assert waiting.closed_at is None
     # Once its handler starts, the clock starts then, not at accept.
     waiting.scope = trio.CancelScope()
-    reaper.watch(waiting)
+    reaper.watch(waiting, waiting.scope)
     t0 = waiting.seen_at
     assert reaper.scan(t0 + 0.9) == 0
     assert reaper.scan(t0 + 1.0) == 1
@@ -262,7 +262,7 @@ async def test_reaper_bounds_on_a_fake_clock(
     def add(conn_id: int) -> FakeConn:
         conn = FakeConn(conn_id)
         conns[conn_id] = conn
-        reaper.watch(conn)
+        reaper.watch(conn, conn.scope)
         last_activity[conn_id] = trio.current_time()
         return conn
 
@@ -304,7 +304,7 @@ async def test_scan_stamps_progress_and_closes_once() -> None:
     counters = Counters()
     conn = FakeConn(7)
     reaper = IdleReaper(1.0, {7: conn}, counters)
-    reaper.watch(conn)
+    reaper.watch(conn, conn.scope)
     t0 = conn.seen_at
     assert reaper.scan(t0 + 0.5) == 0
     conn.bytes_sent = 10

@@ -97,8 +97,9 @@ class IdleReaper:
         self._conns = conns
         self._counters = counters
 
-    def watch(self, rec: Watched) -> None:
-        """Start the clock for a connection (called when its handler starts)."""
+    def watch(self, rec: Watched, scope: trio.CancelScope | None) -> None:
+        """Start the clock for a connection (called when its handler starts in ``scope``)."""
+        rec.scope = scope
         conn = rec.conn
         rec.seen_bytes = conn.bytes_received + conn.bytes_sent
         rec.seen_at = trio.current_time()

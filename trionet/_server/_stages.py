@@ -42,7 +42,7 @@ from .._binds import Bind
 from .._exceptions import RemoteProtocolError
 from .._stats import Counters
 from .._stream import Connection, ConnectionOwner, ConnOptions
-from ._record import HANDLER, ConnectionRecord
+from ._record import HANDLER, ConnectionRecord, WatchedRecord
 
 if TYPE_CHECKING:
     import ssl
@@ -162,6 +162,7 @@ async def run_stages(rec: ConnectionRecord, host: StageHost) -> bool:
     it after the stages.  ``rec.scope`` is the deadline's scope meanwhile, so
     that ``begin_drain`` can cancel it.
     """
+    assert isinstance(rec, WatchedRecord)  # a record with a plan is one
     plan = rec.plan
     assert plan is not None
     conn = rec.conn

@@ -62,7 +62,7 @@ from ._capacity import Capacity
 from ._handler_errors import NOT_ERRORS, HandlerErrors
 from ._idle import IdleReaper
 from ._listeners import Listener
-from ._record import HANDLER, QUEUED, STAGES, ConnectionRecord
+from ._record import HANDLER, QUEUED, STAGES, ConnectionRecord, WatchedRecord
 from ._stages import StagePlan, run_stages
 
 log = logging.getLogger("trionet.server")
@@ -285,7 +285,7 @@ class ConnectionTable:
         if swept and not capacity.has_room():
             # Queue for a slot here, in accept order: the tasks themselves
             # first run in whatever order the scheduler picks.
-            rec = ConnectionRecord(conn, hostkey, plan, QUEUED)
+            rec = self._record(conn, hostkey, plan, QUEUED)
             ev = capacity.queue()
             try:
                 nursery.start_soon(self._task, rec, ev, name=_TASK_NAME)
@@ -293,13 +293,21 @@ class ConnectionTable:
                 capacity.leave(ev)
                 raise
         else:
-            rec = ConnectionRecord(conn, hostkey, plan, HANDLER if plan is None else STAGES)
+            rec = self._record(conn, hostkey, plan, HANDLER if plan is None else STAGES)
             nursery.start_soon(self._task, rec, name=_TASK_NAME)
             capacity.take()
         self.records[conn.id] = rec
         self.counters.accepted += 1
         if swept:
             self.counters.swept += 1
+
+    def _record(
+        self, conn: Connection, hostkey: Hashable | None, plan: StagePlan | None, state: int
+    ) -> ConnectionRecord:
+        # The lean record unless the connection has stages or an idle clock.
+        if plan is None and self.reaper is None:
+            return ConnectionRecord(conn, hostkey, state)
+        return WatchedRecord(conn, hostkey, state, plan)
 
     # ------------------------------------------------------------------
     # The connection task
@@ -323,8 +331,7 @@ class ConnectionTable:
             conn = rec.conn
             with trio.CancelScope() if reaper is not None else _NO_SCOPE as scope:
                 if reaper is not None:
-                    rec.scope = scope  # from now on the reaper watches it
-                    reaper.watch(rec)
+                    reaper.watch(rec, scope)  # from now on the reaper watches it
                 try:
                     await self._handler(conn)
                 except NOT_ERRORS:

@@ -34,8 +34,12 @@ if TYPE_CHECKING:
     from ._exceptions import ListenError as ListenError
     from ._exceptions import LocalProtocolError as LocalProtocolError
     from ._exceptions import MessageTooLong as MessageTooLong
+    from ._exceptions import ProxyProtocolError as ProxyProtocolError
     from ._exceptions import RemoteProtocolError as RemoteProtocolError
     from ._exceptions import TrionetError as TrionetError
+    from ._proxy._info import ProxyInfo as ProxyInfo
+    from ._proxy._info import ProxySSL as ProxySSL
+    from ._proxy._parse import parse_proxy_header as parse_proxy_header
     from ._server._admission import AccessPolicy as AccessPolicy
     from ._server._drain import ShutdownReport as ShutdownReport
     from ._server._drain import drain_on_signals as drain_on_signals
@@ -74,6 +78,10 @@ _EXPORTS: dict[str, str] = {
     "ListenError": "._exceptions",
     "LocalProtocolError": "._exceptions",
     "MessageTooLong": "._exceptions",
+    "ProxyProtocolError": "._exceptions",
+    "ProxyInfo": "._proxy._info",
+    "ProxySSL": "._proxy._info",
+    "parse_proxy_header": "._proxy._parse",
     "RemoteProtocolError": "._exceptions",
     "TrionetError": "._exceptions",
     "ConnectionPool": "._client._pool",
@@ -103,6 +111,9 @@ __all__ = [
     "LocalProtocolError",
     "MessageTooLong",
     "PoolStats",
+    "ProxyInfo",
+    "ProxyProtocolError",
+    "ProxySSL",
     "RemoteProtocolError",
     "Server",
     "ServerConfig",
@@ -118,6 +129,7 @@ __all__ = [
     "drain_on_signals",
     "open_server",
     "parse_address",
+    "parse_proxy_header",
     "serve",
 ]
 

@@ -27,12 +27,32 @@ import attrs
 import trio
 
 from ._address import Address, UnixAddress, parse_address
-from ._validate import check_count, check_mode, check_seconds, public_call
+from ._validate import (
+    check_choice,
+    check_cidrs,
+    check_count,
+    check_mode,
+    check_seconds,
+    public_call,
+)
 
 if TYPE_CHECKING:
     from ._config import ServerConfig
 
-__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "Bind", "BindSpec", "check_server_tls", "resolve_binds"]
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "PROXY_PROTOCOL_CHOICES",
+    "Bind",
+    "BindSpec",
+    "check_server_tls",
+    "cidrs_if_valid",
+    "resolve_binds",
+]
+
+#: What ``proxy_protocol`` may be.  There is no "optional": telling a header
+#: from a client's first bytes stalls server-speaks-first protocols and is
+#: ambiguous on a partial read.
+PROXY_PROTOCOL_CHOICES = ("required", "off")
 
 #: Seconds a connection's stages (TLS handshake, PROXY header) may take in all.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -83,6 +103,24 @@ def _check_backlog(name: str, value: object) -> None:
     check_count(name, value, minimum=0, none=True)
 
 
+def _check_proxy_protocol(name: str, value: object) -> None:
+    if value is not None:
+        check_choice(name, value, PROXY_PROTOCOL_CHOICES)
+
+
+def _check_trusted(name: str, value: object) -> None:
+    check_cidrs(name, value, none=True)
+
+
+def cidrs_if_valid(value: Any) -> Any:
+    """``trusted_proxies`` normalised (a tuple of CIDR strings) -- or as given,
+    for the validator to refuse with a message naming the call and the bind."""
+    try:
+        return check_cidrs("trusted_proxies", value, none=True)
+    except (TypeError, ValueError):
+        return value
+
+
 def _check_handshake(name: str, value: object) -> None:
     check_seconds(name, value, none=True, zero=False, infinite=False)
 
@@ -124,8 +162,22 @@ class Bind:
     #: Seconds all of a connection's stages (the TLS handshake) may take, > 0
     #: and finite; None = the server's ``handshake_timeout`` (default 10).
     handshake_timeout: float | None = attrs.field(default=None, validator=_opt(_check_handshake))
+    #: ``"required"``: every connection starts with a PROXY protocol header
+    #: (v1 or v2) from one of ``trusted_proxies``, read as the first stage
+    #: (before TLS); ``"off"``: none; None = the server's (default ``"off"``).
+    proxy_protocol: Literal["required", "off"] | None = attrs.field(
+        default=None, validator=_opt(_check_proxy_protocol)
+    )
+    #: CIDRs of the proxies allowed to send the header (``["10.0.0.0/8"]``);
+    #: other sources are refused at accept.  Required with
+    #: ``proxy_protocol="required"`` on TCP binds; None = the server's.
+    trusted_proxies: tuple[str, ...] | None = attrs.field(
+        default=None, converter=cidrs_if_valid, validator=_opt(_check_trusted)
+    )
 
     def __attrs_post_init__(self) -> None:
+        if self.proxy_protocol == "required" and self.trusted_proxies == ():
+            _require_trusted(self)
         if self.unix_mode is not None and not _is_socket(self.address):
             address = parse_address(self.address)
             if not isinstance(address, UnixAddress):
@@ -145,6 +197,22 @@ class Bind:
         """True if this (resolved) bind serves TLS."""
         return isinstance(self.tls, ssl.SSLContext)
 
+    @property
+    def uses_proxy_protocol(self) -> bool:
+        """True if this (resolved) bind reads a PROXY protocol header first."""
+        return self.proxy_protocol == "required"
+
+
+def _require_trusted(bind: Bind) -> None:
+    """A TCP bind reading PROXY headers must say whom it trusts to send them."""
+    if _unix_family(bind.address):
+        return  # the socket file's permissions say who may connect
+    raise ValueError(
+        f"Bind({_describe(bind.address)}): proxy_protocol='required' needs "
+        "trusted_proxies, the CIDRs of your load balancers (['10.0.0.0/8']): "
+        "trusting every source would let any client claim any address"
+    )
+
 
 def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind, ...]:
     """Every bind as a :class:`Bind`, with the server-wide options filled in.
@@ -161,10 +229,16 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
         unix_mode = bind.unix_mode
         if unix_mode is None and _is_unix(bind.address):
             unix_mode = config.unix_mode  # server-wide: for the unix: binds among them
+        proxy_protocol = bind.proxy_protocol or config.proxy_protocol
+        trusted = bind.trusted_proxies
+        if trusted is None:
+            trusted = config.trusted_proxies
         resolved.append(
             Bind(
                 bind.address,
                 tls=tls,
+                proxy_protocol=proxy_protocol,
+                trusted_proxies=trusted,
                 backlog=bind.backlog if bind.backlog is not None else config.backlog,
                 unix_mode=unix_mode,
                 handshake_timeout=(
@@ -179,6 +253,13 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
 
 def _is_unix(address: object) -> bool:
     return not _is_socket(address) and isinstance(parse_address(address), UnixAddress)
+
+
+def _unix_family(address: object) -> bool:
+    """True for a unix: spec or an already-bound Unix socket."""
+    if _is_socket(address):
+        return bool(address.family == _stdlib_socket.AF_UNIX)  # type: ignore[attr-defined]
+    return isinstance(parse_address(address), UnixAddress)
 
 
 def bound(bind: Bind, address: Address) -> Bind:

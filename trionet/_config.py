@@ -18,12 +18,18 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from ._binds import DEFAULT_HANDSHAKE_TIMEOUT, check_server_tls
+from ._binds import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    PROXY_PROTOCOL_CHOICES,
+    check_server_tls,
+    cidrs_if_valid,
+)
 from ._server._admission import AccessPolicy
 from ._stream import DEFAULT_CLOSE_LINGER, DEFAULT_SCHEDULE_BUDGET
 from ._validate import (
     check_bool,
     check_choice,
+    check_cidrs,
     check_count,
     check_keepalive,
     check_mode,
@@ -114,6 +120,16 @@ class ServerConfig:
     handshake_timeout: float = attrs.field(
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         validator=validator(check_seconds, zero=False, infinite=False),
+    )
+    #: ``"required"``: every bind that does not say otherwise reads a PROXY
+    #: protocol header (v1/v2) first, from ``trusted_proxies`` only; ``"off"``.
+    proxy_protocol: Literal["required", "off"] = attrs.field(
+        default="off", validator=validator(check_choice, choices=PROXY_PROTOCOL_CHOICES)
+    )
+    #: CIDRs of the proxies allowed to send PROXY headers, for every bind that
+    #: does not give its own (normalised to a tuple of strings).
+    trusted_proxies: tuple[str, ...] = attrs.field(
+        default=(), converter=cidrs_if_valid, validator=validator(check_cidrs)
     )
     #: Seconds the server's close of a connection may linger for the peer's EOF
     #: when closing at once could discard a reply (see ``Connection.aclose``);

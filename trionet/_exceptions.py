@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import trio
 
 if TYPE_CHECKING:
+    import trio
+
     from ._address import Address
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ListenError",
     "LocalProtocolError",
     "MessageTooLong",
+    "ProxyProtocolError",
     "RemoteProtocolError",
     "TrionetError",
 ]
@@ -106,6 +108,15 @@ class IncompleteRead(RemoteProtocolError, EOFError):
         super().__init__(message)
         self.partial = partial
         self.expected = expected
+
+
+class ProxyProtocolError(RemoteProtocolError):
+    """A PROXY protocol header was malformed, truncated or not allowed.
+
+    Raised by :func:`trionet.parse_proxy_header` as soon as the bytes seen
+    cannot start a valid header; on a server it costs that connection only
+    (``stats.proxy_failures``).
+    """
 
 
 #: The values ``ConnectAttempt.outcome`` can take.
@@ -237,6 +248,8 @@ def translate_stream_error(exc: OSError) -> trio.ClosedResourceError | trio.Brok
     ``ETIMEDOUT`` -- means the connection broke (``BrokenResourceError``).
     The caller must ``raise translate_stream_error(exc) from exc``.
     """
+    import trio  # here, not at the top: the sans-I/O parsers import this module
+
     if exc.errno in _CLOSED_ERRNOS:
         return trio.ClosedResourceError("this connection was already closed")
     return trio.BrokenResourceError(f"connection broken: {exc}")

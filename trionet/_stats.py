@@ -59,8 +59,15 @@ class ServerStats:
     #: garbage (plain text on a TLS bind), a reset, or a certificate the
     #: context refused.  Never counted as handler errors.
     tls_failures: int = 0
-    #: Connections whose stages failed, of every kind (TLS included).
+    #: Connections whose stages failed, of every kind (TLS and PROXY included).
     stage_failures: int = 0
+    #: PROXY protocol refusals: a source outside ``trusted_proxies`` (refused
+    #: at accept: never ``accepted``), and failed PROXY stages -- a malformed
+    #: or truncated header, or none within ``handshake_timeout`` (accepted,
+    #: then closed; also in ``stage_failures``).  A refusal by the access
+    #: policy or the per-host limit *after* the header counts in
+    #: ``rejected_access`` / ``rejected_limit`` instead.
+    proxy_failures: int = 0
 
 
 class Counters:
@@ -75,6 +82,7 @@ class Counters:
         "handler_errors",
         "idle_closed",
         "protocol_errors",
+        "proxy_failures",
         "rejected_access",
         "rejected_limit",
         "resets",
@@ -98,3 +106,4 @@ class Counters:
         self.swept = 0
         self.tls_failures = 0
         self.stage_failures = 0
+        self.proxy_failures = 0

@@ -66,6 +66,12 @@ timers), or the idle seconds, more than 0 and at most :data:`MAX_KEEPALIVE`
 :func:`check_choice`: a ``str`` among the choices; another ``str`` is a
 ``ValueError``, anything else a ``TypeError``.
 
+*Networks* (``trusted_proxies``) -- :func:`check_cidrs`: an iterable of
+CIDR strings (``"10.0.0.0/8"``; a single string is one network); a
+non-string item or a non-iterable is a ``TypeError``, a malformed CIDR a
+``ValueError``.  They come back as a tuple of normalised strings, with
+IPv4-mapped IPv6 networks (``::ffff:10.0.0.0/104``) as the IPv4 ones.
+
 *TLS* (``tls``) -- ``check_server_tls`` (``trionet._binds``) and
 ``check_client_tls`` (``trionet._client._plan``): an ``ssl.SSLContext`` or
 the documented switches (None, False; ``True`` on clients); anything else is
@@ -93,8 +99,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import ipaddress
 import math
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -104,6 +111,7 @@ __all__ = [
     "check_async_callable",
     "check_bool",
     "check_choice",
+    "check_cidrs",
     "check_count",
     "check_integer",
     "check_keepalive",
@@ -277,6 +285,39 @@ def check_choice(name: str, value: object, choices: Collection[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be {names}, not {value!r}")
     return value
+
+
+def check_cidrs(name: str, value: object, *, none: bool = False) -> tuple[str, ...] | None:
+    """Networks: an iterable of CIDR strings (a single str is one), as normalised strings.
+
+    Raises:
+        TypeError: not an iterable of str (or None where not allowed).
+        ValueError: a malformed CIDR.
+    """
+    if value is None and none:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (bytes, bytearray)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list of CIDR strings (['10.0.0.0/8']), not {value!r}")
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must hold CIDR strings, not {item!r}")
+        try:
+            net = ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {item!r} is not a CIDR network: {exc}") from None
+        if (
+            isinstance(net, ipaddress.IPv6Network)
+            and net.network_address.ipv4_mapped is not None
+            and net.prefixlen >= 96
+        ):
+            net = ipaddress.IPv4Network(
+                f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}", strict=False
+            )
+        out.append(str(net))
+    return tuple(out)
 
 
 def check_keepalive(name: str, value: object) -> bool | float:

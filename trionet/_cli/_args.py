@@ -187,7 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--handshake-timeout",
         type=_seconds(zero=False),
         metavar="S",
-        help="seconds a client gets to complete the TLS handshake (default 10)",
+        help="seconds a client gets to complete the TLS handshake and the PROXY header "
+        "(default 10)",
+    )
+    proxy = srv.add_argument_group(
+        "PROXY protocol",
+        "behind a load balancer (HAProxy send-proxy / send-proxy-v2): every connection "
+        "starts with a PROXY header naming the real client, read before TLS",
+    )
+    proxy.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="require a PROXY protocol header (v1 or v2) on every --bind",
+    )
+    proxy.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="CIDR",
+        help="a network allowed to send PROXY headers (repeatable; required with "
+        "--proxy-protocol on TCP binds); other sources are refused",
     )
     srv.add_argument("--log-level", choices=_LOG_LEVELS, default="info", help="default: info")
 

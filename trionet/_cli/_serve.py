@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from .._address import parse_address
+from .._binds import resolve_binds
 from .._config import ServerConfig
 from .._exceptions import InvalidAddress, ListenError, LocalProtocolError
 from .._server._admission import AccessPolicy
@@ -160,11 +161,27 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         context = server_context(args)
         if context is not None:
             options["tls"] = context
+        if args.trusted_proxy is not None and not args.proxy_protocol:
+            raise CLIError("--trusted-proxy needs --proxy-protocol", EXIT_USAGE)
+        if args.proxy_protocol:
+            if not args.trusted_proxy and any(
+                not spec.startswith("unix:") for spec in bind_specs(args)
+            ):
+                raise CLIError(
+                    "--proxy-protocol needs --trusted-proxy CIDR (the networks of your load "
+                    "balancers): trusting every source would let any client claim any address",
+                    EXIT_USAGE,
+                )
+            options["proxy_protocol"] = "required"
+            options["trusted_proxies"] = args.trusted_proxy or ()
         if args.handshake_timeout is not None:
-            if context is None:
-                raise CLIError("--handshake-timeout needs --tls-cert", EXIT_USAGE)
+            if context is None and not args.proxy_protocol:
+                raise CLIError(
+                    "--handshake-timeout needs --tls-cert or --proxy-protocol", EXIT_USAGE
+                )
             options["handshake_timeout"] = args.handshake_timeout
-        ServerConfig(**options)  # validate now, before anything is opened
+        config = ServerConfig(**options)  # validate now, before anything is opened
+        resolve_binds(bind_specs(args), config)  # and each bind with them
     except (TypeError, ValueError) as exc:
         raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
     return options
@@ -181,6 +198,8 @@ _FLAG_NAMES: Final = {
     "close_linger": "--close-linger",
     "handshake_timeout": "--handshake-timeout",
     "tls": "--tls-cert",
+    "trusted_proxies": "--trusted-proxy",
+    "proxy_protocol": "--proxy-protocol",
 }
 
 

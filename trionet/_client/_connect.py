@@ -115,6 +115,7 @@ import trio
 
 from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
 from .._exceptions import connect_timeout_error, handshake_error, translate_connect_error
+from .._proxy._info import ProxyInfo
 from .._stream import (
     DEFAULT_CLOSE_LINGER,
     DEFAULT_SCHEDULE_BUDGET,
@@ -126,6 +127,7 @@ from .._stream._sockopts import configure_tcp_socket
 from .._stream._tls import TLSConnection
 from .._unwrap import unwrap_single
 from ._attempts import Run
+from ._finish import finish
 from ._plan import (
     DEFAULT_BACKOFF,
     DEFAULT_HAPPY_EYEBALLS_DELAY,
@@ -316,32 +318,6 @@ def _wrap(sock: trio.socket.SocketType, target: _Target, plan: ConnectPlan) -> C
     return SocketConnection(sock, peer=peer, local=local, _options=options)
 
 
-async def _shake_hands(run: Run, conn: Connection, display: Address, round_: int) -> bool:
-    """The TLS handshake of a won connection, under the connect deadline.
-
-    False (the failure recorded, the connection closed) if it failed; a
-    certificate failure can never change, so it is not retried.
-    """
-    assert isinstance(conn, TLSConnection)
-    attempt = run.begin(display, round_)
-    try:
-        await conn._handshake()
-    except trio.BrokenResourceError as exc:
-        conn.close()
-        cause = exc.__cause__
-        error = cause if isinstance(cause, OSError) else OSError(str(exc))
-        retryable = not isinstance(cause, ssl.SSLCertVerificationError)
-        run.end(attempt, "failed", error, retryable=retryable)
-        run.handshake_error = error
-        return False
-    except BaseException:
-        conn.close()
-        run.end_interrupted(attempt, winner_found=False)
-        raise
-    run.attempts.remove(attempt)  # the connect's own record says "connected"
-    return True
-
-
 async def connect_with_plan(plan: ConnectPlan) -> Connection:
     """Run :func:`connect` with already-validated arguments (used by the pool)."""
     run = Run(plan)
@@ -372,7 +348,7 @@ async def connect_with_plan(plan: ConnectPlan) -> Connection:
                     except BaseException:
                         won[0].close()
                         raise
-                    if plan.tls is None or await _shake_hands(run, candidate, won[1][4], round_):
+                    if await finish(run, plan, candidate, won[1][4], round_):
                         conn = candidate
                         break
             if not run.retryable:
@@ -412,6 +388,7 @@ async def connect(
     tls: ssl.SSLContext | bool | None = None,
     server_hostname: str | None = None,
     on_attempt: AttemptObserver | None = None,
+    proxy_header: ProxyInfo | bytes | None = None,
 ) -> Connection:
     """Connect to ``target`` and return a :class:`~trionet.Connection`.
 
@@ -467,6 +444,11 @@ async def connect(
         on_attempt: a synchronous callable, called with each
             :class:`~trionet.ConnectAttempt` as it finishes (for logging or a
             ``-v`` flag); exceptions it raises are logged and ignored.
+        proxy_header: a PROXY protocol header to send first -- before the
+            TLS handshake, if any -- for an upstream behind which trionet
+            acts as a proxy: a :class:`~trionet.ProxyInfo` (its ``version``
+            says v1 or v2) or one whole encoded header (``bytes``).  Not
+            counted in ``bytes_sent``.
 
     Returns:
         The connected :class:`~trionet.Connection`.
@@ -515,5 +497,6 @@ async def connect(
         tls=tls,
         server_hostname=server_hostname,
         on_attempt=on_attempt,
+        proxy_header=proxy_header,
     )
     return await connect_with_plan(plan)

@@ -43,7 +43,9 @@ from typing import Any, Final
 import attrs
 
 from .._address import Address, TCPAddress, UnixAddress, parse_address
-from .._exceptions import ConnectAttempt, InvalidAddress
+from .._exceptions import ConnectAttempt, InvalidAddress, ProxyProtocolError
+from .._proxy._info import ProxyInfo
+from .._proxy._parse import parse_proxy_header
 from .._stream import DEFAULT_CLOSE_LINGER
 from .._validate import (
     check_count,
@@ -177,6 +179,8 @@ class ConnectPlan:
     server_hostname: str | None = None
     #: Called with each finished attempt.
     on_attempt: AttemptObserver | None = attrs.field(default=None, eq=False)
+    #: A PROXY protocol header to send first (encoded), or None.
+    proxy_header: bytes | None = None
 
 
 def make_plan(
@@ -193,6 +197,7 @@ def make_plan(
     tls: ssl.SSLContext | bool | None = None,
     server_hostname: str | None = None,
     on_attempt: AttemptObserver | None = None,
+    proxy_header: ProxyInfo | bytes | None = None,
     call: str = "connect()",
 ) -> ConnectPlan:
     """Validate :func:`connect`'s arguments into a :class:`ConnectPlan`.
@@ -220,6 +225,7 @@ def make_plan(
             tls=tls,
             server_hostname=server_hostname,
             on_attempt=on_attempt,
+            proxy_header=proxy_header,
         )
 
 
@@ -237,6 +243,7 @@ CONNECT_OPTIONS: Final = frozenset(
         "tls",
         "server_hostname",
         "on_attempt",
+        "proxy_header",
     }
 )
 
@@ -255,6 +262,7 @@ def _make_plan(
     tls: object,
     server_hostname: object,
     on_attempt: object,
+    proxy_header: object,
 ) -> ConnectPlan:
     address = _parse_target(target)
     timeout_s = check_limit("timeout", timeout)
@@ -291,6 +299,7 @@ def _make_plan(
         )
     context = check_client_tls("tls", tls)
     hostname = _check_server_hostname(context, server_hostname, address)
+    header = _check_proxy_header(proxy_header)
     return ConnectPlan(
         target=address,
         timeout=timeout_s,
@@ -304,7 +313,26 @@ def _make_plan(
         tls=context,
         server_hostname=hostname,
         on_attempt=on_attempt,
+        proxy_header=header,
     )
+
+
+def _check_proxy_header(value: object) -> bytes | None:
+    """A PROXY header to send: a ``ProxyInfo`` (encoded here) or one whole encoded header."""
+    if value is None:
+        return None
+    if isinstance(value, ProxyInfo):
+        return value.encode()
+    if not isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"proxy_header must be a trionet.ProxyInfo or bytes, not {value!r}")
+    data = bytes(value)
+    try:
+        parsed = parse_proxy_header(data)
+    except ProxyProtocolError as exc:
+        raise ValueError(f"proxy_header is not a PROXY protocol header: {exc}") from None
+    if parsed is None or parsed[1] != len(data):
+        raise ValueError("proxy_header must be exactly one whole PROXY protocol header")
+    return data
 
 
 def check_client_tls(name: str, value: object) -> ssl.SSLContext | None:

@@ -151,6 +151,7 @@ class Server:
             lingering=self._table.lingering_now(),
             tls_failures=c.tls_failures,
             stage_failures=c.stage_failures,
+            proxy_failures=c.proxy_failures,
         )
 
     @property

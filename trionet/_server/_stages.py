@@ -1,7 +1,7 @@
 """Connection stages: async steps between admission and the handler.
 
-A bind may need work on a connection before its handler can run: a TLS
-handshake now, a PROXY header next.  Such work runs as *stages*, in the
+A bind may need work on a connection before its handler can run: a PROXY
+protocol header, then a TLS handshake.  Such work runs as *stages*, in the
 connection's own task, in order, under **one** deadline for all of them --
 the bind's ``handshake_timeout`` (default 10 s) -- so a peer that stalls or
 trickles costs at most that long.  A bind with no stages has no plan: its
@@ -19,10 +19,12 @@ kind).  A drain closes connections still in their stages at once; the
 shutdown report counts them in ``in_stages``.
 
 A stage may change what the connection knows about its peer (the PROXY
-stage will replace ``conn.peer``), so a plan may ask for the admission gate
+stage replaces ``conn.peer``), so a plan may ask for the admission gate
 -- access policy, per-host limit -- to run *after* its stages instead of at
 accept (``admit_after``); a refusal then counts in ``rejected_access`` /
-``rejected_limit``, not as a stage failure.
+``rejected_limit``, not as a stage failure.  Before any stage, at accept,
+a plan may also decide which kernel peers may connect at all (``trusted``:
+a PROXY bind's ``trusted_proxies``).
 
 The seam is internal: built-in stages come from the bind's options
 (:func:`plan_for`), and tests exercise it with stages of their own.
@@ -78,8 +80,8 @@ class Stage(Protocol):
     """One step a connection takes before its handler runs."""
 
     #: What the stage is; its failures count in ``stats.<kind>_failures``
-    #: when the stats have such a counter (``"tls"``), and always in
-    #: ``stats.stage_failures``.
+    #: when the stats have such a counter (``"tls"``, ``"proxy"``), and always
+    #: in ``stats.stage_failures``.
     kind: str
 
     async def run(self, conn: Connection) -> None:
@@ -103,6 +105,10 @@ class StagePlan:
     #: Builds the connection for an accepted socket (stdlib, or from a custom
     #: socket factory); None: a plain socket connection.
     factory: ConnectionFactory | None = None
+    #: Which kernel peers may connect at all, decided at accept, before any
+    #: stage (a PROXY bind's ``trusted_proxies``); None: everyone.  A refused
+    #: peer is reset and counted in ``stats.proxy_failures``.
+    trusted: Callable[[Address], bool] | None = None
 
 
 @attrs.frozen
@@ -119,13 +125,36 @@ class TLSStage:
 
 
 def plan_for(bind: Bind) -> StagePlan | None:
-    """The stages ``bind``'s connections run, or None for a plain bind."""
-    if not bind.uses_tls:
-        return None
-    from .._stream._tls import TLSConnection
+    """The stages ``bind``'s connections run, or None for a plain bind.
 
+    PROXY comes first when a bind has both: the header precedes the
+    ClientHello on the wire.
+    """
+    stages: list[Stage] = []
+    trusted: Callable[[Address], bool] | None = None
+    if bind.uses_proxy_protocol:
+        from .._proxy._stage import ProxyStage, TrustedSources
+
+        stages.append(ProxyStage())
+        trusted = TrustedSources(bind.trusted_proxies or ())
+    factory: ConnectionFactory | None = None
+    if bind.uses_tls:
+        stages.append(TLSStage())
+        factory = _tls_factory(bind.tls)  # type: ignore[arg-type]
+    if not stages:
+        return None
     assert bind.handshake_timeout is not None
-    context: ssl.SSLContext = bind.tls  # type: ignore[assignment]
+    return StagePlan(
+        stages=tuple(stages),
+        timeout=bind.handshake_timeout,
+        admit_after=trusted is not None,
+        factory=factory,
+        trusted=trusted,
+    )
+
+
+def _tls_factory(context: ssl.SSLContext) -> ConnectionFactory:
+    from .._stream._tls import TLSConnection
 
     def factory(
         sock: Any,
@@ -136,7 +165,7 @@ def plan_for(bind: Bind) -> StagePlan | None:
     ) -> Connection:
         return TLSConnection._server_side(sock, peer, local, options, owner, context)
 
-    return StagePlan(stages=(TLSStage(),), timeout=bind.handshake_timeout, factory=factory)
+    return factory
 
 
 class StageHost(Protocol):
@@ -201,5 +230,7 @@ def _failed(counters: Counters, conn: Connection, kind: str, why: str) -> None:
     counters.stage_failures += 1
     if kind == "tls":
         counters.tls_failures += 1
+    elif kind == "proxy":
+        counters.proxy_failures += 1
     log.debug("connection #%d from %s: %s stage %s", conn.id, conn.peer, kind, why)
     conn.close()

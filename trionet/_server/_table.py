@@ -237,6 +237,11 @@ class ConnectionTable:
         hostkey: Hashable | None = None
         gate = self._admission
         plan: StagePlan | None = listener.plan
+        if plan is not None and plan.trusted is not None and not plan.trusted(peer):
+            self.counters.proxy_failures += 1
+            log.debug("refused %s on %s: not among its trusted_proxies", peer, listener.address)
+            reset_close(sock)
+            return False
         if gate is not None and (plan is None or not plan.admit_after):
             if gate.wants_local:
                 # A callable may decide on the local address too: give it the

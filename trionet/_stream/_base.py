@@ -66,6 +66,8 @@ from ._options import check_close_linger as check_close_linger
 if TYPE_CHECKING:
     from typing import Self
 
+    from .._proxy._info import ProxyInfo
+
 __all__ = [
     "DEFAULT_CLOSE_LINGER",
     "DEFAULT_OPTIONS",
@@ -132,6 +134,10 @@ class Connection(BufferedReads, DrainAwareIteration, OrderlyClose, trio.abc.Half
         bytes_sent: application bytes sent so far.
         peer_reset: True once an operation failed because the peer reset
             the connection (or broke TLS).
+        proxy: on a server bind with ``proxy_protocol="required"``, what the
+            PROXY header said (:class:`~trionet.ProxyInfo`, with ``source``
+            the proxy's own address; ``peer`` is then the original client);
+            None elsewhere.
 
     Buffered reads (:meth:`receive_exactly`, :meth:`receive_until`,
     :meth:`receive_line`) and :meth:`receive_some` share one buffer, so they
@@ -167,6 +173,7 @@ class Connection(BufferedReads, DrainAwareIteration, OrderlyClose, trio.abc.Half
         "opened_at",
         "peer",
         "peer_reset",
+        "proxy",
     )
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
@@ -191,6 +198,7 @@ class Connection(BufferedReads, DrainAwareIteration, OrderlyClose, trio.abc.Half
         self.bytes_received = 0
         self.bytes_sent = 0
         self.peer_reset = False
+        self.proxy: ProxyInfo | None = None
         self._peer_errors: list[BaseException] | None = None
         self._buf: bytearray | None = None
         self._receive_busy = False

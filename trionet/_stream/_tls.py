@@ -195,6 +195,12 @@ class TLSConnection(TLSTransport):
             self._hello = None
         self._info = tls_connection_info(ssl_object, name)
 
+    def _unread_ciphertext(self, data: bytes) -> None:
+        """Received before the handshake by someone else (a PROXY stage): TLS reads it first."""
+        if self._hello is not None:
+            self._note_hello(data)
+        self._in.write(data)
+
     def _note_hello(self, data: bytes) -> None:
         assert self._hello is not None
         hello = self._hello + data

@@ -229,6 +229,7 @@ class StreamConnection(Connection):
         )
         self.id = inner.id
         self.opened_at = inner.opened_at
+        self.proxy = inner.proxy
 
     # ------------------------------------------------------------------
     # Introspection

@@ -1,0 +1,94 @@
+"""The PROXY stage: a bind's first connection stage reads the balancer's header.
+
+On a bind with ``proxy_protocol="required"``:
+
+1. At accept, the only check is :class:`TrustedSources`: a source outside
+   ``trusted_proxies`` is refused at once, header or not (counted in
+   ``stats.proxy_failures``, never accepted).
+2. :class:`ProxyStage` reads the header from the *transport* (before TLS:
+   the header precedes the ClientHello), feeding the sans-I/O parser until
+   it returns a header -- a header split byte by byte is fine; bytes that
+   cannot start one fail at once, and the bind's ``handshake_timeout``
+   covers silent and trickling peers.  What followed the header goes back
+   in front of the stream, for the handler or the TLS stage.
+3. ``conn.proxy`` becomes the header (with ``source``, the proxy itself),
+   and ``conn.peer`` the original client -- unless the header names none
+   (``LOCAL`` health checks, v1 ``UNKNOWN``, v2 ``AF_UNSPEC``): then the
+   proxy stays the peer.
+4. The server's admission gate -- access policy, per-host limit -- runs
+   after the stages, on that peer (the plan says ``admit_after``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+
+from .._address import Address, TCPAddress
+from .._exceptions import ProxyProtocolError
+from .._server._admission import AccessPolicy
+from .._stream import Connection
+from .._stream._preamble import receive_preamble, unread_preamble
+from ._info import ProxyInfo
+from ._parse import parse_proxy_header
+
+__all__ = ["ProxyStage", "TrustedSources"]
+
+#: Bytes asked of the transport per read: a whole v2 header with its TLVs
+#: and whatever the client sent right behind it, in one recv() as a rule.
+_READ: Final = 65536 + 16
+
+
+class TrustedSources:
+    """Which kernel peers may send a PROXY header (``trusted_proxies``).
+
+    IPv4-mapped IPv6 sources (a dual-stack listener) match IPv4 entries.
+    Unix-socket peers are trusted: who may connect to the socket file is
+    what its permissions (``unix_mode``) say.
+    """
+
+    __slots__ = ("_policy",)
+
+    def __init__(self, cidrs: Sequence[str]) -> None:
+        self._policy = AccessPolicy(allow=list(cidrs))
+
+    def __call__(self, peer: Address) -> bool:
+        if not isinstance(peer, TCPAddress):
+            return True
+        return self._policy.allows(peer)
+
+
+@attrs.frozen
+class ProxyStage:
+    """Reads a PROXY v1/v2 header; the connection's peer becomes the client it names."""
+
+    kind = "proxy"
+
+    async def run(self, conn: Connection) -> None:
+        data = b""
+        while True:
+            chunk = await receive_preamble(conn, _READ)
+            if not chunk:
+                raise ProxyProtocolError(
+                    "the peer closed the connection in its PROXY header"
+                    if data
+                    else "the peer closed the connection without a PROXY header"
+                )
+            data += chunk
+            parsed = parse_proxy_header(data)
+            if parsed is not None:
+                break
+        info, used = parsed
+        unread_preamble(conn, data[used:])
+        conn.proxy = _with_source(info, conn.peer)
+        if info.client is not None:
+            conn.peer = info.client
+
+
+def _with_source(info: ProxyInfo, source: Address) -> ProxyInfo:
+    # The parser's record is fresh and not yet shared: fill in ``source``
+    # without attrs.evolve's re-validation (this runs per connection).
+    object.__setattr__(info, "source", source)
+    return info

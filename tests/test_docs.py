@@ -96,6 +96,31 @@ EXPECTED: dict[str, list[str]] = {
         "tls_failures=1 stage_failures=1",
         "drain: finished=0 cancelled=0 in_stages=1 fast=True",
     ],
+    "proxy_server.py": [
+        ": proxy_protocol='required' trusted_proxies=('127.0.0.0/8',)",
+        ": proxy_protocol='required' trusted_proxies=('10.0.0.0/8',)",
+        ": proxy_protocol='off' trusted_proxies=()",
+        "v2 PROXY: you are tcp://203.0.113.7:51000 (via tcp://127.0.0.1:",
+        "), you called tcp://198.51.100.1:443\n"
+        "  the balancer says: TLS=True TLSv1.3 SNI=api.example.test client certificate=False\n"
+        "echo: ping\n"
+        "bytes_sent leaves the header out: 5",
+        "v1 on the wire: b'PROXY TCP6 2001:db8::7 2001:db8::1 40000 443\\r\\n'",
+        "v1 PROXY: you are tcp://[2001:db8::7]:40000 (via tcp://127.0.0.1:",
+        "health check (v2 LOCAL), peer is the proxy: True\n"
+        "health check (v1 PROXY), peer is the proxy: True",
+        "one segment: v1 PROXY: you are tcp://192.0.2.10:33000 (via",
+        "you called tcp://192.0.2.1:443 | echo: hello\n",
+        "192.0.2.66, denied by the access policy: closed, nothing sent",
+        "no header: closed, nothing sent",
+        "untrusted source: closed, nothing sent",
+        "no PROXY on this bind: conn.proxy is None, peer tcp://127.0.0.1:",
+        "proxy_failures=2 stage_failures=1 rejected_access=1 handler_errors=0",
+        "partial: None",
+        "parsed: tcp://192.0.2.1:56324 -> tcp://192.0.2.2:443, then b'GET / HTTP/1.1\\r\\n'",
+        "ProxyProtocolError: not a PROXY protocol header: starts with b'GET / HT'",
+        "ValueError: Bind('tcp://0.0.0.0:8080'): proxy_protocol='required' needs trusted_proxies",
+    ],
     "buffered_reads.py": [
         "OK 5\nHELLO Trio\nERR line too long\n",
         "server: peer hung up mid-line after b'NAM'",

@@ -34,9 +34,8 @@ Pair = tuple[StreamConnection, StreamConnection]
 def connection_pair(**options: Any) -> tuple[SocketConnection, SocketConnection]:
     """Two trionet connections over a Unix socket pair."""
     a, b = stdlib_socket.socketpair()
-    left = trionet.Connection(trio.socket.from_stdlib_socket(a), **options)
-    right = trionet.Connection(trio.socket.from_stdlib_socket(b), **options)
-    assert isinstance(left, SocketConnection) and isinstance(right, SocketConnection)
+    left = SocketConnection(trio.socket.from_stdlib_socket(a), **options)
+    right = SocketConnection(trio.socket.from_stdlib_socket(b), **options)
     return left, right
 
 
@@ -500,3 +499,46 @@ async def test_a_reset_under_the_wrapper_is_counted_as_a_reset(
         await done.wait()
     await wait_until(lambda: blamed(server) == 1)
     assert server.stats.resets == 1 and server.stats.handler_errors == 0
+
+
+async def test_the_idle_timeout_reaps_a_handler_that_wraps_its_connection(
+    trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    # The reaper watches the connection the server gave the handler (the
+    # ciphertext moving on it); a wrapper's silent keep-alive loop is
+    # cancelled at the idle timeout like any other, and that is no error.
+    idle = 0.5
+    outcomes: list[str] = []
+    wrappers: list[StreamConnection] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        async with StreamConnection(trio.SSLStream(conn, server_tls, server_side=True)) as secure:
+            wrappers.append(secure)
+            try:
+                async for chunk in secure:
+                    await secure.send_all(chunk)
+            except trio.Cancelled:
+                outcomes.append("cancelled")  # by the idle reaper
+                raise
+            outcomes.append("ended")  # pragma: no cover - would be the bug
+
+    server = await trionet_server(handler, idle_timeout=idle)
+    async with await tls_client(server, client_tls) as client:
+        with trio.fail_after(10):
+            assert await echo_line(client, b"one") == b"one"
+            since = trio.current_time()
+            try:
+                assert await client.receive_some() == b""
+            except trio.BrokenResourceError:
+                pass  # (closed beneath the SSLStream: no close_notify)
+        took = trio.current_time() - since
+    # Never early (50 ms for the client's own clock reading), and within the
+    # reaper's bound plus slack.
+    assert idle - 0.05 <= took <= idle + 1.0
+    await wait_until(lambda: server.stats.closed == 1)
+    assert outcomes == ["cancelled"]
+    (secure,) = wrappers
+    assert secure.closed
+    stats = server.stats
+    assert stats.idle_closed == 1
+    assert stats.handler_errors == stats.resets == stats.protocol_errors == 0

@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from conftest import Shutdown, fill_stream, port_of, proxy_sockets, wait_until
+from conftest import Shutdown, connect_tcp, fill_stream, port_of, proxy_sockets, wait_until
 
 import trionet
 from trionet import services
@@ -231,35 +231,177 @@ async def test_silent_clients_are_dropped_at_the_handshake_timeout_while_others_
     trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
     # 200 clients connect to the TLS bind and send nothing.  Each is dropped
-    # when its handshake_timeout runs out; meanwhile a well-behaved TLS
-    # client's echoes keep completing, each within 1 s.
-    server = await trionet_server(services.echo, tls=server_tls, handshake_timeout=1.5)
+    # when its handshake_timeout runs out -- not before -- and meanwhile a
+    # well-behaved TLS client's echoes keep completing, each within 1 s.
+    timeout = 1.5
+    server = await trionet_server(services.echo, tls=server_tls, handshake_timeout=timeout)
     port = port_of(server)
+    # Per silent client: when it began to connect (no later than the server's
+    # accept, which starts its deadline) and when it saw EOF (no earlier than
+    # the server's close).
+    connecting_at: list[float] = []
+    dropped_at: list[float] = []
+
+    async def watch(sock: trio.socket.SocketType) -> None:
+        assert await sock.recv(1) == b""  # dropped: EOF (nothing was sent)
+        dropped_at.append(trio.current_time())
+
     silent = []
     with trio.fail_after(30):
-        for _ in range(200):
-            sock = trio.socket.socket()
-            await sock.connect(("127.0.0.1", port))
-            silent.append(sock)
-        await wait_until(lambda: server.stats.accepted == 200)
-        start = trio.current_time()
-        async with await trionet.connect(
-            server.addresses[0], tls=client_tls, server_hostname="localhost"
-        ) as good:
-            worst = 0.0
-            while server.stats.tls_failures < 200:
-                t0 = trio.current_time()
-                assert await echo_line(good, b"still served") == b"still served"
-                worst = max(worst, trio.current_time() - t0)
-                await trio.sleep(0.05)  # the well-behaved client's pace
-            dropped_after = trio.current_time() - start
+        async with trio.open_nursery() as watchers:
+            for _ in range(200):
+                sock = trio.socket.socket()
+                silent.append(sock)
+                connecting_at.append(trio.current_time())
+                await sock.connect(("127.0.0.1", port))
+                watchers.start_soon(watch, sock)
+            await wait_until(lambda: server.stats.accepted == 200)
+            start = trio.current_time()
+            async with await trionet.connect(
+                server.addresses[0], tls=client_tls, server_hostname="localhost"
+            ) as good:
+                worst = 0.0
+                while server.stats.tls_failures < 200:
+                    t0 = trio.current_time()
+                    assert await echo_line(good, b"still served") == b"still served"
+                    worst = max(worst, trio.current_time() - t0)
+                    await trio.sleep(0.05)  # the well-behaved client's pace
+                dropped_after = trio.current_time() - start
         assert worst < 1.0
-        assert dropped_after < 1.5 + 2.0  # the timeout, plus slack for a loaded machine
+        assert dropped_after < timeout + 2.0  # the timeout, plus slack for a loaded machine
+    assert len(dropped_at) == 200
+    # None was dropped before its handshake_timeout (the first to connect
+    # was the first the server could drop), nor long after the last connected.
+    assert min(dropped_at) - connecting_at[0] >= timeout - 0.05
+    assert max(dropped_at) - connecting_at[-1] < timeout + 2.0
     assert server.stats.tls_failures == 200
     assert server.stats.handler_errors == 0
     for sock in silent:
-        with sock, trio.fail_after(5):
-            assert await sock.recv(1) == b""  # dropped: EOF (nothing was sent)
+        sock.close()
+
+
+async def test_the_idle_timeout_on_a_tls_bind_starts_after_the_handshake(
+    trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    # idle_timeout 0.5 s on a TLS bind with a 2.5 s handshake_timeout.  A
+    # client that shakes hands at once and goes silent is reaped at the idle
+    # timeout.  A client that waits 1.5 s -- three idle timeouts, most of
+    # its handshake window -- before its ClientHello is not reaped in its
+    # stages: its idle clock starts with its handler, after the handshake.
+    idle, delay = 0.5, 1.5
+    outcomes: list[str] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        try:
+            async for chunk in conn:  # pragma: no cover - nobody sends
+                await conn.send_all(chunk)
+        except trio.Cancelled:
+            outcomes.append("cancelled")  # by the idle reaper
+            raise
+        outcomes.append("returned")  # pragma: no cover - would be the bug
+
+    server = await trionet_server(
+        handler, tls=server_tls, idle_timeout=idle, handshake_timeout=delay + 1.0
+    )
+    took: dict[str, float] = {}
+
+    async def prompt() -> None:
+        conn = await trionet.connect(
+            server.addresses[0], tls=client_tls, server_hostname="localhost"
+        )
+        took["prompt"] = await seconds_until_closed(conn, trio.current_time())
+
+    async def slow() -> None:
+        sock = await connect_tcp(port_of(server))
+        stream = trio.SSLStream(trio.SocketStream(sock), client_tls, server_hostname="localhost")
+        await trio.sleep(delay)  # a slow client: its ClientHello comes late
+        await stream.do_handshake()
+        took["slow"] = await seconds_until_closed(stream, trio.current_time())
+
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prompt)
+            nursery.start_soon(slow)
+    # Never early (the reaper is never early; 50 ms for the client's own
+    # clock reading), and within the reaper's bound plus slack.
+    assert idle - 0.05 <= took["prompt"] <= idle + 1.0
+    assert idle - 0.05 <= took["slow"] <= idle + 1.0
+    assert outcomes == ["cancelled", "cancelled"]
+    await wait_until(lambda: server.stats.closed == 2)
+    stats = server.stats
+    assert stats.idle_closed == 2 and stats.tls_failures == stats.stage_failures == 0
+    assert stats.handler_errors == stats.resets == stats.protocol_errors == 0
+
+
+async def seconds_until_closed(stream: trio.abc.Stream, since: float) -> float:
+    """Read until the server closes ``stream`` (with or without close_notify); seconds since."""
+    try:
+        while await stream.receive_some(4096):  # pragma: no cover - nothing is sent
+            pass
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await stream.aclose()
+    return trio.current_time() - since
+
+
+async def test_a_drain_sweeps_queued_tls_clients_and_closes_them_in_their_stages(
+    trionet_server: ServerFactory,
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+    nursery: trio.Nursery,
+) -> None:
+    # max_connections=1, held by a keep-alive TLS client: the next clients
+    # wait in the kernel's accept queue (one has even sent its ClientHello).
+    # The drain sweeps them; they reach no handler, and the report counts
+    # them in in_stages.
+    handled: list[trionet.Connection] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        handled.append(conn)
+        async for chunk in conn:
+            await conn.send_all(chunk)
+
+    server = await trionet_server(handler, tls=server_tls, max_connections=1)
+    with trio.fail_after(10):
+        holder = await trionet.connect(
+            server.addresses[0], tls=client_tls, server_hostname="localhost"
+        )
+        async with holder:
+            assert await echo_line(holder, b"holding") == b"holding"
+            queued = [await connect_tcp(port_of(server)) for _ in range(3)]
+            await queued[0].send(client_hello("localhost"))
+            assert server.stats.accepted == 1  # the others wait in the kernel's queue
+            report = await Shutdown(nursery, server, grace=5.0).wait()
+            assert await holder.receive_some() == b""  # drained: close_notify, EOF
+        for sock in queued[1:]:
+            with sock:
+                assert await sock.recv(4096) == b""  # closed before any TLS
+        with queued[0]:
+            # (The swept connection's task may answer a ClientHello already
+            # waiting with a server flight before it notices the drain; then
+            # it closes, with a reset if bytes are left unread.)
+            try:
+                while await queued[0].recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+    assert server.stats.swept == 3 and server.stats.accepted == 4
+    assert (report.finished, report.cancelled, report.in_stages, report.swept) == (1, 0, 3, 3)
+    assert len(handled) == 1  # no handler ran for a swept client
+    stats = server.stats
+    assert stats.tls_failures == stats.stage_failures == stats.handler_errors == 0
+    assert stats.closed == 4
+
+
+def client_hello(server_hostname: str) -> bytes:
+    """The first flight of a stdlib TLS client (its ClientHello), from a memory BIO."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
 
 
 # ----------------------------------------------------------------------
@@ -306,19 +448,36 @@ async def test_tls_connections_pass_check_two_way_stream(
 async def test_servers_take_a_missing_close_notify_as_eof_clients_do_not(
     trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
-    source = await start_source(trionet_server, server_tls)
+    # The client side ends without close_notify: the server reads b"", and
+    # the handler's end is a normal close -- no reset, no protocol error.
+    got: list[bytes] = []
+
+    async def reader(conn: trionet.Connection) -> None:
+        while data := await conn.receive_some():
+            got.append(data)
+
+    server = await trionet_server(reader, tls=server_tls)
     with trio.fail_after(10):
-        # The client side ends without close_notify: the server reads b"".
-        server, client = await source.pair(client_tls)
+        client = await trionet.connect(
+            server.addresses[0], tls=client_tls, server_hostname="localhost"
+        )
+        assert isinstance(client, TLSConnection)
         await client.send_all(b"bye")
         # A FIN without close_notify, as a careless client sends.  (Not
         # close(): the session tickets the client never read would make
         # its kernel answer with a reset.)
         client.socket.shutdown(socket.SHUT_WR)
-        assert await server.receive_some() == b"bye"
-        assert await server.receive_some() == b""
+        await wait_until(lambda: server.stats.closed == 1)  # the handler saw b"" and returned
         client.close()
-        # The server side ends without close_notify: the client raises.
+    assert got == [b"bye"]
+    stats = server.stats
+    assert stats.resets == stats.protocol_errors == stats.handler_errors == 0
+    assert stats.closed == stats.accepted == 1 and stats.active == 0
+    assert stats.bytes_received == 3
+
+    # The server side ends without close_notify: the client raises.
+    source = await start_source(trionet_server, server_tls)
+    with trio.fail_after(10):
         server2, client2 = await source.pair(client_tls)
         assert isinstance(server2, TLSConnection)
         server2._notify_sent = True

@@ -32,6 +32,7 @@ import trio
 
 from .._address import Address
 from .._stream import Connection
+from .._stream._hooks import begin_orderly_close
 
 log = logging.getLogger("trionet.pool")
 
@@ -96,7 +97,7 @@ class IdleConnections:
             conn, _since = self._conns.popleft()
             self.expired += 1
             log.debug("pool for %s closes idle connection #%d", self._target, conn.id)
-            if conn._begin_orderly_close():
+            if begin_orderly_close(conn):
                 self._on_expired(conn)
 
     async def sweep_forever(self) -> None:

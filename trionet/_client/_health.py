@@ -24,6 +24,7 @@ conservatively never reused.
 from __future__ import annotations
 
 from .._stream import Connection
+from .._stream._hooks import health
 
 __all__ = ["unusable_reason"]
 
@@ -31,7 +32,7 @@ __all__ = ["unusable_reason"]
 def unusable_reason(conn: Connection) -> str | None:
     """Why an idle connection must not be lent again, or None if it looks fine.
 
-    The connection answers (``Connection._health``): its own state, then its
-    transport's (a zero-timeout poll of a socket's descriptor).
+    The connection answers (the stream package's ``health``): its own state,
+    then its transport's (a zero-timeout poll of a socket's descriptor).
     """
-    return conn._health()
+    return health(conn)

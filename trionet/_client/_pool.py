@@ -17,7 +17,9 @@ sweep closes the *oldest*.  ::
 
 The slots and their fair queue are in ``_slots``, the health check in
 ``_health``, the idle connections and their expiry in ``_expiry``, and
-``pool.connection()``'s context manager in ``_lease``.
+``pool.connection()``'s context manager in ``_lease`` (it calls the pool
+through the ``Lender`` the pool makes once).  Connections are closed through
+the stream package's ``begin_orderly_close`` and ``linger`` (``_hooks``).
 
 The sweep
 ---------
@@ -29,28 +31,24 @@ one.  A pool used without ``async with`` only expires lazily.
 
 Closing
 -------
-``aclose()`` closes *everything*: idle connections, connections lent out at
-the time (a borrower gets ``trio.ClosedResourceError`` from its next
-operation on it, and a task blocked on it is woken with that error), and
-connections being opened (the ``connect`` is cancelled and the borrower gets
-``ClosedResourceError``).  Waiters are woken with ``ClosedResourceError``,
-and so is any later lend.  Close a pool when its users are done with it;
-``async with pool:`` does so when its block ends.
+``aclose()`` closes *everything*: idle connections, connections lent out or
+being opened; their borrowers, waiters and any later lend get
+``trio.ClosedResourceError`` (its docstring says when).  ``async with
+pool:`` closes the pool when its block ends.
 
 The pool's own closes follow :meth:`Connection.aclose`'s rule: bytes that
 ``send_all`` accepted are never thrown away by a close that could wait.  An
-*orderly* close decides whether closing at once could make the kernel reset
-the connection (input waiting unread, or bytes still unsent) and if so
-lingers -- FIN sent, the server's late bytes read and discarded -- until the
-server's EOF or ``close_linger`` seconds.  Orderly: a connection discarded
-after its block ended normally (it lingers in that block's exit, as ``async
-with conn:`` would), idle connections closed by ``aclose()`` (they linger
-together inside it), and connections the idle sweep expires (they linger in
-the sweep's nursery; a pool used without ``async with`` closes those at
-once).  A connection whose block raised is discarded in an orderly way too (the
-exchange may have stopped half-way, but what was sent is not thrown away).
-Immediate, like a cancelled ``aclose``: a connection whose block was
-cancelled, and connections lent out when the pool closes.  A
+*orderly* close lingers -- FIN sent, the server's late bytes read and
+discarded -- until the server's EOF or ``close_linger`` seconds, when closing
+at once could make the kernel reset the connection (input waiting unread,
+or bytes still unsent).  Orderly: a connection discarded after its block
+ended, normally or by raising (the exchange may have stopped half-way, but
+what was sent is not thrown away; it lingers in that block's exit, as
+``async with conn:`` would), idle connections closed by ``aclose()`` (they
+linger together inside it), and connections the idle sweep expires (they
+linger in the sweep's nursery; a pool used without ``async with`` closes
+those at once).  Immediate, like a cancelled ``aclose``: a connection whose
+block was cancelled, and connections lent out when the pool closes.  A
 lingering connection counts against no limit (``PoolStats.closing``).
 """
 
@@ -68,12 +66,13 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_
 
 from .._address import Address
 from .._stream import Connection
+from .._stream._hooks import begin_orderly_close, linger
 from .._unwrap import unwrap_single
 from .._validate import check_count, check_limit, check_names, public_call, validator
 from ._connect import connect_with_plan
 from ._expiry import IdleConnections
 from ._health import unusable_reason
-from ._lease import Lease
+from ._lease import Lease, Lender
 from ._plan import CONNECT_OPTIONS, ConnectPlan, make_plan
 from ._slots import Slots
 
@@ -198,6 +197,8 @@ class ConnectionPool:
         self._closers: trio.Nursery | None = None
         #: Connections lingering in an orderly close now.
         self._closing = 0
+        #: What each ``pool.connection()`` lease calls.
+        self._lender = Lender(self._lend, self._take_back, self._linger)
 
     # ------------------------------------------------------------------
     # Public surface
@@ -259,7 +260,7 @@ class ConnectionPool:
                 await conn.send_all(b"PING\\n")
                 assert await conn.receive_line() == b"PONG"
         """
-        return Lease(self)
+        return Lease(self._lender)
 
     async def aclose(self) -> None:
         """Close the pool and every connection it made.
@@ -268,12 +269,10 @@ class ConnectionPool:
         close could discard bytes it sent lingers for the server's EOF, up to
         ``close_linger`` (see :meth:`Connection.aclose`); a cancelled
         ``aclose`` closes them at once.  The rest is forceful, as Trio's
-        ``aclose`` is: connections lent out at the time are closed -- a borrower gets
-        ``trio.ClosedResourceError`` from its next operation on it (a task
-        blocked on it is woken with that error) -- and connections being
-        opened (the borrower gets ``ClosedResourceError``).  Waiting callers
-        get ``ClosedResourceError``, as does any later :meth:`connection`.
-        Idempotent.
+        ``aclose`` is: connections lent out or being opened are closed (a
+        borrower gets ``trio.ClosedResourceError`` from its next operation,
+        a task blocked on one is woken with it), and so do waiting callers
+        and any later :meth:`connection`.  Idempotent.
 
         Example::
 
@@ -299,7 +298,7 @@ class ConnectionPool:
             try:
                 with trio.move_on_after(self._plan.close_linger):
                     for conn in lingering:
-                        await conn._linger(math.inf)
+                        await linger(conn, math.inf)
             finally:
                 self._closing -= len(lingering)
                 for conn in lingering:
@@ -314,7 +313,7 @@ class ConnectionPool:
             while (conn := self._idle.pop_oldest()) is not None:
                 if not orderly:
                     conn.close()
-                elif conn._begin_orderly_close():
+                elif begin_orderly_close(conn):
                     lingering.append(conn)
             for conn in self._lent:
                 conn.close()  # the borrower's block still returns it (a no-op then)
@@ -456,10 +455,7 @@ class ConnectionPool:
 
     async def _linger(self, conn: Connection) -> None:
         self._closing += 1
-        try:
-            await conn._linger(conn._close_linger)
-        finally:
-            self._closing -= 1
+        await self._linger_counted(conn)
 
     def _linger_later(self, conn: Connection) -> None:
         # An orderly close begun where nothing can wait (the idle expiry):
@@ -473,9 +469,9 @@ class ConnectionPool:
             self._closing += 1  # counted now: the task starts a little later
             closers.start_soon(self._linger_counted, conn)
 
-    async def _linger_counted(self, conn: Connection) -> None:
+    async def _linger_counted(self, conn: Connection) -> None:  # counted in closing already
         try:
-            await conn._linger(conn._close_linger)
+            await linger(conn)
         finally:
             self._closing -= 1
 
@@ -484,7 +480,7 @@ class ConnectionPool:
         self._discarded += 1
         log.debug("pool for %s discards connection #%d: %s", self.target, conn.id, why)
         if orderly:
-            return conn._begin_orderly_close()
+            return begin_orderly_close(conn)
         conn.close()
         return False
 

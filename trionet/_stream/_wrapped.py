@@ -33,8 +33,9 @@ A server drains the connections it knows -- the inner one -- and it only
 ends an ``async for`` on that connection; the ``trio.SSLStream`` above it
 calls plain ``receive_some``, which a drain must not end.  So while an
 ``async for`` on the wrapper waits, the wait runs in a cancel scope and the
-wrapper leaves a relay in the inner connection's ``_iter_scope``: the
-drain's interruption of the inner connection reaches the wrapper, which
+wrapper leaves a relay where the drain interrupts the inner connection
+(:func:`._beneath.install_relay`): the drain's interruption reaches the
+wrapper, which
 decides by its own counters (a connection that has received nothing yet
 waits for the second call, as everywhere) and cancels its wait.  Cancelling
 ``trio.SSLStream.receive_some`` while it waits for ciphertext is safe (the
@@ -71,18 +72,20 @@ trionet connection under it they only mark the wrapper closed: later calls
 raise ``trio.ClosedResourceError``, a task already blocked in the stream
 stays there until the stream answers, and the stream is closed by
 ``aclose()``.
+
+The wrapper asks the inner connection for nothing but through the named
+functions of :mod:`._beneath` (and :func:`._hooks.health`).
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
 from typing import Final, final
 
 import trio
 from trio.lowlevel import checkpoint
 
-from .._address import Address, TCPAddress, UnixAddress
+from .._address import Address
 from .._exceptions import LocalProtocolError
 from ._base import (
     _CLOSED,
@@ -93,65 +96,24 @@ from ._base import (
     Connection,
     _closed_error,
 )
+from ._beneath import (
+    blame_peer,
+    chain,
+    check_address,
+    has_unread,
+    install_relay,
+    negotiated,
+    remove_relay,
+    settings_of,
+    tls_caused,
+)
+from ._hooks import health
 from ._info import TLSInfo
 from ._layers import address_of, inner_connection, socket_beneath
-from ._tls import tls_connection_info
 
 __all__ = ["StreamConnection"]
 
 _CALL: Final = "StreamConnection()"
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and everything it was raised from or during, without loops."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _tls_caused(exc: BaseException) -> bool:
-    return any(isinstance(link, ssl.SSLError) for link in _chain(exc))
-
-
-def _check_address(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, (TCPAddress, UnixAddress)):
-        raise TypeError(
-            f"{_CALL}: {name} must be a trionet.TCPAddress, a trionet.UnixAddress "
-            f"or None, not {value!r}"
-        )
-
-
-def _negotiated(stream: trio.abc.Stream) -> TLSInfo | None:
-    """What TLS ``stream`` negotiated, once its handshake is done."""
-    if isinstance(stream, trio.SSLStream):
-        try:
-            if not stream.version():
-                return None
-        except trio.NeedHandshakeError:
-            return None
-        # A server side cannot learn from SSLStream which name the client
-        # asked for (trionet's own TLS transport reads it off the ClientHello).
-        name = None if stream.server_side else stream.server_hostname
-        return tls_connection_info(stream, name)
-    if isinstance(stream, Connection):
-        return stream.tls
-    return None
-
-
-@final
-class _Relay:
-    """Stands in the inner connection's ``_iter_scope`` while the wrapper's ``async for`` waits."""
-
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: StreamConnection) -> None:
-        self._conn = conn
-
-    def cancel(self) -> None:
-        self._conn._interrupt_iteration()
 
 
 @final
@@ -214,8 +176,8 @@ class StreamConnection(Connection):
     ) -> None:
         if not isinstance(stream, trio.abc.Stream):
             raise TypeError(f"{_CALL}: stream must be a trio.abc.Stream, not {stream!r}")
-        _check_address("peer", peer)
-        _check_address("local", local)
+        check_address(_CALL, "peer", peer)
+        check_address(_CALL, "local", local)
         self._stream = stream
         self._tls_info: TLSInfo | None = None
         inner = self._inner = inner_connection(stream)
@@ -224,9 +186,7 @@ class StreamConnection(Connection):
                 peer = address_of(socket_beneath(stream), peer=True)
             self._init_common(peer, local, DEFAULT_OPTIONS, None)
             return
-        self._init_common(
-            peer if peer is not None else inner.peer, local, inner._opts, inner._owner
-        )
+        self._init_common(peer if peer is not None else inner.peer, local, *settings_of(inner))
         self.id = inner.id
         self.opened_at = inner.opened_at
         self.proxy = inner.proxy
@@ -255,7 +215,7 @@ class StreamConnection(Connection):
         """
         info = self._tls_info
         if info is None:
-            info = self._tls_info = _negotiated(self._stream)
+            info = self._tls_info = negotiated(self._stream)
         return info
 
     @property
@@ -274,7 +234,7 @@ class StreamConnection(Connection):
         inner = self._inner
         if inner is None:
             return "no way to check its health"
-        return inner._health()
+        return health(inner)
 
     # ------------------------------------------------------------------
     # Peer faults
@@ -289,7 +249,7 @@ class StreamConnection(Connection):
     def _caused_by_peer(self, exc: BaseException) -> bool:
         inner = self._inner
         broken = isinstance(exc, trio.BrokenResourceError)
-        for link in _chain(exc):
+        for link in chain(exc):
             if inner is not None and inner.raised_by_peer(link):
                 return True
             if broken and isinstance(link, ssl.SSLCertVerificationError):
@@ -302,8 +262,8 @@ class StreamConnection(Connection):
     def _peer_fault(self, exc: BaseException) -> BaseException:
         super()._peer_fault(exc)
         inner = self._inner
-        if inner is not None and not inner.raised_by_peer(exc) and not _tls_caused(exc):
-            inner._peer_fault(exc)  # the server asks the inner connection
+        if inner is not None and not inner.raised_by_peer(exc) and not tls_caused(exc):
+            blame_peer(inner, exc)  # the server asks the inner connection
         return exc
 
     # ------------------------------------------------------------------
@@ -352,17 +312,16 @@ class StreamConnection(Connection):
         # An ``async for`` wait that a drain ends (see the module notes):
         # None if it did.
         inner = self._inner
-        relay = None
         with trio.CancelScope() as scope:
             self._iter_scope = scope
-            if inner is not None and inner._iter_scope is None:
-                relay = inner._iter_scope = _Relay(self)
+            relay = None if inner is None else install_relay(inner, self)
             try:
                 data = await self._stream.receive_some(max_bytes)
             finally:
                 self._iter_scope = None
-                if inner is not None and relay is not None and inner._iter_scope is relay:
-                    inner._iter_scope = None
+                if relay is not None:
+                    assert inner is not None
+                    remove_relay(inner, relay)
         if scope.cancelled_caught:
             return None
         return data
@@ -371,9 +330,7 @@ class StreamConnection(Connection):
         # Bytes waiting beneath the stream: a drain still lets ``async for``
         # take them.
         inner = self._inner
-        if inner is None or inner.closed:
-            return False
-        return bool(inner._buf) or bool(inner._pending_bytes())
+        return inner is not None and has_unread(inner)
 
     # ------------------------------------------------------------------
     # Sending

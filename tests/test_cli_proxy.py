@@ -163,12 +163,6 @@ def test_proxy_usage_errors_are_one_line_and_exit_2(
     assert_one_error_line(err, *fragments)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trionet/_cli/_serve.py _option_message maps 'trusted_proxies ' and "
-    "'trusted_proxies=' to the flag but not the validator's 'trusted_proxies: ...' "
-    "message, so the error names the Python option instead of --trusted-proxy",
-)
 def test_a_malformed_trusted_proxy_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["serve", "echo", "--bind", LOCAL, "--proxy-protocol", "--trusted-proxy", "10.0.0.0/33"]
     assert run_main(argv) == 2

@@ -215,3 +215,72 @@ async def test_a_cancellation_storm_never_corrupts_the_record_stream(
         await server.send_all(b"after the storm\n")
         assert await client.receive_line() == b"after the storm"
     await client.aclose()
+
+
+async def test_a_peer_leaving_before_the_session_tickets_is_not_a_tls_failure(
+    trionet_server: ServerFactory,
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A balancer's TLS health check resets as soon as its side of the
+    # handshake is done, while the server still sends its TLS 1.3 session
+    # tickets.  The handshake did complete: the handler runs and meets the
+    # reset like any other; it is no TLS failure.  (The reset is simulated
+    # on the first flush after the handshake: the real race is too narrow
+    # to hit on purpose.)
+    from trionet._stream._tls import TLSConnection
+
+    real_flush = TLSConnection._flush
+    broken: list[TLSConnection] = []
+
+    async def flush(self: TLSConnection) -> bool:
+        if self._ssl.server_side and self._ssl.version() is not None and not broken:
+            broken.append(self)
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return await real_flush(self)
+
+    monkeypatch.setattr(TLSConnection, "_flush", flush)
+    seen: list[bool] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        seen.append(conn.peer_reset)
+        await services.echo(conn)
+
+    server = await trionet_server(handler, tls=server_tls)
+    with trio.fail_after(10):
+        conn = await trionet.connect(
+            server.addresses[0], tls=client_tls, server_hostname="localhost"
+        )
+        async with conn:
+            await conn.send_all(b"still here\n")
+            assert await conn.receive_line() == b"still here"
+    assert broken and seen == [True]
+    stats = server.stats
+    assert (stats.tls_failures, stats.stage_failures, stats.handler_errors) == (0, 0, 0)
+    no_errors_logged(caplog)
+
+
+async def test_a_client_ending_without_close_notify_gets_a_fin_not_a_fatal_alert(
+    trionet_server: ServerFactory,
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # OpenSSL queues a fatal alert when the transport ends without
+    # close_notify; a server that reads that end as b"" must not send it.
+    server = await trionet_server(services.echo, tls=server_tls)
+    with trio.fail_after(10):
+        conn = await trionet.connect(
+            server.addresses[0], tls=client_tls, server_hostname="localhost"
+        )
+        await conn.send_all(b"bye\n")
+        assert await conn.receive_line() == b"bye"
+        conn.socket.shutdown(socket.SHUT_WR)  # the transport's end, no close_notify
+        assert await conn.socket.recv(4096) == b""  # a FIN: no alert record
+        conn.abort()
+        await wait_until(lambda: server.stats.closed == 1)
+    stats = server.stats
+    assert (stats.resets, stats.protocol_errors, stats.handler_errors) == (0, 0, 0)
+    no_errors_logged(caplog)

@@ -208,7 +208,7 @@ def _option_message(message: str) -> str:
     if message.startswith("Bind(") and "): " in message:
         message = message.split("): ", 1)[1]  # the message names the bind again
     for name, flag in _FLAG_NAMES.items():
-        if message.startswith((name + " ", name + "=")):
+        if message.startswith((name + " ", name + "=", name + ":")):
             return flag + message[len(name) :]
     return message
 

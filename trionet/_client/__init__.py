@@ -6,6 +6,8 @@ top (the project keeps modules under ~500 lines)::
     _plan      what connect() will do, decided before any I/O: the argument
                checks, ConnectPlan, and the pure policies (address order, back-off)
     _attempts  the record of one connect() call (ConnectError.attempts, on_attempt)
+    _finish    what a won connection does before connect() returns: the PROXY
+               header (proxy_header=), the TLS handshake
     _connect   the connect loop -- resolve, happy-eyeballs race, retries, one
                deadline -- and connect(), connect_with_plan()
     _pool      ConnectionPool and PoolStats: lending, taking back, closing
@@ -20,8 +22,10 @@ does, with the bookkeeping of attempts (``_attempts``) apart from the race.
 The pool's parts each keep a state and invariants of their own (the FIFO
 hand-over that survives cancellation, the idle deadlines, the health poll)
 that ``ConnectionPool`` only drives; it keeps what ties them together.
-Imports run one way: ``_plan``, ``_attempts``, ``_connect``, the pool's
-parts, ``_pool`` (``_lease`` names ``ConnectionPool`` for type checking only).
+Imports run one way: ``_plan``, ``_attempts``, ``_finish`` (a won
+connection's PROXY header and TLS handshake), ``_connect``, the pool's
+parts, ``_pool`` (the lease reaches its pool only through the ``Lender``
+record the pool makes).
 
 This package re-exports what the rest of trionet and the tests use.
 """

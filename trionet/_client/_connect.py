@@ -121,10 +121,9 @@ from .._stream import (
     DEFAULT_SCHEDULE_BUDGET,
     Connection,
     ConnOptions,
-    SocketConnection,
 )
+from .._stream._hooks import socket_connection, tls_client_connection
 from .._stream._sockopts import configure_tcp_socket
-from .._stream._tls import TLSConnection
 from .._unwrap import unwrap_single
 from ._attempts import Run
 from ._finish import finish
@@ -312,10 +311,8 @@ def _wrap(sock: trio.socket.SocketType, target: _Target, plan: ConnectPlan) -> C
         local = None
     options = ConnOptions.of(DEFAULT_SCHEDULE_BUDGET, plan.close_linger)
     if plan.tls is not None:
-        return TLSConnection._client_side(
-            sock, peer, local, options, plan.tls, plan.server_hostname
-        )
-    return SocketConnection(sock, peer=peer, local=local, _options=options)
+        return tls_client_connection(sock, peer, local, options, plan.tls, plan.server_hostname)
+    return socket_connection(sock, peer, local, options)
 
 
 async def connect_with_plan(plan: ConnectPlan) -> Connection:

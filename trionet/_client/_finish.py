@@ -15,8 +15,8 @@ import trio
 
 from .._address import Address
 from .._stream import Connection
+from .._stream._hooks import handshake
 from .._stream._preamble import send_preamble
-from .._stream._tls import TLSConnection
 from ._attempts import Run
 from ._plan import ConnectPlan
 
@@ -61,10 +61,9 @@ async def _shake_hands(run: Run, conn: Connection, display: Address, round_: int
     False (the failure recorded, the connection closed) if it failed; a
     certificate failure can never change, so it is not retried.
     """
-    assert isinstance(conn, TLSConnection)
     attempt = run.begin(display, round_)
     try:
-        await conn._handshake()
+        await handshake(conn)
     except trio.BrokenResourceError as exc:
         conn.close()
         cause = exc.__cause__

@@ -44,6 +44,7 @@ from .._binds import Bind
 from .._exceptions import RemoteProtocolError
 from .._stats import Counters
 from .._stream import Connection, ConnectionOwner, ConnOptions
+from .._stream._hooks import handshake, tls_server_connection
 from ._record import HANDLER, ConnectionRecord, WatchedRecord
 
 if TYPE_CHECKING:
@@ -118,10 +119,7 @@ class TLSStage:
     kind = "tls"
 
     async def run(self, conn: Connection) -> None:
-        from .._stream._tls import TLSConnection
-
-        assert isinstance(conn, TLSConnection)
-        await conn._handshake()
+        await handshake(conn)
 
 
 def plan_for(bind: Bind) -> StagePlan | None:
@@ -154,7 +152,6 @@ def plan_for(bind: Bind) -> StagePlan | None:
 
 
 def _tls_factory(context: ssl.SSLContext) -> ConnectionFactory:
-    from .._stream._tls import TLSConnection
 
     def factory(
         sock: Any,
@@ -163,7 +160,7 @@ def _tls_factory(context: ssl.SSLContext) -> ConnectionFactory:
         options: ConnOptions,
         owner: ConnectionOwner,
     ) -> Connection:
-        return TLSConnection._server_side(sock, peer, local, options, owner, context)
+        return tls_server_connection(sock, peer, local, options, owner, context)
 
     return factory
 
@@ -195,13 +192,16 @@ async def run_stages(rec: ConnectionRecord, host: StageHost) -> bool:
     plan = rec.plan
     assert plan is not None
     conn = rec.conn
+    if host.draining:
+        # The drain began before this task first ran (begin_drain found no
+        # scope to cancel): it never reaches a handler -- and sends nothing,
+        # where a stage could have answered bytes that had already arrived
+        # (a ClientHello) before its first checkpoint.
+        conn.close()  # the shutdown report counts it in in_stages
+        return False
     kind = "?"
     with trio.move_on_after(plan.timeout) as scope:
         rec.scope = scope
-        if host.draining:
-            # The drain began before this task first ran (begin_drain found
-            # no scope to cancel): it never reaches a handler.
-            scope.cancel()
         try:
             for stage in plan.stages:
                 kind = stage.kind

@@ -55,7 +55,14 @@ from .._address import Address, UnixAddress, address_from_sockaddr
 from .._config import ServerConfig
 from .._ratelimit import RateLimiter
 from .._stats import Counters
-from .._stream import Connection, ConnectionInfo, ConnOptions, SocketConnection
+from .._stream import Connection, ConnectionInfo, ConnOptions
+from .._stream._hooks import (
+    begin_orderly_close,
+    interrupt_iteration,
+    linger,
+    mark_drain,
+    server_connection,
+)
 from .._stream._sockopts import AF_UNIX, arm_reset, configure_tcp_socket
 from ._admission import REFUSED, Admission
 from ._capacity import Capacity
@@ -85,16 +92,6 @@ def reset_close(sock: _stdlib_socket.socket | trio.socket.SocketType) -> None:
     """
     arm_reset(sock)
     sock.close()
-
-
-def _socket_connection(
-    sock: Any, peer: Address, local: Address | None, options: ConnOptions, owner: Any
-) -> Connection:
-    if isinstance(sock, _stdlib_socket.socket):
-        # A kernel socket: no Trio wrapper unless the handler asks for one.
-        return SocketConnection._adopt(sock, peer, local, options, owner)
-    # A socket from a custom Trio socket factory (no descriptor).
-    return SocketConnection(sock, peer=peer, local=local, _owner=owner, _options=options)
 
 
 class ConnectionTable:
@@ -167,15 +164,15 @@ class ConnectionTable:
             if rec.state == STAGES and rec.scope is not None:
                 rec.scope.cancel()  # never reached a handler: close at once
             else:
-                rec.conn._mark_drain()
-                rec.conn._interrupt_iteration()
+                mark_drain(rec.conn)
+                interrupt_iteration(rec.conn)
         self.check_empty()
 
     def interrupt_all(self) -> None:
         """Silent connections count as idle now: end their ``async for`` too."""
         self.drain_silent = True
         for rec in list(self.records.values()):
-            rec.conn._interrupt_iteration()
+            interrupt_iteration(rec.conn)
 
     def lingering_now(self) -> int:
         """Connections lingering now (``stats.lingering``)."""
@@ -281,7 +278,7 @@ class ConnectionTable:
             local = None if listener.wildcard else listener.address
         plan = listener.plan
         if plan is None or plan.factory is None:
-            conn = _socket_connection(sock, peer, local, self._options, self)
+            conn = server_connection(sock, peer, local, self._options, self)
         else:
             conn = plan.factory(sock, peer, local, self._options, self)
         nursery = self.nursery
@@ -404,9 +401,9 @@ class ConnectionTable:
         how = _NO_LINGER
         if not ended or self.grace_over:
             conn.close()  # -> connection_closed, unless closed already
-        elif not conn.closed and conn._begin_orderly_close():  # -> connection_closed
+        elif not conn.closed and begin_orderly_close(conn):  # -> connection_closed
             how = _LINGER_IN_SLOT if running and self._linger_keeps_slot() else _LINGER
-            self._lingering_pending += 1  # until conn._linger starts counting it
+            self._lingering_pending += 1  # until its linger starts counting it
         # (A handler that closed its connection itself owns that close, and
         # perhaps its linger: nothing to do here.)
         if running and how != _LINGER_IN_SLOT:
@@ -443,7 +440,7 @@ class ConnectionTable:
         # connection nursery is cancelled, and a cancelled linger closes at once.
         self._lingering_pending -= 1
         try:
-            await conn._linger(self._config.close_linger)
+            await linger(conn, self._config.close_linger)
         except Exception:  # pragma: no cover - a bug must cost one connection only
             log.exception("lingering close of connection #%d failed", conn.id)
             conn.close()

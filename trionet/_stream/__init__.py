@@ -19,7 +19,18 @@
 * :mod:`._checkpoints` -- the cheap schedule point;
 * :mod:`._sockopts` -- socket-level helpers (options, queue sizes, the
   close decision);
-* :mod:`._info` -- the frozen records (``ConnectionInfo``, ``TLSInfo``).
+* :mod:`._info` -- the frozen records (``ConnectionInfo``, ``TLSInfo``);
+* :mod:`._hooks` -- the package's interface to the packages that own
+  connections (the server, the client, the pool): making one, the
+  handshake, the drain, the close protocol, the pool's health question;
+* :mod:`._preamble` -- transport bytes before the connection's own protocol
+  (a PROXY header, before TLS);
+* :mod:`._beneath` -- what ``StreamConnection`` asks of the connection
+  beneath it.
+
+Within this package, modules share private members; other packages call
+only public names and the functions of ``_hooks``, ``_preamble`` and
+``_sockopts`` (see the architecture essay).
 """
 
 from ._base import Connection as Connection

@@ -24,7 +24,9 @@ Ending
 A server treats the peer's end without ``close_notify`` as a normal end of
 stream (``b""``): HTTPS clients do that all the time.  A client is strict by
 default: a truncated stream raises ``trio.BrokenResourceError``.  trionet
-always sends ``close_notify`` when it closes (unless it aborts).  The
+sends ``close_notify`` when it closes (unless it aborts) -- except after
+such an end without one: OpenSSL then holds the session broken, and the
+server ends with a plain FIN (and sends no fatal alert either).  The
 lingering decision (``Connection.aclose``) is made on the socket before
 ``close_notify`` is written; if the close lingers, ``close_notify`` goes out
 first, then the FIN.  ``send_eof`` raises ``LocalProtocolError``: TLS has no
@@ -187,7 +189,16 @@ class TLSConnection(TLSTransport):
             if self._hello is not None:
                 self._note_hello(data)
             self._in.write(data)
-        await self._flush()  # the last flight, session tickets
+        if not ssl_object.server_side:
+            await self._flush()  # the last flight: the handshake is not done without it
+        else:
+            try:
+                await self._flush()  # TLS 1.3 session tickets, after the handshake completed
+            except OSError:
+                # The handshake did complete; the peer left before reading the
+                # tickets (a balancer's TLS health check does this).  Not a
+                # failed handshake: the handler meets the reset like any other.
+                self.peer_reset = True
         name = ssl_object.server_hostname if not ssl_object.server_side else None
         if self._hello is not None:
             parsed = server_name(self._hello)

@@ -233,6 +233,8 @@ class TLSTransport(SocketConnection):
 
     def _decrypt(self, ssl_object: ssl.SSLObject, max_bytes: int) -> bytes | None:
         """Application bytes from the ``SSLObject``; None: it needs more ciphertext."""
+        out = self._out
+        queued = out.pending
         try:
             return ssl_object.read(max_bytes)
         except ssl.SSLWantReadError:
@@ -245,7 +247,13 @@ class TLSTransport(SocketConnection):
                 raise self._peer_fault(
                     _tls_error("the peer ended the TLS stream without close_notify", exc)
                 ) from exc
-            return b""  # a server: clients skip close_notify all the time
+            # A server: clients skip close_notify all the time.  OpenSSL has
+            # queued a fatal alert for it; a normal end sends none (what was
+            # queued before -- a reply being flushed -- stays).
+            if out.pending > queued:
+                kept = out.read()[:queued]
+                out.write(kept)
+            return b""
         except ssl.SSLError as exc:
             self.peer_reset = True
             raise self._peer_fault(_tls_error(f"TLS error: {exc}", exc)) from exc

@@ -32,7 +32,7 @@ from .._server._admission import AccessPolicy
 from .._stream import Connection
 from .._stream._preamble import receive_preamble, unread_preamble
 from ._info import ProxyInfo
-from ._parse import parse_proxy_header
+from ._parse import V2_SIGNATURE, parse_proxy_header
 
 __all__ = ["ProxyStage", "TrustedSources"]
 
@@ -67,7 +67,8 @@ class ProxyStage:
     kind = "proxy"
 
     async def run(self, conn: Connection) -> None:
-        data = b""
+        data = bytearray()
+        wanted = 0  # parse again once this many bytes are in (a v2 header's length)
         while True:
             chunk = await receive_preamble(conn, _READ)
             if not chunk:
@@ -77,11 +78,15 @@ class ProxyStage:
                     else "the peer closed the connection without a PROXY header"
                 )
             data += chunk
+            if len(data) < wanted:
+                continue  # a long v2 header trickling in: no need to look again yet
             parsed = parse_proxy_header(data)
             if parsed is not None:
                 break
+            if len(data) >= 16 and data[:12] == V2_SIGNATURE:
+                wanted = 16 + ((data[14] << 8) | data[15])
         info, used = parsed
-        unread_preamble(conn, data[used:])
+        unread_preamble(conn, bytes(data[used:]))
         conn.proxy = _with_source(info, conn.peer)
         if info.client is not None:
             conn.peer = info.client

@@ -28,7 +28,7 @@ async def whoami(conn: trionet.Connection) -> None:
         )
         return
     if proxy.client is None:
-        # A balancer's health check (v2 LOCAL, v1 UNKNOWN): no client is
+        # A balancer's health check (v2 LOCAL; v1 UNKNOWN from some balancers): no client is
         # named, and conn.peer stays the balancer itself.
         kind = f"v{proxy.version} {proxy.command}"
         is_proxy = conn.peer == proxy.source

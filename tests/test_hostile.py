@@ -283,6 +283,37 @@ async def test_a_clienthello_split_byte_by_byte_within_the_deadline_completes(
     assert names == ["localhost"]  # the SNI was read across 1-byte segments
 
 
+async def test_a_clienthello_fragmented_into_tiny_records_still_yields_its_sni(
+    trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    # TLS lets a handshake message span records: re-frame the ClientHello
+    # into 40-byte records (OpenSSL accepts that; the SNI reader must too).
+    names: list[str | None] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        assert conn.tls is not None
+        names.append(conn.tls.server_name)
+        await services.echo(conn)
+
+    server = await trionet_server(handler, tls=server_tls)
+    sock = await open_raw(port_of(server))
+    tls = ManualTLS(sock, client_tls)
+    hello = tls.first_flight()
+    assert hello[0] == 0x16 and int.from_bytes(hello[3:5], "big") == len(hello) - 5
+    body = hello[5:]
+    framed = b"".join(
+        hello[:3] + len(body[i : i + 40]).to_bytes(2, "big") + body[i : i + 40]
+        for i in range(0, len(body), 40)
+    )
+    with trio.fail_after(10):
+        await send_all(sock, framed)
+        await tls.finish_handshake()
+        await tls.send(b"fragmented\n")
+        assert await tls.receive_line() == b"fragmented\n"
+    sock.close()
+    assert names == ["localhost"]
+
+
 async def test_a_valid_clienthello_then_garbage_costs_one_connection(
     trionet_server: ServerFactory,
     server_tls: ssl.SSLContext,
@@ -383,6 +414,50 @@ async def test_a_slow_reader_gets_a_whole_4mib_tls_reply_across_a_drain(
     assert bytes(got) == big
     assert sent.is_set()
     assert (report.finished, report.cancelled, report.in_stages) == (1, 0, 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a drain ends a TLS async for with pipelined requests unread: records "
+    "already received but not yet decrypted sit in the incoming MemoryBIO, which "
+    "TLSConnection._pending_bytes leaves out of the drain mark (kernel queue + "
+    "SSLObject.pending() only)",
+)
+async def test_a_drain_serves_tls_requests_pipelined_before_it(
+    trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    # Three requests, three TLS records, one segment: all had arrived when
+    # the drain began, so async for must deliver all three (as it does on
+    # a plain connection), then end.
+    got: list[bytes] = []
+    first = trio.Event()
+    release = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        async for chunk in conn:
+            got.append(chunk)
+            if len(got) == 1:
+                first.set()
+                await release.wait()  # a slow first request
+
+    server = await trionet_server(handler, tls=server_tls)
+    sock = await open_raw(port_of(server))
+    tls = ManualTLS(sock, client_tls)
+    with trio.fail_after(10):
+        await send_all(sock, tls.first_flight())
+        await tls.finish_handshake()
+        for i in range(3):
+            tls.obj.write(b"request %d\n" % i)
+        await send_all(sock, tls.outgoing.read())
+        await first.wait()
+        async with trio.open_nursery() as nursery:
+            drain = Shutdown(nursery, server, grace=5)
+            await wait_until(lambda: server.draining)
+            release.set()
+            report = await drain.wait()
+    sock.close()
+    assert b"".join(got) == b"request 0\nrequest 1\nrequest 2\n"
+    assert report.finished == 1
 
 
 async def test_many_key_updates_from_openssl_leave_the_stream_working(
@@ -597,7 +672,9 @@ async def test_a_drain_at_a_random_moment_among_proxied_tls_clients_keeps_the_bo
                     for _ in range(3):
                         await conn.send_all(b"storm\n")
                         assert await conn.receive_line() == b"storm"
-            except (trionet.ConnectError, trio.BrokenResourceError, trionet.IncompleteRead):
+            # (OSError, not just ConnectError: a reset in connect's handshake
+            # escapes it bare -- an xfail test below.)
+            except (OSError, trio.BrokenResourceError, trionet.IncompleteRead):
                 pass
 
     with trio.fail_after(20):
@@ -1272,7 +1349,7 @@ async def test_connections_stuck_in_the_proxy_stage_give_their_slots_back_at_the
         for sock in socks:
             sock.close()
     assert 0.3 <= waited <= 3
-    assert server.stats.proxy_failures == 4
+    await wait_until(lambda: server.stats.proxy_failures == 4)
 
 
 # ----------------------------------------------------------------------

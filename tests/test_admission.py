@@ -654,7 +654,7 @@ async def test_a_failing_connection_setup_leaks_nothing(monkeypatch: pytest.Monk
     def broken(*args: Any, **kwargs: Any) -> trionet.Connection:
         raise RuntimeError("cannot set the connection up")
 
-    monkeypatch.setattr(_table, "_socket_connection", broken)
+    monkeypatch.setattr(_table, "server_connection", broken)
 
     async def handler(conn: trionet.Connection) -> None:  # pragma: no cover
         raise AssertionError("never started")

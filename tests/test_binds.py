@@ -31,7 +31,12 @@ def test_server_wide_options_fill_in_what_a_bind_does_not_set(
         config,
     )
     assert plain == trionet.Bind(
-        "tcp://127.0.0.1:0", tls=server_tls, backlog=128, handshake_timeout=4.0
+        "tcp://127.0.0.1:0",
+        tls=server_tls,
+        backlog=128,
+        handshake_timeout=4.0,
+        proxy_protocol="off",
+        trusted_proxies=(),
     )
     assert (own.backlog, own.handshake_timeout, own.uses_tls) == (8, 1.0, True)
     assert opted_out.tls is False and not opted_out.uses_tls

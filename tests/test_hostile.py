@@ -1,11 +1,13 @@
 """trionet's TLS, connection stages and PROXY protocol, attacked as a hostile user would.
 
-Every attack runs against real loopback sockets.  A test marked
-``xfail(strict=True)`` is a bug found this way and not fixed yet (its
-reason says what); the others are attacks trionet survives, kept as
-regression tests because they assert something that could break: the
-server still serves another client, the counters add up, nothing a peer
-did is logged as an error.
+Every attack runs against real loopback sockets.  Eight of them found bugs,
+since fixed (a cancelled TLS send tearing the record stream, a drain
+dropping pipelined TLS records, a lenient TLS end failing the reply, a
+reset escaping connect() bare, an AF_UNIX header client slipping past the
+access policy, a one-shot CIDR iterable, a linear trusted_proxies scan);
+the rest are attacks trionet survives.  Each asserts something that could
+break: the server still serves another client, the counters add up,
+nothing a peer did is logged as an error.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -416,13 +417,6 @@ async def test_a_slow_reader_gets_a_whole_4mib_tls_reply_across_a_drain(
     assert (report.finished, report.cancelled, report.in_stages) == (1, 0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a drain ends a TLS async for with pipelined requests unread: records "
-    "already received but not yet decrypted sit in the incoming MemoryBIO, which "
-    "TLSConnection._pending_bytes leaves out of the drain mark (kernel queue + "
-    "SSLObject.pending() only)",
-)
 async def test_a_drain_serves_tls_requests_pipelined_before_it(
     trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
@@ -577,13 +571,6 @@ async def test_bytes_after_close_notify_are_ignored_and_the_reply_still_arrives(
     no_errors_logged(caplog)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a FIN without close_notify the server's read returns b'' (lenient) "
-    "but OpenSSL saw the EOF (TLSTransport._feed: write_eof) and failed the session: "
-    "the reply's send_all raises 'EOF occurred in violation of protocol', counted "
-    "as a reset",
-)
 async def test_a_tls_client_half_closing_the_tcp_stream_still_gets_its_reply(
     trionet_server: ServerFactory,
     server_tls: ssl.SSLContext,
@@ -767,21 +754,11 @@ def test_trusted_proxies_from_a_generator_are_kept_whole() -> None:
     assert bind.trusted_proxies == ("10.0.0.0/8", "127.0.0.0/8")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a bad CIDR from a one-shot iterable is swallowed: Bind's converter "
-    "consumes the generator up to the bad item, returns it, and the validator "
-    "checks only what is left",
-)
 def test_a_bad_cidr_from_a_generator_is_refused_by_bind() -> None:
     with pytest.raises(ValueError, match="trusted_proxies"):
         trionet.Bind("tcp://127.0.0.1:0", trusted_proxies=(c for c in ["not a network"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a bad CIDR from a one-shot iterable is swallowed by serve's config too",
-)
 async def test_a_bad_cidr_from_a_generator_is_refused_by_serve() -> None:
     with pytest.raises(ValueError, match="bogus"):
         async with trionet.open_server(
@@ -818,13 +795,6 @@ async def test_a_tiny_handshake_timeout_fails_tls_peers_quietly_and_the_plain_bi
     no_errors_logged(caplog)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reset during connect()'s TLS handshake escapes connect() as a bare "
-    "ConnectionResetError: _client/_finish.py _shake_hands catches only "
-    "trio.BrokenResourceError, and TLSConnection._handshake lets the socket's "
-    "OSError through",
-)
 async def test_a_server_resetting_during_the_client_handshake_is_a_connect_error(
     nursery: trio.Nursery, client_tls: ssl.SSLContext
 ) -> None:
@@ -897,56 +867,48 @@ async def test_ipv6_wide_trust_does_not_trust_ipv4_sources(
     no_errors_logged(caplog)
 
 
-async def test_ten_thousand_trusted_cidrs_keep_accepting_cheap(
-    trionet_server: ServerFactory,
-) -> None:
-    # The trusted source is the last of 10 000 networks: every connection
-    # walks the whole list at accept.
+async def test_ten_thousand_trusted_cidrs_keep_accepting(trionet_server: ServerFactory) -> None:
+    # The trusted source is the last of 10 000 networks.  (What the check
+    # costs is measured by benchmarks/micro/cidr_lookup.py, not here.)
     cidrs = [f"10.{i // 256}.{i % 256}.0/24" for i in range(10_000)] + ["127.0.0.0/8"]
     server = await trionet_server(services.echo, proxy_protocol="required", trusted_proxies=cidrs)
     n = 100
     with trio.fail_after(20):
-        started = time.perf_counter()
         for _ in range(n):
             conn = await proxied_echo_once(port_of(server))
             await conn.aclose()
-        per_connection = (time.perf_counter() - started) / n
-    assert server.stats.proxy_failures == 0
-    # A linear scan of 10 000 networks in Python is ~1 ms; a connection
-    # (connect, header, echo, close) on loopback costs a few hundred us.
-    assert per_connection < 0.02, per_connection
+        await wait_until(lambda: server.stats.closed == n)
+    assert (server.stats.proxy_failures, server.stats.accepted) == (0, n)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the trusted_proxies check (and AccessPolicy allow/deny) walks every CIDR "
-    "in Python per accepted connection: ~0.7-0.9 ms with 10 000 networks, in the "
-    "accept task, for trusted and untrusted sources alike",
-)
-def test_the_trusted_proxies_check_does_not_grow_with_the_list() -> None:
+def test_a_long_trusted_proxies_list_is_looked_up_by_prefix_not_scanned() -> None:
+    # 10 000 networks were scanned in turn per accepted connection (~0.8 ms
+    # each, in the accept task).  A long list is now one set lookup per
+    # distinct prefix length; what it decides must not change.  (The cost is
+    # measured by benchmarks/micro/cidr_lookup.py, not here.)
     from trionet._server._stages import plan_for
 
     cidrs = [f"10.{i // 256}.{i % 256}.0/24" for i in range(10_000)]
     bind = trionet.Bind(
         "tcp://127.0.0.1:0",
         proxy_protocol="required",
-        trusted_proxies=[*cidrs, "127.0.0.0/8"],
+        trusted_proxies=[*cidrs, "127.0.0.0/8", "2001:db8::/32"],
         handshake_timeout=10.0,
     )
     plan = plan_for(bind)
     assert plan is not None and plan.trusted is not None
-    trusted = plan.trusted
-    for source, expected in (("127.0.0.1", True), ("192.0.2.1", False)):
-        peer = trionet.TCPAddress(source, 40000)
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(20):
-                assert trusted(peer) is expected
-            best = min(best, (time.perf_counter() - t0) / 20)
-        # A lookup that does not scan (a sorted table, a prefix map) takes a
-        # few microseconds; a scan of 10 000 networks ~1 ms.
-        assert best < 50e-6, f"{source}: {best * 1e6:.0f} us per connection"
+    networks = plan.trusted._policy._allow_set  # type: ignore[attr-defined]
+    assert networks._scan is None and len(networks._by_prefix) == 3  # /24, /8, v6 /32
+    for source, expected in (
+        ("127.0.0.1", True),
+        ("::ffff:127.0.0.9", True),
+        ("10.39.15.200", True),  # 10.39.15.0/24 is entry 9999
+        ("10.39.16.1", False),  # one past the last
+        ("192.0.2.1", False),
+        ("2001:db8::7", True),
+        ("2001:db9::7", False),
+    ):
+        assert plan.trusted(trionet.TCPAddress(source, 40000)) is expected, source
 
 
 async def test_connect_refuses_a_proxy_header_with_bytes_after_it_before_any_io() -> None:
@@ -1176,11 +1138,6 @@ async def test_a_local_header_with_tlvs_keeps_the_proxy_as_peer(
     assert info is not None and info.command == "LOCAL" and info.client is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an AF_UNIX client in a v2 header on a TCP bind becomes a UnixAddress peer, "
-    "which an AccessPolicy admits without looking at its allow/deny CIDRs",
-)
 async def test_a_unix_client_in_a_header_on_a_tcp_bind_is_not_a_policy_bypass(
     trionet_server: ServerFactory,
 ) -> None:
@@ -1438,13 +1395,6 @@ async def test_two_tasks_sending_at_once_get_busy_resource_error_not_a_mixed_str
 # TLS: a send cancelled part-way
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a TLS send_all cancelled while flushing drops the unsent rest of the "
-    "ciphertext it took from the outgoing BIO (TLSTransport._flush), yet the "
-    "connection stays usable: the next record follows a truncated one and the "
-    "peer fails with a TLS error",
-)
 async def test_a_tls_send_cancelled_part_way_never_corrupts_the_record_stream(
     trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:

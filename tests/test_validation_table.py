@@ -167,6 +167,24 @@ def choice(*valid: str) -> list[Bad]:
     ]
 
 
+def cidrs(*, none: bool) -> list[Bad]:
+    """Networks (``trusted_proxies``): an iterable of CIDR strings."""
+    bad = [
+        Bad(["10.0.0.0/33"], ValueError),
+        Bad(["not a network"], ValueError),
+        Bad([8], TypeError),
+        Bad(b"10.0.0.0/8", TypeError),
+        Bad(10, TypeError),
+        Bad(True, TypeError),
+    ]
+    if not none:
+        bad.append(Bad(None, TypeError))
+    return bad
+
+
+PROXY_PROTOCOL = choice("required", "off")
+
+
 ################################################################
 # The table: entry point -> option -> bad values
 ################################################################
@@ -190,6 +208,8 @@ SERVER = {
     "tls": SERVER_TLS,
     "handshake_timeout": seconds(zero=False, none=False, infinite=False),
     "close_linger": LINGER,
+    "proxy_protocol": PROXY_PROTOCOL,
+    "trusted_proxies": cidrs(none=False),
 }
 CONNECT = {
     "timeout": LIMIT,
@@ -200,6 +220,13 @@ CONNECT = {
     "keepalive": KEEPALIVE,
     "close_linger": LINGER,
     "tls": CLIENT_TLS,
+    "proxy_header": [
+        Bad("PROXY UNKNOWN\r\n", TypeError),
+        Bad(5, TypeError),
+        Bad(b"GET / HTTP/1.1\r\n", ValueError),
+        Bad(b"PROXY UNKNOWN\r\nmore", ValueError),
+        Bad(b"PROXY TCP4 1.2.3.4", ValueError),
+    ],
 }
 TABLE: dict[str, dict[str, list[Bad]]] = {
     "serve": SERVER,
@@ -209,6 +236,8 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "backlog": count(0, none=True),
         "unix_mode": MODE,
         "handshake_timeout": seconds(zero=False, none=True, infinite=False),
+        "proxy_protocol": [b for b in PROXY_PROTOCOL if b.value is not None],
+        "trusted_proxies": cidrs(none=True),
     },
     "connect": CONNECT,
     "ConnectionPool": {"max_size": count(1, none=False), "idle_timeout": LIMIT, **CONNECT},

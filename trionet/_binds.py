@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import socket as _stdlib_socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -114,7 +114,13 @@ def _check_trusted(name: str, value: object) -> None:
 
 def cidrs_if_valid(value: Any) -> Any:
     """``trusted_proxies`` normalised (a tuple of CIDR strings) -- or as given,
-    for the validator to refuse with a message naming the call and the bind."""
+    for the validator to refuse with a message naming the call and the bind.
+
+    A one-shot iterable (a generator) is read once, into a list, first: the
+    validator must see the same items.
+    """
+    if isinstance(value, Iterator):
+        value = list(value)
     try:
         return check_cidrs("trusted_proxies", value, none=True)
     except (TypeError, ValueError):

@@ -12,11 +12,13 @@ On a bind with ``proxy_protocol="required"``:
    covers silent and trickling peers.  What followed the header goes back
    in front of the stream, for the handler or the TLS stage.
 3. ``conn.proxy`` becomes the header (with ``source``, the proxy itself),
-   and ``conn.peer`` the original client -- unless the header names none
-   (``LOCAL`` health checks, v1 ``UNKNOWN``, v2 ``AF_UNSPEC``): then the
+   and ``conn.peer`` the original client -- unless the header names no IP
+   client (``LOCAL`` health checks, v1 ``UNKNOWN``, v2 ``AF_UNSPEC``, or a
+   v2 ``AF_UNIX`` client, which no access policy could judge): then the
    proxy stays the peer.
 4. The server's admission gate -- access policy, per-host limit -- runs
-   after the stages, on that peer (the plan says ``admit_after``).
+   right after this stage, on that peer, and before TLS: a refused client
+   costs no handshake (the stage says ``sets_peer``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class ProxyStage:
     """Reads a PROXY v1/v2 header; the connection's peer becomes the client it names."""
 
     kind = "proxy"
+    #: The admission gate runs right after this stage (see ``run_stages``).
+    sets_peer = True
 
     async def run(self, conn: Connection) -> None:
         data = bytearray()
@@ -88,8 +92,12 @@ class ProxyStage:
         info, used = parsed
         unread_preamble(conn, bytes(data[used:]))
         conn.proxy = _with_source(info, conn.peer)
-        if info.client is not None:
+        if isinstance(info.client, TCPAddress):
             conn.peer = info.client
+        # A Unix client (v2 AF_UNIX: a balancer's Unix-socket frontend) has
+        # no address the access policy or the per-host limit could judge,
+        # and its credentials are not ours to read: the proxy stays the
+        # peer, and conn.proxy.client says who it relayed.
 
 
 def _with_source(info: ProxyInfo, source: Address) -> ProxyInfo:

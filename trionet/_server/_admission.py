@@ -142,8 +142,43 @@ def ip_key(host: str) -> tuple[int, int] | None:
     return (6, n)
 
 
-def _masks(nets: tuple[_Network, ...] | None) -> tuple[tuple[int, int, int], ...]:
-    return tuple((net.version, int(net.network_address), int(net.netmask)) for net in (nets or ()))
+#: Up to this many networks, a list is scanned in turn; beyond, it is looked
+#: up by prefix length (one set lookup per distinct prefix length), so a
+#: list of 10,000 CIDRs costs about what a list of a few does.
+_SCAN_MAX = 16
+
+
+class _Networks:
+    """A list of networks, asked "does it hold this address?" once per connection."""
+
+    __slots__ = ("_by_prefix", "_scan")
+
+    def __init__(self, nets: tuple[_Network, ...] | None) -> None:
+        masks = [(net.version, int(net.network_address), int(net.netmask)) for net in nets or ()]
+        self._scan: tuple[tuple[int, int, int], ...] | None = None
+        self._by_prefix: tuple[tuple[int, int, frozenset[int]], ...] = ()
+        if len(masks) <= _SCAN_MAX:
+            self._scan = tuple(masks)
+            return
+        groups: dict[tuple[int, int], set[int]] = {}
+        for version, network, mask in masks:
+            groups.setdefault((version, mask), set()).add(network)
+        self._by_prefix = tuple(
+            (version, mask, frozenset(networks)) for (version, mask), networks in groups.items()
+        )
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        version, n = key
+        scan = self._scan
+        if scan is not None:
+            for net_version, net, mask in scan:
+                if version == net_version and n & mask == net:
+                    return True
+            return False
+        for net_version, mask, networks in self._by_prefix:
+            if version == net_version and n & mask in networks:
+                return True
+        return False
 
 
 @attrs.frozen
@@ -173,12 +208,12 @@ class AccessPolicy:
     #: Admitted uids for Unix-socket peers, or None for all.
     unix_uids: frozenset[int] | None = attrs.field(default=None, converter=_to_uids)
     # Precomputed (version, network, mask) integers for the per-connection check.
-    _allow_masks: tuple[tuple[int, int, int], ...] = attrs.field(init=False, eq=False, repr=False)
-    _deny_masks: tuple[tuple[int, int, int], ...] = attrs.field(init=False, eq=False, repr=False)
+    _allow_set: _Networks = attrs.field(init=False, eq=False, repr=False)
+    _deny_set: _Networks = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_allow_masks", _masks(self.allow))
-        object.__setattr__(self, "_deny_masks", _masks(self.deny))
+        object.__setattr__(self, "_allow_set", _Networks(self.allow))
+        object.__setattr__(self, "_deny_set", _Networks(self.deny))
 
     def allows(self, peer: Address, credentials: tuple[int, int, int] | None = None) -> bool:
         """Whether ``peer`` (with its Unix ``credentials``, if any) is admitted."""
@@ -192,16 +227,9 @@ class AccessPolicy:
         """:meth:`allows` for a TCP peer whose :func:`ip_key` is ``key``."""
         if key is None:
             return False
-        version, n = key
-        for net_version, net, mask in self._deny_masks:
-            if version == net_version and n & mask == net:
-                return False
-        if self.allow is None:
-            return True
-        for net_version, net, mask in self._allow_masks:
-            if version == net_version and n & mask == net:
-                return True
-        return False
+        if key in self._deny_set:
+            return False
+        return self.allow is None or key in self._allow_set
 
     def __call__(self, info: ConnectionInfo) -> bool:
         return self.allows(info.peer, info.peer_credentials)

@@ -78,7 +78,12 @@ ConnectionFactory = Callable[
 
 
 class Stage(Protocol):
-    """One step a connection takes before its handler runs."""
+    """One step a connection takes before its handler runs.
+
+    A stage that replaces ``conn.peer`` may say so with a class attribute
+    ``sets_peer = True``: on a plan with ``admit_after`` the admission gate
+    then runs right after it, before the stages that follow.
+    """
 
     #: What the stage is; its failures count in ``stats.<kind>_failures``
     #: when the stats have such a counter (``"tls"``, ``"proxy"``), and always
@@ -101,7 +106,8 @@ class StagePlan:
     #: Seconds all of them may take together (the bind's ``handshake_timeout``).
     timeout: float
     #: Run the admission gate after the stages (on what they learned) instead
-    #: of at accept.
+    #: of at accept: right after the first stage whose ``sets_peer`` is true
+    #: (the PROXY stage, before TLS), else after the last.
     admit_after: bool = False
     #: Builds the connection for an accepted socket (stdlib, or from a custom
     #: socket factory); None: a plain socket connection.
@@ -200,12 +206,23 @@ async def run_stages(rec: ConnectionRecord, host: StageHost) -> bool:
         conn.close()  # the shutdown report counts it in in_stages
         return False
     kind = "?"
+    # The gate runs after the first stage that sets the peer (the PROXY
+    # header: before TLS, so a refused client costs no handshake), or after
+    # the last stage.
+    admit_now: Stage | None = None
+    if plan.admit_after:
+        admit_now = next(
+            (stage for stage in plan.stages if getattr(stage, "sets_peer", False)),
+            plan.stages[-1],
+        )
     with trio.move_on_after(plan.timeout) as scope:
         rec.scope = scope
         try:
             for stage in plan.stages:
                 kind = stage.kind
                 await stage.run(conn)
+                if admit_now is stage and not host.admit_after_stages(rec):
+                    return False  # refused on what the stage learned: no further stage
         except _PEER_FAILURES as exc:
             _failed(host.counters, conn, kind, f"failed: {exc!r}")
             return False
@@ -219,8 +236,6 @@ async def run_stages(rec: ConnectionRecord, host: StageHost) -> bool:
             conn.close()  # the drain closed it: the report counts it in in_stages
             return False
         _failed(host.counters, conn, kind, f"timed out after {plan.timeout:g} s")
-        return False
-    if plan.admit_after and not host.admit_after_stages(rec):
         return False
     rec.state = HANDLER
     return True

@@ -22,11 +22,15 @@ counters count *application* bytes.
 Ending
 ------
 A server treats the peer's end without ``close_notify`` as a normal end of
-stream (``b""``): HTTPS clients do that all the time.  A client is strict by
+stream (``b""``): HTTPS clients do that all the time.  OpenSSL is not told
+of such an end (it would hold the session failed), so the handler can still
+send its reply, and the close its ``close_notify``.  A client is strict by
 default: a truncated stream raises ``trio.BrokenResourceError``.  trionet
-sends ``close_notify`` when it closes (unless it aborts) -- except after
-such an end without one: OpenSSL then holds the session broken, and the
-server ends with a plain FIN (and sends no fatal alert either).  The
+always sends ``close_notify`` when it closes (unless it aborts).  A
+``send_all`` cancelled half-way through a record leaves the record stream
+whole -- the rest of the record goes out first, with the next send or the
+close -- so, as on a plain connection, an unknown prefix of its data was
+sent and the connection goes on (where ``trio.SSLStream`` breaks).  The
 lingering decision (``Connection.aclose``) is made on the socket before
 ``close_notify`` is written; if the close lingers, ``close_notify`` goes out
 first, then the FIN.  ``send_eof`` raises ``LocalProtocolError``: TLS has no
@@ -149,8 +153,14 @@ class TLSConnection(TLSTransport):
         return self._info
 
     def _pending_bytes(self) -> int | None:
+        # Ciphertext (in the kernel, and not yet decrypted in the incoming
+        # BIO) counts as the application bytes it carries, plus a little
+        # overhead: the drain mark may lie a little beyond what arrived, and
+        # ``async for`` then ends when nothing more is waiting.
         kernel = super()._pending_bytes()
-        return None if kernel is None else kernel + self._ssl.pending()
+        if kernel is None:
+            return None
+        return kernel + self._in.pending + self._ssl.pending()
 
     def _transport_health(self) -> str | None:
         if self._ssl.pending() or self._in.pending:
@@ -164,8 +174,14 @@ class TLSConnection(TLSTransport):
         """Shake hands; raise ``trio.BrokenResourceError`` (a peer fault) on failure.
 
         A certificate failure keeps its ``ssl.SSLCertVerificationError`` as
-        the cause.
+        the cause, a reset its ``OSError``.
         """
+        try:
+            await self._shake_hands()
+        except OSError as exc:  # the socket's (a reset): ssl.SSLError is handled inside
+            raise self._mark_broken(exc) from exc
+
+    async def _shake_hands(self) -> None:
         ssl_object = self._ssl
         while True:
             failure: ssl.SSLError | None = None
@@ -257,18 +273,19 @@ class TLSConnection(TLSTransport):
         raw = self._raw
         out = self._out
         if raw is None:
-            return not out.pending
-        while out.pending:
-            data = out.read()
+            return not out.pending and self._unsent is None
+        while True:
+            data = self._unsent  # the rest of a record a cancelled send began
+            if data is not None:
+                self._unsent = None
+            elif out.pending:
+                data = out.read()
+            else:
+                return True
             sent = try_send(raw, data)
             if sent < len(data):
-                # Put the rest back in front: nothing else is queued behind it
-                # (closing), so writing it back keeps the order.
-                rest = data[sent:]
-                left = out.read()
-                out.write(rest + left)
+                self._unsent = data[sent:]  # sent first by whoever flushes next
                 return False
-        return True
 
     def _begin_linger(self) -> bool:
         # The decision to linger was made before close_notify; now send it,
@@ -284,7 +301,7 @@ class TLSConnection(TLSTransport):
         return super()._begin_linger()
 
     async def _discard_until_eof(self) -> None:
-        if self._out.pending or self._flushing:
+        if self._out.pending or self._flushing or self._unsent is not None:
             # close_notify could not go out without waiting: send it now,
             # then the FIN (shutting down twice is harmless).
             await self._flush()

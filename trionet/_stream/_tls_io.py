@@ -80,6 +80,8 @@ class TLSTransport(SocketConnection):
         "_lot",
         "_out",
         "_ssl",
+        "_transport_eof",
+        "_unsent",
     )
 
     #: The TLS session; set by ``TLSConnection`` before any I/O.
@@ -92,6 +94,17 @@ class TLSTransport(SocketConnection):
         self._flushing = False
         self._feeding = False
         self._lot: ParkingLot | None = None
+        #: Ciphertext a flush took from the outgoing BIO and could not send
+        #: (cancelled, or the socket failed): it goes out before anything
+        #: else, so a cancelled ``send_all`` leaves the record stream whole
+        #: -- an unknown prefix of the data sent, as on a plain connection
+        #: (where ``trio.SSLStream`` breaks for good).
+        self._unsent: bytes | None = None
+        #: A lenient end (a server): the transport ended without
+        #: close_notify.  OpenSSL is not told -- it would hold the session
+        #: failed, and the handler could not send its reply, nor we our
+        #: close_notify -- and reads return ``b""`` from now on.
+        self._transport_eof = False
 
     # ------------------------------------------------------------------
     # Raw ciphertext I/O on the socket (no counting: counters are for
@@ -141,36 +154,47 @@ class TLSTransport(SocketConnection):
         return None if scope.cancelled_caught else data
 
     async def _raw_send_all(self, data: bytes) -> bool:
-        """Send all of ``data`` to the socket; True if it had to wait."""
+        """Send all of ``data`` to the socket; True if it had to wait.
+
+        Interrupted (cancelled, or the socket failed), it keeps what it did
+        not send in ``_unsent``, for the next flush to send first: a TLS
+        record half-sent must be finished before any other byte follows it.
+        """
         raw = self._raw
-        if raw is None:
-            self._waits += 1  # trio.socket's send is a checkpoint
-            view = memoryview(data)
-            while view:
-                view = view[await self.socket.send(view) :]
-            return True
-        sent = try_send(raw, data)
-        if sent == len(data):
-            return False
-        with memoryview(data) as view:
-            while sent < len(data):
-                self._waits += 1
-                try:
-                    if self._park(_WRITE):
-                        await wait_task_rescheduled(self._abort_write)
-                    else:
-                        await wait_writable(raw)
-                except trio.ClosedResourceError:
+        sent = 0
+        try:
+            if raw is None:
+                self._waits += 1  # trio.socket's send is a checkpoint
+                with memoryview(data) as view:
+                    while sent < len(data):
+                        with view[sent:] as rest:
+                            sent += await self.socket.send(rest)
+                return True
+            sent = try_send(raw, data)
+            if sent == len(data):
+                return False
+            with memoryview(data) as view:
+                while sent < len(data):
+                    self._waits += 1
+                    try:
+                        if self._park(_WRITE):
+                            await wait_task_rescheduled(self._abort_write)
+                        else:
+                            await wait_writable(raw)
+                    except trio.ClosedResourceError:
+                        if self._closed:
+                            raise
+                        continue  # woken by a drain's notify_closing(): wait again
+                    finally:
+                        self._wtask = None
                     if self._closed:
-                        raise
-                    continue  # woken by a drain's notify_closing(): wait again
-                finally:
-                    self._wtask = None
-                if self._closed:
-                    raise _closed_error()
-                with view[sent:] as rest:
-                    sent += try_send(raw, rest)
-        return True
+                        raise _closed_error()
+                    with view[sent:] as rest:
+                        sent += try_send(raw, rest)
+            return True
+        except BaseException:
+            self._unsent = data[sent:]
+            raise
 
     def _wake_all(self) -> None:
         lot = self._lot
@@ -194,12 +218,20 @@ class TLSTransport(SocketConnection):
         while self._flushing:
             await self._wait_turn()
             waited = True
-        if not self._out.pending:
+        out = self._out
+        if not out.pending and self._unsent is None:
             return waited
         self._flushing = True
         try:
-            while self._out.pending:
-                if await self._raw_send_all(self._out.read()):
+            while True:
+                data = self._unsent
+                if data is not None:
+                    self._unsent = None  # (put back by _raw_send_all if interrupted)
+                elif out.pending:
+                    data = out.read()
+                else:
+                    break
+                if await self._raw_send_all(data):
                     waited = True
         finally:
             self._flushing = False
@@ -223,7 +255,10 @@ class TLSTransport(SocketConnection):
         if data is None:
             return None
         if not data:
-            self._in.write_eof()
+            if self._opts.lenient_tls_eof:
+                self._transport_eof = True
+            else:
+                self._in.write_eof()
             return False
         self._in.write(data)
         return True
@@ -233,27 +268,19 @@ class TLSTransport(SocketConnection):
 
     def _decrypt(self, ssl_object: ssl.SSLObject, max_bytes: int) -> bytes | None:
         """Application bytes from the ``SSLObject``; None: it needs more ciphertext."""
-        out = self._out
-        queued = out.pending
         try:
             return ssl_object.read(max_bytes)
         except ssl.SSLWantReadError:
-            return None
+            # After a lenient end (a server: clients skip close_notify all
+            # the time) there is nothing more to wait for.
+            return b"" if self._transport_eof else None
         except ssl.SSLZeroReturnError:
             return b""  # the peer's close_notify: a clean end
-        except ssl.SSLEOFError as exc:
-            if not self._opts.lenient_tls_eof:
-                self.peer_reset = True
-                raise self._peer_fault(
-                    _tls_error("the peer ended the TLS stream without close_notify", exc)
-                ) from exc
-            # A server: clients skip close_notify all the time.  OpenSSL has
-            # queued a fatal alert for it; a normal end sends none (what was
-            # queued before -- a reply being flushed -- stays).
-            if out.pending > queued:
-                kept = out.read()[:queued]
-                out.write(kept)
-            return b""
+        except ssl.SSLEOFError as exc:  # a client, strict: a truncated stream
+            self.peer_reset = True
+            raise self._peer_fault(
+                _tls_error("the peer ended the TLS stream without close_notify", exc)
+            ) from exc
         except ssl.SSLError as exc:
             self.peer_reset = True
             raise self._peer_fault(_tls_error(f"TLS error: {exc}", exc)) from exc
@@ -273,7 +300,13 @@ class TLSTransport(SocketConnection):
                 # With no new ciphertext, nothing decrypted pending and no end
                 # seen, read() could only raise SSLWantReadError: skip it (an
                 # exception per message, and one kept alive while we wait).
-                if incoming.pending or ssl_object.pending() or incoming.eof or self._eof:
+                if (
+                    incoming.pending
+                    or ssl_object.pending()
+                    or incoming.eof
+                    or self._eof
+                    or self._transport_eof
+                ):
                     data = self._decrypt(ssl_object, max_bytes)
                     if data is not None:
                         if self._out.pending and not self._flushing:
@@ -337,9 +370,9 @@ class TLSTransport(SocketConnection):
                         if await self._feed(False) is False:
                             raise _tls_error("the peer closed the connection")
                         continue
-                    await self._flush()
                     pos += n
-                    self.bytes_sent += n
+                    self.bytes_sent += n  # encrypted: it goes out, cancelled or not
+                    await self._flush()
             self._coop_left = self._opts.budget
             if self._waits == waits:
                 await _schedule_point()

@@ -547,6 +547,39 @@ async def test_the_access_policy_judges_the_original_client(
         await conn.aclose()
 
 
+async def test_on_a_proxy_and_tls_bind_a_refused_client_costs_no_handshake(
+    trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    # The gate runs right after the PROXY stage, before TLS: a client the
+    # access policy refuses gets no ServerHello (no key exchange spent on it).
+    policy = trionet.AccessPolicy(deny=["192.0.2.66/32"])
+    handler = Reporter()
+    server = await trionet_server(
+        handler, trionet.Bind("tcp://127.0.0.1:0", tls=server_tls, **proxied()), access=policy
+    )
+    denied = trionet.ProxyInfo(
+        version=2, client=trionet.TCPAddress("192.0.2.66", 1), destination=DESTINATION
+    )
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello_maker = client_tls.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        hello_maker.do_handshake()
+    hello = outgoing.read()
+    with trio.fail_after(10):
+        sock = await connect_tcp(port_of(server))
+        with sock:
+            await sock.send(denied.encode() + hello)  # header and ClientHello in one segment
+            try:
+                answer = await sock.recv(65536)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b"", "a refused client got a TLS answer"
+        await wait_until(lambda: server.stats.rejected_access == 1)
+    stats = server.stats
+    assert (stats.tls_failures, stats.proxy_failures, stats.stage_failures) == (0, 0, 0)
+    assert not handler.conns
+
+
 async def test_for_local_headers_the_gate_judges_the_proxy(
     trionet_server: ServerFactory,
 ) -> None:

@@ -29,6 +29,13 @@
  *             counts as held; close_notify before closing at the end.
  * bulk has no TLS variant.
  *
+ * --proxy-v2: every connection first sends the 28-byte PROXY protocol v2
+ * header a load balancer would (PROXY command, AF_INET, STREAM): client
+ * 192.0.2.x:port (TEST-NET-1, a new address and port for every connection),
+ * destination the server's address and port.  It goes out on its own, right
+ * after connect, before the first message (over TLS: before the ClientHello),
+ * as its own TCP segment (TCP_NODELAY).  Every mode.
+ *
  * Timed modes run --warmup seconds (discarded) then --duration seconds and
  * print one JSON object on stdout.  The load generator's own CPU time
  * (getrusage) and, with --server-pid, the server's CPU time (/proc/PID/stat)
@@ -79,6 +86,7 @@ static int opt_server_pid = 0;
 static int opt_src_ips = 0;
 static int opt_tls = 0;
 static const char *opt_tls_ca = NULL;
+static int opt_proxy_v2 = 0;
 
 #define TLS_NAME "localhost"
 
@@ -239,6 +247,48 @@ static void resolve(void) {
     }
 }
 
+/* PROXY v2 header (--proxy-v2) */
+
+#define PROXY_V2_LEN 28
+
+static unsigned proxy_seq; /* connections that sent a header so far */
+
+/* The header for the next connection: client 192.0.2.(1..254), port
+ * 1024.., one after the other (254 x 64512 pairs before they repeat). */
+static void proxy_v2_header(unsigned char out[PROXY_V2_LEN]) {
+    static const unsigned char sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                          0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+    unsigned n = proxy_seq++;
+    uint32_t src = htonl((192u << 24) | (2u << 8) | (1u + n % 254u));
+    uint16_t sport = htons((uint16_t)(1024u + (n / 254u) % 64512u));
+    uint32_t daddr = dst_family == AF_INET ? ((struct sockaddr_in *)&dst)->sin_addr.s_addr
+                                           : htonl(0x7F000001u); /* ::1: say 127.0.0.1 */
+    uint16_t dport = htons((uint16_t)opt_port);
+    memcpy(out, sig, sizeof sig);
+    out[12] = 0x21; /* version 2, PROXY */
+    out[13] = 0x11; /* AF_INET, STREAM */
+    out[14] = 0;
+    out[15] = 12; /* address block: 4 + 4 + 2 + 2 */
+    memcpy(out + 16, &src, 4);
+    memcpy(out + 20, &daddr, 4);
+    memcpy(out + 24, &sport, 2);
+    memcpy(out + 26, &dport, 2);
+}
+
+/* With --proxy-v2, send the header on a freshly connected socket (28 bytes
+ * always fit its empty send buffer); 0 on success or without --proxy-v2. */
+static int proxy_send(int fd) {
+    if (!opt_proxy_v2)
+        return 0;
+    unsigned char h[PROXY_V2_LEN];
+    proxy_v2_header(h);
+    ssize_t n;
+    do
+        n = send(fd, h, sizeof h, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n == (ssize_t)sizeof h ? 0 : -1;
+}
+
 /* New non-blocking TCP socket with NODELAY; optionally bound to one of
  * 127.0.0.2 .. 127.0.0.(1+opt_src_ips) so that connection-rate runs do not
  * run out of ephemeral ports to TIME_WAIT. */
@@ -282,6 +332,8 @@ static int connect_blocking(void) {
             die("connect");
         }
     }
+    if (proxy_send(fd) < 0)
+        die("PROXY v2 header");
     return fd;
 }
 
@@ -480,6 +532,11 @@ static const char *tls_fields(void) {
     return text;
 }
 
+/* ", "proxy": "v2"" for the JSON line with --proxy-v2; "" otherwise. */
+static const char *proxy_fields(void) {
+    return opt_proxy_v2 ? ", \"proxy\": \"v2\"" : "";
+}
+
 static void report(int conns) {
     double secs = (double)(m_end - m_begin) / 1e9;
     double srv = (srv0 >= 0 && srv1 >= 0) ? (srv1 - srv0) / secs : -1.0;
@@ -489,11 +546,12 @@ static void report(int conns) {
            "\"count\": %llu, \"rate\": %.3f, \"bytes\": %llu, \"mbps\": %.3f, "
            "\"p50_us\": %.3f, \"p90_us\": %.3f, \"p99_us\": %.3f, \"max_us\": %.3f, "
            "\"lg_cpu\": %.4f, \"srv_cpu\": %.4f, \"machine_cpu\": %.4f, \"steal_cpu\": %.4f, "
-           "\"errors\": %llu%s}\n",
+           "\"errors\": %llu%s%s}\n",
            opt_mode, conns, opt_size, secs, (unsigned long long)count, (double)count / secs,
            (unsigned long long)bytes, (double)bytes / secs / 1e6, hist_pct(0.50) / 1e3,
            hist_pct(0.90) / 1e3, hist_pct(0.99) / 1e3, (double)hist_max / 1e3,
-           (cpu1 - cpu0) / secs, srv, busy, steal, (unsigned long long)errors, tls_fields());
+           (cpu1 - cpu0) / secs, srv, busy, steal, (unsigned long long)errors, tls_fields(),
+           proxy_fields());
     fflush(stdout);
 }
 
@@ -928,11 +986,12 @@ static int cr_event(struct cr_conn *c, unsigned events) {
         int err = 0;
         socklen_t el = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
-        if (err != 0 || (events & (EPOLLERR | EPOLLHUP)) || (c->ssl = tls_new(c->fd)) == NULL) {
+        if (err != 0 || (events & (EPOLLERR | EPOLLHUP)) || proxy_send(c->fd) < 0 ||
+            (c->ssl = tls_new(c->fd)) == NULL) {
             cr_fail(c);
             return 0;
         }
-        c->state = S_HANDSHAKE; /* and send the ClientHello now */
+        c->state = S_HANDSHAKE; /* and send the ClientHello now (after any PROXY header) */
     }
     if (c->ssl != NULL)
         return cr_event_tls(c);
@@ -940,7 +999,7 @@ static int cr_event(struct cr_conn *c, unsigned events) {
         int err = 0;
         socklen_t el = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
-        if (err != 0 || (events & (EPOLLERR | EPOLLHUP))) {
+        if (err != 0 || (events & (EPOLLERR | EPOLLHUP)) || proxy_send(c->fd) < 0) {
             cr_fail(c);
             return 0;
         }
@@ -1056,9 +1115,9 @@ static int run_hold(void) {
     }
     double secs = (double)(now_ns() - begin) / 1e9;
     printf("{\"mode\": \"hold\", \"conns\": %d, \"held\": %d, \"seconds\": %.6f, "
-           "\"lg_cpu\": %.4f, \"errors\": %llu%s}\n",
+           "\"lg_cpu\": %.4f, \"errors\": %llu%s%s}\n",
            opt_conns, nheld, secs, (self_cpu() - c0) / (secs > 0 ? secs : 1),
-           (unsigned long long)errors, tls_fields());
+           (unsigned long long)errors, tls_fields(), proxy_fields());
     fflush(stdout);
     /* Wait for the runner to read the server's RSS (line or EOF on stdin). */
     struct pollfd p = {.fd = 0, .events = POLLIN};
@@ -1078,7 +1137,7 @@ static void usage(const char *argv0) {
             "usage: %s pingpong|bulk|connrate|hold --port P [--host H] [--conns N]\n"
             "       [--size S] [--concurrency K] [--window B] [--warmup S] [--duration S]\n"
             "       [--hold-timeout S] [--server-pid PID] [--src-ips N]\n"
-            "       [--tls [--tls-ca FILE]]   (not with bulk)\n",
+            "       [--tls [--tls-ca FILE]]   (not with bulk)   [--proxy-v2]\n",
             argv0);
     exit(2);
 }
@@ -1091,6 +1150,10 @@ int main(int argc, char **argv) {
         const char *a = argv[i];
         if (!strcmp(a, "--tls")) {
             opt_tls = 1;
+            continue;
+        }
+        if (!strcmp(a, "--proxy-v2")) {
+            opt_proxy_v2 = 1;
             continue;
         }
         if (i + 1 >= argc)

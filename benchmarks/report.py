@@ -51,9 +51,14 @@ def fmt_range(ratios: Sequence[float]) -> str:
     return f"{min(ratios):.2f}\u2013{max(ratios):.2f}"
 
 
-def fmt_ratio_range(row: Row) -> str:
-    """``1.61\u00d7 (1.30-1.91)``: mean ratio, then the range of per-round ratios."""
+def fmt_ratio_range(row: Row, what: str = "") -> str:
+    """``1.61\u00d7 (1.30-1.91)``: mean ratio, then the range of per-round ratios.
+
+    ``what``: a word after the ratio (``0.93\u00d7 plain (0.91-0.95)``).
+    """
     text = fmt_ratio(row.get("ratio"))
+    if what and row.get("ratio") is not None:
+        text += f" {what}"
     ratios = row.get("round_ratios") or []
     if len(ratios) > 1 and not row.get("is_baseline"):
         text += f" ({fmt_range(ratios)})"
@@ -99,14 +104,20 @@ def paired_ratios(row: Row, base: Row) -> list[float]:
     ]
 
 
-def missing_key(peer: str, tls: bool) -> str:
-    """Key of ``meta["missing"]``: a peer may start plain but not with TLS."""
-    return f"{peer}+tls" if tls else peer
+def missing_key(peer: str, tls: bool, proxy: bool = False) -> str:
+    """Key of ``meta["missing"]``: a peer may start plain but not with TLS or PROXY."""
+    return peer + "+tls" * tls + "+proxy" * proxy
 
 
 def row_name(wl: dict[str, Any], row: Row) -> str:
-    """A row's peer in notes: ``trionet with TLS`` for a TLS workload."""
-    return f"{row['label']} with TLS" if wl.get("tls") else str(row["label"])
+    """A row's peer in notes: ``trionet with TLS`` for a TLS workload, etc."""
+    extras = [name for key, name in (("tls", "TLS"), ("proxy", "PROXY v2")) if wl.get(key)]
+    return f"{row['label']} with {' and '.join(extras)}" if extras else str(row["label"])
+
+
+def ratio_word(wl: dict[str, Any]) -> str:
+    """What a workload's ratios are to, when it is not the baseline: ``plain``."""
+    return "plain" if wl.get("plain") else ""
 
 
 def other_cpu(result: dict[str, Any]) -> float | None:
@@ -129,9 +140,13 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     for wl in meta["workloads"]:
         client = wl["kind"] == "client"
         all_peers = meta["clients"] if client else meta["peers"]
-        # A TLS workload has a row for each peer that serves TLS only.
+        # A TLS workload has a row for each peer that serves TLS only; PROXY likewise.
         peers = [p for p in all_peers if p.get("tls")] if wl.get("tls") else all_peers
+        if wl.get("proxy"):
+            peers = [p for p in peers if p.get("proxy")]
         baseline = meta["client_baseline"] if client else meta["baseline"]
+        if wl.get("plain"):
+            baseline = None  # each row against its own peer's plain row (below)
         rows: list[Row] = []
         for peer in peers:
             ms = [
@@ -146,7 +161,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 server = "c-epoll" if client else peer["key"]
                 row["status"] = "failed" if reason else "missing"
                 row["reason"] = reason or missing.get(
-                    missing_key(server, bool(wl.get("tls"))), "not run"
+                    missing_key(server, bool(wl.get("tls")), bool(wl.get("proxy"))), "not run"
                 )
                 rows.append(row)
                 continue
@@ -202,9 +217,32 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 "rows": rows,
             }
         )
+    _plain_ratios(workloads)
     summary: dict[str, Any] = {"meta": meta, "workloads": workloads}
     summary["targets"] = evaluate_targets(summary)
     return summary
+
+
+def _plain_ratios(workloads: list[dict[str, Any]]) -> None:
+    """A PROXY workload's ratios: each row to the same peer's row of the plain workload.
+
+    Both were measured in the same round, one right after the other, so
+    round i ÷ round i is the cost of the header with little drift in it.
+    """
+    by_key = {w["key"]: w for w in workloads}
+    for wl in workloads:
+        if not wl.get("plain"):
+            continue
+        plain = by_key.get(wl["plain"])
+        plain_rows = {r["peer"]: r for r in plain["rows"]} if plain else {}
+        labels = [r["label"] for r in wl["rows"]]
+        wl["baseline_label"] = f"{labels[0]} plain" if len(labels) == 1 else "same peer, plain"
+        wl["plain_short"] = plain["short"] if plain else None
+        for row in wl["rows"]:
+            base = plain_rows.get(row["peer"])
+            if row["status"] == "ok" and base and base["status"] == "ok" and base["mean"]:
+                row["ratio"] = row["mean"] / base["mean"]
+                row["round_ratios"] = paired_ratios(row, base)
 
 
 def absent_peers(summary: dict[str, Any]) -> list[str]:
@@ -234,6 +272,8 @@ class Target:
     peer: str = "trionet"
     base: str = "trio"
     context: bool = False  # a reading aid, not a target: no verdict
+    #: ``base`` on this workload rather than ``workload`` (PROXY vs plain).
+    base_workload: str | None = None
 
 
 #: The TLS workloads: key, short label, lower is better.
@@ -304,6 +344,21 @@ TARGETS: tuple[Target, ...] = (
     Target("TLS ping-pong 64 B \u00d7100", "tls-pingpong-64x100", 1.5),
     Target("TLS connection rate", "tls-connrate", 1.2),
     Target("TLS RSS per idle conn", "tls-rss-idle", 0.9, at_most=True),
+    # PROXY v2: the header costs little per connection and nothing after it.
+    Target(
+        "PROXY v2 vs plain: connection rate",
+        "proxy-connrate",
+        0.9,
+        base="trionet",
+        base_workload="connrate",
+    ),
+    Target(
+        "PROXY v2 vs plain: ping-pong 64 B \u00d7100",
+        "proxy-pingpong-64x100",
+        0.98,
+        base="trionet",
+        base_workload="pingpong-64x100",
+    ),
     *(
         Target(f"context: {name}: {short}", key, 1.0, at_most=at_most, peer=peer, context=True)
         for peer, name in (("asyncio", "asyncio streams"), ("uvloop", "uvloop streams"))
@@ -322,17 +377,22 @@ def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Mean ratio, per-round ratios and verdict of every target in this run."""
     out = []
     for target in TARGETS:
-        wl = next((w for w in summary["workloads"] if w["key"] == target.workload), None)
-        if wl is None:
+        workloads = {w["key"]: w for w in summary["workloads"]}
+        wl = workloads.get(target.workload)
+        base_wl = workloads.get(target.base_workload or target.workload)
+        if wl is None or base_wl is None:
             continue  # workload not in this run
-        rows = {r["peer"]: r for r in wl["rows"]}
-        row, base = rows.get(target.peer), rows.get(target.base)
+        row = next((r for r in wl["rows"] if r["peer"] == target.peer), None)
+        base = next((r for r in base_wl["rows"] if r["peer"] == target.base), None)
         if row is None or base is None:
             continue  # a peer not selected for this run
+        compare = f"{row['label']} \u00f7 {base['label']}"
+        if target.base_workload:
+            compare = f"{row_name(wl, row)} \u00f7 {row_name(base_wl, base)} plain"
         entry: dict[str, Any] = {
             "target": target.label,
             "workload": target.workload,
-            "compare": f"{row['label']} \u00f7 {base['label']}",
+            "compare": compare,
             "need": target.need,
             "goal": target.goal,
             "at_most": target.at_most,
@@ -448,7 +508,7 @@ def _summary_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
             elif row["status"] != "ok":
                 cells.append(row["status"])
             else:
-                text = f"{_value_cell(wl, row)} \u00b7 {fmt_ratio_range(row)}"
+                text = f"{_value_cell(wl, row)} \u00b7 {fmt_ratio_range(row, ratio_word(wl))}"
                 if wl["kind"] == "loadgen" and row.get("lg_cpu_max") is not None:
                     text += f" \u00b7 lg {row['lg_cpu_max'] * 100:.0f}%"
                 cells.append(text)
@@ -458,7 +518,7 @@ def _summary_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 
 def _is_python(summary: dict[str, Any], key: str) -> bool:
     peers = summary["meta"]["peers"] + summary["meta"].get("clients", [])
-    peer = next((p for p in peers if p["key"] == key), {})
+    peer: dict[str, Any] = next((p for p in peers if p["key"] == key), {})
     return bool(peer.get("python", key != "c-epoll"))  # older JSON: no "python"
 
 
@@ -517,6 +577,7 @@ def _explanations(summary: dict[str, Any]) -> list[str]:
         if no_tls:
             text += f"  No TLS: {', '.join(no_tls)} (— in the summary)."
         notes.append(text)
+    notes += _proxy_notes(summary)
     connrate = workloads.get("tls-connrate")
     if connrate and any(_busy(connrate, r) for r in connrate["rows"] if r["status"] == "ok"):
         notes.append(
@@ -534,6 +595,36 @@ def _explanations(summary: dict[str, Any]) -> list[str]:
             "on asyncio carry it, uvloop's own SSL protocol does not."
         )
     return notes
+
+
+def _proxy_notes(summary: dict[str, Any]) -> list[str]:
+    """What the PROXY workloads do, and their ratios to plain."""
+    proxy_wls = [w for w in summary["workloads"] if w.get("proxy")]
+    if not proxy_wls:
+        return []
+    text = (
+        "PROXY v2 workloads: every connection first sends the 28-byte PROXY v2 header of a "
+        "load balancer (PROXY command, AF_INET, STREAM; client 192.0.2.x:port, a new one for "
+        "every connection) right after connect, as its own segment, before its first message; "
+        'the server runs with `proxy_protocol="required", trusted_proxies=["127.0.0.0/8"]`.  '
+        "Each measurement runs right after (or before, in alternate rounds) the same peer's "
+        "plain one, and its ratio is to that (round i ÷ round i)"
+    )
+    ratios = []
+    for wl in proxy_wls:
+        for row in wl["rows"]:
+            if row["status"] == "ok" and row.get("ratio") is not None:
+                ratios.append(f"{row['label']} {fmt_ratio_range(row)} on {wl['short']}")
+            elif row["status"] == "ok":
+                ratios.append(
+                    f"{row['label']} on {wl['short']}: no ratio "
+                    f"({wl.get('plain')} has no figure for it in this run)"
+                )
+    text += (": " + "; ".join(ratios) + ".") if ratios else "."
+    no_proxy = [p["label"] for p in summary["meta"]["peers"] if not p.get("proxy")]
+    if no_proxy:
+        text += f"  No PROXY: {', '.join(no_proxy)} (— in the summary)."
+    return [text]
 
 
 def _notes(summary: dict[str, Any]) -> list[str]:
@@ -623,8 +714,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     out += [
         "",
         "Figures are means over the rounds; `1.00\u00d7` is the ratio of the means to "
-        f"`{_baseline_label(meta)}` (client-side workload: to `trio.open_tcp_stream`), "
-        "followed by the "
+        f"`{_baseline_label(meta)}` (client-side workload: to `trio.open_tcp_stream`; "
+        "PROXY workloads, `\u00d7 plain`: to the same peer's plain workload), followed by the "
         "range of the per-round ratios (round i of the peer ÷ round i of the baseline). "
         "Higher is better, except for RSS per connection and latency. "
         "Spread is max/min - 1 over the rounds. "
@@ -768,6 +859,8 @@ def render_chart(summary: dict[str, Any], path: Path) -> None:
         for yi, row in zip(y, rows, strict=True):
             if row["status"] == "ok":
                 text = f"{fmt_value(row['mean'], wl['unit'])}  {fmt_ratio(row['ratio'])}"
+                if row["ratio"] is not None and ratio_word(wl):
+                    text += " " + ratio_word(wl)
                 if _busy(wl, row):
                     text += " (LG busy)"
             else:

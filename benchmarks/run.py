@@ -1,6 +1,6 @@
 """Run the trionet benchmark suite.
 
-    .venv/bin/python benchmarks/run.py            # full run, about 16 minutes
+    .venv/bin/python benchmarks/run.py            # full run, about 17 minutes
     .venv/bin/python benchmarks/run.py --quick    # ~1 min sanity check
 
 Every echo server runs in its own process pinned to one core; the C load
@@ -8,7 +8,10 @@ generator (or the Python client for the client-side workload) is pinned to
 another.  Peers are alternated within each round (A..Z, then Z..A in the
 next round) so slow drift of the machine hits every peer alike.  The TLS
 workloads run on the peers that can serve TLS, with a certificate made by
-trustme for the run.  See benchmarks/README.md and docs/source/benchmarks.rst.
+trustme for the run.  The PROXY workloads (a PROXY v2 header on every
+connection) run on the peers that can serve PROXY, each measurement right
+next to the same peer's plain one, and report the ratio to it.  See
+benchmarks/README.md and docs/source/benchmarks.rst.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -65,13 +69,25 @@ class Peer:
     trionet_path: str | None = None
     #: Runs the TLS workloads: its server takes ``--tls-cert FILE --tls-key FILE``.
     tls: bool = False
+    #: Runs the PROXY workloads: its server takes ``--proxy-protocol``
+    #: (``proxy_protocol="required"``, ``trusted_proxies=["127.0.0.0/8"]``).
+    proxy: bool = False
 
 
 # ``tls=True``: the peers of the TLS workloads.  trionet's variants could
 # serve TLS too (same script); only the default one runs them, to keep the
 # full run short.  trio-floor, uvloop-protocol and c-epoll have no TLS.
+# ``proxy=True``: the peers of the PROXY workloads -- trionet only (the other
+# libraries have no PROXY protocol support).
 PEERS: tuple[Peer, ...] = (
-    Peer("trionet", "trionet", ("{python}", "servers/trionet_server.py"), True, tls=True),
+    Peer(
+        "trionet",
+        "trionet",
+        ("{python}", "servers/trionet_server.py"),
+        True,
+        tls=True,
+        proxy=True,
+    ),
     Peer(
         "trionet-all-on",
         "trionet (all on)",
@@ -189,6 +205,12 @@ class Workload:
     #: Off where handshakes are timed: under OpenSSL 3.0 the check is one more
     #: ECDSA verify per handshake on the load generator's core.
     tls_verify: bool = True
+    #: A PROXY v2 header on every connection (load generator ``--proxy-v2``),
+    #: on the peers with ``proxy=True`` only, each started with ``--proxy-protocol``.
+    proxy: bool = False
+    #: The same workload without PROXY: measured right next to this one, peer
+    #: by peer, and the base of this one's ratios (same peer, same round).
+    plain: str | None = None
 
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -251,6 +273,31 @@ WORKLOADS: tuple[Workload, ...] = (
         higher_is_better=False,
         latency=False,
         quick=True,
+    ),
+    # PROXY v2: the same workloads, every connection opening with the 28-byte
+    # header of a load balancer (a new client address per connection).
+    Workload(
+        "proxy-pingpong-64x100",
+        "PROXY v2 ping-pong, 64 B, 100 connections (one header per connection)",
+        "PROXY v2 ping-pong 64 B \u00d7100",
+        "msg/s",
+        "rate",
+        "loadgen",
+        ("pingpong", "--conns", "100", "--size", "64"),
+        proxy=True,
+        plain="pingpong-64x100",
+    ),
+    Workload(
+        "proxy-connrate",
+        "PROXY v2 connection rate: connect, PROXY v2 header, 16 B echo, close",
+        "PROXY v2 connect+echo+close",
+        "conn/s",
+        "rate",
+        "loadgen",
+        ("connrate", "--concurrency", "32", "--src-ips", "32"),
+        quick=True,
+        proxy=True,
+        plain="connrate",
     ),
     Workload(
         "tls-pingpong-64x100",
@@ -496,10 +543,13 @@ def error_line(lines: Sequence[str]) -> str:
 class Server:
     """One echo server process, in its own process group."""
 
-    def __init__(self, peer: Peer, pinning: Pinning, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self, peer: Peer, pinning: Pinning, tls: TlsFiles | None = None, proxy: bool = False
+    ) -> None:
         self.peer = peer
         self.pinning = pinning
         self.tls = tls  # serve TLS with these files
+        self.proxy = proxy  # every connection starts with a PROXY header
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.log_path = LOGS / f"{peer.key}.log"
@@ -517,6 +567,8 @@ class Server:
         cmd = [*self.pinning.server, *argv, "--host", HOST, "--port", "0"]
         if self.tls is not None:
             cmd += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
+        if self.proxy:
+            cmd.append("--proxy-protocol")
         LOGS.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== {dt.datetime.now().isoformat()} {' '.join(cmd)}\n".encode())
@@ -540,14 +592,19 @@ class Server:
 
         With TLS, the probe also completes a verified handshake (the run's CA,
         SNI and name ``localhost``) and one echo: the server serves the
-        certificate it was given.
+        certificate it was given.  With PROXY, it sends a v2 header first and
+        checks the echo: the server consumed the header (it requires one).
         """
         deadline = time.monotonic() + timeout
         while True:
             try:
                 with socket.create_connection((HOST, self.port), timeout=1.0) as sock:
+                    if self.proxy:
+                        sock.sendall(proxy_v2_header(self.port))
                     if self.tls is not None:
                         self._tls_echo(sock)
+                    elif self.proxy:
+                        self._plain_echo(sock)
                     return
             except ssl.SSLError as exc:  # a TLS failure does not go away by retrying
                 raise PeerFailed(f"TLS probe failed: {exc}") from exc
@@ -555,6 +612,14 @@ class Server:
                 if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
                     raise PeerFailed(f"connect probe failed: {exc}") from exc
                 time.sleep(0.05)
+
+    def _plain_echo(self, sock: socket.socket) -> None:
+        sock.sendall(b"probe")
+        echo = b""
+        while len(echo) < 5 and (chunk := sock.recv(5 - len(echo))):
+            echo += chunk
+        if echo != b"probe":
+            raise PeerFailed(f"PROXY probe: echo {echo!r} instead of b'probe'")
 
     def _tls_echo(self, sock: socket.socket) -> None:
         assert self.tls is not None
@@ -589,9 +654,26 @@ class Server:
             kill_group(self.proc)
 
 
+def proxy_v2_header(port: int, client: int = 1) -> bytes:
+    """The load generator's PROXY v2 header: client 192.0.2.``client`` -> HOST:``port``."""
+    return struct.pack(
+        "!12sBBH4s4sHH",
+        b"\r\n\r\n\x00\r\nQUIT\n",
+        0x21,  # version 2, PROXY
+        0x11,  # AF_INET, STREAM
+        12,
+        socket.inet_aton(f"192.0.2.{client}"),
+        socket.inet_aton(HOST),
+        1024,
+        port,
+    )
+
+
 @contextlib.contextmanager
-def running(peer: Peer, pinning: Pinning, tls: TlsFiles | None = None) -> Iterator[Server]:
-    server = Server(peer, pinning, tls)
+def running(
+    peer: Peer, pinning: Pinning, tls: TlsFiles | None = None, proxy: bool = False
+) -> Iterator[Server]:
+    server = Server(peer, pinning, tls, proxy)
     try:
         server.start()
         yield server
@@ -647,6 +729,11 @@ def tls_loadgen_args(wl: Workload, s: Settings) -> list[str]:
     return ["--tls", *(("--tls-ca", str(s.tls.ca)) if wl.tls_verify else ())]
 
 
+def proxy_loadgen_args(wl: Workload) -> list[str]:
+    """``--proxy-v2`` for a PROXY workload, nothing otherwise."""
+    return ["--proxy-v2"] if wl.proxy else []
+
+
 def measure_loadgen(wl: Workload, server: Server, s: Settings) -> dict[str, Any]:
     cmd = [
         *s.pinning.loadgen,
@@ -663,6 +750,7 @@ def measure_loadgen(wl: Workload, server: Server, s: Settings) -> dict[str, Any]
         "--server-pid",
         str(server.pid),
         *tls_loadgen_args(wl, s),
+        *proxy_loadgen_args(wl),
     ]
     result = run_json(cmd, timeout=s.warmup + s.duration + 60)
     if not server.alive():
@@ -674,6 +762,7 @@ def measure_rss(wl: Workload, server: Server, s: Settings) -> dict[str, Any]:
     conns = s.tls_rss_conns if wl.tls else s.rss_conns
     loadgen = [*s.pinning.loadgen, str(BUILD / "loadgen"), "hold", "--host", HOST]
     port = ["--port", str(server.port), "--concurrency", "100", *tls_loadgen_args(wl, s)]
+    port += proxy_loadgen_args(wl)
     # Warm-up: open and close a few hundred connections so that one-off
     # allocations (code paths, caches, first arena growth) are in the baseline.
     run_json([*loadgen, *port, "--conns", "200", "--duration", "20", "--hold-timeout", "0"], 40)
@@ -789,7 +878,7 @@ def clean(result: dict[str, Any]) -> dict[str, Any]:
 def measure_once(run: Run, wl: Workload, peer: Peer, server_peer: Peer, rnd: int) -> dict[str, Any]:
     """One measurement on a fresh server; raises PeerFailed / MeasurementFailed."""
     tls = run.settings.tls if wl.tls else None
-    with running(server_peer, run.settings.pinning, tls) as server:
+    with running(server_peer, run.settings.pinning, tls, wl.proxy) as server:
         profiler = start_profiler(server, wl, rnd, run.settings)
         try:
             if wl.kind == "loadgen":
@@ -818,8 +907,9 @@ def one(run: Run, wl: Workload, peer: Peer, rnd: int, c_epoll: Peer) -> None:
     """Measure one peer once for this round; retry if the machine was busy."""
     record: dict[str, Any] = {"workload": wl.key, "peer": peer.key, "round": rnd}
     server_peer = c_epoll if wl.kind == "client" else peer
-    # A peer that cannot serve TLS (yet) is missing from the TLS workloads only.
-    missing_key = report.missing_key(server_peer.key, wl.tls)
+    # A peer that cannot serve TLS or PROXY (yet) is missing from those workloads only.
+    missing_key = report.missing_key(server_peer.key, wl.tls, wl.proxy)
+    name = f"{peer.label} + PROXY v2" if wl.proxy else peer.label
     best: dict[str, Any] | None = None
     attempts = 1 + run.settings.retries
     for attempt in range(attempts):
@@ -830,10 +920,10 @@ def one(run: Run, wl: Workload, peer: Peer, rnd: int, c_epoll: Peer) -> None:
             result = measure_once(run, wl, peer, server_peer, rnd)
         except PeerFailed as exc:
             run.missing[missing_key] = str(exc)
-            log(f"    {peer.label:<22} MISSING: {exc}")
+            log(f"    {name:<22} MISSING: {exc}")
             return
         except MeasurementFailed as exc:
-            log(f"    {peer.label:<22} FAILED: {exc}")
+            log(f"    {name:<22} FAILED: {exc}")
             if attempt + 1 < attempts:
                 continue
             if best is None:
@@ -844,7 +934,7 @@ def one(run: Run, wl: Workload, peer: Peer, rnd: int, c_epoll: Peer) -> None:
         other = report.other_cpu(result)
         busy = other is not None and other >= report.OTHER_BUSY
         log(
-            f"    {peer.label:<22} {describe(wl, result)}  ({time.monotonic() - t0:.1f} s)"
+            f"    {name:<22} {describe(wl, result)}  ({time.monotonic() - t0:.1f} s)"
             + ("  busy machine: measuring again" if busy and attempt + 1 < attempts else "")
         )
         if best is None or (other or 0) < (report.other_cpu(best) or 0):
@@ -858,18 +948,37 @@ def one(run: Run, wl: Workload, peer: Peer, rnd: int, c_epoll: Peer) -> None:
 
 def execute(run: Run, peers: Sequence[Peer], workloads: Sequence[Workload]) -> None:
     c_epoll = next(p for p in PEERS if p.key == "c-epoll")
+    selected = {w.key for w in workloads}
+    # A PROXY workload whose plain workload runs too is measured right next
+    # to it, peer by peer: its ratio to plain is then free of the drift
+    # between two workloads of a round.
+    variants = {w.key: [v for v in workloads if v.plain == w.key] for w in workloads}
     for rnd in range(run.settings.rounds):
         for wl in workloads:
-            log(f"[round {rnd + 1}/{run.settings.rounds}] {wl.title}")
+            if wl.plain in selected:
+                continue  # measured with its plain workload
+            paired = variants[wl.key]
+            log(
+                f"[round {rnd + 1}/{run.settings.rounds}] {wl.title}"
+                + "".join(f"\n    and, next to each peer serving PROXY: {v.title}" for v in paired)
+            )
             candidates = CLIENTS if wl.kind == "client" else peers
             if wl.tls:
                 candidates = [p for p in candidates if p.tls]
                 if not candidates:
                     log("    (no selected peer serves TLS)")
+            if wl.proxy or paired:
+                if not any(p.proxy for p in candidates):
+                    log("    (no selected peer serves PROXY)")
+                if wl.proxy:
+                    candidates = [p for p in candidates if p.proxy]
             # A..Z in even rounds, Z..A in odd ones: linear drift cancels out.
             order = list(candidates) if rnd % 2 == 0 else list(reversed(candidates))
             for peer in order:
-                one(run, wl, peer, rnd, c_epoll)
+                # Plain then PROXY in even rounds, PROXY then plain in odd ones.
+                steps = [wl, *(v for v in paired if peer.proxy)]
+                for step in steps if rnd % 2 == 0 else steps[::-1]:
+                    one(run, step, peer, rnd, c_epoll)
 
 
 # -------------------------------------------------------------- metadata
@@ -963,7 +1072,15 @@ def ref_peers(peers: Sequence[Peer], ref: str) -> list[Peer]:
     """For each selected trionet peer, the same peer running revision ``ref``."""
     sha, path = checkout_ref(ref)
     return [
-        Peer(f"{p.key}@{sha}", f"{p.label} @{sha}", p.argv, p.quick, trionet_path=path, tls=p.tls)
+        Peer(
+            f"{p.key}@{sha}",
+            f"{p.label} @{sha}",
+            p.argv,
+            p.quick,
+            trionet_path=path,
+            tls=p.tls,
+            proxy=p.proxy,
+        )
         for p in peers
         if p.key.startswith("trionet")
     ]
@@ -1002,7 +1119,8 @@ def metadata(s: Settings, peers: Sequence[Peer], workloads: Sequence[Workload]) 
         "baseline": BASELINE,
         "client_baseline": CLIENT_BASELINE,
         "peers": [
-            {"key": p.key, "label": p.label, "python": is_python(p), "tls": p.tls} for p in peers
+            {"key": p.key, "label": p.label, "python": is_python(p), "tls": p.tls, "proxy": p.proxy}
+            for p in peers
         ],
         "clients": [{"key": p.key, "label": p.label, "python": is_python(p)} for p in CLIENTS],
         "workloads": [
@@ -1016,6 +1134,8 @@ def metadata(s: Settings, peers: Sequence[Peer], workloads: Sequence[Workload]) 
                 "kind": w.kind,
                 "tls": w.tls,
                 "tls_verify": w.tls and w.tls_verify,
+                "proxy": w.proxy,
+                "plain": w.plain,
             }
             for w in workloads
         ],
@@ -1091,10 +1211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for p in (*PEERS, *CLIENTS):
-            tags = "  [quick]" * p.quick + "  [tls]" * p.tls
+            tags = "  [quick]" * p.quick + "  [tls]" * p.tls + "  [proxy]" * p.proxy
             print(f"peer      {p.key:<22} {p.label}{tags}")
         for w in WORKLOADS:
-            tags = "  [quick]" * w.quick + "  [tls]" * w.tls
+            tags = "  [quick]" * w.quick + "  [tls]" * w.tls + "  [proxy]" * w.proxy
             print(f"workload  {w.key:<22} {w.title}{tags}")
         return 0
     peers = select_by_key(PEERS, args.peers, args.quick, "peers")

@@ -8,6 +8,9 @@ Usage::
     trionet_server.py --all-on-except idle     # ... but one (access|limits|idle)
     trionet_server.py --schedule-budget 8      # cooperative budget (default 1)
     trionet_server.py --tls-cert F --tls-key F # any of the above over TLS (tls= option)
+    trionet_server.py --proxy-protocol         # any of the above behind a load balancer:
+                                               # proxy_protocol="required",
+                                               # trusted_proxies=["127.0.0.0/8"]
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from _common import (
 )
 
 import trionet
+
+#: The clients the load generator's PROXY headers name (``--proxy-v2``: TEST-NET-1).
+PROXY_CLIENTS = "192.0.2.0/24"
 
 #: The option names of each feature that ``--all-on-except`` can leave out.
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -53,9 +59,20 @@ async def fixed_reads_handler(conn: trionet.Connection) -> None:
         await conn.send_all(data)
 
 
-def all_on_options(host: str, except_feature: str | None = None) -> dict[str, Any]:
-    """Every admission/accounting feature switched on, none of them limiting."""
-    allow = ["::1/128"] if ":" in host else ["127.0.0.0/8"]
+def loopback_cidr(host: str) -> str:
+    """The loopback network of ``host``: where the load generator connects from."""
+    return "::1/128" if ":" in host else "127.0.0.0/8"
+
+
+def all_on_options(
+    host: str, except_feature: str | None = None, proxy: bool = False
+) -> dict[str, Any]:
+    """Every admission/accounting feature switched on, none of them limiting.
+
+    ``proxy``: the access policy runs on the clients the PROXY headers name
+    (after the header), so it allows those too.
+    """
+    allow = [loopback_cidr(host), *([PROXY_CLIENTS] if proxy else [])]
     options: dict[str, Any] = {
         "access": trionet.AccessPolicy(allow=allow, deny=["10.0.0.0/8"]),
         "max_connections": 20000,
@@ -78,8 +95,12 @@ async def main(
     budget: int | None,
     fixed: bool,
     ctx: ssl.SSLContext | None,
+    proxy: bool = False,
 ) -> None:
-    options = all_on_options(host, except_feature) if all_on or except_feature else {}
+    options = all_on_options(host, except_feature, proxy) if all_on or except_feature else {}
+    if proxy:  # a trionet without PROXY support fails in serve(): unknown option(s)
+        options["proxy_protocol"] = "required"
+        options["trusted_proxies"] = [loopback_cidr(host)]
     if budget is not None:  # trionet checks it (and knows its own default)
         options["schedule_budget"] = budget
     if ctx is not None:  # a trionet without TLS fails here: "unknown option 'tls'"
@@ -119,6 +140,12 @@ if __name__ == "__main__":
         action="store_true",
         help=f"handler loops receive_some({CHUNK}) / send_all instead of `async for`",
     )
+    parser.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help='every connection starts with a PROXY v1/v2 header: proxy_protocol="required", '
+        'trusted_proxies=["127.0.0.0/8"] (["::1/128"] on --host ::1)',
+    )
     add_tls_args(parser)
     args = parser.parse_args()
     raise_nofile_limit()
@@ -131,4 +158,5 @@ if __name__ == "__main__":
         args.schedule_budget,
         args.fixed_reads,
         tls_context(args),
+        args.proxy_protocol,
     )

@@ -35,7 +35,8 @@ test: $(VENV)/.test
 
 ## make test-long: the long property-based/fuzz runs, kept out of `make test`
 test-long: $(VENV)/.test
-	TRIONET_LONG=1 $(PY) -m pytest -q -m "not peer" tests/test_address.py tests/test_connection.py
+	TRIONET_LONG=1 $(PY) -m pytest -q -m "not peer" tests/test_address.py tests/test_connection.py \
+		tests/test_proxy_parse.py
 
 ## make lint: ruff (lint and format) + mypy --strict
 lint: $(VENV)/.dev

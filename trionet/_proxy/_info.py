@@ -5,7 +5,7 @@ PROXY stage puts it on ``conn.proxy``, with ``source`` filled in), and a
 client builds one to send upstream (``connect(..., proxy_header=...)``),
 where :meth:`ProxyInfo.encode` writes it.  The constructor checks what a
 header can say (a version 1 header carries TCP addresses or nothing, a
-``LOCAL`` header no addresses, both addresses of one family), so every
+``LOCAL`` header no addresses nor TLVs, both addresses of one family), so every
 record made by hand encodes.  No Trio import: this is the sans-I/O side.
 """
 
@@ -130,11 +130,14 @@ def _check_address(instance: object, attribute: attrs.Attribute[Any], value: Any
 def ip_version(address: TCPAddress) -> int:
     """4 or 6 for an IP literal host; raises ValueError for a name."""
     try:
-        return ipaddress.ip_address(address.host).version
+        ip = ipaddress.ip_address(address.host)
     except ValueError:
         raise ValueError(
             f"ProxyInfo: a header carries IP addresses, not the host name {address.host!r}"
         ) from None
+    if "%" in address.host:
+        raise ValueError(f"ProxyInfo: a header carries no IPv6 scope: {address.host!r}")
+    return ip.version
 
 
 @attrs.frozen
@@ -192,8 +195,9 @@ class ProxyInfo:
         client, destination = self.client, self.destination
         if (client is None) != (destination is None):
             raise ValueError("ProxyInfo: give both client and destination, or neither")
-        if self.command == "LOCAL" and client is not None:
-            raise ValueError("ProxyInfo: a LOCAL header carries no addresses")
+        if self.command == "LOCAL" and (client is not None or self.has_tlvs):
+            # A receiver discards a LOCAL header's whole block (HAProxy does too).
+            raise ValueError("ProxyInfo: a LOCAL header carries no addresses and no TLVs")
         if client is not None and destination is not None:
             if type(client) is not type(destination):
                 raise ValueError("ProxyInfo: client and destination must be of one family")

@@ -20,10 +20,12 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 from conftest import Shutdown, connect_tcp, port_of, wait_until
 
 import trionet
 from trionet._proxy import _stage
+from trionet._server import _table
 from trionet._stream._preamble import receive_preamble
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
@@ -208,7 +210,16 @@ async def test_a_header_split_byte_by_byte_is_accepted(
         reads.append(data)
         return data
 
+    receive_nowait = _stage.receive_preamble_nowait
+
+    def counting_nowait(conn: trionet.Connection, max_bytes: int) -> bytes | None:
+        data = receive_nowait(conn, max_bytes)
+        if data is not None:
+            reads.append(data)
+        return data
+
     monkeypatch.setattr(_stage, "receive_preamble", counting)
+    monkeypatch.setattr(_stage, "receive_preamble_nowait", counting_nowait)
     handler = Reporter()
     server = await trionet_server(handler, **proxied())
     with trio.fail_after(10):
@@ -228,6 +239,45 @@ async def test_a_header_split_byte_by_byte_is_accepted(
     assert peer == str(seen.peer).encode()
     assert len(reads) >= 3, reads  # the stage really read the header in pieces
     assert b"".join(reads).startswith(header)
+
+
+async def test_a_header_already_there_at_accept_needs_no_wait_and_no_cancel_scope(
+    trionet_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A balancer sends its header right behind the connect: at accept it has
+    # arrived, and the stage finishes at once (start_stages), without the
+    # deadline's cancel scope (run_stages).  A header that comes later takes
+    # the waiting path.
+    waited: list[int] = []
+    real = _table.run_stages
+
+    async def run_stages(rec: Any, host: Any, *args: Any) -> bool:
+        waited.append(rec.conn.id)
+        return await real(rec, host, *args)
+
+    monkeypatch.setattr(_table, "run_stages", run_stages)
+    handler = Reporter()
+    server = await trionet_server(handler, **proxied())
+    with trio.fail_after(10):
+        # Connect and send in one go (no checkpoint between: the server
+        # cannot accept before the header is in).
+        eager = socket.create_connection(("127.0.0.1", port_of(server)))
+        eager.sendall(V1_HEADER + b"now\n")
+        eager_stream = trio.SocketStream(trio.socket.from_stdlib_socket(eager))
+        lines = Lines(eager_stream)
+        assert await lines.line() == str(CLIENT).encode()
+        assert await lines.line() == b"now"
+        assert waited == []
+        late = trio.SocketStream(await connect_tcp(port_of(server)))
+        await wait_until(lambda: server.stats.accepted == 2)
+        await trio.testing.wait_all_tasks_blocked()  # its stage waits for the header
+        await late.send_all(V1_HEADER + b"later\n")
+        late_lines = Lines(late)
+        assert await late_lines.line() == str(CLIENT).encode()
+        assert await late_lines.line() == b"later"
+        assert len(waited) == 1
+        await eager_stream.aclose()
+        await late.aclose()
 
 
 # ----------------------------------------------------------------------

@@ -32,7 +32,7 @@ from .._address import Address, TCPAddress
 from .._exceptions import ProxyProtocolError
 from .._server._admission import AccessPolicy
 from .._stream import Connection
-from .._stream._preamble import receive_preamble, unread_preamble
+from .._stream._preamble import receive_preamble, receive_preamble_nowait, unread_preamble
 from ._info import ProxyInfo
 from ._parse import V2_SIGNATURE, parse_proxy_header
 
@@ -41,6 +41,8 @@ __all__ = ["ProxyStage", "TrustedSources"]
 #: Bytes asked of the transport per read: a whole v2 header with its TLVs
 #: and whatever the client sent right behind it, in one recv() as a rule.
 _READ: Final = 65536 + 16
+#: Source addresses whose trust verdict is kept (see ``TrustedSources``).
+_VERDICTS_MAX: Final = 1024
 
 
 class TrustedSources:
@@ -48,18 +50,29 @@ class TrustedSources:
 
     IPv4-mapped IPv6 sources (a dual-stack listener) match IPv4 entries.
     Unix-socket peers are trusted: who may connect to the socket file is
-    what its permissions (``unix_mode``) say.
+    what its permissions (``unix_mode``) say.  A server behind balancers
+    sees a handful of source addresses, so each one's verdict is kept (up
+    to 1,024 of them; then the memo starts over): this runs in the accept
+    task for every connection.
     """
 
-    __slots__ = ("_policy",)
+    __slots__ = ("_policy", "_verdicts")
 
     def __init__(self, cidrs: Sequence[str]) -> None:
         self._policy = AccessPolicy(allow=list(cidrs))
+        self._verdicts: dict[str, bool] = {}
 
     def __call__(self, peer: Address) -> bool:
         if not isinstance(peer, TCPAddress):
             return True
-        return self._policy.allows(peer)
+        host = peer.host
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            verdicts = self._verdicts
+            if len(verdicts) >= _VERDICTS_MAX:
+                verdicts.clear()
+            verdict = verdicts[host] = self._policy.allows(peer)
+        return verdict
 
 
 @attrs.frozen
@@ -70,8 +83,30 @@ class ProxyStage:
     #: The admission gate runs right after this stage (see ``run_stages``).
     sets_peer = True
 
-    async def run(self, conn: Connection) -> None:
-        data = bytearray()
+    def try_now(self, conn: Connection) -> bytearray | None:
+        """Read a header that has already arrived, without waiting; None if done.
+
+        A balancer sends the header right behind its connect, so it is
+        usually there when the connection is accepted: then the stage is
+        over with no wait (and ``run_stages`` needs no cancel scope).
+        Otherwise returns what was read so far, for :meth:`run` to go on
+        from.
+        """
+        chunk = receive_preamble_nowait(conn, _READ)
+        if chunk is None:
+            return bytearray()
+        if not chunk:
+            raise ProxyProtocolError("the peer closed the connection without a PROXY header")
+        parsed = parse_proxy_header(chunk)
+        if parsed is None:
+            return bytearray(chunk)
+        _apply(conn, chunk, parsed)
+        return None
+
+    async def run(self, conn: Connection, data: bytearray | None = None) -> None:
+        """Read the header, waiting as needed (``data``: what :meth:`try_now` read)."""
+        if data is None:
+            data = bytearray()
         wanted = 0  # parse again once this many bytes are in (a v2 header's length)
         while True:
             chunk = await receive_preamble(conn, _READ)
@@ -89,15 +124,28 @@ class ProxyStage:
                 break
             if len(data) >= 16 and data[:12] == V2_SIGNATURE:
                 wanted = 16 + ((data[14] << 8) | data[15])
-        info, used = parsed
-        unread_preamble(conn, bytes(data[used:]))
-        conn.proxy = _with_source(info, conn.peer)
-        if isinstance(info.client, TCPAddress):
-            conn.peer = info.client
-        # A Unix client (v2 AF_UNIX: a balancer's Unix-socket frontend) has
-        # no address the access policy or the per-host limit could judge,
-        # and its credentials are not ours to read: the proxy stays the
-        # peer, and conn.proxy.client says who it relayed.
+        _apply(conn, data, parsed)
+
+
+def _apply(conn: Connection, data: bytes | bytearray, parsed: tuple[ProxyInfo, int]) -> None:
+    """The header is in: give back what followed it, and set ``conn.proxy`` and ``conn.peer``."""
+    info, used = parsed
+    if used < len(data):
+        unread_preamble(conn, memoryview(data)[used:])
+    source = conn.peer
+    _set_source(info, source)  # a fresh record, not yet shared (see _with_source)
+    conn.proxy = info
+    client = info.client
+    if type(client) is TCPAddress:
+        conn.peer = client
+    # A Unix client (v2 AF_UNIX: a balancer's Unix-socket frontend) has no
+    # address the access policy or the per-host limit could judge, and its
+    # credentials are not ours to read: the proxy stays the peer, and
+    # conn.proxy.client says who it relayed.
+
+
+#: The ``source`` slot's own descriptor (see ``_with_source``).
+_set_source = ProxyInfo.__dict__["source"].__set__
 
 
 def _with_source(info: ProxyInfo, source: Address) -> ProxyInfo:

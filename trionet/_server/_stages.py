@@ -58,6 +58,7 @@ __all__ = [
     "TLSStage",
     "plan_for",
     "run_stages",
+    "start_stages",
 ]
 
 log = logging.getLogger("trionet.server")
@@ -94,6 +95,10 @@ class Stage(Protocol):
         """Do the work; raise (anything) to fail the connection.
 
         Runs inside the plan's deadline: a stage need not time itself out.
+        A stage may also have a synchronous ``try_now(conn)``, tried first
+        without the deadline's scope: None when it finished from what had
+        already arrived, else what it read, passed on as ``run(conn,
+        partial)`` (see :func:`start_stages`).
         """
 
 
@@ -116,6 +121,22 @@ class StagePlan:
     #: stage (a PROXY bind's ``trusted_proxies``); None: everyone.  A refused
     #: peer is reset and counted in ``stats.proxy_failures``.
     trusted: Callable[[Address], bool] | None = None
+    #: The index of the stage after which the gate runs (-1: at accept).
+    admit_index: int = attrs.field(init=False)
+    #: Each stage's ``try_now`` method, or None (see :func:`start_stages`).
+    try_nows: tuple[Callable[[Connection], Any] | None, ...] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(
+            self, "try_nows", tuple(getattr(stage, "try_now", None) for stage in self.stages)
+        )
+        index = -1
+        if self.admit_after:
+            index = next(
+                (i for i, stage in enumerate(self.stages) if getattr(stage, "sets_peer", False)),
+                len(self.stages) - 1,
+            )
+        object.__setattr__(self, "admit_index", index)
 
 
 @attrs.frozen
@@ -175,6 +196,9 @@ class StageHost(Protocol):
     """What :func:`run_stages` needs from the server (``ConnectionTable``)."""
 
     counters: Counters
+    #: True if the server has an admission gate (an access check or a
+    #: per-host limit); without one there is nothing to run after the stages.
+    gated: bool
 
     @property
     def draining(self) -> bool: ...
@@ -184,19 +208,18 @@ class StageHost(Protocol):
         ...
 
 
-async def run_stages(rec: ConnectionRecord, host: StageHost) -> bool:
-    """Run ``rec``'s stages under one deadline; False if the connection did not make it.
+def start_stages(rec: ConnectionRecord, host: StageHost) -> bool | tuple[int, Any]:
+    """Run what ``rec``'s stages can do at once, without waiting or a cancel scope.
 
-    A failure closes the connection (counted as closed, and per kind) and is
-    logged at DEBUG -- ERROR for a stage's own bug, which still costs that
-    connection only.  A drain closes it at once (the shutdown report counts
-    it in ``in_stages``).  The admission gate runs here when the plan asks for
-    it after the stages.  ``rec.scope`` is the deadline's scope meanwhile, so
-    that ``begin_drain`` can cancel it.
+    A stage with a ``try_now(conn)`` method may finish from what has already
+    arrived (a PROXY header sent right behind the connect): it returns None
+    when done, or what it read so far.  Returns True if every stage is done
+    (and the gate, if it runs after the stages, admitted the connection),
+    False if the connection did not make it (closed and counted, as in
+    :func:`run_stages`), else ``(index, partial)``: ``await run_stages(rec,
+    host, index, partial)`` goes on from there under the deadline.
     """
-    assert isinstance(rec, WatchedRecord)  # a record with a plan is one
-    plan = rec.plan
-    assert plan is not None
+    plan: StagePlan = rec.plan  # type: ignore[assignment]  # a record with stages has one
     conn = rec.conn
     if host.draining:
         # The drain began before this task first ran (begin_drain found no
@@ -205,23 +228,60 @@ async def run_stages(rec: ConnectionRecord, host: StageHost) -> bool:
         # (a ClientHello) before its first checkpoint.
         conn.close()  # the shutdown report counts it in in_stages
         return False
+    admit_index = plan.admit_index if host.gated else -1
+    for index, try_now in enumerate(plan.try_nows):
+        if try_now is None:
+            return index, None
+        try:
+            partial = try_now(conn)
+        except _PEER_FAILURES as exc:
+            _failed(host.counters, conn, plan.stages[index].kind, f"failed: {exc!r}")
+            return False
+        except Exception as exc:
+            kind = plan.stages[index].kind
+            log.exception("connection #%d: %s stage raised", conn.id, kind)
+            _failed(host.counters, conn, kind, f"raised {exc!r}")
+            return False
+        if partial is not None:
+            return index, partial
+        if index == admit_index and not host.admit_after_stages(rec):
+            return False  # refused on what the stage learned: no further stage
+    rec.state = HANDLER
+    return True
+
+
+async def run_stages(
+    rec: ConnectionRecord, host: StageHost, start: int = 0, partial: Any = None
+) -> bool:
+    """Run ``rec``'s stages from ``start`` under one deadline; False: it did not make it.
+
+    ``partial``: what :func:`start_stages` left for stage ``start`` to go on
+    from.  A failure closes the connection (counted as closed, and per
+    kind) and is logged at DEBUG -- ERROR for a stage's own bug, which still
+    costs that connection only.  A drain closes it at once (the shutdown
+    report counts it in ``in_stages``).  The admission gate runs here when
+    the plan asks for it after the stages: right after the first stage that
+    says ``sets_peer`` (the PROXY header: before TLS, so a refused client
+    costs no handshake), else after the last.  ``rec.scope`` is the
+    deadline's scope meanwhile, so that ``begin_drain`` can cancel it.
+    """
+    assert isinstance(rec, WatchedRecord)  # a record with a plan is one
+    plan = rec.plan
+    assert plan is not None
+    conn = rec.conn
     kind = "?"
-    # The gate runs after the first stage that sets the peer (the PROXY
-    # header: before TLS, so a refused client costs no handshake), or after
-    # the last stage.
-    admit_now: Stage | None = None
-    if plan.admit_after:
-        admit_now = next(
-            (stage for stage in plan.stages if getattr(stage, "sets_peer", False)),
-            plan.stages[-1],
-        )
+    stages = plan.stages
     with trio.move_on_after(plan.timeout) as scope:
         rec.scope = scope
         try:
-            for stage in plan.stages:
+            for index in range(start, len(stages)):
+                stage = stages[index]
                 kind = stage.kind
-                await stage.run(conn)
-                if admit_now is stage and not host.admit_after_stages(rec):
+                if index == start and partial is not None:
+                    await stage.run(conn, partial)  # type: ignore[call-arg]
+                else:
+                    await stage.run(conn)
+                if index == plan.admit_index and not host.admit_after_stages(rec):
                     return False  # refused on what the stage learned: no further stage
         except _PEER_FAILURES as exc:
             _failed(host.counters, conn, kind, f"failed: {exc!r}")

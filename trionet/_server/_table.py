@@ -70,7 +70,7 @@ from ._handler_errors import NOT_ERRORS, HandlerErrors
 from ._idle import IdleReaper
 from ._listeners import Listener
 from ._record import HANDLER, QUEUED, STAGES, ConnectionRecord, WatchedRecord
-from ._stages import StagePlan, run_stages
+from ._stages import StagePlan, run_stages, start_stages
 
 log = logging.getLogger("trionet.server")
 
@@ -112,6 +112,8 @@ class ConnectionTable:
         self._admission = Admission.create(
             config.access, config.max_connections_per_host, counters, self.error_log
         )
+        #: For the stages (``StageHost``): is there a gate to run after them?
+        self.gated = self._admission is not None
         self.reaper = (
             IdleReaper(config.idle_timeout, self.records, counters)
             if config.idle_timeout is not None
@@ -328,8 +330,12 @@ class ConnectionTable:
                 self.capacity.take()
                 running = True
                 rec.state = HANDLER if rec.plan is None else STAGES
-            if rec.plan is not None and not await run_stages(rec, self):
-                return
+            if rec.plan is not None:
+                started = start_stages(rec, self)
+                if started is False:
+                    return
+                if started is not True and not await run_stages(rec, self, *started):
+                    return
             conn = rec.conn
             with trio.CancelScope() if reaper is not None else _NO_SCOPE as scope:
                 if reaper is not None:

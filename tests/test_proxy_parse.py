@@ -270,7 +270,6 @@ EARLIEST_INVALID: list[tuple[bytes, str]] = [
     (SIG + b"\x21\x12", "datagram"),
     (SIG + b"\x21\x22", "datagram"),
     (SIG + b"\x21\x32", "datagram"),
-    (SIG + b"\x20\x12", "datagram"),
     (SIG + b"\x21\x41", "unknown version 2 address family/transport 0x41"),
     (SIG + b"\x21\x10", "unknown version 2 address family/transport 0x10"),
     (SIG + b"\x21\x13", "unknown version 2 address family/transport 0x13"),
@@ -290,6 +289,17 @@ def test_rejected_at_the_first_impossible_byte(bad: bytes, message: str) -> None
         parse(bad)
     with pytest.raises(ProxyProtocolError):
         parse(bad + b"more bytes\r\n")  # and no later byte makes it right
+
+
+def test_a_local_header_discards_its_family_whatever_it_is() -> None:
+    # "the receiver must ... discard the protocol block including the
+    # family": a LOCAL header with a datagram or unknown family is accepted.
+    for family in (0x00, 0x12, 0x41, 0xFF):
+        header = SIG + bytes((0x20, family)) + b"\x00\x04" + b"junk"
+        parsed = parse(header + b"rest")
+        assert parsed is not None
+        info, used = parsed
+        assert (info.command, info.client, used) == ("LOCAL", None, len(header))
 
 
 def test_v1_rejected_once_it_cannot_fit_in_107_bytes() -> None:

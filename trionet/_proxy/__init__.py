@@ -2,5 +2,6 @@
 
 ``_info`` (the records), ``_parse``, ``_encode`` and ``_crc32c`` import no
 Trio; ``_stage`` is the server's connection stage that reads a header with
-them, and ``_trust`` decides which sources may send one.
+them (``ProxyStage``), and decides which sources may send one
+(``TrustedSources``).
 """

@@ -147,10 +147,11 @@ class ProxyInfo:
     On a server bind with ``proxy_protocol="required"`` every connection's
     ``conn.proxy`` is one of these (``None`` on other binds), with
     ``source`` set to the proxy's own address (the kernel's peer).  After a
-    ``PROXY`` header with addresses, ``conn.peer`` is ``client``; after a
+    ``PROXY`` header with IP addresses, ``conn.peer`` is ``client``; after a
     ``LOCAL`` header (a balancer's health check) or one without addresses
     (v1 ``UNKNOWN``, v2 ``AF_UNSPEC``) ``conn.peer`` stays the proxy and
-    ``client`` is None.
+    ``client`` is None.  A v2 ``AF_UNIX`` client is kept in ``client`` but
+    leaves the proxy as ``conn.peer``: no access policy could judge it.
 
     Build one to send a header upstream::
 

@@ -318,7 +318,8 @@ def _parse_v2(data: bytes) -> tuple[ProxyInfo, int] | None:
     if n < 14:
         return None
     family = data[13]
-    address_length = _check_family(family)
+    # A LOCAL header's family is discarded with its block (see below).
+    address_length = _check_family(family) if command == 1 else 0
     if n < 16:
         return None
     length = (data[14] << 8) | data[15]

@@ -48,7 +48,7 @@ lint: $(VENV)/.dev
 docs: $(VENV)/.dev
 	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs/source docs/_build/html
 
-## make bench: the full side-by-side benchmark (~17 minutes); results in benchmarks/results/
+## make bench: the full side-by-side benchmark (~16 minutes); results in benchmarks/results/
 bench: $(VENV)/.bench
 	$(PY) benchmarks/run.py
 

@@ -1,6 +1,6 @@
 """Run the trionet benchmark suite.
 
-    .venv/bin/python benchmarks/run.py            # full run, about 17 minutes
+    .venv/bin/python benchmarks/run.py            # full run, about 16 minutes
     .venv/bin/python benchmarks/run.py --quick    # ~1 min sanity check
 
 Every echo server runs in its own process pinned to one core; the C load

@@ -1,7 +1,8 @@
 """What a handler or a client holds: :class:`~trionet.Connection` and its transports.
 
 * :mod:`._base` -- the ``Connection`` API every transport shares;
-* :mod:`._options` -- its settings (``ConnOptions``, the defaults);
+* :mod:`._options` -- its settings (``ConnOptions``, the defaults), and
+  :mod:`._owner` -- all it knows of the server that owns it (``ConnectionOwner``);
 * :mod:`._buffered` -- the buffered reads (a mixin of ``Connection``);
 * :mod:`._iteration` -- the drain-aware ``async for`` (a mixin of ``Connection``);
 * :mod:`._closing` -- the close protocol: close at once, or linger first (a

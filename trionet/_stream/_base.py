@@ -39,7 +39,7 @@ from __future__ import annotations
 import itertools
 import operator
 import time
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
@@ -62,6 +62,7 @@ from ._options import DEFAULT_OPTIONS as DEFAULT_OPTIONS
 from ._options import DEFAULT_SCHEDULE_BUDGET as DEFAULT_SCHEDULE_BUDGET
 from ._options import ConnOptions as ConnOptions
 from ._options import check_close_linger as check_close_linger
+from ._owner import ConnectionOwner as ConnectionOwner
 
 if TYPE_CHECKING:
     from typing import Self
@@ -83,23 +84,6 @@ _ids = itertools.count(1)
 
 #: ``Connection._drain_mark`` while no drain has begun.
 NO_MARK: Final = 1 << 62
-
-
-class ConnectionOwner(Protocol):
-    """What a connection needs from the server that owns it (clients have none)."""
-
-    #: True once a graceful drain has begun.
-    draining: bool
-    #: True once connections that never sent anything count as idle too.
-    drain_silent: bool
-    #: Set when the drain begins (every connection's ``draining``).
-    drain_event: trio.Event
-
-    def connection_closed(self, conn: Connection) -> None:
-        """Fold a closing connection into the stats (called once, before its FIN)."""
-
-    def linger_changed(self, delta: int) -> None:
-        """A linger of one of the owner's connections began (+1) or ended (-1)."""
 
 
 class Connection(BufferedReads, DrainAwareIteration, OrderlyClose, trio.abc.HalfCloseableStream):

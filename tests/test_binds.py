@@ -98,3 +98,24 @@ async def test_the_same_bind_twice_listens_twice(trionet_server: ServerFactory) 
             async with await trionet.connect(address) as conn:
                 await conn.send_all(b"x\n")
                 assert await conn.receive_line() == b"x"
+
+
+def test_trusted_proxies_without_a_proxy_bind_is_refused() -> None:
+    # trusted_proxies says whom to trust for PROXY headers: given where no
+    # bind reads one, it is a mistake (proxy_protocol forgotten), said at
+    # call time -- not a silent no-op.
+    with pytest.raises(ValueError, match="trusted_proxies applies to proxy_protocol='required'"):
+        resolve_binds(["tcp://127.0.0.1:0"], trionet.ServerConfig(trusted_proxies=["10.0.0.0/8"]))
+    with pytest.raises(ValueError, match=r"Bind\('tcp://127.0.0.1:0'\): trusted_proxies"):
+        resolve_binds(
+            [trionet.Bind("tcp://127.0.0.1:0", trusted_proxies=["10.0.0.0/8"])],
+            trionet.ServerConfig(),
+        )
+    # Server-wide trust with one PROXY bind and a plain one is fine; the
+    # plain bind shows no trusted proxies.
+    proxied, plain = resolve_binds(
+        [trionet.Bind("tcp://127.0.0.1:0", proxy_protocol="required"), "tcp://127.0.0.1:0"],
+        trionet.ServerConfig(trusted_proxies=["10.0.0.0/8"]),
+    )
+    assert (proxied.proxy_protocol, proxied.trusted_proxies) == ("required", ("10.0.0.0/8",))
+    assert (plain.proxy_protocol, plain.trusted_proxies) == ("off", ())

@@ -239,12 +239,17 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
         trusted = bind.trusted_proxies
         if trusted is None:
             trusted = config.trusted_proxies
+        elif trusted and proxy_protocol != "required":
+            raise ValueError(
+                f"Bind({_describe(bind.address)}): trusted_proxies applies to "
+                "proxy_protocol='required' only (this bind reads no PROXY header)"
+            )
         resolved.append(
             Bind(
                 bind.address,
                 tls=tls,
                 proxy_protocol=proxy_protocol,
-                trusted_proxies=trusted,
+                trusted_proxies=trusted if proxy_protocol == "required" else (),
                 backlog=bind.backlog if bind.backlog is not None else config.backlog,
                 unix_mode=unix_mode,
                 handshake_timeout=(
@@ -253,6 +258,11 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
                     else config.handshake_timeout
                 ),
             )
+        )
+    if config.trusted_proxies and not any(bind.uses_proxy_protocol for bind in resolved):
+        raise ValueError(
+            "trusted_proxies applies to proxy_protocol='required' only, and no bind "
+            "reads a PROXY header (say proxy_protocol='required', server-wide or per bind)"
         )
     return tuple(resolved)
 

@@ -120,7 +120,7 @@ async def test_a_server_send_storm_with_a_concurrent_reader_keeps_both_streams_w
     # in another; the client sends to it meanwhile.  Both directions must
     # arrive exact.  (The client ends its side -- at the TCP level, the
     # server is lenient -- only once it has read the server's end marker:
-    # a close with full buffers after a lenient EOF is the xfail below.)
+    # a close with full buffers after a lenient EOF is its own test below.)
     rng = random.Random(11)
     sent_by_server: list[bytes] = []
     read_by_server: list[bytes] = []
@@ -213,13 +213,6 @@ async def cancelled_reply_then_return(
     return bytes(got), expected[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a linger cannot wait to flush _unsent/close_notify: _raw_send_all raises "
-    "ClosedResourceError on its first wait once _closed is _LINGERING "
-    "(_tls_io.py _raw_send_all), so _discard_until_eof gives up and the close "
-    "drops the rest of the counted bytes and close_notify",
-)
 async def test_a_linger_after_a_cancelled_send_delivers_the_counted_bytes_then_close_notify(
     trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
@@ -230,13 +223,6 @@ async def test_a_linger_after_a_cancelled_send_delivers_the_counted_bytes_then_c
     assert got == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after the peer's (lenient) EOF an orderly close never lingers "
-    "(_closing.py _wants_linger: _EOF_SEEN), and TLSConnection._close_transport "
-    "only tries _try_flush_now: _unsent and close_notify are dropped when the "
-    "socket buffer is full",
-)
 async def test_a_close_after_lenient_eof_and_a_cancelled_send_delivers_the_counted_bytes(
     trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
@@ -367,12 +353,6 @@ async def test_a_reply_after_a_tcp_half_close_arrives_whole_then_close_notify(
     assert (stats.handler_errors, stats.protocol_errors, stats.resets) == (0, 0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="descriptor-less path: after the lenient EOF the close does not linger "
-    "(_EOF_SEEN), and TLSConnection._close_transport / _try_flush_now do nothing "
-    "when _raw is None, so close_notify is never sent",
-)
 @pytest.mark.parametrize("size", [5, MIB])
 async def test_a_reply_after_a_tcp_half_close_ends_with_close_notify_without_descriptors(
     trionet_server: ServerFactory,
@@ -448,12 +428,6 @@ async def test_the_idle_timeout_after_a_lenient_eof_says_goodbye_with_close_noti
     assert server.stats.handler_errors == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="descriptor-less path: a close that does not linger (here: nothing sent, "
-    "bytes_sent == 0) never sends close_notify -- TLSConnection._close_transport "
-    "skips it when _raw is None -- so a strict client reads a truncation",
-)
 async def test_a_handler_that_sends_nothing_ends_with_close_notify_without_descriptors(
     trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:

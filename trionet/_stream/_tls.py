@@ -30,7 +30,11 @@ always sends ``close_notify`` when it closes (unless it aborts).  A
 ``send_all`` cancelled half-way through a record leaves the record stream
 whole -- the rest of the record goes out first, with the next send or the
 close -- so, as on a plain connection, an unknown prefix of its data was
-sent and the connection goes on (where ``trio.SSLStream`` breaks).  The
+sent and the connection goes on (where ``trio.SSLStream`` breaks).  An
+orderly close that owes the peer bytes the kernel does not hold yet (that
+rest, ciphertext still queued, a ``close_notify`` that does not fit in the
+send buffer, or any ``close_notify`` on a socket without a descriptor)
+lingers to send them, bounded by ``close_linger``.  The
 lingering decision (``Connection.aclose``) is made on the socket before
 ``close_notify`` is written; if the close lingers, ``close_notify`` goes out
 first, then the FIN.  ``send_eof`` raises ``LocalProtocolError``: TLS has no
@@ -300,11 +304,35 @@ class TLSConnection(TLSTransport):
             return False  # reset or gone meanwhile: nothing to protect
         return super()._begin_linger()
 
+    def _wants_linger(self) -> bool:
+        # TLS may owe the peer bytes the kernel does not hold yet: the rest
+        # of a record a cancelled send began, ciphertext still in the BIO,
+        # or close_notify that does not fit in the send buffer now -- and
+        # without a descriptor nothing goes out without an await.  Only a
+        # linger (bounded by close_linger) can send them; closing at once
+        # would truncate the stream the peer reads.
+        if self._opts.close_linger <= 0 or self._info is None:
+            return super()._wants_linger()
+        if self._unsent is not None or self._out.pending or self._raw is None:
+            return True
+        if super()._wants_linger():  # decided on the socket before close_notify is written
+            return True
+        try:
+            self._queue_close_notify()
+            return not self._try_flush_now()
+        except OSError:
+            return False  # reset or gone meanwhile: nothing to protect
+
     async def _discard_until_eof(self) -> None:
         if self._out.pending or self._flushing or self._unsent is not None:
-            # close_notify could not go out without waiting: send it now,
-            # then the FIN (shutting down twice is harmless).
-            await self._flush()
+            # What could not go out without waiting (close_notify, the rest
+            # of a record): send it now, then the FIN (shutting down twice
+            # is harmless).
+            self._final_flush = True
+            try:
+                await self._flush()
+            finally:
+                self._final_flush = False
             super()._begin_linger()
         await super()._discard_until_eof()
 

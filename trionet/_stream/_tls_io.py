@@ -75,6 +75,7 @@ class TLSTransport(SocketConnection):
 
     __slots__ = (
         "_feeding",
+        "_final_flush",
         "_flushing",
         "_in",
         "_lot",
@@ -92,6 +93,9 @@ class TLSTransport(SocketConnection):
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._flushing = False
+        #: The close's own flush is running (a linger's): the connection is
+        #: closed to its users, but this flush must still wait to send.
+        self._final_flush = False
         self._feeding = False
         self._lot: ParkingLot | None = None
         #: Ciphertext a flush took from the outgoing BIO and could not send
@@ -182,12 +186,12 @@ class TLSTransport(SocketConnection):
                         else:
                             await wait_writable(raw)
                     except trio.ClosedResourceError:
-                        if self._closed:
+                        if self._closed and not self._final_flush:
                             raise
                         continue  # woken by a drain's notify_closing(): wait again
                     finally:
                         self._wtask = None
-                    if self._closed:
+                    if self._closed and not self._final_flush:
                         raise _closed_error()
                     with view[sent:] as rest:
                         sent += try_send(raw, rest)

@@ -121,6 +121,7 @@ __all__ = [
     "check_seconds",
     "is_async_callable",
     "none_if_infinite",
+    "normalise_network",
     "public_call",
     "validator",
 ]
@@ -308,16 +309,23 @@ def check_cidrs(name: str, value: object, *, none: bool = False) -> tuple[str, .
             net = ipaddress.ip_network(item.strip(), strict=False)
         except ValueError as exc:
             raise ValueError(f"{name}: {item!r} is not a CIDR network: {exc}") from None
-        if (
-            isinstance(net, ipaddress.IPv6Network)
-            and net.network_address.ipv4_mapped is not None
-            and net.prefixlen >= 96
-        ):
-            net = ipaddress.IPv4Network(
-                f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}", strict=False
-            )
-        out.append(str(net))
+        out.append(str(normalise_network(net)))
     return tuple(out)
+
+
+def normalise_network(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IPv4-mapped IPv6 network as the IPv4 one (``::ffff:10.0.0.0/104`` is ``10.0.0.0/8``)."""
+    if (
+        isinstance(net, ipaddress.IPv6Network)
+        and net.network_address.ipv4_mapped is not None
+        and net.prefixlen >= 96
+    ):
+        return ipaddress.IPv4Network(
+            f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}", strict=False
+        )
+    return net
 
 
 def check_keepalive(name: str, value: object) -> bool | float:

@@ -50,7 +50,7 @@ import trio
 from .._address import Address, TCPAddress, UnixAddress
 from .._stream import Connection, ConnectionInfo
 from .._stream._sockopts import read_peer_credentials
-from .._validate import check_count
+from .._validate import check_count, normalise_network
 
 if TYPE_CHECKING:
     from .._ratelimit import RateLimiter
@@ -79,21 +79,8 @@ def _to_networks(value: Iterable[str] | str | None) -> tuple[_Network, ...] | No
             net = ipaddress.ip_network(item.strip(), strict=False)
         except ValueError as exc:
             raise ValueError(f"invalid CIDR {item!r}: {exc}") from None
-        nets.append(_normalise_net(net))
+        nets.append(normalise_network(net))  # ::ffff:10.0.0.0/104 is 10.0.0.0/8
     return tuple(nets)
-
-
-def _normalise_net(net: _Network) -> _Network:
-    # ::ffff:10.0.0.0/104 is 10.0.0.0/8 in disguise.
-    if (
-        isinstance(net, ipaddress.IPv6Network)
-        and net.network_address.ipv4_mapped is not None
-        and net.prefixlen >= 96
-    ):
-        return ipaddress.IPv4Network(
-            f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}", strict=False
-        )
-    return net
 
 
 def _to_deny(value: Iterable[str] | str | None) -> tuple[_Network, ...]:

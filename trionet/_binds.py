@@ -268,7 +268,8 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
 
 
 def _is_unix(address: object) -> bool:
-    return not _is_socket(address) and isinstance(parse_address(address), UnixAddress)
+    """True for a unix: spec (not an already-bound socket)."""
+    return not _is_socket(address) and _unix_family(address)
 
 
 def _unix_family(address: object) -> bool:

@@ -133,7 +133,7 @@ def _apply(conn: Connection, data: bytes | bytearray, parsed: tuple[ProxyInfo, i
     if used < len(data):
         unread_preamble(conn, memoryview(data)[used:])
     source = conn.peer
-    _set_source(info, source)  # a fresh record, not yet shared (see _with_source)
+    _set_source(info, source)  # a fresh record, not yet shared
     conn.proxy = info
     client = info.client
     if type(client) is TCPAddress:
@@ -144,12 +144,7 @@ def _apply(conn: Connection, data: bytes | bytearray, parsed: tuple[ProxyInfo, i
     # conn.proxy.client says who it relayed.
 
 
-#: The ``source`` slot's own descriptor (see ``_with_source``).
+#: The ``source`` slot's own descriptor: the parser's record is fresh and not
+#: yet shared, so the stage fills ``source`` in without attrs.evolve's
+#: re-validation (this runs per connection).
 _set_source = ProxyInfo.__dict__["source"].__set__
-
-
-def _with_source(info: ProxyInfo, source: Address) -> ProxyInfo:
-    # The parser's record is fresh and not yet shared: fill in ``source``
-    # without attrs.evolve's re-validation (this runs per connection).
-    object.__setattr__(info, "source", source)
-    return info

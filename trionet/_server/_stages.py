@@ -234,13 +234,8 @@ def start_stages(rec: ConnectionRecord, host: StageHost) -> bool | tuple[int, An
             return index, None
         try:
             partial = try_now(conn)
-        except _PEER_FAILURES as exc:
-            _failed(host.counters, conn, plan.stages[index].kind, f"failed: {exc!r}")
-            return False
         except Exception as exc:
-            kind = plan.stages[index].kind
-            log.exception("connection #%d: %s stage raised", conn.id, kind)
-            _failed(host.counters, conn, kind, f"raised {exc!r}")
+            _stage_raised(host.counters, conn, plan.stages[index].kind, exc)
             return False
         if partial is not None:
             return index, partial
@@ -283,12 +278,8 @@ async def run_stages(
                     await stage.run(conn)
                 if index == plan.admit_index and not host.admit_after_stages(rec):
                     return False  # refused on what the stage learned: no further stage
-        except _PEER_FAILURES as exc:
-            _failed(host.counters, conn, kind, f"failed: {exc!r}")
-            return False
         except Exception as exc:
-            log.exception("connection #%d: %s stage raised", conn.id, kind)
-            _failed(host.counters, conn, kind, f"raised {exc!r}")
+            _stage_raised(host.counters, conn, kind, exc)
             return False
     rec.scope = None
     if scope.cancelled_caught:
@@ -299,6 +290,19 @@ async def run_stages(
         return False
     rec.state = HANDLER
     return True
+
+
+def _stage_raised(counters: Counters, conn: Connection, kind: str, exc: Exception) -> None:
+    """A stage raised (call it in the ``except`` block): a failure of that connection only.
+
+    What a peer causes is logged at DEBUG; anything else is a bug in the
+    stage, logged with its traceback -- and costs that connection only too.
+    """
+    if isinstance(exc, _PEER_FAILURES):
+        _failed(counters, conn, kind, f"failed: {exc!r}")
+    else:
+        log.exception("connection #%d: %s stage raised", conn.id, kind)
+        _failed(counters, conn, kind, f"raised {exc!r}")
 
 
 def _failed(counters: Counters, conn: Connection, kind: str, why: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -198,6 +199,21 @@ async def connect_tcp(port: int) -> trio.socket.SocketType:
         sock.close()
         raise
     return sock
+
+
+def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Assert nothing was logged at ERROR or above (what a peer did is never an error)."""
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+def client_first_flight(context: ssl.SSLContext, server_hostname: str | None) -> bytes:
+    """The first flight of a real TLS client (its ClientHello), from a memory BIO."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
 
 
 async def fill_stream(s: trio.abc.SendStream) -> None:

@@ -15,6 +15,7 @@ import os
 import ssl
 
 import pytest
+from conftest import client_first_flight
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,11 +37,7 @@ def client_hello(server_hostname: str | None) -> bytes:
     if server_hostname is None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    with pytest.raises(ssl.SSLWantReadError):
-        client.do_handshake()
-    return outgoing.read()
+    return client_first_flight(context, server_hostname)
 
 
 def record(payload: bytes, kind: int = 22) -> bytes:

@@ -13,7 +13,6 @@ nothing a peer did is logged as an error.
 from __future__ import annotations
 
 import functools
-import logging
 import random
 import socket
 import ssl
@@ -25,7 +24,15 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import Shutdown, port_of, proxy_sockets, require_program, wait_until
+from conftest import (
+    Shutdown,
+    client_first_flight,
+    no_errors_logged,
+    port_of,
+    proxy_sockets,
+    require_program,
+    wait_until,
+)
 
 import trionet
 from trionet import services
@@ -38,11 +45,6 @@ TRUSTED = ["127.0.0.0/8"]
 
 # ----------------------------------------------------------------------
 # Helpers
-
-
-def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
-    bad = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert not bad, [r.getMessage() for r in bad]
 
 
 def counters_add_up(server: trionet.Server) -> None:
@@ -168,11 +170,7 @@ class ManualTLS:
 
 
 def client_hello(context: ssl.SSLContext) -> bytes:
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
+    return client_first_flight(context, "localhost")
 
 
 async def tls_echo_once(server: trionet.Server, client_tls: ssl.SSLContext, index: int = 0) -> None:

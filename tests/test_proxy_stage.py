@@ -21,7 +21,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from conftest import Shutdown, connect_tcp, port_of, wait_until
+from conftest import Shutdown, client_first_flight, connect_tcp, port_of, wait_until
 
 import trionet
 from trionet._proxy import _stage
@@ -610,11 +610,7 @@ async def test_on_a_proxy_and_tls_bind_a_refused_client_costs_no_handshake(
     denied = trionet.ProxyInfo(
         version=2, client=trionet.TCPAddress("192.0.2.66", 1), destination=DESTINATION
     )
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    hello_maker = client_tls.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        hello_maker.do_handshake()
-    hello = outgoing.read()
+    hello = client_first_flight(client_tls, "localhost")
     with trio.fail_after(10):
         sock = await connect_tcp(port_of(server))
         with sock:

@@ -17,7 +17,15 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from conftest import Shutdown, connect_tcp, fill_stream, port_of, proxy_sockets, wait_until
+from conftest import (
+    Shutdown,
+    client_first_flight,
+    connect_tcp,
+    fill_stream,
+    port_of,
+    proxy_sockets,
+    wait_until,
+)
 
 import trionet
 from trionet import services
@@ -394,12 +402,7 @@ async def test_a_drain_sweeps_queued_tls_clients_and_closes_them_in_their_stages
 
 def client_hello(server_hostname: str) -> bytes:
     """The first flight of a stdlib TLS client (its ClientHello), from a memory BIO."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    with pytest.raises(ssl.SSLWantReadError):
-        client.do_handshake()
-    return outgoing.read()
+    return client_first_flight(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), server_hostname)
 
 
 # ----------------------------------------------------------------------

@@ -8,7 +8,6 @@ the record stream.  Certificates: trustme (conftest).
 
 from __future__ import annotations
 
-import logging
 import random
 import socket
 import ssl
@@ -18,7 +17,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
-from conftest import port_of, require_program, wait_until
+from conftest import (
+    client_first_flight,
+    no_errors_logged,
+    port_of,
+    require_program,
+    wait_until,
+)
 from test_tls import start_source
 
 import trionet
@@ -27,18 +32,9 @@ from trionet import services
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 
 
-def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
-    bad = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert not bad, [r.getMessage() for r in bad]
-
-
 def client_hello(client_tls: ssl.SSLContext) -> bytes:
     """The first flight of a real TLS client (to send half of it)."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = client_tls.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
+    return client_first_flight(client_tls, "localhost")
 
 
 def reset(sock: socket.socket) -> None:

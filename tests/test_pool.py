@@ -623,7 +623,7 @@ def test_pool_stats_is_a_frozen_validated_record() -> None:
 
 
 class _NoDescriptorSocket(trio.socket.SocketType):
-    """A socket from a custom factory: no file descriptor to poll."""
+    """A socket from a custom factory: no file descriptor to poll, no ``is_readable``."""
 
     family = stdlib_socket.AF_INET
     type = stdlib_socket.SOCK_STREAM
@@ -632,7 +632,10 @@ class _NoDescriptorSocket(trio.socket.SocketType):
         pass
 
 
-def test_sockets_without_a_descriptor_are_never_reused() -> None:
+def test_sockets_that_cannot_report_their_health_are_never_reused() -> None:
+    # A descriptor-less socket is asked through is_readable() instead (see
+    # test_virtual_hooks: reused while healthy, dropped once the peer closed);
+    # one that does not implement it cannot be checked.
     conn = trionet.Connection(
         _NoDescriptorSocket(),
         peer=TCPAddress("127.0.0.1", 1),

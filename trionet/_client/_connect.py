@@ -113,6 +113,7 @@ from typing import Any, Final
 
 import trio
 
+from .. import _virtual
 from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
 from .._exceptions import connect_timeout_error, handshake_error, translate_connect_error
 from .._proxy._info import ProxyInfo
@@ -317,6 +318,8 @@ def _wrap(sock: trio.socket.SocketType, target: _Target, plan: ConnectPlan) -> C
 
 async def connect_with_plan(plan: ConnectPlan) -> Connection:
     """Run :func:`connect` with already-validated arguments (used by the pool)."""
+    if isinstance(plan.target, UnixAddress):  # a virtual network simulates TCP only
+        _virtual.refuse("trionet.connect", str(plan.target), "a Unix socket")
     run = Run(plan)
     deadline = math.inf if plan.timeout is None else run.t0 + plan.timeout
     won: tuple[trio.socket.SocketType, _Target] | None = None
@@ -462,7 +465,8 @@ async def connect(
         ConnectError: every attempt of every round failed; the message names
             the target and ``.attempts`` lists each attempt's address, error,
             round and outcome (also an ``OSError``).
-        InvalidAddress: a malformed target or ``local_address`` (before any I/O).
+        InvalidAddress: a malformed target or ``local_address`` (before any
+            I/O); a Unix target while a virtual network is installed.
         TypeError, ValueError: a bad option: the wrong type, or a bad value
             (negative, NaN, infinite where it must be finite), raised when
             the call is awaited, before its first checkpoint -- no socket,

@@ -16,9 +16,12 @@ buffer, one the borrower closed or half-closed, one whose block raised
 receiving or sending on -- a borrower that handed the connection to a
 background task and left its block: lending it again would let two users
 interleave on one byte stream (closing it wakes that task with
-``ClosedResourceError``).  A socket without a descriptor
-(made by a custom Trio socket factory) cannot be checked, so it is
-conservatively never reused.
+``ClosedResourceError``).  A socket without a descriptor (made by a
+custom Trio socket factory, e.g. ``trionet.testing.VirtualNetwork``) is
+asked instead through ``trio.socket.SocketType.is_readable()`` -- "has the
+peer closed, reset, or sent data?" -- the same question, answered by the
+socket; one whose ``is_readable`` is not implemented cannot be checked, so
+it is conservatively never reused.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def unusable_reason(conn: Connection) -> str | None:
     """Why an idle connection must not be lent again, or None if it looks fine.
 
     The connection answers (the stream package's ``health``): its own state,
-    then its transport's (a zero-timeout poll of a socket's descriptor).
+    then its transport's (a zero-timeout poll of a socket's descriptor, or a
+    descriptor-less socket's own ``is_readable()``).
     """
     return health(conn)

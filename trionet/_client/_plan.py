@@ -27,13 +27,14 @@ Back-off
 Retries back off exponentially with *full jitter* -- the delay before retry
 ``n`` is uniform in ``[0, min(max_backoff, backoff * 2**n))`` -- which spreads
 a thundering herd of clients restarting together (see the AWS architecture
-blog post "Exponential Backoff And Jitter").
+blog post "Exponential Backoff And Jitter").  The jitter comes from the
+installed virtual network's seeded RNG when there is one (``_virtual``), so
+a seeded scenario replays exactly.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import random
 import re
 import socket as _stdlib_socket
 import ssl
@@ -42,6 +43,7 @@ from typing import Any, Final
 
 import attrs
 
+from .. import _virtual
 from .._address import Address, TCPAddress, UnixAddress, parse_address
 from .._exceptions import ConnectAttempt, InvalidAddress, ProxyProtocolError
 from .._proxy._info import ProxyInfo
@@ -382,12 +384,14 @@ def _check_server_hostname(
 
 
 def backoff_delay(
-    retry: int, base: float, cap: float, rand: Callable[[], float] = random.random
+    retry: int, base: float, cap: float, rand: Callable[[], float] | None = None
 ) -> float:
     """The full-jitter delay before retry number ``retry`` (0-based).
 
     Uniform in ``[0, min(cap, base * 2**retry))``; ``rand`` returns a float in
-    ``[0, 1)`` (injectable for tests).
+    ``[0, 1)`` (injectable for tests).  By default it is
+    :func:`trionet._virtual.random_fraction`, looked up at each call: the
+    installed virtual network's seeded RNG if there is one, else ``random``.
 
     Example::
 
@@ -395,7 +399,7 @@ def backoff_delay(
         0.4
     """
     ceiling = min(cap, base * 2.0 ** min(retry, 64))
-    return ceiling * rand()
+    return ceiling * (rand() if rand is not None else _virtual.random_fraction())
 
 
 def interleave_families(entries: Sequence[Any]) -> list[Any]:

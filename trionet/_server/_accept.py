@@ -47,24 +47,33 @@ The drain sweep
 When a drain begins, :func:`sweep` accepts what is already queued, in one
 synchronous loop, before the listener closes.  Per-connection errors are
 skipped there too; resource exhaustion ends the sweep (see its docstring),
-and the loop is bounded by the queue's capacity.
+and the loop is bounded by the queue's capacity.  A listener without a
+descriptor is swept through its own ``accept_nowait()`` -- the hook a custom
+socket factory implements (see :func:`sweep`); one without it is not swept.
+
+Randomness
+----------
+The back-off jitter draws from :func:`trionet._virtual.uniform`: the
+installed virtual network's seeded RNG, if any, so a scenario replays.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import random
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from trio.lowlevel import wait_readable
 
+from .. import _virtual
 from .._exceptions import translate_listen_error
 from .._ratelimit import RateLimiter
 from .._stream._sockopts import raw_socket_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._stats import Counters
     from ._listeners import Listener
 
@@ -151,7 +160,7 @@ class _Storm:
                 note="; {} earlier burst(s) not logged",
             )
         self.count += 1
-        delay = self.delay * random.uniform(0.5, 1.0)
+        delay = self.delay * _virtual.uniform(0.5, 1.0)
         self.delay = min(self.delay * 2, _BACKOFF_CAP)
         return delay
 
@@ -255,15 +264,33 @@ def sweep(target: AcceptTarget, listener: Listener) -> int:
     The number of ``accept()`` calls is bounded by the queue's capacity
     (:func:`sweep_limit`), so clients that keep connecting while we sweep
     cannot keep ``shutdown()`` in this synchronous loop.
+
+    **The hook for custom socket factories.**  A listening socket without a
+    descriptor (``raw_socket_of`` is None: made by a custom Trio socket
+    factory, e.g. an in-memory network) cannot be accepted from without
+    waiting through Trio's ``SocketType`` API, and the sweep must not wait.
+    Such a socket may offer ``accept_nowait()``: a synchronous,
+    non-blocking ``accept()`` returning ``(socket, address)`` as
+    ``await sock.accept()`` does, or raising ``BlockingIOError`` when its
+    queue is empty; any other ``OSError`` is treated as the kernel's (by
+    ``errno``, as above).  A socket without ``accept_nowait`` is not swept:
+    whatever it holds queued is dropped when the listener closes.
     """
-    raw = raw_socket_of(listener.sock)
-    if raw is None or listener.closed:
+    if listener.closed:
         return 0
+    raw = raw_socket_of(listener.sock)
+    accept: Callable[[], tuple[Any, Any]] | None
+    if raw is not None:
+        accept = raw.accept
+    else:
+        accept = getattr(listener.sock, "accept_nowait", None)
+        if accept is None:
+            return 0
     counters = target.counters
     n = 0
     for _ in range(sweep_limit(listener)):
         try:
-            s, addr = raw.accept()
+            s, addr = accept()
         except BlockingIOError:
             break
         except OSError as exc:

@@ -33,6 +33,10 @@ details that make it production-grade:
 * Sockets come only from ``trio.socket.socket()`` and names only from
   ``trio.socket.getaddrinfo``, so Trio's socket-factory and resolver hooks
   see every call.
+* **A virtual network** (``trionet.testing``) simulates TCP only: while one
+  is installed, a Unix bind and an adopted OS socket (a stdlib socket, or a
+  Trio socket with a descriptor) raise :class:`~trionet.InvalidAddress`
+  before anything touches the real system.
 
 Every ``OSError`` here is translated by
 :func:`trionet._exceptions.translate_listen_error`.
@@ -51,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .. import _virtual
 from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr, parse_address
 from .._binds import Bind
 from .._exceptions import (
@@ -59,6 +64,7 @@ from .._exceptions import (
     LocalProtocolError,
     translate_listen_error,
 )
+from .._stream._sockopts import raw_socket_of
 
 if TYPE_CHECKING:
     from ._stages import StagePlan
@@ -147,8 +153,12 @@ async def open_listeners(binds: Sequence[Bind]) -> list[Listener]:
 
 async def _open_one(bind: Any, backlog: int, unix_mode: int | None) -> list[Listener]:
     if isinstance(bind, _stdlib_socket.socket):
+        # A real OS socket: a virtual network cannot simulate it.
+        _virtual.refuse("trionet.serve", bind, "an existing OS socket")
         bind = trio.socket.from_stdlib_socket(bind)
     if isinstance(bind, trio.socket.SocketType):
+        if raw_socket_of(bind) is not None:  # Trio's own socket: a real descriptor
+            _virtual.refuse("trionet.serve", bind, "an existing OS socket")
         return [_adopt(bind)]
     address = parse_address(bind)
     if isinstance(address, UnixAddress):
@@ -334,6 +344,9 @@ async def _remove_stale(path: str, address: UnixAddress) -> None:
 async def _open_unix(address: UnixAddress, backlog: int, unix_mode: int | None) -> Listener:
     if _AF_UNIX is None:  # pragma: no cover - Windows without AF_UNIX
         raise ListenError(errno.EAFNOSUPPORT, f"cannot listen on {address}: no Unix sockets here")
+    # Before any file system access (the stale-file probe, unlink, chmod):
+    # a virtual network simulates TCP only and never touches the real system.
+    _virtual.refuse("trionet.serve", str(address), "a Unix socket")
     path = address.path
     if not address.is_abstract:
         await _remove_stale(path, address)

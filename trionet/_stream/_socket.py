@@ -218,9 +218,19 @@ class SocketConnection(SocketReceiving, SocketSending):
     def _transport_health(self) -> str | None:
         raw = self._raw
         if raw is None:
-            # A socket from a custom factory: no descriptor to poll, so it
-            # cannot be checked -- never reused.
-            return "no descriptor to check its health"
+            # A socket from a custom factory: no descriptor to poll, so ask
+            # the socket itself (``SocketType.is_readable``, which an
+            # in-memory network answers: EOF, a reset and unread data all
+            # make it readable).  One that cannot answer is never reused.
+            try:
+                readable = self._sock().is_readable()
+            except (NotImplementedError, AttributeError):
+                return "no descriptor to check its health"
+            except (OSError, ValueError):
+                return "it cannot be polled"
+            if readable:
+                return "closed or reset by the peer, or holding unexpected data"
+            return None
         try:
             if readable_or_dead(raw.fileno()):
                 return "closed or reset by the peer, or holding unexpected data"

@@ -1,19 +1,22 @@
-"""Shared test helpers.  Fixtures from trionet's own plugin load via its entry point."""
+"""Shared test helpers.  Fixtures from trionet's own plugin load via its entry point.
+
+The helpers a user's tests can use too (``wait_until``, ``Shutdown``,
+``fill_stream``, ...) are public in :mod:`trionet.testing`; the tests import
+them from there.  What stays here is only for trionet's own tests.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import trio
-import trio.testing
 import trustme
 
 import trionet
@@ -33,42 +36,6 @@ def require_program(name: str) -> str:
             pytest.fail(message + " (TRIONET_REQUIRE_PEERS is set: CI installs it)")
         pytest.skip(message)
     return path
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a cheap condition (every 5 ms) until true; fail after ``timeout``.
-
-    Only for state that has no event of its own (``server.stats``,
-    ``server.draining``); everything else waits on events.
-    """
-    with trio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - polling server state that has no event
-            await trio.sleep(0.005)
-
-
-@contextmanager
-def custom_socket_class(cls: type[trio.socket.SocketType]) -> Iterator[None]:
-    """Inside the block, ``trio.socket.socket()`` returns ``cls(stdlib_socket)``.
-
-    Installs a Trio custom socket factory and restores the previous one on
-    exit -- the hook a virtual network uses, and the way tests reach the
-    generic (descriptor-free) code paths or inject socket failures.
-    """
-
-    class Factory(trio.abc.SocketFactory):
-        def socket(
-            self,
-            family: socket.AddressFamily | int = socket.AF_INET,
-            type: socket.SocketKind | int = socket.SOCK_STREAM,
-            proto: int = 0,
-        ) -> trio.socket.SocketType:
-            return cls(socket.socket(family, type, proto))  # type: ignore[call-arg]
-
-    previous = trio.socket.set_custom_socket_factory(Factory())
-    try:
-        yield
-    finally:
-        trio.socket.set_custom_socket_factory(previous)
 
 
 class ProxySocket(trio.socket.SocketType):
@@ -199,82 +166,6 @@ async def connect_tcp(port: int) -> trio.socket.SocketType:
         sock.close()
         raise
     return sock
-
-
-def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """Assert nothing was logged at ERROR or above (what a peer did is never an error)."""
-    bad = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert not bad, [r.getMessage() for r in bad]
-
-
-def client_first_flight(context: ssl.SSLContext, server_hostname: str | None) -> bytes:
-    """The first flight of a real TLS client (its ClientHello), from a memory BIO."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    with pytest.raises(ssl.SSLWantReadError):
-        client.do_handshake()
-    return outgoing.read()
-
-
-async def fill_stream(s: trio.abc.SendStream) -> None:
-    """Send until the stream blocks (as trio's own test_highlevel_socket does)."""
-
-    async def sender() -> None:
-        while True:
-            await s.send_all(b"x" * 10000)
-
-    async def waiter(nursery: trio.Nursery) -> None:
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sender)
-        nursery.start_soon(waiter, nursery)
-
-
-class ExitRecordingEcho:
-    """An ``async for`` echo handler that records every connection and how its loop ended.
-
-    ``exits`` gets "drained" (a drain ended the iteration), "eof" (the peer
-    closed) or "cancelled" -- the bug the drain tests look for: a keep-alive
-    loop must end by itself on a drain, not be cancelled.
-    """
-
-    def __init__(self) -> None:
-        self.conns: list[trionet.Connection] = []
-        self.exits: list[str] = []
-
-    async def __call__(self, conn: trionet.Connection) -> None:
-        self.conns.append(conn)
-        try:
-            async for chunk in conn:
-                await conn.send_all(chunk)
-        except trio.Cancelled:  # pragma: no cover - would be the bug
-            self.exits.append("cancelled")
-            raise
-        self.exits.append("drained" if conn.draining.is_set() else "eof")
-
-
-class Shutdown:
-    """Runs ``server.shutdown(grace)`` in the background and keeps the report."""
-
-    def __init__(self, nursery: trio.Nursery, server: trionet.Server, grace: float) -> None:
-        self.report: trionet.ShutdownReport | None = None
-        self.started_at = trio.current_time()
-        self.returned_at = 0.0
-        self.done = trio.Event()
-        nursery.start_soon(self._run, server, grace)
-
-    async def _run(self, server: trionet.Server, grace: float) -> None:
-        self.report = await server.shutdown(grace)
-        self.returned_at = trio.current_time()
-        self.done.set()
-
-    async def wait(self, timeout: float = 10.0) -> trionet.ShutdownReport:
-        with trio.fail_after(timeout):
-            await self.done.wait()
-        assert self.report is not None
-        return self.report
 
 
 class FakeTime:

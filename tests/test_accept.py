@@ -23,14 +23,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from conftest import (
-    FakeTime,
-    Shutdown,
-    connect_tcp,
-    custom_socket_class,
-    port_of,
-    wait_until,
-)
+from conftest import FakeTime, connect_tcp, port_of
 from trio._socket import _SocketType
 
 import trionet
@@ -38,6 +31,7 @@ from trionet import TCPAddress
 from trionet._ratelimit import RateLimiter
 from trionet._server import _accept
 from trionet._stats import Counters
+from trionet.testing import Shutdown, custom_socket_class, wait_until
 
 ServerFactory = Any
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import FakeTime, port_of, wait_until
+from conftest import FakeTime, port_of
 
 import trionet
 from trionet import AccessPolicy, TCPAddress, UnixAddress
@@ -24,6 +24,7 @@ from trionet._server import _table
 from trionet._server._admission import REFUSED, Admission
 from trionet._server._capacity import Capacity
 from trionet._stats import Counters
+from trionet.testing import wait_until
 
 ServerFactory = Any
 

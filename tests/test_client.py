@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import fill_stream
 
 import trionet
 from trionet import ConnectAttempt, ConnectError, ConnectTimeout, TCPAddress, UnixAddress
 from trionet._client import backoff_delay, interleave_families
+from trionet.testing import fill_stream
 
 AF_INET = stdlib_socket.AF_INET
 AF_INET6 = stdlib_socket.AF_INET6

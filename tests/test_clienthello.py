@@ -15,11 +15,11 @@ import os
 import ssl
 
 import pytest
-from conftest import client_first_flight
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trionet._stream._clienthello import LIMIT, MORE, server_name
+from trionet.testing import client_first_flight
 
 NAME = "example.test"
 

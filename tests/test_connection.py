@@ -23,13 +23,14 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import ProxyFactory, ProxySocket, fill_stream
+from conftest import ProxyFactory, ProxySocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trionet
 from trionet import Connection, IncompleteRead, MessageTooLong, TCPAddress, UnixAddress
 from trionet._address import address_from_sockaddr
+from trionet.testing import fill_stream
 
 LONG = os.environ.get("TRIONET_LONG") == "1"
 

@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
-from conftest import Shutdown, port_of, proxy_sockets, wait_until
+from conftest import port_of, proxy_sockets
 
 import trionet
 from trionet import _stream, services
 from trionet._stream import _poller
 from trionet._stream._sockopts import linger_needed, unsent_bytes
+from trionet.testing import Shutdown, wait_until
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import ExitRecordingEcho, Shutdown, connect_tcp, port_of, wait_until
+from conftest import connect_tcp, port_of
 
 import trionet
 from trionet import ShutdownReport
 from trionet._server import _server
+from trionet.testing import ExitRecordingEcho, Shutdown, wait_until
 
 ServerFactory = Any
 

@@ -46,9 +46,10 @@ import attrs
 import pytest
 import trio
 import trustme
-from conftest import require_program, wait_until
+from conftest import require_program
 
 import trionet
+from trionet.testing import wait_until
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 

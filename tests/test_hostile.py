@@ -24,18 +24,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import (
-    Shutdown,
-    client_first_flight,
-    no_errors_logged,
-    port_of,
-    proxy_sockets,
-    require_program,
-    wait_until,
-)
+from conftest import port_of, proxy_sockets, require_program
 
 import trionet
 from trionet import services
+from trionet.testing import Shutdown, client_first_flight, no_errors_logged, wait_until
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 

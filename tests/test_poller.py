@@ -45,13 +45,14 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from conftest import ExitRecordingEcho, connect_tcp, fill_stream, port_of
+from conftest import connect_tcp, port_of
 
 import trionet
 from trionet import Connection
 from trionet._stream import SocketConnection, _poller
 from trionet._stream._poller import READ, WRITE, Poller
 from trionet._stream._sockopts import raw_socket_of
+from trionet.testing import ExitRecordingEcho, fill_stream
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 Pair = tuple[Connection, Connection]

@@ -21,12 +21,13 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from conftest import Shutdown, client_first_flight, connect_tcp, port_of, wait_until
+from conftest import connect_tcp, port_of
 
 import trionet
 from trionet._proxy import _stage
 from trionet._server import _table
 from trionet._stream._preamble import receive_preamble
+from trionet.testing import Shutdown, client_first_flight, wait_until
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 

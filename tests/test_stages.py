@@ -18,12 +18,13 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from conftest import Shutdown, port_of, wait_until
+from conftest import port_of
 
 import trionet
 from trionet._binds import Bind
 from trionet._server import _serve
 from trionet._server._stages import StagePlan
+from trionet.testing import Shutdown, wait_until
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 

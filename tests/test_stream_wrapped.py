@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import Shutdown, connect_tcp, fill_stream, port_of, wait_until
+from conftest import connect_tcp, port_of
 
 import trionet
 from trionet import StreamConnection
 from trionet._server import _server
 from trionet._stream._layers import inner_connection
 from trionet._stream._socket import SocketConnection
+from trionet.testing import Shutdown, fill_stream, wait_until
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 Pair = tuple[StreamConnection, StreamConnection]

@@ -17,19 +17,12 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from conftest import (
-    Shutdown,
-    client_first_flight,
-    connect_tcp,
-    fill_stream,
-    port_of,
-    proxy_sockets,
-    wait_until,
-)
+from conftest import connect_tcp, port_of, proxy_sockets
 
 import trionet
 from trionet import services
 from trionet._stream._tls import TLSConnection
+from trionet.testing import Shutdown, client_first_flight, fill_stream, wait_until
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 

@@ -17,17 +17,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
-from conftest import (
-    client_first_flight,
-    no_errors_logged,
-    port_of,
-    require_program,
-    wait_until,
-)
+from conftest import port_of, require_program
 from test_tls import start_source
 
 import trionet
 from trionet import services
+from trionet.testing import client_first_flight, no_errors_logged, wait_until
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 

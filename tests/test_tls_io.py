@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
-from conftest import fill_stream, proxy_sockets
+from conftest import proxy_sockets
 
 import trionet
 from trionet._stream._tls import TLSConnection
+from trionet.testing import fill_stream
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 Pair = tuple[trionet.Connection, trionet.Connection]

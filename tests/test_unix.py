@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import custom_socket_class
 from trio._socket import _SocketType
 
 import trionet
 from trionet import AccessPolicy
 from trionet._server import _admission, _listeners
+from trionet.testing import custom_socket_class
 
 ServerFactory = Any
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
+    from . import testing as testing
     from ._address import Address as Address
     from ._address import TCPAddress as TCPAddress
     from ._address import UnixAddress as UnixAddress
@@ -154,8 +155,14 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         _load_all()
         return globals()[name]
+    if name == "testing":
+        # ``trionet.testing`` after a plain ``import trionet``, as with
+        # ``trio.testing`` -- but imported (with Trio) only when first used.
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
     raise AttributeError(f"module 'trionet' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *__all__, "testing"})

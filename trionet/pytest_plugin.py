@@ -15,6 +15,14 @@ Fixtures:
     A fresh, short filesystem path for a Unix socket (inside a private
     temporary directory, removed afterwards).
 
+``virtual_network``
+    A :class:`trionet.testing.VirtualNetwork` installed for the test's
+    ``trio.run``: every socket the test (and the code it calls) makes is
+    virtual.  Seed 0 unless the test says otherwise with
+    ``@pytest.mark.virtual_network(seed=N)`` (any ``VirtualNetwork``
+    keyword argument works there).  When the test fails, the seed is
+    added to its report, so the run can be replayed.
+
 Example::
 
     async def test_echo(trionet_server):
@@ -30,7 +38,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -38,7 +46,10 @@ import trio
 from ._server._serve import Handler, serve
 from ._server._server import Server
 
-__all__ = ["ServerFactory", "trionet_server", "unused_unix_path"]
+if TYPE_CHECKING:
+    from .testing import VirtualNetwork
+
+__all__ = ["ServerFactory", "trionet_server", "unused_unix_path", "virtual_network"]
 
 #: The type of the ``trionet_server`` fixture.
 ServerFactory = Callable[..., Awaitable[Server]]
@@ -76,3 +87,39 @@ def unused_unix_path() -> Iterator[str]:
         yield os.path.join(directory, "sock")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "virtual_network(**options): keyword arguments for the virtual_network fixture's "
+        "trionet.testing.VirtualNetwork (e.g. seed=3)",
+    )
+
+
+@pytest.fixture
+async def virtual_network(request: pytest.FixtureRequest) -> AsyncIterator[VirtualNetwork]:
+    """A :class:`trionet.testing.VirtualNetwork`, installed for the test's ``trio.run``."""
+    from .testing import VirtualNetwork
+
+    marker = request.node.get_closest_marker("virtual_network")
+    options = dict(marker.kwargs) if marker is not None else {}
+    net = VirtualNetwork(**options)
+    request.node.user_properties.append(("virtual_network_seed", net.seed))
+    with net.install():
+        yield net
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for name, value in item.user_properties:
+            if name == "virtual_network_seed":
+                report.sections.append(
+                    (
+                        "trionet virtual network",
+                        f"seed={value} (replay with @pytest.mark.virtual_network(seed={value}))",
+                    )
+                )
+    return report

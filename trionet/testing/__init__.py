@@ -1,0 +1,31 @@
+"""trionet's public test support: a deterministic virtual TCP network and test helpers.
+
+Available after a plain ``import trionet`` as ``trionet.testing`` (like
+``trio.testing`` after ``import trio``).  See the "Testing with trionet" guide.
+"""
+
+from __future__ import annotations
+
+from ._helpers import (
+    ExitRecordingEcho,
+    Shutdown,
+    client_first_flight,
+    custom_socket_class,
+    fill_stream,
+    no_errors_logged,
+    wait_until,
+)
+from ._network import VirtualNetwork
+from ._trace import TraceEvent
+
+__all__ = [
+    "ExitRecordingEcho",
+    "Shutdown",
+    "TraceEvent",
+    "VirtualNetwork",
+    "client_first_flight",
+    "custom_socket_class",
+    "fill_stream",
+    "no_errors_logged",
+    "wait_until",
+]

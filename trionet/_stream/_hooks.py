@@ -166,6 +166,7 @@ def health(conn: Connection) -> str | None:
 
     Its own state first (closed, busy, half-closed, unread bytes), then its
     transport's (a socket: a zero-timeout poll of its descriptor; TLS: also
-    undelivered records; a descriptor-less socket cannot tell, so never).
+    undelivered records; a descriptor-less socket answers through its
+    ``is_readable()``, and one that cannot is never reused).
     """
     return conn._health()

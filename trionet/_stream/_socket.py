@@ -322,10 +322,18 @@ class SocketConnection(SocketReceiving, SocketSending):
     def _linger_needed(self) -> bool:
         raw = self._raw
         if raw is None:
-            # No descriptor to inspect without waiting: linger whenever we
-            # sent something and saw no EOF -- unless another task is blocked
-            # in the custom socket's recv, which nothing could wake short of
-            # closing it.
+            # No descriptor to inspect: a socket that can tell (an in-memory
+            # network's ``linger_needed()``, the same question the kernel
+            # path asks with a peek and SIOCOUTQ) answers; otherwise linger
+            # whenever we sent something and saw no EOF -- unless another
+            # task is blocked in the custom socket's recv, which nothing
+            # could wake short of closing it.
+            probe = getattr(self._sock(), "linger_needed", None)
+            if probe is not None:
+                try:
+                    return bool(probe())
+                except (OSError, ValueError):
+                    return False  # reset or gone: nothing left to protect
             return not self._receive_busy
         return linger_needed(raw)
 

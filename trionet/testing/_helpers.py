@@ -79,6 +79,17 @@ def custom_socket_class(cls: Callable[[socket.socket], trio.socket.SocketType]) 
             ...  # every connect() in here fails
     """
 
+    from .. import _virtual
+
+    net = _virtual.current()
+    if net is not None:
+        # It makes real sockets: inside a virtual network that would be
+        # real traffic from a test that meant to be virtual.
+        raise RuntimeError(
+            f"custom_socket_class() makes real sockets, but {net.describe()} is "
+            "installed in this trio.run"
+        )
+
     class Factory(trio.abc.SocketFactory):
         def socket(
             self,

@@ -32,27 +32,47 @@ __all__ = ["DATA", "FIN", "RST", "Direction", "Segment", "Wakeup"]
 DATA, FIN, RST = 0, 1, 2
 
 
+class _Round:
+    """The tasks one :meth:`Wakeup.fire` wakes: their event, and whether a close fired it."""
+
+    __slots__ = ("closing", "event")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.closing = False
+
+
 class Wakeup:
     """A reusable wake-everyone signal (a :class:`trio.Event` renewed after each fire)."""
 
-    __slots__ = ("_event",)
+    __slots__ = ("_round",)
 
     def __init__(self) -> None:
-        self._event: trio.Event | None = None
+        self._round: _Round | None = None
 
-    def fire(self) -> None:
-        event = self._event
-        if event is not None:
-            self._event = None
-            event.set()
+    def fire(self, *, closing: bool = False) -> None:
+        """Wake every task waiting now; ``closing``: the socket they wait on was closed."""
+        current = self._round
+        if current is not None:
+            self._round = None
+            current.closing = closing
+            current.event.set()
 
-    async def wait(self, deadline: float = math.inf) -> None:
-        """Until the next :meth:`fire` or ``deadline`` (virtual time), whichever is first."""
-        event = self._event
-        if event is None:
-            event = self._event = trio.Event()
+    async def wait(self, deadline: float = math.inf) -> bool:
+        """Until the next :meth:`fire` or ``deadline`` (virtual time), whichever is first.
+
+        Returns True if a ``fire(closing=True)`` woke us: as with Trio's own
+        sockets, a task blocked when its socket is closed gets
+        ``ClosedResourceError`` -- but one already woken (by data, say) that
+        finds it closed when it runs gets ``EBADF``, as its retried system
+        call would.
+        """
+        current = self._round
+        if current is None:
+            current = self._round = _Round()
         with trio.move_on_at(deadline):
-            await event.wait()
+            await current.event.wait()
+        return current.closing
 
 
 class Segment:
@@ -182,6 +202,10 @@ class Direction:
             self.queued -= len(data)
             self.writable.fire()
         return data
+
+    def in_flight(self, now: float) -> bool:
+        """Whether any data has not arrived yet (the kernel's unacknowledged bytes)."""
+        return any(s.kind == DATA and not self._arrived(s, now) for s in self.segments)
 
     def has_data(self) -> bool:
         """Whether any data is queued, arrived or not (a close now would reset)."""

@@ -10,7 +10,9 @@ drain's sweep uses on a socket without a descriptor.
 
 Like Trio's own sockets, every ``async`` method is a checkpoint, a call on a
 closed socket raises ``OSError(EBADF)``, and a task blocked in a call when
-another task closes the socket gets :class:`trio.ClosedResourceError`.
+another task closes the socket gets :class:`trio.ClosedResourceError` (one
+already woken, by data say, that finds the socket closed when it runs gets
+``EBADF``, as Trio's retried system call does).
 
 Closing follows Linux: a close with unread (or still arriving) bytes, or
 with ``SO_LINGER`` set to ``(1, 0)``, sends RST instead of FIN, and an RST
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import math
+import operator
 import os
 import socket as _stdlib
 from collections import deque
@@ -95,6 +98,9 @@ class VirtualSocket(trio.socket.SocketType):
         self._reset = False
         self._eof_recorded = False
         self._rst_answered = False
+        # A task is blocked receiving (or accepting) / sending.
+        self._reading = False
+        self._writing = False
 
     # ------------------------------------------------------------------
     # Attributes and plain methods
@@ -116,8 +122,14 @@ class VirtualSocket(trio.socket.SocketType):
         return self._shut_wr
 
     def fileno(self) -> int:
-        """-1: a virtual socket has no descriptor."""
-        return -1
+        """-2 while open, -1 once closed: a virtual socket has no descriptor.
+
+        Trio's ``SocketStream`` takes -1 to mean "closed", so an open
+        virtual socket answers -2 -- also never a valid descriptor: any
+        system call given it fails with ``EBADF`` instead of touching a
+        real file.
+        """
+        return -1 if self._closed else -2
 
     def detach(self) -> int:
         raise _error(errno.EOPNOTSUPP, "a virtual socket has no descriptor to detach")
@@ -223,15 +235,20 @@ class VirtualSocket(trio.socket.SocketType):
         if self._state != LISTENING:
             raise _error(errno.EINVAL, "accept() on a socket that is not listening")
         while True:
-            if self._closed:
-                raise trio.ClosedResourceError("another task closed this socket")
+            self._check_open()
             if self._queue and not self._dead():
                 conn = self._pop()
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return conn
             if self._dead():
                 await trio.sleep_forever()
-            await self._acceptable.wait()
+            self._claim("_reading")
+            try:
+                closing = await self._acceptable.wait()
+            finally:
+                self._reading = False
+            if closing:
+                raise trio.ClosedResourceError("another task closed this socket")
 
     def accept_nowait(self) -> tuple[trio.socket.SocketType, Any]:
         """The next queued connection, or ``BlockingIOError`` -- without waiting.
@@ -319,6 +336,7 @@ class VirtualSocket(trio.socket.SocketType):
         self._check_open()
         if flags:
             raise _error(errno.EOPNOTSUPP, "recv flags are not simulated")
+        buflen = operator.index(buflen)  # TypeError at once, as a real socket does
         if buflen < 0:
             raise ValueError("negative buffersize in recv")
         while True:
@@ -339,9 +357,24 @@ class VirtualSocket(trio.socket.SocketType):
             await trio.sleep_forever()
         incoming = self._in
         assert incoming is not None
-        await incoming.readable.wait(incoming.next_arrival())
-        if self._closed:
+        self._claim("_reading")
+        try:
+            closing = await incoming.readable.wait(incoming.next_arrival())
+        finally:
+            self._reading = False
+        if closing:
             raise trio.ClosedResourceError("another task closed this socket")
+        self._check_open()  # closed after something else woke us: EBADF, as Trio's retry gets
+
+    def _claim(self, side: str) -> None:
+        # As Trio's own sockets do (one task per wait_readable/wait_writable
+        # of a descriptor): a second task blocking the same way is a bug.
+        if getattr(self, side):
+            raise trio.BusyResourceError(
+                "another task is already "
+                f"{'reading from' if side == '_reading' else 'writing to'} this socket"
+            )
+        setattr(self, side, True)
 
     def is_readable(self) -> bool:
         """Whether a receive would not wait: data, EOF, a reset, or a queued connection."""
@@ -412,9 +445,14 @@ class VirtualSocket(trio.socket.SocketType):
             await trio.sleep_forever()
         outgoing = self._out
         assert outgoing is not None
-        await outgoing.writable.wait(self._reset_deadline())
-        if self._closed:
+        self._claim("_writing")
+        try:
+            closing = await outgoing.writable.wait(self._reset_deadline())
+        finally:
+            self._writing = False
+        if closing:
             raise trio.ClosedResourceError("another task closed this socket")
+        self._check_open()
 
     def _reset_deadline(self) -> float:
         # A blocked sender must also wake when a peer's RST arrives.
@@ -474,15 +512,40 @@ class VirtualSocket(trio.socket.SocketType):
         self._closed = True
         self._shut_wr = True
         self._net._forget(self)
-        self._wake_all()
+        self._wake_all(closing=True)
 
-    def _wake_all(self) -> None:
-        """Wake every task blocked on this socket, to look at its state again."""
-        self._acceptable.fire()
+    def _wake_all(self, *, closing: bool = False) -> None:
+        """Wake every task blocked on this socket, to look at its state again.
+
+        ``closing``: this socket was closed; its blocked tasks get
+        ``ClosedResourceError``.
+        """
+        self._acceptable.fire(closing=closing)
         if self._in is not None:
-            self._in.readable.fire()
+            self._in.readable.fire(closing=closing)
         if self._out is not None:
-            self._out.writable.fire()
+            self._out.writable.fire(closing=closing)
+
+    def linger_needed(self) -> bool:
+        """Whether closing now could make the network discard bytes we sent.
+
+        The question trionet's close asks the kernel (a peek and
+        ``SIOCOUTQ``): data that has arrived unread means a close would
+        send RST -- linger; the peer's EOF or a reset means it sends nothing
+        more -- close now; otherwise linger while our bytes are still in
+        flight.
+        """
+        self._check_open()
+        incoming, outgoing = self._in, self._out
+        if self._state != CONNECTED or incoming is None or outgoing is None or self._reset:
+            return False
+        now = trio.current_time()
+        if incoming.reset_arrived(now):
+            return False
+        kind = incoming.head(now)
+        if kind is not None:
+            return kind == DATA
+        return outgoing.in_flight(now)
 
     def _send_reset(self) -> None:
         """Abort: drop what we hold and send RST after the bytes in flight."""

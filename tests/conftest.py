@@ -7,11 +7,13 @@ them from there.  What stays here is only for trionet's own tests.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import shutil
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +23,8 @@ import trustme
 
 import trionet
 from trionet import _ratelimit
+from trionet.testing import VirtualNetwork, wait_until
+from trionet.testing._socket import VirtualSocket
 
 
 def require_program(name: str) -> str:
@@ -168,6 +172,18 @@ async def connect_tcp(port: int) -> trio.socket.SocketType:
     return sock
 
 
+async def wait_readable(sock: trio.socket.SocketType) -> None:
+    """Until ``sock`` has something to read, on a real socket or a virtual one.
+
+    A virtual socket has no descriptor for Trio's I/O manager to watch; its
+    ``is_readable()`` is polled instead.
+    """
+    if sock.fileno() >= 0:
+        await trio.lowlevel.wait_readable(sock)
+    else:
+        await wait_until(sock.is_readable)
+
+
 class FakeTime:
     """Stands in for the ``time`` module of ``trionet._ratelimit``: its clock
     moves only when a test moves ``now``."""
@@ -225,3 +241,108 @@ def cli() -> Iterator[Any]:
     from cliproc import cli_processes
 
     yield from cli_processes()
+
+
+# ----------------------------------------------------------------------
+# Loopback and the virtual network: one test, both networks
+#
+# A module opts in with ``pytestmark = pytest.mark.usefixtures("network")``:
+# each of its async tests then runs twice, on the real loopback ("loopback")
+# and on a trionet.testing.VirtualNetwork ("virtual").  A test that needs
+# real-kernel behaviour says which with ``@pytest.mark.loopback_only("...")``
+# and runs on loopback only.
+#
+# pytest-trio runs only the async fixtures a test names as arguments, so a
+# fixture pulled in by ``usefixtures`` could not install anything inside the
+# test's trio.run.  Instead ``network`` hands pytest-trio a runner that
+# installs the network around the whole run: the test's async fixtures, the
+# test, and their teardown all see it.
+
+NETWORKS = ("loopback", "virtual")
+
+#: Every address of 127.0.0.0/8 a test may bind a client to besides 127.0.0.1,
+#: as Linux's loopback has them all.
+_EXTRA_LOOPBACK = tuple(f"127.0.0.{n}" for n in range(2, 255))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "loopback_only(reason): the test needs real-kernel behaviour (the reason says which), "
+        "so it runs only on loopback, not on the virtual network",
+    )
+    config.addinivalue_line(
+        "markers",
+        "virtual_xfail(reason): on the virtual network the test fails for a known reason "
+        "(a strict xfail there; it still runs, and must pass, on loopback)",
+    )
+
+
+def _reason(metafunc: pytest.Metafunc, name: str) -> str | None:
+    marker = metafunc.definition.get_closest_marker(name)
+    if marker is None:
+        return None
+    reason = marker.args[0] if marker.args else marker.kwargs.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: @pytest.mark.{name} needs a reason saying "
+            "why the test cannot pass on the virtual network"
+        )
+    return reason
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "network" not in metafunc.fixturenames or not inspect.iscoroutinefunction(metafunc.function):
+        return  # a synchronous test touches no network: it runs once
+    if _reason(metafunc, "loopback_only") is not None:
+        params: list[Any] = ["loopback"]
+    else:
+        xfail = _reason(metafunc, "virtual_xfail")
+        marks = () if xfail is None else (pytest.mark.xfail(strict=True, reason=xfail),)
+        params = ["loopback", pytest.param("virtual", marks=marks)]
+    metafunc.parametrize("network", params, indirect=True, ids=list(NETWORKS[: len(params)]))
+
+
+def _run_on(net: VirtualNetwork, fn: Callable[[], Awaitable[object]], **options: Any) -> object:
+    """``trio.run(fn)`` with ``net`` installed for the whole run."""
+
+    async def installed() -> object:
+        with net.install():
+            result = await fn()
+            # A test that swapped the socket factory for its own (real
+            # sockets) would have proved nothing about the virtual network.
+            with trio.socket.socket() as probe:
+                if not isinstance(probe, VirtualSocket):
+                    pytest.fail(
+                        "the test replaced the virtual network's socket factory, so its "
+                        "sockets were not virtual (mark it loopback_only, or chain to the "
+                        "factory it replaced)"
+                    )
+            return result
+
+    return trio.run(installed, **options)
+
+
+@pytest.fixture
+def network(request: pytest.FixtureRequest) -> VirtualNetwork | None:
+    """The network the test runs on: None for real loopback, else a VirtualNetwork.
+
+    The virtual network is installed for the test's whole ``trio.run``.  Its
+    host ``localhost`` has every address 127.0.0.1-127.0.0.254 (and ::1), so
+    tests that bind clients to several loopback addresses work as on Linux.
+    ``@pytest.mark.virtual_network(seed=N, ...)`` passes its keyword
+    arguments to ``VirtualNetwork``, as for the ``virtual_network`` fixture.
+    """
+    kind = getattr(request, "param", "loopback")
+    if kind == "loopback":
+        return None
+    assert kind == "virtual", kind
+    if request.node.get_closest_marker("trio") is None:
+        raise pytest.UsageError(f"{request.node.nodeid}: the virtual network needs a Trio test")
+    marker = request.node.get_closest_marker("virtual_network")
+    net = VirtualNetwork(**(marker.kwargs if marker is not None else {}))
+    net.add_host("localhost", *_EXTRA_LOOPBACK)
+    request.node.user_properties.append(("virtual_network_seed", net.seed))
+    # pytest-trio takes the runner of the first trio marker: put ours first.
+    request.node.add_marker(pytest.mark.trio(run=functools.partial(_run_on, net)), append=False)
+    return net

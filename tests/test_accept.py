@@ -33,6 +33,18 @@ from trionet._server import _accept
 from trionet._stats import Counters
 from trionet.testing import Shutdown, custom_socket_class, wait_until
 
+pytestmark = pytest.mark.usefixtures("network")
+
+#: Why the tests that inject accept errors run on loopback only.
+FAULTY_RAW_ACCEPT = (
+    "injects accept errors through the kernel fast path's raw listening socket "
+    "(_accept.raw_socket_of)"
+)
+FAULTY_RAW_SWEEP = (
+    "injects errors into the drain sweep's accepts on the kernel fast path's raw listening "
+    "socket (_accept.raw_socket_of)"
+)
+
 ServerFactory = Any
 
 
@@ -221,6 +233,7 @@ async def test_sweep_warnings_say_how_many_were_not_logged(
 # The accept loop with injected errors (real sockets)
 
 
+@pytest.mark.loopback_only(FAULTY_RAW_ACCEPT)
 async def test_transient_errors_are_skipped_without_delay(
     trionet_server: ServerFactory, flaky: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -238,6 +251,7 @@ async def test_transient_errors_are_skipped_without_delay(
     assert not [r for r in caplog.records if r.name == "trionet.accept"]  # debug only
 
 
+@pytest.mark.loopback_only(FAULTY_RAW_ACCEPT)
 async def test_emfile_backs_off_keeps_serving_and_recovers(
     trionet_server: ServerFactory, flaky: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -265,6 +279,7 @@ async def test_emfile_backs_off_keeps_serving_and_recovers(
         sock.close()
 
 
+@pytest.mark.loopback_only(FAULTY_RAW_ACCEPT)
 async def test_a_closing_connection_retries_accept_at_once(
     trionet_server: ServerFactory, flaky: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -296,6 +311,10 @@ async def test_a_closing_connection_retries_accept_at_once(
     assert started[1] - closed_at < 0.3  # far sooner than the 2.5-5 s back-off
 
 
+@pytest.mark.loopback_only(
+    "installs its own factory of real kernel sockets (custom_socket_class); the virtual "
+    "network's sockets take this generic path in every other virtual test"
+)
 async def test_generic_path_for_sockets_without_a_descriptor(
     trionet_server: ServerFactory, flaky: Any
 ) -> None:
@@ -416,6 +435,7 @@ async def reply_of(sock: trio.socket.SocketType) -> bytes:
             return b"(reset)"
 
 
+@pytest.mark.loopback_only(FAULTY_RAW_SWEEP)
 async def test_sweep_skips_a_client_that_gave_up_and_serves_the_rest(
     trionet_server: ServerFactory, flaky: Any, nursery: trio.Nursery
 ) -> None:
@@ -433,6 +453,7 @@ async def test_sweep_skips_a_client_that_gave_up_and_serves_the_rest(
         sock.close()
 
 
+@pytest.mark.loopback_only(FAULTY_RAW_SWEEP)
 async def test_descriptor_exhaustion_during_the_sweep_is_logged_and_counted(
     trionet_server: ServerFactory,
     flaky: Any,
@@ -475,6 +496,7 @@ async def test_sweep_warnings_are_rate_limited(
     assert len(warnings) == 3
 
 
+@pytest.mark.loopback_only(FAULTY_RAW_SWEEP)
 async def test_sweep_is_bounded_by_the_queue_capacity(
     trionet_server: ServerFactory, flaky: Any
 ) -> None:
@@ -539,6 +561,7 @@ _EMFILE_SERVER = textwrap.dedent(
 )
 
 
+@pytest.mark.loopback_only("real descriptor exhaustion (RLIMIT_NOFILE) in a subprocess server")
 async def test_real_descriptor_exhaustion_in_a_subprocess() -> None:
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-c", _EMFILE_SERVER],

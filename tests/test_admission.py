@@ -26,6 +26,8 @@ from trionet._server._capacity import Capacity
 from trionet._stats import Counters
 from trionet.testing import wait_until
 
+pytestmark = pytest.mark.usefixtures("network")
+
 ServerFactory = Any
 
 
@@ -336,6 +338,7 @@ async def test_access_check_returning_a_coroutine_admits_nobody(
     assert any("awaitable" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
 
 
+@pytest.mark.loopback_only("adopts a real dual-stack OS socket (IPV6_V6ONLY=0, IPv4-mapped peers)")
 async def test_ipv4_mapped_peer_on_a_dual_stack_socket(trionet_server: ServerFactory) -> None:
     # Our own listeners set IPV6_V6ONLY; an adopted dual-stack socket does not,
     # so IPv4 peers arrive as ::ffff:a.b.c.d and must match IPv4 rules.
@@ -538,6 +541,7 @@ async def test_max_connections_per_host_rejects_the_excess(
     assert server.stats.accepted == 4
 
 
+@pytest.mark.loopback_only("a Unix socket with an abstract name: the virtual network has TCP only")
 async def test_unparseable_unix_peer_fails_closed(
     trionet_server: ServerFactory, unused_unix_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:

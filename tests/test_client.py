@@ -18,7 +18,7 @@ import os
 import select
 import socket as stdlib_socket
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -26,9 +26,11 @@ import trio
 import trio.testing
 
 import trionet
-from trionet import ConnectAttempt, ConnectError, ConnectTimeout, TCPAddress, UnixAddress
+from trionet import ConnectAttempt, ConnectError, ConnectTimeout, TCPAddress, UnixAddress, _virtual
 from trionet._client import backoff_delay, interleave_families
 from trionet.testing import fill_stream
+
+pytestmark = pytest.mark.usefixtures("network")
 
 AF_INET = stdlib_socket.AF_INET
 AF_INET6 = stdlib_socket.AF_INET6
@@ -47,15 +49,16 @@ def _family(host: str) -> int:
     return AF_INET6 if ":" in host else AF_INET
 
 
-@contextlib.contextmanager
-def refused_address(host: str = "127.0.0.1") -> Iterator[TCPAddress]:
-    """A port bound but not listening: connects to it are refused (and nobody can take it)."""
-    sock = stdlib_socket.socket(_family(host), SOCK_STREAM)
-    try:
-        sock.bind((host, 0))
+@contextlib.asynccontextmanager
+async def refused_address(host: str = "127.0.0.1") -> AsyncIterator[TCPAddress]:
+    """A port bound but not listening: connects to it are refused (and nobody can take it).
+
+    A Trio socket: on the virtual network it is a virtual one.  Made before
+    a test's ``track_sockets()``, so it is not counted there.
+    """
+    with trio.socket.socket(_family(host), SOCK_STREAM) as sock:
+        await sock.bind((host, 0))
         yield TCPAddress(host, sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 # How long a non-blocking connect must stay pending before we believe its
@@ -63,6 +66,9 @@ def refused_address(host: str = "127.0.0.1") -> Iterator[TCPAddress]:
 # connect() call itself; a heavily loaded machine can defer the softirq that
 # runs it, but not for anywhere near this long.
 _PENDING_PROOF = 0.5
+# The same on the virtual network, whose handshake takes no time at all
+# unless a test sets a latency (and none that uses a hanging address does).
+_VIRTUAL_PENDING_PROOF = 0.05
 
 
 def _connected_within(sock: stdlib_socket.socket, seconds: float) -> bool:
@@ -72,8 +78,8 @@ def _connected_within(sock: stdlib_socket.socket, seconds: float) -> bool:
     return bool(poller.poll(seconds * 1000))
 
 
-@contextlib.contextmanager
-def full_backlog_address(host: str = "127.0.0.1") -> Iterator[TCPAddress]:
+@contextlib.asynccontextmanager
+async def full_backlog_address(host: str = "127.0.0.1") -> AsyncIterator[TCPAddress]:
     """A listener with ``listen(0)`` whose queue is full, so new SYNs are dropped.
 
     Linux admits one or two connections to a ``listen(0)`` queue; we keep
@@ -82,7 +88,13 @@ def full_backlog_address(host: str = "127.0.0.1") -> Iterator[TCPAddress]:
     later connect hangs too (nobody ever accepts).  A connect that completes,
     however slowly, just took a place in the queue, and we go on filling.
     Bounded: 16 connections, so at most 16 * ``_PENDING_PROOF`` seconds.
+    The virtual network's listeners drop SYNs to a full queue too; there the
+    fillers are virtual sockets, made before a test's ``track_sockets()``.
     """
+    if _virtual.current() is not None:
+        async with _full_virtual_backlog(host) as address:
+            yield address
+        return
     family = _family(host)
     listener = stdlib_socket.socket(family, SOCK_STREAM)
     fillers: list[stdlib_socket.socket] = []
@@ -106,11 +118,35 @@ def full_backlog_address(host: str = "127.0.0.1") -> Iterator[TCPAddress]:
         listener.close()
 
 
+@contextlib.asynccontextmanager
+async def _full_virtual_backlog(host: str) -> AsyncIterator[TCPAddress]:
+    family = _family(host)
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(trio.socket.socket(family, SOCK_STREAM))
+        await listener.bind((host, 0))
+        listener.listen(0)
+        addr = listener.getsockname()
+        for _ in range(16):
+            filler = stack.enter_context(trio.socket.socket(family, SOCK_STREAM))
+            with trio.move_on_after(_VIRTUAL_PENDING_PROOF) as pending:
+                await filler.connect(addr)
+            if pending.cancelled_caught:
+                break
+        else:
+            pytest.fail("could not fill the listen(0) backlog in 16 connections")
+        yield TCPAddress(host, addr[1])
+
+
 class TrackingSocketFactory(trio.abc.SocketFactory):
-    """Makes real Trio sockets (fast path intact) and remembers each one."""
+    """Makes the sockets the factory it replaced would, and remembers each one.
+
+    Without a previous factory they are real Trio sockets (fast path intact);
+    on the virtual network, virtual ones.
+    """
 
     def __init__(self) -> None:
         self.sockets: list[trio.socket.SocketType] = []
+        self.inner: trio.abc.SocketFactory | None = None
 
     def socket(
         self,
@@ -118,7 +154,10 @@ class TrackingSocketFactory(trio.abc.SocketFactory):
         type: stdlib_socket.SocketKind | int = SOCK_STREAM,
         proto: int = 0,
     ) -> trio.socket.SocketType:
-        sock = trio.socket.from_stdlib_socket(stdlib_socket.socket(family, type, proto))
+        if self.inner is not None:
+            sock = self.inner.socket(family, type, proto)
+        else:
+            sock = trio.socket.from_stdlib_socket(stdlib_socket.socket(family, type, proto))
         self.sockets.append(sock)
         return sock
 
@@ -128,7 +167,7 @@ class TrackingSocketFactory(trio.abc.SocketFactory):
 
 def track_sockets() -> TrackingSocketFactory:
     factory = TrackingSocketFactory()
-    trio.socket.set_custom_socket_factory(factory)
+    factory.inner = trio.socket.set_custom_socket_factory(factory)
     return factory
 
 
@@ -267,6 +306,7 @@ async def test_connect_ipv6(trionet_server: Any) -> None:
             assert str(conn.peer) == local
 
 
+@pytest.mark.loopback_only("Unix-domain sockets: the virtual network simulates TCP only")
 async def test_connect_unix_path(trionet_server: Any, unused_unix_path: str) -> None:
     server = await trionet_server(report_peer, f"unix:{unused_unix_path}")
     with trio.fail_after(5):
@@ -279,6 +319,7 @@ async def test_connect_unix_path(trionet_server: Any, unused_unix_path: str) -> 
             assert conn.peer == UnixAddress(unused_unix_path)
 
 
+@pytest.mark.loopback_only("Unix-domain sockets: the virtual network simulates TCP only")
 async def test_connect_unix_abstract(trionet_server: Any) -> None:
     name = f"@trionet-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     server = await trionet_server(report_peer, f"unix:{name}")
@@ -291,6 +332,7 @@ async def test_connect_unix_abstract(trionet_server: Any) -> None:
             assert (peer, local) == ("unix:", f"unix:{name}")
 
 
+@pytest.mark.loopback_only("Unix-domain sockets: the virtual network simulates TCP only")
 async def test_connect_unix_missing_path_is_connect_error(unused_unix_path: str) -> None:
     with pytest.raises(ConnectError) as info:
         await trionet.connect(f"unix:{unused_unix_path}")
@@ -357,6 +399,7 @@ async def test_check_half_closeable_stream_tcp_client() -> None:
         await trio.testing.check_half_closeable_stream(server_first, None)
 
 
+@pytest.mark.loopback_only("Unix-domain sockets: the virtual network simulates TCP only")
 async def test_check_half_closeable_stream_unix_client_clogged(unused_unix_path: str) -> None:
     counter = iter(range(1000))
 
@@ -435,7 +478,7 @@ async def test_local_address_ipv6(trionet_server: Any) -> None:
 
 async def test_local_address_filters_remote_families(trionet_server: Any) -> None:
     v4 = await trionet_server(echo_lines, "tcp://127.0.0.1:0")
-    with refused_address("::1") as v6_refused:
+    async with refused_address("::1") as v6_refused:
         use_resolver({"dual.test": [v6_refused, v4.addresses[0]]})
         seen: list[ConnectAttempt] = []
         with trio.fail_after(5):
@@ -472,7 +515,8 @@ async def test_unbindable_local_address_is_a_recorded_attempt_not_retried(
     assert attempt.error.errno == errno.EADDRNOTAVAIL
     assert isinstance(attempt.error.__cause__, OSError)  # the original bind error
     reason = f"bind to 192.0.2.1 failed: {os.strerror(errno.EADDRNOTAVAIL)}"
-    assert attempt.describe() == f"{server.addresses[0]}: {reason}"
+    # The virtual network adds which address no host has, in parentheses.
+    assert attempt.describe().startswith(f"{server.addresses[0]}: {reason}")
     assert info.value.errno == errno.EADDRNOTAVAIL
     assert reason in str(info.value)
     assert server.stats.accepted == 0
@@ -482,8 +526,8 @@ async def test_bind_address_in_use_is_retried(trionet_server: Any) -> None:
     server = await trionet_server(report_peer)
     # The local port is held by a bound socket without SO_REUSEADDR, so our
     # bind gets EADDRINUSE -- until the holder closes after the first failure.
-    holder = stdlib_socket.socket()
-    holder.bind(("127.0.0.3", 0))
+    holder = trio.socket.socket()
+    await holder.bind(("127.0.0.3", 0))
     port = holder.getsockname()[1]
     seen: list[ConnectAttempt] = []
 
@@ -518,8 +562,8 @@ async def test_bind_address_in_use_is_retried(trionet_server: Any) -> None:
 
 
 async def test_full_backlog_raises_connect_timeout_in_time() -> None:
-    factory = track_sockets()
-    with full_backlog_address() as target:
+    async with full_backlog_address() as target:
+        factory = track_sockets()
         start = trio.current_time()
         with pytest.raises(ConnectTimeout) as info:
             await trionet.connect(target, timeout=0.5)
@@ -540,9 +584,9 @@ async def test_full_backlog_raises_connect_timeout_in_time() -> None:
 
 
 async def test_full_backlog_enclosing_cancel_is_clean() -> None:
-    factory = track_sockets()
     seen: list[ConnectAttempt] = []
-    with full_backlog_address() as target:
+    async with full_backlog_address() as target:
+        factory = track_sockets()
         start = trio.current_time()
         with trio.move_on_after(0.3) as scope:
             await trionet.connect(target, retries=5, on_attempt=seen.append)
@@ -560,9 +604,11 @@ async def test_enclosing_cancel_comes_out_as_a_bare_cancelled(addresses: int) ->
     # `except trio.Cancelled:` around connect must run: the attempts' race
     # nursery must not wrap the Cancelled in a BaseExceptionGroup.  With two
     # addresses both attempts are pending when the cancel arrives.
-    factory = track_sockets()
-    with contextlib.ExitStack() as stack:
-        hanging = [stack.enter_context(full_backlog_address()) for _ in range(addresses)]
+    async with contextlib.AsyncExitStack() as stack:
+        hanging = [
+            await stack.enter_async_context(full_backlog_address()) for _ in range(addresses)
+        ]
+        factory = track_sockets()
         use_resolver({"hang.test": hanging})
         caught: list[BaseException] = []
         with trio.fail_after(5), trio.move_on_after(0.3) as scope:
@@ -577,9 +623,9 @@ async def test_enclosing_cancel_comes_out_as_a_bare_cancelled(addresses: int) ->
 
 
 async def test_enclosing_cancel_while_retrying_is_not_retried() -> None:
-    factory = track_sockets()
     seen: list[ConnectAttempt] = []
-    with refused_address() as target:
+    async with refused_address() as target:
+        factory = track_sockets()
         with trio.move_on_after(0.3) as scope:
             await trionet.connect(
                 target, retries=10_000, backoff=0.05, max_backoff=0.05, on_attempt=seen.append
@@ -595,7 +641,7 @@ async def test_enclosing_cancel_while_retrying_is_not_retried() -> None:
 
 
 async def test_timeout_bounds_every_retry() -> None:
-    with refused_address() as target:
+    async with refused_address() as target:
         start = trio.current_time()
         with pytest.raises(ConnectTimeout) as info:
             await trionet.connect(
@@ -638,12 +684,17 @@ async def test_timeout_bounds_name_resolution(autojump_clock: trio.abc.Clock) ->
 
 
 async def test_retries_succeed_once_server_starts_listening(
-    trionet_server: Any, nursery: trio.Nursery
+    trionet_server: Any, nursery: trio.Nursery, network: object
 ) -> None:
     # Reserve the port by binding without listening: connects are refused
-    # until we call listen() on this very socket.
-    sock = stdlib_socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    # until we call listen() on this very socket.  trionet serves an adopted
+    # OS socket only on the real network; on the virtual one the reserving
+    # socket makes way for a server on its port (nothing else can take it).
+    sock = stdlib_socket.socket() if network is None else trio.socket.socket()
+    if network is None:
+        sock.bind(("127.0.0.1", 0))
+    else:
+        await sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     first_failure = trio.Event()
     listening_at: list[float] = []
@@ -657,9 +708,14 @@ async def test_retries_succeed_once_server_starts_listening(
     async def listen_later() -> None:
         await first_failure.wait()
         await trio.sleep(0.5)  # the scenario: the server comes up 0.5 s later
-        sock.listen(16)
-        listening_at.append(trio.current_time())
-        await trionet_server(echo_lines, sock)
+        if network is None:
+            sock.listen(16)
+            listening_at.append(trio.current_time())
+            await trionet_server(echo_lines, sock)
+        else:
+            sock.close()
+            await trionet_server(echo_lines, f"tcp://127.0.0.1:{port}")
+            listening_at.append(trio.current_time())
 
     nursery.start_soon(listen_later)
     start = trio.current_time()
@@ -686,8 +742,9 @@ async def test_retries_succeed_once_server_starts_listening(
 
 
 async def test_no_retries_lists_the_refused_attempt() -> None:
-    with refused_address() as target, pytest.raises(ConnectError) as info:
-        await trionet.connect(target)
+    async with refused_address() as target:
+        with pytest.raises(ConnectError) as info:
+            await trionet.connect(target)
     exc = info.value
     assert type(exc) is ConnectError  # not a timeout, not a group
     assert exc.errno == errno.ECONNREFUSED
@@ -737,7 +794,7 @@ async def test_name_that_does_not_exist_is_not_retried(code: int, text: str) -> 
 
 
 async def test_no_address_of_the_local_family_is_not_retried() -> None:
-    with refused_address("::1") as v6_refused:
+    async with refused_address("::1") as v6_refused:
         resolver = use_resolver({"v6only.test": [v6_refused]})
         with trio.fail_after(5), pytest.raises(ConnectError) as info:
             await trionet.connect(
@@ -748,6 +805,7 @@ async def test_no_address_of_the_local_family_is_not_retried() -> None:
     assert "IPv4" in attempt.describe()
 
 
+@pytest.mark.loopback_only("Unix-domain sockets: the virtual network simulates TCP only")
 async def test_missing_unix_socket_is_retried(unused_unix_path: str) -> None:
     # The server may not have created its socket yet: a connect failure.
     with trio.fail_after(5), pytest.raises(ConnectError) as info:
@@ -788,7 +846,7 @@ def test_interleave_families_rfc8305_order() -> None:
 
 async def test_happy_eyeballs_order_interleaves_families(trionet_server: Any) -> None:
     good = (await trionet_server(echo_lines)).addresses[0]
-    with (
+    async with (
         refused_address("::1") as r6a,
         refused_address("::1") as r6b,
         refused_address("127.0.0.1") as r4a,
@@ -810,8 +868,8 @@ async def test_happy_eyeballs_order_interleaves_families(trionet_server: Any) ->
 
 async def test_hanging_attempt_does_not_block_the_next(trionet_server: Any) -> None:
     good = (await trionet_server(echo_lines)).addresses[0]
-    factory = track_sockets()
-    with full_backlog_address() as hanging:
+    async with full_backlog_address() as hanging:
+        factory = track_sockets()
         use_resolver({"stagger.test": [hanging, good]})
         seen: list[ConnectAttempt] = []
         start = trio.current_time()
@@ -839,8 +897,8 @@ async def test_hanging_attempt_does_not_block_the_next(trionet_server: Any) -> N
 
 async def test_zero_delay_starts_all_attempts_at_once(trionet_server: Any) -> None:
     good = (await trionet_server(echo_lines)).addresses[0]
-    factory = track_sockets()
-    with full_backlog_address() as hang1, full_backlog_address() as hang2:
+    async with full_backlog_address() as hang1, full_backlog_address() as hang2:
+        factory = track_sockets()
         use_resolver({"burst.test": [hang1, hang2, good]})
         seen: list[ConnectAttempt] = []
         with trio.fail_after(5):
@@ -856,8 +914,8 @@ async def test_zero_delay_starts_all_attempts_at_once(trionet_server: Any) -> No
 
 async def test_delay_none_is_strictly_sequential(trionet_server: Any) -> None:
     good = (await trionet_server(echo_lines)).addresses[0]
-    factory = track_sockets()
-    with full_backlog_address() as hanging:
+    async with full_backlog_address() as hanging:
+        factory = track_sockets()
         use_resolver({"seq.test": [hanging, good]})
         start = trio.current_time()
         with pytest.raises(ConnectTimeout) as info:
@@ -874,7 +932,7 @@ async def test_delay_none_is_strictly_sequential(trionet_server: Any) -> None:
 
 async def test_delay_none_moves_on_after_each_failure(trionet_server: Any) -> None:
     good = (await trionet_server(echo_lines)).addresses[0]
-    with refused_address() as r1, refused_address() as r2:
+    async with refused_address() as r1, refused_address() as r2:
         use_resolver({"seq.test": [r1, r2, good]})
         seen: list[ConnectAttempt] = []
         with trio.fail_after(5):
@@ -888,12 +946,12 @@ async def test_delay_none_moves_on_after_each_failure(trionet_server: Any) -> No
 
 
 async def test_every_attempt_recorded_when_all_fail() -> None:
-    factory = track_sockets()
-    with (
+    async with (
         refused_address("127.0.0.1") as r4,
         refused_address("::1") as r6,
         full_backlog_address() as hanging,
     ):
+        factory = track_sockets()
         use_resolver({"bad.test": [r4, r6, hanging]})
         with pytest.raises(ConnectTimeout) as info:
             await trionet.connect("tcp://bad.test:80", timeout=0.5, happy_eyeballs_delay=0.1)
@@ -908,7 +966,7 @@ async def test_every_attempt_recorded_when_all_fail() -> None:
 
 
 async def test_all_refused_is_one_bare_connect_error() -> None:
-    with refused_address("127.0.0.1") as r4, refused_address("::1") as r6:
+    async with refused_address("127.0.0.1") as r4, refused_address("::1") as r6:
         use_resolver({"refused.test": [r4, r6]})
         with pytest.raises(ConnectError) as info:
             await trionet.connect("tcp://refused.test:80", retries=1, backoff=0.01)

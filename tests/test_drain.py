@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import connect_tcp, port_of
+from conftest import connect_tcp, port_of, wait_readable
 
 import trionet
 from trionet import ShutdownReport
 from trionet._server import _server
 from trionet.testing import ExitRecordingEcho, Shutdown, wait_until
+
+pytestmark = pytest.mark.usefixtures("network")
 
 ServerFactory = Any
 
@@ -219,7 +221,7 @@ async def test_data_already_in_the_kernel_is_delivered_before_iteration_ends(
         ready.set()
         # Not reading while the request arrives and the drain begins: only
         # wait until the kernel holds it.
-        await trio.lowlevel.wait_readable(conn.socket)
+        await wait_readable(conn.socket)
         arrived.set()
         await go.wait()
         async for chunk in conn:

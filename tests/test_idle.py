@@ -15,6 +15,8 @@ import trionet
 from trionet._server._idle import MAX_TICK, MIN_TICK, IdleReaper
 from trionet._stats import Counters
 
+pytestmark = pytest.mark.usefixtures("network")
+
 ServerFactory = Any
 
 

@@ -13,11 +13,14 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from test_client import full_backlog_address
+from conftest import wait_readable
+from test_client import full_backlog_address, refused_address
 
 import trionet
 from trionet import ConnectError, ConnectionPool, PoolStats, TCPAddress
 from trionet._client import unusable_reason
+
+pytestmark = pytest.mark.usefixtures("network")
 
 
 async def echo_lines(conn: trionet.Connection) -> None:
@@ -164,7 +167,7 @@ async def test_connection_closed_by_server_while_idle_is_never_lent_again(
             go.set()
             # Event, not sleep: the client socket turns readable once the
             # server's FIN / RST / data has arrived.
-            await trio.lowlevel.wait_readable(first.socket)
+            await wait_readable(first.socket)
             assert unusable_reason(first) is not None
             async with pool.connection() as second:
                 assert second is not first
@@ -452,18 +455,18 @@ async def test_storm_of_cancelled_borrowers_leaks_no_slot(trionet_server: Any) -
 
 
 async def test_connect_failure_is_bare_and_frees_the_slot() -> None:
-    with stdlib_socket.socket() as reserved:
-        reserved.bind(("127.0.0.1", 0))  # bound, not listening: refused
-        target = TCPAddress("127.0.0.1", reserved.getsockname()[1])
-        async with ConnectionPool(target, max_size=1, timeout=2.0) as pool:
-            with trio.fail_after(5):
-                for _ in range(3):  # would deadlock if a failed open kept its slot
-                    with pytest.raises(ConnectError) as info:
-                        async with pool.connection():
-                            pytest.fail("lent a connection to a refusing target")
-                    assert type(info.value) is ConnectError
-                    assert str(target) in str(info.value)
-            assert pool.stats == PoolStats()
+    async with (
+        refused_address() as target,  # bound, not listening: refused
+        ConnectionPool(target, max_size=1, timeout=2.0) as pool,
+    ):
+        with trio.fail_after(5):
+            for _ in range(3):  # would deadlock if a failed open kept its slot
+                with pytest.raises(ConnectError) as info:
+                    async with pool.connection():
+                        pytest.fail("lent a connection to a refusing target")
+                assert type(info.value) is ConnectError
+                assert str(target) in str(info.value)
+        assert pool.stats == PoolStats()
 
 
 ################################################################
@@ -645,6 +648,7 @@ def test_sockets_that_cannot_report_their_health_are_never_reused() -> None:
     assert reason is not None and "descriptor" in reason
 
 
+@pytest.mark.loopback_only("Unix-domain sockets: the virtual network simulates TCP only")
 async def test_pool_works_with_unix_targets(trionet_server: Any, unused_unix_path: str) -> None:
     server = await trionet_server(echo_lines, f"unix:{unused_unix_path}")
     async with ConnectionPool(f"unix:{unused_unix_path}", max_size=2) as pool:
@@ -773,6 +777,9 @@ async def test_connection_still_in_use_by_a_task_is_never_lent_again(
     assert server.stats.accepted == 3
 
 
+@pytest.mark.loopback_only(
+    "its idle connection is one end of a real socketpair (no network I/O to simulate)"
+)
 async def test_idle_sweep_expires_exactly_at_its_deadline(autojump_clock: trio.abc.Clock) -> None:
     # No real I/O: the idle connection is one end of a socketpair, nothing is
     # ever sent, and the pool never connects.  With since=0.1 and
@@ -801,7 +808,7 @@ async def test_idle_sweep_expires_exactly_at_its_deadline(autojump_clock: trio.a
 
 
 async def test_enclosing_cancel_while_opening_comes_out_as_a_bare_cancelled() -> None:
-    with full_backlog_address() as hanging:
+    async with full_backlog_address() as hanging:
         pool = ConnectionPool(hanging, max_size=1)
         caught: list[BaseException] = []
         with trio.fail_after(5), trio.move_on_after(0.2) as scope:

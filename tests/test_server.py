@@ -28,6 +28,8 @@ import trionet._server._accept
 from trionet import Connection, ConnectionInfo, IncompleteRead, TCPAddress, UnixAddress
 from trionet._address import address_from_sockaddr
 
+pytestmark = pytest.mark.usefixtures("network")
+
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 LINGER_0 = struct.pack("ii", 1, 0)
 
@@ -242,7 +244,7 @@ async def test_repr_names_addresses(trionet_server: ServerFactory) -> None:
 
 
 async def test_one_accept_task_per_listener_and_handlers_in_their_own_nursery(
-    trionet_server: ServerFactory, unused_unix_path: str
+    trionet_server: ServerFactory, unused_unix_path: str, network: object
 ) -> None:
     handler_tasks: list[trio.lowlevel.Task] = []
     release = trio.Event()
@@ -251,14 +253,15 @@ async def test_one_accept_task_per_listener_and_handlers_in_their_own_nursery(
         handler_tasks.append(trio.lowlevel.current_task())
         await release.wait()
 
-    server = await trionet_server(
-        note_task, "tcp://127.0.0.1:0", "tcp://[::1]:0", f"unix:{unused_unix_path}"
-    )
+    binds = ["tcp://127.0.0.1:0", "tcp://[::1]:0"]
+    if network is None:  # the virtual network has no Unix sockets
+        binds.append(f"unix:{unused_unix_path}")
+    server = await trionet_server(note_task, *binds)
     await trio.testing.wait_all_tasks_blocked()
     accept_tasks = [
         t for t in all_tasks() if t.coro.cr_code is trionet._server._accept.accept_loop.__code__
     ]
-    assert len(accept_tasks) == 3
+    assert len(accept_tasks) == len(binds)
     # Each is named after its listener.
     names = sorted(t.name for t in accept_tasks)
     for name, addr in zip(names, sorted(map(str, server.addresses)), strict=True):
@@ -268,7 +271,7 @@ async def test_one_accept_task_per_listener_and_handlers_in_their_own_nursery(
 
     socks = [await connect(a) for a in server.addresses]
     with trio.fail_after(5):
-        while len(handler_tasks) < 3:
+        while len(handler_tasks) < len(binds):
             await trio.testing.wait_all_tasks_blocked()
     handler_nurseries = {id(t.parent_nursery) for t in handler_tasks}
     assert len(handler_nurseries) == 1
@@ -528,8 +531,12 @@ async def test_thousand_resets_mid_echo_leave_the_server_serving(
 # open_server
 
 
-async def test_open_server_serves_and_drains_on_exit(unused_unix_path: str) -> None:
-    async with trionet.open_server(echo, f"unix:{unused_unix_path}", shutdown_grace=2) as server:
+async def test_open_server_serves_and_drains_on_exit(
+    unused_unix_path: str, network: object
+) -> None:
+    # A Unix socket on loopback; the virtual network has TCP only.
+    bind = f"unix:{unused_unix_path}" if network is None else "tcp://127.0.0.1:0"
+    async with trionet.open_server(echo, bind, shutdown_grace=2) as server:
         await echo_once(server.addresses[0])
         assert server.stats.accepted == 1
     assert server.stopped
@@ -620,6 +627,7 @@ async def run_peer(args: list[str], stdin: bytes = b"") -> bytes:
 
 
 @pytest.mark.peer("curl")
+@pytest.mark.loopback_only("a subprocess peer (curl/socat) cannot reach the virtual network")
 async def test_h11_handler_serves_curl(trionet_server: ServerFactory) -> None:
     curl = require_program("curl")
     server = await trionet_server(http_handler)
@@ -636,6 +644,7 @@ async def test_h11_handler_serves_curl(trionet_server: ServerFactory) -> None:
 
 
 @pytest.mark.peer("curl")
+@pytest.mark.loopback_only("a subprocess peer (curl/socat) cannot reach the virtual network")
 async def test_h11_handler_keep_alive_with_curl(trionet_server: ServerFactory) -> None:
     curl = require_program("curl")
     server = await trionet_server(http_handler)
@@ -659,6 +668,9 @@ async def test_h11_handler_keep_alive_with_curl(trionet_server: ServerFactory) -
 
 
 @pytest.mark.peer("curl")
+@pytest.mark.loopback_only(
+    "a subprocess peer (curl/socat) over a Unix socket: real filesystem and kernel"
+)
 async def test_h11_handler_serves_curl_over_a_unix_socket(
     trionet_server: ServerFactory, unused_unix_path: str
 ) -> None:
@@ -681,6 +693,7 @@ async def shout(conn: Connection) -> None:
 
 
 @pytest.mark.peer("socat")
+@pytest.mark.loopback_only("a subprocess peer (curl/socat) cannot reach the virtual network")
 async def test_socat_tcp_peer(trionet_server: ServerFactory) -> None:
     socat = require_program("socat")
     server = await trionet_server(shout)
@@ -695,6 +708,7 @@ async def test_socat_tcp_peer(trionet_server: ServerFactory) -> None:
 
 
 @pytest.mark.peer("socat")
+@pytest.mark.loopback_only("a subprocess peer (curl/socat) cannot reach the virtual network")
 async def test_socat_ipv6_peer(trionet_server: ServerFactory) -> None:
     socat = require_program("socat")
     server = await trionet_server(echo, "tcp://[::1]:0")
@@ -705,6 +719,9 @@ async def test_socat_ipv6_peer(trionet_server: ServerFactory) -> None:
 
 
 @pytest.mark.peer("socat")
+@pytest.mark.loopback_only(
+    "a subprocess peer (curl/socat) over a Unix socket: real filesystem and kernel"
+)
 async def test_socat_unix_peer(trionet_server: ServerFactory, unused_unix_path: str) -> None:
     socat = require_program("socat")
     server = await trionet_server(shout, f"unix:{unused_unix_path}")

@@ -10,7 +10,6 @@ the bind's options).
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -18,13 +17,15 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from conftest import port_of
+from conftest import connect_tcp, port_of
 
 import trionet
 from trionet._binds import Bind
 from trionet._server import _serve
 from trionet._server._stages import StagePlan
 from trionet.testing import Shutdown, wait_until
+
+pytestmark = pytest.mark.usefixtures("network")
 
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 
@@ -218,7 +219,7 @@ async def test_a_plain_bind_runs_the_handler_right_in_the_connection_task(
     handler = Parked()
     server = await trionet_server(handler)
     with trio.fail_after(10):
-        with socket.create_connection(("127.0.0.1", port_of(server))):
+        with await connect_tcp(port_of(server)):
             await handler.parked.wait()
             awaited, record = handler.awaited_and_record()
             assert awaited.cr_code is Parked.__call__.__code__

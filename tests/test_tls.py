@@ -24,6 +24,8 @@ from trionet import services
 from trionet._stream._tls import TLSConnection
 from trionet.testing import Shutdown, client_first_flight, fill_stream, wait_until
 
+pytestmark = pytest.mark.usefixtures("network")
+
 ServerFactory = Callable[..., Awaitable[trionet.Server]]
 
 MIB = 1 << 20
@@ -89,8 +91,11 @@ async def test_a_tls_bind_serves_echo_to_a_tls_client(
         ) as conn:
             assert await echo_line(conn, b"hello over tls") == b"hello over tls"
             big = bytes(range(256)) * 4096  # 1 MiB, many records each way
-            await conn.send_all(big)
-            assert await conn.receive_exactly(len(big)) == big
+            # Sent while the echo is read: no network holds 1 MiB each way
+            # for a client that reads only after sending it all.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.send_all, big)
+                assert await conn.receive_exactly(len(big)) == big
             info = conn.tls
             assert info is not None
             assert info.version.startswith("TLSv1.")
@@ -134,6 +139,10 @@ async def test_plain_text_to_a_tls_bind_is_a_tls_failure_not_a_handler_error(
     assert any("tls stage failed" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.virtual_xfail(
+    "core: a descriptor-less TLSConnection, once close_notify is out, lingers until the "
+    "peer's EOF even when the plain linger rule says close now (reported)"
+)
 async def test_a_drain_ends_a_keep_alive_loop_over_tls_at_once(
     trionet_server: ServerFactory,
     server_tls: ssl.SSLContext,
@@ -409,9 +418,17 @@ async def test_tls_connections_pass_check_two_way_stream(
     client_tls: ssl.SSLContext,
     unused_unix_path: str,
     side: str,
+    network: object,
 ) -> None:
     tcp = await start_source(trionet_server, server_tls)
-    unix = await start_source(trionet_server, server_tls, f"unix:{unused_unix_path}")
+    # A clogged TCP pair is not stable on Linux (see test_client.py): there
+    # the clogged variant runs over a Unix socket, same code path.  The
+    # virtual network's TCP clogs stably (and has no Unix sockets).
+    clogging = (
+        tcp
+        if network is not None
+        else await start_source(trionet_server, server_tls, f"unix:{unused_unix_path}")
+    )
     made: list[trionet.Connection] = []
 
     async def maker() -> tuple[trionet.Connection, trionet.Connection]:
@@ -420,9 +437,7 @@ async def test_tls_connections_pass_check_two_way_stream(
         return (server, client) if side == "server-first" else (client, server)
 
     async def clogged_maker() -> tuple[trionet.Connection, trionet.Connection]:
-        # A clogged TCP pair is not stable on Linux (see test_client.py): the
-        # clogged variant runs over a Unix socket, same code path.
-        server, client = await unix.pair(client_tls)
+        server, client = await clogging.pair(client_tls)
         made.extend((server, client))
         left, right = (server, client) if side == "server-first" else (client, server)
         await fill_stream(left)
@@ -632,6 +647,10 @@ async def test_local_address_and_the_pool_work_with_tls(
             assert pool.stats.created == 1 and pool.stats.reused == 4
 
 
+@pytest.mark.loopback_only(
+    "wraps real kernel sockets in ProxySocket; on the virtual network every test takes the "
+    "descriptor-less path"
+)
 async def test_tls_over_the_descriptor_less_path(
     trionet_server: ServerFactory, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:

@@ -398,7 +398,11 @@ class VirtualNetwork:
         await trio.sleep_until(trio.current_time() + self._delay(direction))
 
     async def _connect(self, sock: VirtualSocket, ip: str, port: int) -> None:
-        """The handshake: SYN, a listener's queue (or RST), SYN-ACK."""
+        """The handshake: SYN, a listener's queue (or RST), SYN-ACK.
+
+        As on Linux, a connect to the wildcard address goes to this host: to
+        ``0.0.0.0`` reaches the client's own address, to ``::`` reaches ``::1``.
+        """
         family = int(sock.family)
         if sock._local is None:
             self._bind(sock, "::1" if family == _stdlib.AF_INET6 else self.default_address, 0)
@@ -408,6 +412,10 @@ class VirtualNetwork:
                 sock, "::1" if family == _stdlib.AF_INET6 else self.default_address, sock._local[1]
             )
         assert sock._local is not None and sock._host is not None
+        if ip == "0.0.0.0":
+            ip = sock._local[0]  # as Linux: to the wildcard is to our own address
+        elif ip == "::":
+            ip = "::1"
         src = sock._host
         dst = self._book.owners.get(ip)
         if dst is None:

@@ -139,10 +139,6 @@ async def test_plain_text_to_a_tls_bind_is_a_tls_failure_not_a_handler_error(
     assert any("tls stage failed" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.virtual_xfail(
-    "core: a descriptor-less TLSConnection, once close_notify is out, lingers until the "
-    "peer's EOF even when the plain linger rule says close now (reported)"
-)
 async def test_a_drain_ends_a_keep_alive_loop_over_tls_at_once(
     trionet_server: ServerFactory,
     server_tls: ssl.SSLContext,

@@ -334,6 +334,13 @@ class TLSConnection(TLSTransport):
             finally:
                 self._final_flush = False
             super()._begin_linger()
+            if self._raw is None and not super()._wants_linger():
+                # Without a descriptor the linger was needed to send what TLS
+                # owed (close_notify, a record's rest); the plain rule --
+                # nothing sent, the peer's EOF seen, or the socket's own
+                # linger_needed() -- decides whether to wait for the peer's
+                # EOF too.
+                return
         await super()._discard_until_eof()
 
     def _close_transport(self, *, after_linger: bool) -> None:

@@ -29,3 +29,15 @@ __all__ = [
     "no_errors_logged",
     "wait_until",
 ]
+
+
+def _public_names() -> None:
+    # Reprs, docs and tracebacks say trionet.testing.Name, as trio.testing's do.
+    namespace = globals()
+    for name in __all__:
+        obj = namespace[name]
+        if getattr(obj, "__module__", "").startswith("trionet.testing._"):
+            obj.__module__ = __name__
+
+
+_public_names()

@@ -48,7 +48,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 
     Example::
 
-        await wait_until(lambda: server.stats.active_connections == 0)
+        await wait_until(lambda: server.stats.active == 0)
     """
     with trio.fail_after(timeout):
         while not predicate():  # noqa: ASYNC110 - polling state that has no event

@@ -57,8 +57,14 @@ class AddressBook:
         self.owners: dict[str, Host] = {}
 
     def add(self, call: str, name: str, addresses: tuple[str, ...]) -> Host:
+        if isinstance(name, str):
+            name = name.rstrip(".")  # "x.test." and "x.test" are one name
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
             raise ValueError(f"{call}: name must be a non-empty host name, not {name!r}")
+        if normalise_ip(name) is not None:
+            raise ValueError(
+                f"{call}: the name {name!r} is an IP address; give a host name, then its addresses"
+            )
         if not addresses:
             raise ValueError(f"{call}: give at least one address for {name!r}")
         checked = []

@@ -35,8 +35,6 @@ KNOWN: frozenset[tuple[int, int]] = frozenset(
         "SO_SNDLOWAT",
         "SO_OOBINLINE",
         "SO_PRIORITY",
-        "SO_ERROR",
-        "SO_TYPE",
     )
     | _names(
         _stdlib.IPPROTO_TCP,
@@ -55,6 +53,11 @@ KNOWN: frozenset[tuple[int, int]] = frozenset(
     )
     | _names(_stdlib.IPPROTO_IP, "IP_BIND_ADDRESS_NO_PORT", "IP_TOS", "IP_TTL", "IP_FREEBIND")
     | _names(_stdlib.IPPROTO_IPV6, "IPV6_V6ONLY", "IPV6_TCLASS")
+)
+
+#: Options that can be read but not set (``setsockopt`` refuses them, as Linux does).
+READ_ONLY: frozenset[tuple[int, int]] = frozenset(
+    _names(_stdlib.SOL_SOCKET, "SO_ERROR", "SO_TYPE", "SO_DOMAIN", "SO_PROTOCOL", "SO_ACCEPTCONN")
 )
 
 _LINGER = struct.Struct("ii")
@@ -83,6 +86,8 @@ class SocketOptions:
         if isinstance(value, bool):
             value = int(value)
         if isinstance(value, int):
+            if not -(2**31) <= value < 2**31:
+                raise OverflowError("socket option value must fit in a C int")
             stored: int | bytes = value
         elif isinstance(value, (bytes, bytearray, memoryview)):
             stored = bytes(value)
@@ -94,9 +99,13 @@ class SocketOptions:
             raise OSError(errno.EINVAL, "Invalid argument (SO_LINGER takes struct linger)")
         self._values[(level, optname)] = stored
 
-    def get(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:
-        self._check(level, optname)
-        value = self._values.get((level, optname), 0)
+    def get(
+        self, level: int, optname: int, buflen: int | None = None, fixed: int | None = None
+    ) -> int | bytes:
+        """The option's value; ``fixed`` is the value of a read-only option."""
+        if fixed is None:
+            self._check(level, optname)
+        value: int | bytes = self._values.get((level, optname), 0) if fixed is None else fixed
         if buflen is None:
             if isinstance(value, bytes):
                 return int.from_bytes(value[:4], "little", signed=True)

@@ -70,8 +70,11 @@ class Wakeup:
         current = self._round
         if current is None:
             current = self._round = _Round()
-        with trio.move_on_at(deadline):
-            await current.event.wait()
+        if deadline == math.inf:
+            await current.event.wait()  # no cancel scope to open and close
+        else:
+            with trio.move_on_at(deadline):
+                await current.event.wait()
         return current.closing
 
 

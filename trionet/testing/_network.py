@@ -29,10 +29,11 @@ import trio
 
 from .. import _virtual
 from . import _safety
+from ._handshake import handshake
 from ._hosts import AddressBook, BindTable, Host, normalise_ip, parse_sockaddr
 from ._pipe import Direction, Wakeup
 from ._resolver import VirtualResolver, VirtualSocketFactory
-from ._socket import BOUND, CONNECTED, CONNECTING, VirtualSocket, format_address
+from ._socket import VirtualSocket
 from ._trace import Trace, TraceEvent
 
 __all__ = ["VirtualNetwork"]
@@ -93,6 +94,8 @@ class VirtualNetwork:
         self._blocks: dict[tuple[str, str], set[str]] = {}
         self._latency: dict[tuple[str, str], tuple[float, float]] = {}
         self._link_count: dict[tuple[str, str], int] = {}
+        #: Both directions of every connection not yet closed at both ends.
+        self._links: set[Direction] = set()
         self._trace = Trace()
         self._changed = Wakeup()
         self._origin = 0.0
@@ -206,11 +209,14 @@ class VirtualNetwork:
         return pairs
 
     def _directions(self, pairs: list[tuple[str, str]]) -> Iterator[Direction]:
+        # Every direction still in use -- a closed socket's included: its
+        # bytes and FIN are still on their way, and a fault applies to them.
         wanted = set(pairs)
-        for sock in list(self._sockets):
-            out = sock._out
-            if out is not None and (out.src, out.dst) in wanted:
-                yield out
+        for way in list(self._links):
+            if way.sender_gone and way.receiver_gone:
+                self._links.discard(way)
+            elif (way.src, way.dst) in wanted:
+                yield way
 
     def _block(self, call: str, reason: str, a: str, b: str, direction: str) -> None:
         pairs = self._pairs(call, a, b, direction)
@@ -288,10 +294,10 @@ class VirtualNetwork:
         self._record("", "reset_connections", target.name)
         for sock in sorted(self._sockets, key=lambda s: s._key):
             if sock._host is target and sock._in is not None and not sock._closed:
-                sock._become_reset()
+                sock._inject_reset()
                 other = sock._other
-                if other is not None and not other._closed:
-                    other._become_reset()
+                if other is not None:
+                    other._inject_reset()
 
     def crash(self, host: str) -> None:
         """Crash ``host``: its sockets vanish, its peers see resets, its listeners are gone.
@@ -301,20 +307,20 @@ class VirtualNetwork:
         until :meth:`restart`; after it, the host is up with no sockets.
         """
         target = self._book.host("VirtualNetwork.crash", host)
+        self._record("", "crash", target.name)
         if target.crashed:
             return
-        self._record("", "crash", target.name)
         target.crashed = True
         target.epoch += 1
         for sock in sorted(self._sockets, key=lambda s: s._key):
             if sock._host is not target:
                 continue
             other = sock._other
-            if other is not None and not other._closed and other._host is not target:
-                other._become_reset()
+            if other is not None and other._host is not target:
+                other._inject_reset()
             for queued in sock._queue:
                 if queued._other is not None:
-                    queued._other._become_reset()
+                    queued._other._inject_reset()
             self._binds.release(sock)
             sock._wake_all()
         self._changed.fire()
@@ -322,10 +328,10 @@ class VirtualNetwork:
     def restart(self, host: str) -> None:
         """Bring a crashed host back up, with no sockets."""
         target = self._book.host("VirtualNetwork.restart", host)
+        self._record("", "restart", target.name)
         if not target.crashed:
             return
         target.crashed = False
-        self._record("", "restart", target.name)
         self._changed.fire()
 
     # ------------------------------------------------------------------
@@ -391,80 +397,27 @@ class VirtualNetwork:
             seconds += direction.rng.uniform(0.0, jitter)
         return seconds
 
-    async def _flight(self, direction: Direction, src: Host, dst: Host) -> None:
-        """Wait for the link to be open, then for one segment's delay."""
-        while self._blocked(src, dst) or dst.crashed:
-            await self._changed.wait()
-        await trio.sleep_until(trio.current_time() + self._delay(direction))
-
     async def _connect(self, sock: VirtualSocket, ip: str, port: int) -> None:
-        """The handshake: SYN, a listener's queue (or RST), SYN-ACK.
+        """Bind ``sock`` if needed, then run the handshake (``_handshake``).
 
         As on Linux, a connect to the wildcard address goes to this host: to
         ``0.0.0.0`` reaches the client's own address, to ``::`` reaches ``::1``.
         """
         family = int(sock.family)
+        default = "::1" if family == _stdlib.AF_INET6 else self.default_address
         if sock._local is None:
-            self._bind(sock, "::1" if family == _stdlib.AF_INET6 else self.default_address, 0)
+            self._bind(sock, default, 0)
         elif sock._local[0] in ("0.0.0.0", "::"):
             self._binds.release(sock)
-            self._bind(
-                sock, "::1" if family == _stdlib.AF_INET6 else self.default_address, sock._local[1]
-            )
-        assert sock._local is not None and sock._host is not None
+            self._bind(sock, default, sock._local[1])
+        assert sock._local is not None
         if ip == "0.0.0.0":
-            ip = sock._local[0]  # as Linux: to the wildcard is to our own address
+            ip = sock._local[0]
         elif ip == "::":
             ip = "::1"
-        src = sock._host
-        dst = self._book.owners.get(ip)
-        if dst is None:
-            raise _oserror(errno.EHOSTUNREACH, f"no host of {self.describe()} has the address {ip}")
-        local, peer = sock._local, (ip, port)
-        link = (local[0], ip)
-        index = self._link_count.get(link, 0)
-        self._link_count[link] = index + 1
-        seed = f"trionet/{self.seed}/{local[0]}>{ip}/{index}"
-        c2s = Direction(
-            src.name, dst.name, random.Random(seed + "/c2s"), self._delay, self.buffer_size
-        )
-        s2c = Direction(
-            dst.name, src.name, random.Random(seed + "/s2c"), self._delay, self.buffer_size
-        )
-        sock._key = f"{format_address(local)}>{format_address(peer)}"
-        sock._state = CONNECTING
-        self._record(sock._key, "connect")
-        try:
-            while True:
-                if sock._dead():
-                    await trio.sleep_forever()
-                await self._flight(c2s, src, dst)
-                if self._blocked(src, dst) or dst.crashed:
-                    continue  # cut while the SYN was in flight: it is sent again
-                listener = self._binds.listener(family, ip, port)
-                if listener is None:
-                    await self._flight(s2c, dst, src)
-                    self._record(sock._key, "refused")
-                    raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
-                if listener._queue_full():
-                    await self._changed.wait()  # the SYN is dropped; the client tries again
-                    continue
-                break
-        except BaseException:
-            if not sock._closed:
-                sock._state = BOUND
-            raise
-        server = VirtualSocket(self, family, int(sock.type), sock.proto)
-        server._local, server._host, server._epoch = peer, dst, dst.epoch
-        server._attach(f"{format_address(peer)}>{format_address(local)}", local, c2s, s2c)
-        sock._attach(sock._key, peer, s2c, c2s)
-        now = trio.current_time()
-        for direction, a, b in ((c2s, src, dst), (s2c, dst, src)):
-            if self._blocked(a, b):
-                direction.block(now)
-        server._other, sock._other = sock, server
+        await handshake(self, sock, ip, port)
+
+    def _adopt(self, server: VirtualSocket, *directions: Direction) -> None:
+        """A new connection: its server socket and its two directions."""
         self._sockets.add(server)
-        listener._enqueue(server)
-        await self._flight(s2c, dst, src)  # the SYN-ACK
-        sock._state = CONNECTED
-        self._record(sock._key, "connected")
+        self._links.update(directions)

@@ -108,8 +108,10 @@ class Direction:
         "offset",
         "queued",
         "readable",
+        "receiver_gone",
         "rng",
         "segments",
+        "sender_gone",
         "src",
         "writable",
     )
@@ -139,6 +141,11 @@ class Direction:
         self.blocked_since: float | None = None
         self.readable = Wakeup()
         self.writable = Wakeup()
+        #: The sending socket closed (nothing more will be pushed but an RST
+        #: answer) / the receiving socket closed (nobody reads): both, and
+        #: the network forgets the direction.
+        self.sender_gone = False
+        self.receiver_gone = False
 
     def delay(self) -> float:
         return self._delay(self)
@@ -209,6 +216,30 @@ class Direction:
     def in_flight(self, now: float) -> bool:
         """Whether any data has not arrived yet (the kernel's unacknowledged bytes)."""
         return any(s.kind == DATA and not self._arrived(s, now) for s in self.segments)
+
+    def reset(self, now: float, *, at_once: bool = False) -> None:
+        """Send RST: what has not arrived is dropped (never sent), then the RST follows.
+
+        ``at_once``: a reset from the network itself -- it arrives now, even
+        across a partition.
+        """
+        segments = self.segments
+        kept = [s for s in segments if self._arrived(s, now)]
+        if len(kept) != len(segments):
+            segments.clear()
+            segments.extend(kept)
+            self.queued = sum(len(s.data) for s in kept if s.kind == DATA)
+            if kept and self.offset and kept[0].kind == DATA:
+                self.queued -= self.offset
+            elif not kept:
+                self.offset = 0
+            self.last = kept[-1].arrives if kept else -math.inf
+        if at_once:
+            self.segments.append(Segment(RST, b"", now, False))
+            self.readable.fire()
+        else:
+            self.push(RST, b"", now)
+        self.writable.fire()
 
     def has_data(self) -> bool:
         """Whether any data is queued, arrived or not (a close now would reset)."""

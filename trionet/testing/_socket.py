@@ -15,27 +15,27 @@ already woken, by data say, that finds the socket closed when it runs gets
 ``EBADF``, as Trio's retried system call does).
 
 Closing follows Linux: a close with unread (or still arriving) bytes, or
-with ``SO_LINGER`` set to ``(1, 0)``, sends RST instead of FIN, and an RST
-makes the peer discard what it had not read yet and fail its next call with
-``ECONNRESET``.  Bytes sent to a socket that has closed are answered with
-RST.  A socket on a crashed host is dead: its calls block until cancelled
-(its process is gone); ``close()`` still works.
+with ``SO_LINGER`` set to ``(1, 0)``, sends RST instead of FIN -- what it
+had not sent yet (not yet arrived) is dropped -- and the peer reads what had
+arrived before the RST, then gets ``ECONNRESET``.  Bytes sent to a socket
+that has closed are answered with RST.  A socket on a crashed host is dead:
+its calls block until cancelled (its process is gone); ``close()`` still
+works.
 """
 
 from __future__ import annotations
 
 import errno
-import math
 import operator
-import os
 import socket as _stdlib
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._options import SocketOptions
-from ._pipe import DATA, FIN, RST, Direction, Wakeup
+from ._options import READ_ONLY, SocketOptions
+from ._pipe import FIN, Direction, Wakeup
+from ._socket_io import SocketIO, oserror
 
 if TYPE_CHECKING:
     from ._hosts import Host
@@ -55,9 +55,7 @@ NEW, BOUND, LISTENING, CONNECTING, CONNECTED = range(5)
 _SOMAXCONN = 4096
 
 
-def _error(code: int, detail: str = "") -> OSError:
-    message = os.strerror(code)
-    return OSError(code, f"{message} ({detail})" if detail else message)
+_error = oserror
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -65,7 +63,7 @@ def format_address(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class VirtualSocket(trio.socket.SocketType):
+class VirtualSocket(SocketIO, trio.socket.SocketType):
     """A TCP socket of a :class:`~trionet.testing.VirtualNetwork`.
 
     Made by ``trio.socket.socket()`` while the network is installed.
@@ -89,6 +87,10 @@ class VirtualSocket(trio.socket.SocketType):
         self._queue: deque[VirtualSocket] = deque()
         self._backlog = 0
         self._acceptable = Wakeup()
+        #: Connects waiting for room in the accept queue, first come first served.
+        self._room_waiters: deque[trio.Event] = deque()
+        #: What this socket's own connect waits on for room (a close wakes it).
+        self._room_event: trio.Event | None = None
         # Connected.
         self._in: Direction | None = None
         self._out: Direction | None = None
@@ -98,6 +100,7 @@ class VirtualSocket(trio.socket.SocketType):
         self._reset = False
         self._eof_recorded = False
         self._rst_answered = False
+        self._rst_recorded = False
         # A task is blocked receiving (or accepting) / sending.
         self._reading = False
         self._writing = False
@@ -183,13 +186,21 @@ class VirtualSocket(trio.socket.SocketType):
 
     def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
         self._check_open()
+        if (level, optname) in READ_ONLY:
+            raise _error(errno.ENOPROTOOPT, "the option can be read, not set")
         self._opts.set(level, optname, value)
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
         self._check_open()
-        if (level, optname) == (_stdlib.SOL_SOCKET, _stdlib.SO_ACCEPTCONN):
-            value: int = int(self._state == LISTENING)
-            return value if buflen is None else value.to_bytes(4, "little").ljust(buflen, b"\0")
+        fixed = {
+            _stdlib.SO_ACCEPTCONN: int(self._state == LISTENING),
+            _stdlib.SO_TYPE: int(self._type),
+            getattr(_stdlib, "SO_DOMAIN", -1): int(self._family),
+            getattr(_stdlib, "SO_PROTOCOL", -2): self._proto or _stdlib.IPPROTO_TCP,
+            _stdlib.SO_ERROR: 0,
+        }
+        if level == _stdlib.SOL_SOCKET and optname in fixed:
+            return self._opts.get(level, optname, buflen, fixed=fixed[optname])
         return self._opts.get(level, optname, buflen)
 
     # ------------------------------------------------------------------
@@ -211,7 +222,8 @@ class VirtualSocket(trio.socket.SocketType):
             raise _error(errno.EINVAL, "a connected socket cannot listen")
         if self._local is None:
             self._net._bind(self, "::" if self._family == _stdlib.AF_INET6 else "0.0.0.0", 0)
-        self._backlog = min(max(int(backlog), 0), _SOMAXCONN) + 1
+        backlog = operator.index(backlog)  # TypeError for "3" or 1.5, as a real socket
+        self._backlog = min(max(backlog, 0), _SOMAXCONN) + 1  # the kernel clamps
         if self._state != LISTENING:
             self._state = LISTENING
             assert self._local is not None
@@ -250,6 +262,13 @@ class VirtualSocket(trio.socket.SocketType):
             if closing:
                 raise trio.ClosedResourceError("another task closed this socket")
 
+    def is_readable(self) -> bool:
+        """Whether a receive (or an accept) would not wait: data, EOF, a reset, a connection."""
+        self._check_open()
+        if self._state == LISTENING:
+            return bool(self._queue)
+        return self._readable_now()
+
     def accept_nowait(self) -> tuple[trio.socket.SocketType, Any]:
         """The next queued connection, or ``BlockingIOError`` -- without waiting.
 
@@ -264,12 +283,11 @@ class VirtualSocket(trio.socket.SocketType):
         return self._pop()
 
     def _pop(self) -> tuple[VirtualSocket, Any]:
-        was_full = self._queue_full()
         conn = self._queue.popleft()
         conn._state = CONNECTED
         self._net._record(conn._key, "accept")
-        if was_full:
-            self._net._changed.fire()
+        if self._room_waiters:
+            self._room_waiters.popleft().set()  # one slot: the first connect in line
         assert conn._peer is not None
         return conn, conn._sockaddr(conn._peer)
 
@@ -303,180 +321,14 @@ class VirtualSocket(trio.socket.SocketType):
         self._out = outgoing
 
     # ------------------------------------------------------------------
-    # Receiving
-
-    def _receive_now(self, size: int) -> bytes | None:
-        """Bytes (``b""``: EOF), or None if the call must wait; raises on errors."""
-        incoming = self._in
-        if self._state != CONNECTED or incoming is None:
-            raise _error(errno.ENOTCONN)
-        if self._dead():
-            return None
-        now = trio.current_time()
-        if not self._reset and incoming.reset_arrived(now):
-            self._become_reset()
-        if self._reset:
-            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
-        if self._shut_rd or size == 0:
-            return b""
-        kind = incoming.head(now)
-        if kind is None:
-            return None
-        if kind == DATA:
-            data = incoming.take(size, now)
-            self._net._record(self._key, "recv", len(data))
-            return data
-        if not self._eof_recorded:
-            self._eof_recorded = True
-            self._net._record(self._key, "eof")
-        return b""
-
-    async def recv(self, buflen: int, flags: int = 0, /) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        if flags:
-            raise _error(errno.EOPNOTSUPP, "recv flags are not simulated")
-        buflen = operator.index(buflen)  # TypeError at once, as a real socket does
-        if buflen < 0:
-            raise ValueError("negative buffersize in recv")
-        while True:
-            data = self._receive_now(buflen)
-            if data is not None:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return data
-            await self._wait_readable()
-
-    async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        view = memoryview(buffer).cast("B")
-        data = await self.recv(nbytes or len(view), flags)
-        view[: len(data)] = data
-        return len(data)
-
-    async def _wait_readable(self) -> None:
-        if self._dead():
-            await trio.sleep_forever()
-        incoming = self._in
-        assert incoming is not None
-        self._claim("_reading")
-        try:
-            closing = await incoming.readable.wait(incoming.next_arrival())
-        finally:
-            self._reading = False
-        if closing:
-            raise trio.ClosedResourceError("another task closed this socket")
-        self._check_open()  # closed after something else woke us: EBADF, as Trio's retry gets
-
-    def _claim(self, side: str) -> None:
-        # As Trio's own sockets do (one task per wait_readable/wait_writable
-        # of a descriptor): a second task blocking the same way is a bug.
-        if getattr(self, side):
-            raise trio.BusyResourceError(
-                "another task is already "
-                f"{'reading from' if side == '_reading' else 'writing to'} this socket"
-            )
-        setattr(self, side, True)
-
-    def is_readable(self) -> bool:
-        """Whether a receive would not wait: data, EOF, a reset, or a queued connection."""
-        self._check_open()
-        if self._state == LISTENING:
-            return bool(self._queue)
-        incoming = self._in
-        if self._state != CONNECTED or incoming is None or self._dead():
-            return False
-        now = trio.current_time()
-        return (
-            self._reset
-            or self._shut_rd
-            or incoming.reset_arrived(now)
-            or incoming.head(now) is not None
-        )
-
-    # ------------------------------------------------------------------
-    # Sending
-
-    def _send_now(self, data: Any) -> int | None:
-        outgoing = self._out
-        if self._state != CONNECTED or outgoing is None:
-            raise _error(errno.ENOTCONN)
-        if self._dead():
-            return None
-        if not self._reset and self._in is not None and self._in.reset_arrived(trio.current_time()):
-            self._become_reset()
-        if self._reset:
-            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
-        if self._shut_wr:
-            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-        view = memoryview(data).cast("B")
-        if not len(view):
-            return 0
-        other = self._other
-        if other is not None and other._closed:
-            # The peer's socket is gone: its TCP answers our bytes with RST.
-            if not self._rst_answered and self._in is not None:
-                self._rst_answered = True
-                now = trio.current_time()
-                self._in.push(RST, b"", now + outgoing.delay())
-            self._net._record(self._key, "send", len(view), None)
-            return len(view)
-        room = outgoing.room()
-        if room <= 0:
-            return None
-        chunk = bytes(view[:room])
-        now = trio.current_time()
-        arrives = outgoing.push(DATA, chunk, now)
-        self._net._record(self._key, "send", len(chunk), self._net._trace.since(arrives))
-        return len(chunk)
-
-    async def send(self, data: Any, flags: int = 0, /) -> int:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        if flags:
-            raise _error(errno.EOPNOTSUPP, "send flags are not simulated")
-        while True:
-            sent = self._send_now(data)
-            if sent is not None:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return sent
-            await self._wait_writable_once()
-
-    async def _wait_writable_once(self) -> None:
-        if self._dead():
-            await trio.sleep_forever()
-        outgoing = self._out
-        assert outgoing is not None
-        self._claim("_writing")
-        try:
-            closing = await outgoing.writable.wait(self._reset_deadline())
-        finally:
-            self._writing = False
-        if closing:
-            raise trio.ClosedResourceError("another task closed this socket")
-        self._check_open()
-
-    def _reset_deadline(self) -> float:
-        # A blocked sender must also wake when a peer's RST arrives.
-        incoming = self._in
-        if incoming is None or not incoming.segments or incoming.segments[-1].kind != RST:
-            return math.inf
-        return incoming.segments[-1].arrives
-
-    async def wait_writable(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        while True:
-            outgoing = self._out
-            ready = outgoing is None or self._reset or self._shut_wr or outgoing.room() > 0
-            if ready and not self._dead():
-                break
-            await self._wait_writable_once()
-        await trio.lowlevel.cancel_shielded_checkpoint()
-
-    # ------------------------------------------------------------------
     # Ending
 
     def shutdown(self, flag: int) -> None:
         self._check_open()
+        if flag not in (_stdlib.SHUT_RD, _stdlib.SHUT_WR, _stdlib.SHUT_RDWR):
+            raise _error(
+                errno.EINVAL, f"shutdown() takes SHUT_RD, SHUT_WR or SHUT_RDWR, not {flag!r}"
+            )
         if self._state != CONNECTED:
             raise _error(errno.ENOTCONN)
         if flag in (_stdlib.SHUT_RD, _stdlib.SHUT_RDWR):
@@ -493,6 +345,14 @@ class VirtualSocket(trio.socket.SocketType):
         if self._closed:
             return
         dead = self._dead()
+        if self._state in (LISTENING, CONNECTING):
+            # Pending connects look again: at a listener that is gone, or
+            # (their own socket closed) to end with ClosedResourceError.
+            self._net._changed.fire()
+            for waiting in self._room_waiters:
+                waiting.set()
+            if self._room_event is not None:
+                self._room_event.set()
         if self._state == LISTENING:
             for queued in self._queue:
                 # A queued connection nobody accepted: its client sees RST.
@@ -511,6 +371,10 @@ class VirtualSocket(trio.socket.SocketType):
                 self._net._record(self._key, "close", "fin")
         self._closed = True
         self._shut_wr = True
+        if self._out is not None:
+            self._out.sender_gone = True
+        if self._in is not None:
+            self._in.receiver_gone = True
         self._net._forget(self)
         self._wake_all(closing=True)
 
@@ -521,44 +385,41 @@ class VirtualSocket(trio.socket.SocketType):
         ``ClosedResourceError``.
         """
         self._acceptable.fire(closing=closing)
+        if not closing:
+            for waiting in self._room_waiters:
+                waiting.set()
         if self._in is not None:
             self._in.readable.fire(closing=closing)
         if self._out is not None:
             self._out.writable.fire(closing=closing)
 
-    def linger_needed(self) -> bool:
-        """Whether closing now could make the network discard bytes we sent.
-
-        The question trionet's close asks the kernel (a peek and
-        ``SIOCOUTQ``): data that has arrived unread means a close would
-        send RST -- linger; the peer's EOF or a reset means it sends nothing
-        more -- close now; otherwise linger while our bytes are still in
-        flight.
-        """
-        self._check_open()
-        incoming, outgoing = self._in, self._out
-        if self._state != CONNECTED or incoming is None or outgoing is None or self._reset:
-            return False
-        now = trio.current_time()
-        if incoming.reset_arrived(now):
-            return False
-        kind = incoming.head(now)
-        if kind is not None:
-            return kind == DATA
-        return outgoing.in_flight(now)
-
     def _send_reset(self) -> None:
-        """Abort: drop what we hold and send RST after the bytes in flight."""
+        """Abort, as Linux does: what we had not sent yet is dropped, then RST goes out.
+
+        Bytes that already reached the peer stay readable there, before the
+        RST ("not sent yet": not arrived -- the model has no separate wire).
+        """
         assert self._in is not None and self._out is not None
         self._in.discard()
-        self._out.push(RST, b"", trio.current_time())
+        self._out.reset(trio.current_time())
+
+    def _inject_reset(self) -> None:
+        """A reset from the network (``reset_connections``, a crashed peer): RST arrives now."""
+        if self._in is not None and not self._closed and not self._reset:
+            self._in.reset(trio.current_time(), at_once=True)
+            self._rst_recorded = True
+            self._net._record(self._key, "reset")
+            if self._out is not None:
+                self._out.writable.fire()
 
     def _become_reset(self) -> None:
-        """A reset reached us (or was injected): unread bytes are gone, calls fail."""
+        """An RST was read: unread bytes are gone, every later call fails."""
         if self._reset:
             return
         self._reset = True
-        self._net._record(self._key, "reset")
+        if not self._rst_recorded:
+            self._rst_recorded = True
+            self._net._record(self._key, "reset")
         for direction in (self._in, self._out):
             if direction is not None:
                 direction.discard()

@@ -3,7 +3,7 @@
 An echo server and its clients run unmodified on a deterministic in-memory
 TCP network: latency, a partition (a connect that times out, a stalled
 reply that resumes after the heal), a one-way partition, hold and release,
-a reset, a crash and a restart -- about three minutes of virtual time that
+a reset, a crash and a restart -- about two minutes of virtual time that
 take a fraction of a second, because Trio's MockClock jumps ahead whenever
 every task is waiting.
 

@@ -7,13 +7,12 @@ them from there.  What stays here is only for trionet's own tests.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 import shutil
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,8 +22,8 @@ import trustme
 
 import trionet
 from trionet import _ratelimit
+from trionet.pytest_plugin import install_for_test
 from trionet.testing import VirtualNetwork, wait_until
-from trionet.testing._socket import VirtualSocket
 
 
 def require_program(name: str) -> str:
@@ -303,26 +302,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("network", params, indirect=True, ids=list(NETWORKS[: len(params)]))
 
 
-def _run_on(net: VirtualNetwork, fn: Callable[[], Awaitable[object]], **options: Any) -> object:
-    """``trio.run(fn)`` with ``net`` installed for the whole run."""
-
-    async def installed() -> object:
-        with net.install():
-            result = await fn()
-            # A test that swapped the socket factory for its own (real
-            # sockets) would have proved nothing about the virtual network.
-            with trio.socket.socket() as probe:
-                if not isinstance(probe, VirtualSocket):
-                    pytest.fail(
-                        "the test replaced the virtual network's socket factory, so its "
-                        "sockets were not virtual (mark it loopback_only, or chain to the "
-                        "factory it replaced)"
-                    )
-            return result
-
-    return trio.run(installed, **options)
-
-
 @pytest.fixture
 def network(request: pytest.FixtureRequest) -> VirtualNetwork | None:
     """The network the test runs on: None for real loopback, else a VirtualNetwork.
@@ -337,12 +316,7 @@ def network(request: pytest.FixtureRequest) -> VirtualNetwork | None:
     if kind == "loopback":
         return None
     assert kind == "virtual", kind
-    if request.node.get_closest_marker("trio") is None:
-        raise pytest.UsageError(f"{request.node.nodeid}: the virtual network needs a Trio test")
     marker = request.node.get_closest_marker("virtual_network")
     net = VirtualNetwork(**(marker.kwargs if marker is not None else {}))
     net.add_host("localhost", *_EXTRA_LOOPBACK)
-    request.node.user_properties.append(("virtual_network_seed", net.seed))
-    # pytest-trio takes the runner of the first trio marker: put ours first.
-    request.node.add_marker(pytest.mark.trio(run=functools.partial(_run_on, net)), append=False)
-    return net
+    return install_for_test(request, net)

@@ -185,3 +185,27 @@ def test_servers_still_running_are_drained_at_teardown(pytester: pytest.Pytester
     )
     result = pytester.runpytest("-p", "no:randomly")
     result.assert_outcomes(passed=2)
+
+
+def test_virtual_network_fixture_marker_and_the_seed_in_a_failure_report(
+    pytester: pytest.Pytester,
+) -> None:
+    make_tests(
+        pytester,
+        """
+        from trionet.testing import VirtualNetwork
+
+        @pytest.mark.virtual_network(seed=42)
+        async def test_seeded(virtual_network):
+            assert virtual_network.seed == 42
+            assert type(trio.socket.socket()).__name__ == "VirtualSocket"
+
+        @pytest.mark.virtual_network(seed=7)
+        async def test_fails(virtual_network):
+            assert False, "boom"
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*trionet virtual network*", "*seed=7*virtual_network(seed=7)*"])
+    assert "seed=42" not in result.stdout.str()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 import ssl
 import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
@@ -260,8 +262,20 @@ async def test_a_sixty_second_idle_timeout_takes_no_wall_time(
     assert trio.current_time() - t0 == pytest.approx(60, abs=1.5)
     assert server.stats.idle_closed == 1
     await conn.aclose()
-    # Correctness, not speed: a virtual 60 s never waits out 60 real seconds.
-    assert time.perf_counter() - wall < 30
+    # The issue's bound (the figure itself is measured in
+    # benchmarks/micro/virtual_network.py: about 10 ms).
+    assert time.perf_counter() - wall < 1
+
+
+async def test_a_thirty_second_connect_timeout_across_a_partition_takes_no_wall_time(
+    autojump_clock: trio.testing.MockClock, net: VirtualNetwork, nursery: trio.Nursery
+) -> None:
+    await start_echo(nursery)
+    net.partition("localhost", "server.test")
+    wall = time.perf_counter()
+    with pytest.raises(trionet.ConnectTimeout):
+        await trionet.connect("tcp://server.test:80", timeout=30)
+    assert time.perf_counter() - wall < 1
 
 
 # ---------------------------------------------------------------- must show 6
@@ -457,3 +471,153 @@ async def test_backlog_full_leaves_connects_pending(
     for c in clients:
         c.close()
     listener.close()
+
+
+# ---------------------------------------------------------------- the rest of the contract
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: VirtualNetwork(seed="1"), TypeError, "VirtualNetwork: seed"),
+        (lambda: VirtualNetwork(buffer_size="x"), TypeError, "VirtualNetwork: buffer_size"),
+        (lambda: VirtualNetwork(buffer_size=0), ValueError, "VirtualNetwork: buffer_size"),
+        (lambda: VirtualNetwork(default_address=1), TypeError, "default_address"),
+        (lambda: VirtualNetwork(default_address="::1"), ValueError, "default_address"),
+        (lambda: VirtualNetwork(default_address="10.0.0.1"), ValueError, "default_address"),
+        (lambda: VirtualNetwork().set_latency("localhost", "localhost", "1"), TypeError, "seconds"),
+        (
+            lambda: VirtualNetwork().set_latency("localhost", "localhost", float("nan")),
+            ValueError,
+            "VirtualNetwork.set_latency: seconds",
+        ),
+        (
+            lambda: VirtualNetwork().set_latency("localhost", "localhost", 1, jitter=-1),
+            ValueError,
+            "VirtualNetwork.set_latency: jitter",
+        ),
+        (
+            lambda: VirtualNetwork().partition("localhost", "localhost", direction="up"),
+            ValueError,
+            "VirtualNetwork.partition: direction",
+        ),
+        (lambda: VirtualNetwork().hold("localhost", "nowhere"), ValueError, "VirtualNetwork.hold"),
+        (lambda: VirtualNetwork().crash("10.1.1.1"), ValueError, "VirtualNetwork.crash"),
+        (lambda: VirtualNetwork().add_host("", "127.0.0.2"), ValueError, "VirtualNetwork.add_host"),
+    ],
+)
+def test_bad_arguments_fail_at_call_time_naming_the_call(
+    call: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        call()
+
+
+def test_the_default_seed_is_zero() -> None:
+    assert VirtualNetwork().seed == 0
+
+
+async def test_install_refuses_when_a_hook_does_not_take_effect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if Trio's socket-factory hook were broken: the network must refuse
+    # to run rather than let the test reach real sockets.
+    monkeypatch.setattr(trio.socket, "set_custom_socket_factory", lambda factory: None)
+    with pytest.raises(RuntimeError, match="did not take effect"), VirtualNetwork().install():
+        pass  # pragma: no cover
+    assert trio.socket.socketpair.__module__.startswith("trio")  # the guards were released
+
+
+@pytest.fixture
+async def early_socket() -> AsyncIterator[trio.socket.SocketType]:
+    """An async fixture that does not depend on virtual_network."""
+    sock = trio.socket.socket()
+    yield sock
+    sock.close()
+
+
+async def test_other_async_fixtures_get_virtual_sockets_too(
+    early_socket: trio.socket.SocketType, virtual_network: VirtualNetwork
+) -> None:
+    # pytest-trio sets async fixtures up concurrently: the network is
+    # installed around the whole run, so this one could not get a real socket.
+    assert type(early_socket).__name__ == "VirtualSocket"
+
+
+@pytest.mark.usefixtures("virtual_network")
+async def test_usefixtures_installs_the_network_too() -> None:
+    with trio.socket.socket() as sock:
+        assert type(sock).__name__ == "VirtualSocket"
+
+
+async def _delays_of_first_connection(extra_traffic: bool) -> list[object]:
+    net = VirtualNetwork(seed=5)
+    with net.install():
+        net.add_host("server.test", "127.0.0.10")
+        net.add_host("other.test", "127.0.0.30")
+        net.set_latency("localhost", "server.test", 0.01, jitter=0.5)
+        net.set_latency("other.test", "server.test", 0.01, jitter=0.5)
+        async with trio.open_nursery() as nursery:
+            server = await start_echo(nursery)
+            if extra_traffic:  # another link: must not change this connection's draws
+                other = await trionet.connect("tcp://server.test:80", local_address="127.0.0.30")
+                for _ in range(10):
+                    await other.send_all(b"noise")
+                    await other.receive_exactly(5)
+            conn = await trionet.connect("tcp://server.test:80")
+            for _ in range(10):
+                await conn.send_all(b"ping")
+                await conn.receive_exactly(4)
+            await conn.aclose()
+            await server.shutdown(1)
+    ours = [e for e in net.trace if e.key.startswith("127.0.0.1:")]
+    start = next(e.time for e in ours if e.kind == "connect")
+    return [e.detail[1] - start for e in ours if e.kind == "send"]
+
+
+async def test_each_connection_draws_from_its_own_rng(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    alone = await _delays_of_first_connection(extra_traffic=False)
+    beside_other_traffic = await _delays_of_first_connection(extra_traffic=True)
+    assert len(alone) == 10
+    assert alone == pytest.approx(beside_other_traffic, abs=1e-6)
+    assert len(set(alone)) == 10  # jittered: every delay differs
+
+
+async def test_the_trace_is_ordered_by_time_key_and_sequence(
+    autojump_clock: trio.testing.MockClock, net: VirtualNetwork, nursery: trio.Nursery
+) -> None:
+    net.set_latency("localhost", "server.test", 0.2, jitter=0.3)
+    await start_echo(nursery)
+    conn = await trionet.connect("tcp://server.test:80")
+    for _ in range(5):
+        await conn.send_all(b"x")
+        await conn.receive_exactly(1)
+    await conn.aclose()
+    trace = net.trace
+    assert trace == sorted(trace, key=lambda e: (e.time, e.key, e.seq))
+    for key in {e.key for e in trace}:
+        assert [e.seq for e in trace if e.key == key] == list(
+            range(len([e for e in trace if e.key == key]))
+        )
+
+
+async def test_a_crashed_hosts_own_sockets_are_dead(
+    autojump_clock: trio.testing.MockClock, net: VirtualNetwork, nursery: trio.Nursery
+) -> None:
+    accepted: list[trio.socket.SocketType] = []
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.10", 80))
+    listener.listen(1)
+    client = trio.socket.socket()
+    await client.connect(("127.0.0.10", 80))
+    server_side, _ = await listener.accept()
+    accepted.append(server_side)
+    net.crash("server.test")
+    for call in (lambda: server_side.recv(1), lambda: server_side.send(b"x"), listener.accept):
+        with trio.move_on_after(60) as dead:
+            await call()
+        assert dead.cancelled_caught  # blocks until cancelled: its process is gone
+    for s in (client, server_side, listener):
+        s.close()

@@ -177,7 +177,9 @@ async def test_half_close(virtual_network: VirtualNetwork) -> None:
     server.close()
 
 
-async def test_a_direction_buffers_at_most_buffer_size() -> None:
+async def test_a_direction_buffers_at_most_buffer_size(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     net = VirtualNetwork(buffer_size=1000)
     with net.install():
         client, server = await socket_pair()

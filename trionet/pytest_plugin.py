@@ -49,7 +49,13 @@ from ._server._server import Server
 if TYPE_CHECKING:
     from .testing import VirtualNetwork
 
-__all__ = ["ServerFactory", "trionet_server", "unused_unix_path", "virtual_network"]
+__all__ = [
+    "ServerFactory",
+    "install_for_test",
+    "trionet_server",
+    "unused_unix_path",
+    "virtual_network",
+]
 
 #: The type of the ``trionet_server`` fixture.
 ServerFactory = Callable[..., Awaitable[Server]]
@@ -98,16 +104,61 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-async def virtual_network(request: pytest.FixtureRequest) -> AsyncIterator[VirtualNetwork]:
-    """A :class:`trionet.testing.VirtualNetwork`, installed for the test's ``trio.run``."""
+def virtual_network(request: pytest.FixtureRequest) -> VirtualNetwork:
+    """A :class:`trionet.testing.VirtualNetwork`, installed for the test's whole ``trio.run``.
+
+    Installed around the run -- before the test's async fixtures start, after
+    they end -- not by an async fixture: pytest-trio sets async fixtures up
+    concurrently, so one that did not depend on this fixture could otherwise
+    open real sockets before the network was installed.
+    """
     from .testing import VirtualNetwork
 
     marker = request.node.get_closest_marker("virtual_network")
-    options = dict(marker.kwargs) if marker is not None else {}
-    net = VirtualNetwork(**options)
+    return install_for_test(request, VirtualNetwork(**(marker.kwargs if marker else {})))
+
+
+def install_for_test(request: pytest.FixtureRequest, net: VirtualNetwork) -> VirtualNetwork:
+    """Install ``net`` around the whole ``trio.run`` of the requesting Trio test.
+
+    For fixtures like ``virtual_network`` (a project's own, say one that
+    parametrises tests over real loopback and a virtual network): pytest-trio
+    runs the test through the runner of its first ``trio`` marker, so this
+    puts one first that installs ``net``.  The seed goes into the report of
+    a failing test.
+    """
+    if request.node.get_closest_marker("trio") is None:
+        raise pytest.UsageError(
+            f"{request.node.nodeid}: a virtual network needs a Trio test "
+            "(@pytest.mark.trio, or trio_mode = true)"
+        )
     request.node.user_properties.append(("virtual_network_seed", net.seed))
-    with net.install():
-        yield net
+    run = functools.partial(_run_installed, net)
+    request.node.add_marker(pytest.mark.trio(run=run), append=False)
+    return net
+
+
+def _run_installed(
+    net: VirtualNetwork, fn: Callable[[], Awaitable[object]], **options: Any
+) -> object:
+    """``trio.run(fn)`` with ``net`` installed for the whole run."""
+
+    async def installed() -> object:
+        from .testing._socket import VirtualSocket
+
+        with net.install():
+            result = await fn()
+            # A test that swapped the socket factory for one of its own (real
+            # sockets) proved nothing about the virtual network.
+            with trio.socket.socket() as probe:
+                if not isinstance(probe, VirtualSocket):
+                    pytest.fail(
+                        "the test replaced the virtual network's socket factory, so its "
+                        "sockets were not virtual"
+                    )
+            return result
+
+    return trio.run(installed, **options)
 
 
 @pytest.hookimpl(wrapper=True)

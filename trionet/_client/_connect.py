@@ -19,11 +19,9 @@ resolved addresses, all under one deadline::
 
 Why not :func:`trio.open_tcp_stream`?
 -------------------------------------
-Its happy-eyeballs loop is the model for ours, but it cannot do three things
-we need: bind a local *port* (it binds ``(local_address, 0)`` only), report
-each attempt (it keeps bare ``OSError``s and raises a plain ``OSError`` from an
-``ExceptionGroup``), and run strictly one attempt at a time (it silently turns
-``happy_eyeballs_delay=None`` into 0.25 s).  So we own the loop.
+Its happy-eyeballs loop is our model, but it cannot bind a local *port*,
+report each attempt (it raises a plain ``OSError`` from an ``ExceptionGroup``)
+or run one attempt at a time (``happy_eyeballs_delay=None`` becomes 0.25 s).
 
 Happy eyeballs (RFC 8305)
 -------------------------
@@ -465,8 +463,8 @@ async def connect(
         ConnectError: every attempt of every round failed; the message names
             the target and ``.attempts`` lists each attempt's address, error,
             round and outcome (also an ``OSError``).
-        InvalidAddress: a malformed target or ``local_address`` (before any
-            I/O); a Unix target while a virtual network is installed.
+        InvalidAddress: a malformed target or ``local_address``, or a Unix
+            target on a virtual network (before any I/O).
         TypeError, ValueError: a bad option: the wrong type, or a bad value
             (negative, NaN, infinite where it must be finite), raised when
             the call is awaited, before its first checkpoint -- no socket,

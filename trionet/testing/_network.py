@@ -72,22 +72,26 @@ class VirtualNetwork:
     ) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"VirtualNetwork: seed must be an int, not {seed!r}")
-        if not isinstance(buffer_size, int) or isinstance(buffer_size, bool) or buffer_size < 1:
-            raise ValueError(
-                f"VirtualNetwork: buffer_size must be a positive int, not {buffer_size!r}"
+        if not isinstance(buffer_size, int) or isinstance(buffer_size, bool):
+            raise TypeError(f"VirtualNetwork: buffer_size must be an int, not {buffer_size!r}")
+        if buffer_size < 1:
+            raise ValueError(f"VirtualNetwork: buffer_size must be >= 1, not {buffer_size!r}")
+        if not isinstance(default_address, str):
+            raise TypeError(
+                f"VirtualNetwork: default_address must be a str, not {default_address!r}"
             )
         self.seed = seed
         self.buffer_size = buffer_size
         self._random = random.Random(f"trionet/{seed}")
         self._book = AddressBook()
         self._book.add("VirtualNetwork", "localhost", ("127.0.0.1", "::1"))
-        ip = normalise_ip(default_address) if isinstance(default_address, str) else None
+        ip = normalise_ip(default_address)
         if ip is None or ":" in ip:
             raise ValueError(
                 f"VirtualNetwork: default_address must be an IPv4 address, not {default_address!r}"
             )
         if ip not in self._book.owners:
-            self._book.add("VirtualNetwork", "localhost", (ip,))
+            self._book.add("VirtualNetwork: default_address", "localhost", (ip,))
         self.default_address = ip
         self._binds = BindTable()
         self._sockets: set[VirtualSocket] = set()
@@ -276,12 +280,9 @@ class VirtualNetwork:
         """
         call = "VirtualNetwork.set_latency"
         for name, value in (("seconds", seconds), ("jitter", jitter)):
-            if (
-                not isinstance(value, (int, float))
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"{call}: {name} must be a number, not {value!r}")
+            if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{call}: {name} must be a finite number >= 0, not {value!r}")
         pairs = self._pairs(call, a, b, direction)
         for pair in pairs:

@@ -166,10 +166,13 @@ async def test_connections_yields_connection_info(trionet_server: ServerFactory)
     seen: dict[int, Connection] = {}
     both = trio.Event()
 
+    sent: list[int] = []
+
     async def hold(conn: Connection) -> None:
         seen[conn.id] = conn
         await conn.send_all(b"12345")
-        if len(seen) == 2:
+        sent.append(conn.id)  # both sends done (not just both handlers started)
+        if len(sent) == 2:
             both.set()
         await conn.receive_some()  # until the client hangs up
 

@@ -209,3 +209,30 @@ def test_virtual_network_fixture_marker_and_the_seed_in_a_failure_report(
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*trionet virtual network*", "*seed=7*virtual_network(seed=7)*"])
     assert "seed=42" not in result.stdout.str()
+
+
+def test_a_virtual_network_asked_for_too_late_fails_the_test_loudly(
+    pytester: pytest.Pytester,
+) -> None:
+    make_tests(
+        pytester,
+        """
+        from trionet.pytest_plugin import install_for_test
+        from trionet.testing import VirtualNetwork
+
+        async def test_late(request):
+            request.getfixturevalue("virtual_network")  # the run has already begun
+
+        @pytest.fixture
+        def second(request):
+            return install_for_test(request, VirtualNetwork(seed=9))
+
+        async def test_two(virtual_network, second):
+            pass
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*asked for two virtual networks*", "*asked for a virtual network but ran without it*"]
+    )

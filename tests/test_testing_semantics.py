@@ -452,3 +452,82 @@ async def test_no_connection_is_queued_before_the_handshake_completes(
         await client.connect(("127.0.0.50", 80))
     assert not listener.is_readable()  # the server never saw a finished handshake
     listener.close()
+
+
+async def test_an_injected_reset_reaches_both_ends_whoever_reads_first(
+    virtual_network: VirtualNetwork, autojump_clock: trio.testing.MockClock
+) -> None:
+    client, server = await socket_pair()
+    await server.send(b"answer")
+    await trio.testing.wait_all_tasks_blocked()
+    virtual_network.reset_connections("localhost")
+    with pytest.raises(ConnectionResetError):
+        await server.recv(10)  # the server reads its RST first ...
+    assert await client.recv(10) == b"answer"  # ... the client still has what arrived
+    with pytest.raises(ConnectionResetError):
+        await client.recv(10)  # and then its own RST
+    client.close()
+    server.close()
+
+
+async def test_finished_connections_are_forgotten(virtual_network: VirtualNetwork) -> None:
+    for _ in range(50):
+        client, server = await socket_pair()
+        client.close()
+        server.close()
+    assert len(virtual_network._links) == 0
+
+
+async def test_a_woken_connect_that_is_cancelled_passes_its_turn_on(
+    virtual_network: VirtualNetwork, autojump_clock: trio.testing.MockClock
+) -> None:
+    virtual_network.set_latency("localhost", "localhost", 1.0)
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    first = trio.socket.socket()
+    await first.connect(listener.getsockname())
+    done: list[str] = []
+    third_in = trio.Event()
+
+    async def connect(name: str, scope: trio.CancelScope) -> None:
+        with scope:
+            s = trio.socket.socket()
+            await s.connect(listener.getsockname())
+            done.append(name)
+            if name == "third":
+                third_in.set()
+
+    second_scope, third_scope = trio.CancelScope(), trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connect, "second", second_scope)
+        await trio.sleep(5)
+        nursery.start_soon(connect, "third", third_scope)
+        await trio.sleep(5)
+        accepted, _ = await listener.accept()  # wakes "second" ...
+        await trio.sleep(0.5)
+        second_scope.cancel()  # ... which gives up during its SYN's flight
+        with trio.fail_after(30):
+            await third_in.wait()  # it would wait forever if the turn were lost
+    assert done == ["third"]
+    accepted.close()
+    first.close()
+    listener.close()
+
+
+async def test_a_larger_backlog_lets_waiting_connects_in(
+    virtual_network: VirtualNetwork, autojump_clock: trio.testing.MockClock
+) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    first = trio.socket.socket()
+    await first.connect(listener.getsockname())
+    second = trio.socket.socket()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second.connect, listener.getsockname())
+        await trio.sleep(5)
+        listener.listen(10)
+    assert second.getpeername() == listener.getsockname()
+    for s in (first, second, listener):
+        s.close()

@@ -127,26 +127,62 @@ def install_for_test(request: pytest.FixtureRequest, net: VirtualNetwork) -> Vir
     puts one first that installs ``net``.  The seed goes into the report of
     a failing test.
     """
-    if request.node.get_closest_marker("trio") is None:
+    node = request.node
+    where = f"{node.nodeid}: trionet.pytest_plugin.install_for_test"
+    if node.get_closest_marker("trio") is None:
         raise pytest.UsageError(
-            f"{request.node.nodeid}: a virtual network needs a Trio test "
-            "(@pytest.mark.trio, or trio_mode = true)"
+            f"{where}: a virtual network needs a Trio test (@pytest.mark.trio, or trio_mode = true)"
         )
-    request.node.user_properties.append(("virtual_network_seed", net.seed))
-    run = functools.partial(_run_installed, net)
-    request.node.add_marker(pytest.mark.trio(run=run), append=False)
+    if node.stash.get(_INSTALLED, None) is not None:
+        raise pytest.UsageError(f"{where}: the test asked for two virtual networks")
+    custom = [m for m in node.iter_markers("trio") if m.kwargs.get("run") not in (None, trio.run)]
+    if custom or request.config.getini("trio_run") not in ("", "trio"):
+        raise pytest.UsageError(f"{where}: the test already has its own Trio runner")
+    state = _Installed(net)
+    node.stash[_INSTALLED] = state
+    node.user_properties.append(("virtual_network_seed", net.seed))
+    node.add_marker(pytest.mark.trio(run=functools.partial(_run_installed, state)), append=False)
     return net
 
 
+class _Installed:
+    """A test's virtual network, and whether its run really installed it."""
+
+    def __init__(self, net: VirtualNetwork) -> None:
+        self.net = net
+        self.ran = False
+
+
+_INSTALLED = pytest.StashKey[_Installed]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    result = yield
+    state = item.stash.get(_INSTALLED, None)
+    if state is not None and not state.ran:
+        # The network was asked for too late (getfixturevalue inside the
+        # test) or the test ran through another runner (Hypothesis): its
+        # sockets were real.
+        pytest.fail(
+            "the test asked for a virtual network but ran without it, on real sockets "
+            "(request virtual_network as an argument or with usefixtures; pytest-trio's "
+            "Hypothesis support runs tests without it)",
+            pytrace=False,
+        )
+    return result
+
+
 def _run_installed(
-    net: VirtualNetwork, fn: Callable[[], Awaitable[object]], **options: Any
+    state: _Installed, fn: Callable[[], Awaitable[object]], **options: Any
 ) -> object:
-    """``trio.run(fn)`` with ``net`` installed for the whole run."""
+    """``trio.run(fn)`` with the network installed for the whole run."""
 
     async def installed() -> object:
         from .testing._socket import VirtualSocket
 
-        with net.install():
+        with state.net.install():
+            state.ran = True
             result = await fn()
             # A test that swapped the socket factory for one of its own (real
             # sockets) proved nothing about the virtual network.

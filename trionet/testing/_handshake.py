@@ -56,18 +56,29 @@ async def _flight(
         _check(sock)
 
 
-async def _room(listener: VirtualSocket, sock: VirtualSocket) -> None:
-    """Wait, in line, until the listener's accept queue has room (or it goes)."""
+async def _room(listener: VirtualSocket, sock: VirtualSocket, *, again: bool) -> None:
+    """Wait, in line, until the listener's accept queue has room (or it goes).
+
+    ``again``: this connect was in line before and lost its slot to a
+    newcomer -- it goes back to the front.
+    """
     event = trio.Event()
-    listener._room_waiters.append(event)
+    if again:
+        listener._room_waiters.appendleft(event)
+    else:
+        listener._room_waiters.append(event)
     sock._room_event = event
     try:
         await event.wait()
+    except BaseException:
+        if event.is_set() and listener._room_waiters:
+            # Woken just as we were cancelled: the slot goes to the next in line.
+            listener._room_waiters.popleft().set()
+        raise
     finally:
         sock._room_event = None
         if event in listener._room_waiters:
             listener._room_waiters.remove(event)
-    _check(sock)
 
 
 async def handshake(net: VirtualNetwork, sock: VirtualSocket, ip: str, port: int) -> None:
@@ -88,6 +99,7 @@ async def handshake(net: VirtualNetwork, sock: VirtualSocket, ip: str, port: int
     sock._key = f"{_fmt(local)}>{_fmt(peer)}"
     sock._state = _CONNECTING
     net._record(sock._key, "connect")
+    woken: VirtualSocket | None = None  # the listener whose room wake-up this connect holds
     try:
         while True:
             if sock._dead():
@@ -101,17 +113,33 @@ async def handshake(net: VirtualNetwork, sock: VirtualSocket, ip: str, port: int
                 net._record(sock._key, "refused")
                 raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
             if listener._queue_full():
-                await _room(listener, sock)  # the SYN was dropped; TCP sends it again
+                # The SYN was dropped; TCP sends it again when there is room.
+                again, woken = woken is listener, None
+                await _room(listener, sock, again=again)
+                woken = listener
+                _check(sock)
                 continue
             await _flight(net, sock, s2c, dst, src)  # the SYN-ACK
-            if listener._listening():
-                break
-            # The listener went while the SYN-ACK flew: its RST follows.
-            net._record(sock._key, "refused")
-            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+            if dst.crashed:
+                continue  # a crashed host answers nothing: pending until restart
+            if not listener._listening():
+                # The listener went while the SYN-ACK flew: its RST follows.
+                net._record(sock._key, "refused")
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+            if listener._queue_full():
+                # Taken meanwhile: the handshake's last ACK waits for room.
+                again, woken = woken is listener, None
+                await _room(listener, sock, again=again)
+                woken = listener
+                _check(sock)
+                if not listener._listening():
+                    continue
+            break
     except BaseException:
         if not sock._closed:
             sock._state = _BOUND
+        if woken is not None and woken._room_waiters:
+            woken._room_waiters.popleft().set()  # pass the wake-up on: never strand one
         raise
     from ._socket import VirtualSocket
 

@@ -357,6 +357,9 @@ class VirtualNetwork:
     def _forget(self, sock: VirtualSocket) -> None:
         self._binds.release(sock)
         self._sockets.discard(sock)
+        for way in (sock._in, sock._out):
+            if way is not None and way.sender_gone and way.receiver_gone:
+                self._links.discard(way)  # closed at both ends: nothing left to fault
 
     def _sockaddr_of(self, family: int, address: object, call: str) -> tuple[str, int]:
         host, port = parse_sockaddr(family, address, call)

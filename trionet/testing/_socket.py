@@ -230,6 +230,8 @@ class VirtualSocket(SocketIO, trio.socket.SocketType):
             self._key = format_address(self._local)
             self._net._record(self._key, "listen", self._backlog - 1)
         self._net._changed.fire()
+        for waiting in self._room_waiters:  # a larger backlog may have room now
+            waiting.set()
 
     def _listening(self) -> bool:
         return self._state == LISTENING and not self._closed and not self._dead()
@@ -420,6 +422,13 @@ class VirtualSocket(SocketIO, trio.socket.SocketType):
         if not self._rst_recorded:
             self._rst_recorded = True
             self._net._record(self._key, "reset")
-        for direction in (self._in, self._out):
-            if direction is not None:
-                direction.discard()
+        # Only what was ours to read goes; the peer's own incoming direction
+        # (an RST injected for it, bytes it has not read) is left alone
+        # while the peer is open.
+        if self._in is not None:
+            self._in.discard()
+        out, other = self._out, self._other
+        if out is not None:
+            out.sender_gone = True
+            if other is None or other._closed:
+                out.discard()

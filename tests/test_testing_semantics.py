@@ -6,6 +6,8 @@ import errno
 import functools
 import socket
 import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -29,40 +31,32 @@ async def socket_pair(
     return client, server
 
 
-async def stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    client, server = await socket_pair()
-    return trio.SocketStream(client), trio.SocketStream(server)
+def pair_makers(
+    wrap: Callable[[trio.socket.SocketType], trio.abc.HalfCloseableStream],
+) -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]]]:
+    """A stream maker and a clogged-stream maker for Trio's conformance checks."""
+
+    async def make() -> tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]:
+        client, server = await socket_pair()
+        return wrap(client), wrap(server)
+
+    async def clogged() -> tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]:
+        left, right = await make()
+        await fill_stream(left)
+        await fill_stream(right)
+        return left, right
+
+    return make, clogged
 
 
-async def clogged_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    left, right = await stream_pair()
-    await fill_stream(left)
-    await fill_stream(right)
-    return left, right
-
-
-async def test_check_half_closeable_stream_on_virtual_socket_streams(
+@pytest.mark.parametrize(
+    "wrap", [trio.SocketStream, trionet.Connection], ids=["SocketStream", "trionet.Connection"]
+)
+async def test_check_half_closeable_stream_on_virtual_sockets(
     virtual_network: VirtualNetwork,
+    wrap: Callable[[trio.socket.SocketType], trio.abc.HalfCloseableStream],
 ) -> None:
-    await trio.testing.check_half_closeable_stream(stream_pair, clogged_stream_pair)
-
-
-async def _connection_pair() -> tuple[trionet.Connection, trionet.Connection]:
-    client, server = await socket_pair()
-    return trionet.Connection(client), trionet.Connection(server)
-
-
-async def _clogged_connection_pair() -> tuple[trionet.Connection, trionet.Connection]:
-    left, right = await _connection_pair()
-    await fill_stream(left)
-    await fill_stream(right)
-    return left, right
-
-
-async def test_check_half_closeable_stream_on_trionet_connections_over_virtual_sockets(
-    virtual_network: VirtualNetwork,
-) -> None:
-    await trio.testing.check_half_closeable_stream(_connection_pair, _clogged_connection_pair)
+    await trio.testing.check_half_closeable_stream(*pair_makers(wrap))
 
 
 async def test_bind_errors_ports_and_names(virtual_network: VirtualNetwork) -> None:

@@ -81,6 +81,16 @@ async def _room(listener: VirtualSocket, sock: VirtualSocket, *, again: bool) ->
             listener._room_waiters.remove(event)
 
 
+async def _wait_in_line(listener: VirtualSocket, sock: VirtualSocket, again: bool) -> VirtualSocket:
+    """Wait for room at ``listener``; returns it (whose wake-up this connect now holds).
+
+    ``again``: woken before, this connect lost its slot -- back to the front.
+    """
+    await _room(listener, sock, again=again)
+    _check(sock)
+    return listener
+
+
 async def handshake(net: VirtualNetwork, sock: VirtualSocket, ip: str, port: int) -> None:
     """Connect ``sock`` to ``(ip, port)``; its local address is bound already."""
     family = int(sock.family)
@@ -114,10 +124,8 @@ async def handshake(net: VirtualNetwork, sock: VirtualSocket, ip: str, port: int
                 raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
             if listener._queue_full():
                 # The SYN was dropped; TCP sends it again when there is room.
-                again, woken = woken is listener, None
-                await _room(listener, sock, again=again)
-                woken = listener
-                _check(sock)
+                again, woken = woken is listener, None  # (held no more while waiting)
+                woken = await _wait_in_line(listener, sock, again)
                 continue
             await _flight(net, sock, s2c, dst, src)  # the SYN-ACK
             if dst.crashed:
@@ -128,10 +136,8 @@ async def handshake(net: VirtualNetwork, sock: VirtualSocket, ip: str, port: int
                 raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
             if listener._queue_full():
                 # Taken meanwhile: the handshake's last ACK waits for room.
-                again, woken = woken is listener, None
-                await _room(listener, sock, again=again)
-                woken = listener
-                _check(sock)
+                again, woken = woken is listener, None  # (held no more while waiting)
+                woken = await _wait_in_line(listener, sock, again)
                 if not listener._listening():
                     continue
             break

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import trio
 
+from . import _virtual
 from ._address import Address, UnixAddress, parse_address
+from ._inherited import check_inherited, parse_inherited
 from ._validate import (
     check_choice,
     check_cidrs,
@@ -86,8 +88,8 @@ def check_server_tls(name: str, value: object) -> ssl.SSLContext | Literal[False
 
 
 def _check_address(instance: Bind, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if _is_socket(value):
-        return
+    if _is_socket(value) or parse_inherited(value) is not None:
+        return  # parse_inherited raised if a fd:/systemd: spec is malformed
     parse_address(value)  # InvalidAddress names the spec
 
 
@@ -153,7 +155,9 @@ class Bind:
     """
 
     #: ``"tcp://HOST:PORT"``, ``"unix:PATH"``, ``"unix:@NAME"``, ``(host, port)``,
-    #: an address record, or an already-bound listening socket.
+    #: an address record, an already-bound listening socket, or an inherited
+    #: one: ``"fd:N"``, ``"systemd"`` (every socket systemd passed) or
+    #: ``"systemd:NAME"`` (those named ``NAME`` in ``LISTEN_FDNAMES``).
     address: Any = attrs.field(validator=_check_address)
     #: An ``ssl.SSLContext`` for a server (``ssl.create_default_context(
     #: ssl.Purpose.CLIENT_AUTH)``) to serve TLS; ``False`` to stay plain even if
@@ -162,6 +166,9 @@ class Bind:
         default=None, validator=_opt(check_server_tls)
     )
     #: ``listen()`` queue length; None = the server's (65535, clamped by somaxconn).
+    #: An inherited socket keeps the queue length it came with unless this
+    #: (or the server's ``backlog``) is set: then ``listen()`` is called again
+    #: with it, which resizes the queue without dropping what is queued.
     backlog: int | None = attrs.field(default=None, validator=_opt(_check_backlog))
     #: Permission bits for a Unix socket file; None = the server's.
     unix_mode: int | None = attrs.field(default=None, validator=_opt(check_mode))
@@ -185,6 +192,11 @@ class Bind:
         if self.proxy_protocol == "required" and self.trusted_proxies == ():
             _require_trusted(self)
         if self.unix_mode is not None and not _is_socket(self.address):
+            if parse_inherited(self.address) is not None:
+                raise ValueError(
+                    f"Bind({_describe(self.address)}): unix_mode={self.unix_mode:#o} cannot "
+                    "apply to an inherited socket: its file was made by whoever created it"
+                )
             address = parse_address(self.address)
             if not isinstance(address, UnixAddress):
                 raise ValueError(
@@ -211,6 +223,8 @@ class Bind:
 
 def _require_trusted(bind: Bind) -> None:
     """A TCP bind reading PROXY headers must say whom it trusts to send them."""
+    if parse_inherited(bind.address) is not None:
+        return  # its family is known once adopted: checked then (open_listeners)
     if _unix_family(bind.address):
         return  # the socket file's permissions say who may connect
     raise ValueError(
@@ -231,6 +245,11 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
     resolved = []
     for spec in binds:
         bind = spec if isinstance(spec, Bind) else Bind(spec)
+        inherited = parse_inherited(bind.address)
+        if inherited is not None:
+            # Before the environment: a virtual network refuses these outright.
+            _virtual.refuse("trionet.serve", str(inherited), "an inherited descriptor")
+            check_inherited(inherited)  # LISTEN_* read, not removed; no descriptor touched
         tls = bind.tls if bind.tls is not None else (config.tls or False)
         unix_mode = bind.unix_mode
         if unix_mode is None and _is_unix(bind.address):
@@ -268,8 +287,10 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
 
 
 def _is_unix(address: object) -> bool:
-    """True for a unix: spec (not an already-bound socket)."""
-    return not _is_socket(address) and _unix_family(address)
+    """True for a unix: spec (not an already-bound or inherited socket)."""
+    if _is_socket(address) or parse_inherited(address) is not None:
+        return False
+    return _unix_family(address)
 
 
 def _unix_family(address: object) -> bool:

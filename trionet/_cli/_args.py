@@ -124,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--bind",
         action="append",
         metavar="SPEC",
-        help=f"tcp://HOST:PORT, unix:PATH or unix:@NAME; repeatable (default {DEFAULT_BIND})",
+        help=(
+            "tcp://HOST:PORT, unix:PATH, unix:@NAME, or an inherited socket: fd:N, "
+            f"systemd, systemd:NAME; repeatable (default {DEFAULT_BIND})"
+        ),
     )
     srv.add_argument("--backlog", type=_count, metavar="N", help="listen() queue length")
     srv.add_argument(

@@ -27,6 +27,7 @@ from .._address import parse_address
 from .._binds import resolve_binds
 from .._config import ServerConfig
 from .._exceptions import InvalidAddress, ListenError, LocalProtocolError
+from .._inherited import parse_inherited
 from .._server._admission import AccessPolicy
 from .._server._drain import ShutdownReport, check_grace, drain_on_signals
 from .._server._serve import Handler, check_serve_config, serve
@@ -216,13 +217,17 @@ def _option_message(message: str) -> str:
 def bind_specs(args: argparse.Namespace) -> list[str]:
     """The ``--bind`` specs given, or ``[DEFAULT_BIND]``; each checked by ``parse_address``.
 
+    ``fd:N``, ``systemd`` and ``systemd:NAME`` (inherited sockets) are checked
+    by ``parse_inherited``; their ``LISTEN_*`` variables by ``check_serve``.
+
     Raises:
         CLIError: a malformed spec (exit 2).
     """
     binds: list[str] = args.bind or [DEFAULT_BIND]
     for spec in binds:
         try:
-            parse_address(spec)
+            if parse_inherited(spec) is None:  # fd:N, systemd[:NAME]: syntax checked
+                parse_address(spec)
         except InvalidAddress as exc:
             raise CLIError(str(exc), EXIT_USAGE) from None
     return binds

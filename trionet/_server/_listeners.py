@@ -33,10 +33,17 @@ details that make it production-grade:
 * Sockets come only from ``trio.socket.socket()`` and names only from
   ``trio.socket.getaddrinfo``, so Trio's socket-factory and resolver hooks
   see every call.
+* **Inherited sockets** (``fd:N``, ``systemd``, ``systemd:NAME``; see
+  ``trionet._inherited``): each descriptor is checked, then a duplicate of
+  it is adopted.  Such a listener is ``inherited``: closing it closes our
+  duplicate only -- never ``shutdown()``, never an unlink of its path.
+  ``server.addresses`` shows what ``getsockname()`` says.  A backlog set
+  on the bind (or server-wide) is applied with a second ``listen()``;
+  None leaves the queue as it came.
 * **A virtual network** (``trionet.testing``) simulates TCP only: while one
-  is installed, a Unix bind and an adopted OS socket (a stdlib socket, or a
-  Trio socket with a descriptor) raise :class:`~trionet.InvalidAddress`
-  before anything touches the real system.
+  is installed, a Unix bind, an adopted OS socket (a stdlib socket, or a
+  Trio socket with a descriptor) and an inherited one raise
+  :class:`~trionet.InvalidAddress` before anything touches the real system.
 
 Every ``OSError`` here is translated by
 :func:`trionet._exceptions.translate_listen_error`.
@@ -55,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from .. import _virtual
+from .. import _inherited, _virtual
 from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr, parse_address
 from .._binds import Bind
 from .._exceptions import (
@@ -93,6 +100,10 @@ class Listener:
     #: The backlog given to ``listen()``; None for an adopted socket.
     backlog: int | None = None
     closed: bool = False
+    #: True for a socket adopted from an inherited descriptor (``fd:N``,
+    #: ``systemd``): other processes may share it, so closing only closes
+    #: our duplicate (no ``shutdown()``, no unlink).
+    inherited: bool = False
     #: The resolved bind this socket listens for (its options).
     bind: Bind | None = None
     #: The stages of its connections (None: none), set by the server.
@@ -113,7 +124,11 @@ class Listener:
         if self.closed:
             return
         self.closed = True
+        # close() only, never shutdown(): on a socket shared with other
+        # processes that would reset the queue for all of them.
         self.sock.close()
+        if self.inherited:
+            return  # its path (if any) belongs to whoever bound it
         if self.unix_path is not None and self.unix_inode is not None:
             _unlink_if_same(self.unix_path, self.unix_inode)
 
@@ -142,7 +157,12 @@ async def open_listeners(binds: Sequence[Bind]) -> list[Listener]:
     opened: list[Listener] = []
     try:
         for bind in binds:
-            for listener in await _open_one(bind.address, _backlog(bind.backlog), bind.unix_mode):
+            inherited = _inherited.parse_inherited(bind.address)
+            if inherited is not None:
+                listeners = _open_inherited(inherited, bind)
+            else:
+                listeners = await _open_one(bind.address, _backlog(bind.backlog), bind.unix_mode)
+            for listener in listeners:
                 listener.bind = bind
                 opened.append(listener)
     except BaseException:
@@ -176,6 +196,46 @@ def _adopt(sock: trio.socket.SocketType) -> Listener:
     if not accepting:
         raise LocalProtocolError("the socket passed as a bind is not listening (call listen())")
     return Listener(sock, address_from_sockaddr(sock.family, sock.getsockname()))
+
+
+def _open_inherited(spec: _inherited.InheritedSpec, bind: Bind) -> list[Listener]:
+    """Adopt every descriptor ``spec`` names (closing what was adopted if one is refused)."""
+    # Before the environment or any descriptor: a virtual network refuses it.
+    _virtual.refuse("trionet.serve", str(spec), "an inherited descriptor")
+    adopted: list[Listener] = []
+    try:
+        for fd in _inherited.descriptors(spec, take=True):
+            raw = _inherited.adopt(spec, fd)
+            try:
+                if bind.backlog is not None:
+                    raw.listen(_backlog(bind.backlog))
+                address = address_from_sockaddr(raw.family, raw.getsockname())
+            except OSError as exc:
+                raw.close()
+                raise translate_listen_error(exc, str(spec)) from exc
+            except BaseException:
+                raw.close()
+                raise
+            if (
+                isinstance(address, TCPAddress)
+                and bind.uses_proxy_protocol
+                and not bind.trusted_proxies
+            ):
+                raw.close()
+                raise ValueError(
+                    f"Bind({str(spec)!r}): fd {fd} is a TCP socket ({address}), and "
+                    "proxy_protocol='required' on TCP needs trusted_proxies, the CIDRs of "
+                    "your load balancers: trusting every source would let any client claim "
+                    "any address"
+                )
+            sock = trio.socket.from_stdlib_socket(raw)
+            backlog = None if bind.backlog is None else _backlog(bind.backlog)
+            adopted.append(Listener(sock, address, backlog=backlog, inherited=True))
+            log.info("adopted inherited listening socket fd %d (%s) as %s", fd, spec, address)
+    except BaseException:
+        close_listeners(adopted)
+        raise
+    return adopted
 
 
 async def _resolve_passive(address: TCPAddress) -> list[tuple[Any, ...]]:

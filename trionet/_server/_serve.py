@@ -87,8 +87,9 @@ async def serve(
     Args:
         handler: ``async def handler(conn: trionet.Connection) -> None``.
         *binds: ``"tcp://HOST:PORT"``, ``"unix:PATH"``, ``"unix:@NAME"``,
-            ``(host, port)``, an address record, a bound listening socket,
-            or a :class:`~trionet.Bind` with options of its own.
+            an inherited listening socket (``"fd:N"``, ``"systemd"``,
+            ``"systemd:NAME"``), ``(host, port)``, an address record, a bound
+            listening socket, or a :class:`~trionet.Bind` with options of its own.
         **options: see :class:`~trionet.ServerConfig` (``tls``, ``backlog``,
             ``handler_errors``, ``access``, ``max_connections``, ...); a
             per-bind option applies to every bind that does not set its own.

@@ -79,6 +79,7 @@ async def echo_once(address: trionet.Address, tls: ssl.SSLContext | None = None)
         ("fd:x", "'x' is not a number"),
         ("fd:3.0", "'3.0' is not a number"),
         ("fd:99999999999", "out of range"),
+        ("fd:2147483648", "out of range"),  # beyond a C int (was a raw OverflowError)
         ("systemd:", "a name is required"),
         ("systemd:a:b", "cannot contain ':'"),
     ],
@@ -116,6 +117,8 @@ def set_env(monkeypatch: pytest.MonkeyPatch, fds: int, names: str | None, pid: i
         ("systemd", (0, None, None), "LISTEN_FDS=0"),
         ("systemd:web", (2, "web", None), "LISTEN_FDNAMES has 1 names for LISTEN_FDS=2"),
         ("systemd:admin", (2, "web:api", None), r"no socket is named 'admin'.*api, web"),
+        # Refused, not 2.6 GB of list and a MemoryError (found by hostile testing).
+        ("systemd", (9_999_999_999, None, None), "more descriptors than this process may have"),
     ],
 )
 async def test_environment_refused_before_io(
@@ -138,6 +141,24 @@ def test_cli_refuses_missing_environment() -> None:
     from cliproc import run_main
 
     assert run_main(["serve", "echo", "--bind", "systemd"]) == 2
+
+
+def test_cli_reports_a_refused_descriptor_in_one_line() -> None:
+    # fd 0 of the child is /dev/null: refused when adopted -- one error line
+    # (found by hostile testing: it was a traceback).
+    result = subprocess.run(
+        [sys.executable, "-m", "trionet", "serve", "echo", "--bind", "fd:0"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "trionet: error: invalid address 'fd:0': trionet.serve: fd 0 is a character device "
+        "(a terminal?), not a socket"
+    ]
 
 
 # ----------------------------------------------------------------------

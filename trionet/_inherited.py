@@ -51,7 +51,9 @@ CALL = "trionet.serve"
 #: The first descriptor systemd passes (``SD_LISTEN_FDS_START``).
 LISTEN_FDS_START = 3
 _ENV = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-_MAX_FD_DIGITS = 10  # beyond any RLIMIT_NOFILE; keeps int() away from huge strings
+_MAX_FD_DIGITS = 10  # keeps int() away from huge strings
+#: The largest descriptor number (a C int); larger is refused as out of range.
+_MAX_FD = 2**31 - 1
 
 
 @attrs.frozen
@@ -103,7 +105,7 @@ def _parse_fd(spec: str, text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise InvalidAddress(spec, f"{CALL}: descriptor {text!r} is not a number")
     digits = text.lstrip("0") or "0"
-    if len(digits) > _MAX_FD_DIGITS:
+    if len(digits) > _MAX_FD_DIGITS or int(digits) > _MAX_FD:
         raise InvalidAddress(spec, f"{CALL}: descriptor {text} is out of range")
     return int(digits)
 
@@ -138,6 +140,17 @@ def forget_listen_env() -> None:
     """Forget remembered ``LISTEN_*`` values (for tests)."""
     global _remembered
     _remembered = None
+
+
+def _descriptor_limit() -> int:
+    """The process's descriptor limit (RLIMIT_NOFILE's soft limit), capped at a C int."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return _MAX_FD
+    return _MAX_FD if soft == resource.RLIM_INFINITY or soft > _MAX_FD else soft
 
 
 def _count(spec: InheritedSpec, env: dict[str, str], key: str) -> int:
@@ -182,6 +195,13 @@ def descriptors(spec: InheritedSpec, *, take: bool = False) -> list[int]:
     count = _count(spec, env, "LISTEN_FDS")
     if count == 0:
         raise InvalidAddress(text, f"{CALL}: LISTEN_FDS=0: no sockets were passed")
+    limit = _descriptor_limit()
+    if LISTEN_FDS_START + count > limit:
+        raise InvalidAddress(
+            text,
+            f"{CALL}: LISTEN_FDS={count} is more descriptors than this process may have "
+            f"open ({limit})",
+        )
     numbers = list(range(LISTEN_FDS_START, LISTEN_FDS_START + count))
     if spec.name is None:
         return numbers
@@ -268,7 +288,10 @@ def adopt(spec: InheritedSpec, fd: int) -> _stdlib_socket.socket:
         raise InvalidAddress(text, f"{CALL}: fd {fd} is not open ({exc.strerror})") from None
     if not stat.S_ISSOCK(mode):
         raise InvalidAddress(text, f"{CALL}: fd {fd} is {_not_a_socket(mode)}")
-    duplicate = os.dup(fd)
+    try:
+        duplicate = os.dup(fd)
+    except OSError as exc:  # closed since the fstat, or no descriptor free
+        raise InvalidAddress(text, f"{CALL}: fd {fd} cannot be adopted ({exc.strerror})") from None
     try:
         sock = _stdlib_socket.socket(fileno=duplicate)
     except OSError as exc:

@@ -330,4 +330,6 @@ def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
         # str() of an OSError with an errno reads "[Errno 98] cannot listen
         # on ...: Address already in use"; the message alone is clearer.
         raise CLIError(exc.strerror or str(exc)) from None
+    except InvalidAddress as exc:  # an inherited descriptor refused when adopted
+        raise CLIError(str(exc)) from None
     return EXIT_OK

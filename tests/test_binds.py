@@ -37,6 +37,8 @@ def test_server_wide_options_fill_in_what_a_bind_does_not_set(
         handshake_timeout=4.0,
         proxy_protocol="off",
         trusted_proxies=(),
+        reuse_port=False,
+        socket_options=(),
     )
     assert (own.backlog, own.handshake_timeout, own.uses_tls) == (8, 1.0, True)
     assert opted_out.tls is False and not opted_out.uses_tls

@@ -185,6 +185,27 @@ def cidrs(*, none: bool) -> list[Bad]:
 PROXY_PROTOCOL = choice("required", "off")
 
 
+def socket_options(*, none: bool) -> list[Bad]:
+    """``setsockopt`` arguments: a list of (level, name, int-or-bytes value)."""
+    bad = [
+        Bad((1, 8, 1), TypeError),  # one tuple, not a list of them
+        Bad("SO_RCVBUF", TypeError),
+        Bad([[1, 8, 1]], TypeError),
+        Bad([(1, 8)], ValueError),
+        Bad([(True, 8, 1)], TypeError),
+        Bad([(1, 8.0, 1)], TypeError),
+        Bad([(1, NAN, 1)], ValueError),
+        Bad([(-1, 8, 1)], ValueError),
+        Bad([(1, 8, 2**31)], ValueError),
+        Bad([(1, 8, 1.5)], TypeError),
+        Bad([(1, 8, False)], TypeError),
+        Bad(5, TypeError),
+    ]
+    if not none:
+        bad.append(Bad(None, TypeError))
+    return bad
+
+
 ################################################################
 # The table: entry point -> option -> bad values
 ################################################################
@@ -210,6 +231,8 @@ SERVER = {
     "close_linger": LINGER,
     "proxy_protocol": PROXY_PROTOCOL,
     "trusted_proxies": cidrs(none=False),
+    "reuse_port": SWITCH,
+    "socket_options": socket_options(none=False),
 }
 CONNECT = {
     "timeout": LIMIT,
@@ -238,6 +261,8 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "handshake_timeout": seconds(zero=False, none=True, infinite=False),
         "proxy_protocol": [b for b in PROXY_PROTOCOL if b.value is not None],
         "trusted_proxies": cidrs(none=True),
+        "reuse_port": [b for b in SWITCH if b.value is not None],
+        "socket_options": socket_options(none=True),
     },
     "connect": CONNECT,
     "ConnectionPool": {"max_size": count(1, none=False), "idle_timeout": LIMIT, **CONNECT},

@@ -30,11 +30,13 @@ from . import _virtual
 from ._address import Address, UnixAddress, parse_address
 from ._inherited import check_inherited, parse_inherited
 from ._validate import (
+    check_bool,
     check_choice,
     check_cidrs,
     check_count,
     check_mode,
     check_seconds,
+    check_socket_options,
     public_call,
 )
 
@@ -47,8 +49,10 @@ __all__ = [
     "Bind",
     "BindSpec",
     "check_server_tls",
+    "SocketOptions",
     "cidrs_if_valid",
     "resolve_binds",
+    "socket_options_if_valid",
 ]
 
 #: What ``proxy_protocol`` may be.  There is no "optional": telling a header
@@ -62,6 +66,12 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 #: What a bind may be: a spec string, a (host, port) tuple, an address record,
 #: a bound listening socket, or a :class:`Bind`.
 BindSpec = Any
+
+#: ``setsockopt`` arguments applied before ``bind()``: ``(level, name, value)``.
+SocketOptions = tuple[tuple[int, int, int | bytes], ...]
+
+#: Why the socket options cannot apply to an inherited or adopted socket.
+_ALREADY_BOUND = "inherited socket: already bound"
 
 
 def _is_socket(value: object) -> bool:
@@ -129,6 +139,24 @@ def cidrs_if_valid(value: Any) -> Any:
         return value
 
 
+def socket_options_if_valid(value: Any) -> Any:
+    """``socket_options`` as a tuple of tuples -- or as given, for the
+    validator to refuse with a message naming the call and the bind."""
+    try:
+        return check_socket_options("socket_options", value, none=True)
+    except (TypeError, ValueError):
+        return value
+
+
+def _check_reuse_port(name: str, value: object) -> None:
+    if value is not None:
+        check_bool(name, value)
+
+
+def _check_socket_options(name: str, value: object) -> None:
+    check_socket_options(name, value, none=True)
+
+
 def _check_handshake(name: str, value: object) -> None:
     check_seconds(name, value, none=True, zero=False, infinite=False)
 
@@ -187,10 +215,25 @@ class Bind:
     trusted_proxies: tuple[str, ...] | None = attrs.field(
         default=None, converter=cidrs_if_valid, validator=_opt(_check_trusted)
     )
+    #: ``True`` sets ``SO_REUSEPORT`` before ``bind()`` (TCP binds only), so
+    #: independent processes may each listen on the same port and the kernel
+    #: spreads connections among them; None = the server's (default False).
+    #: Not for an inherited or adopted socket: it is already bound.
+    reuse_port: bool | None = attrs.field(default=None, validator=_opt(_check_reuse_port))
+    #: ``setsockopt`` calls made before ``bind()``, in order: a list of
+    #: ``(level, name, value)`` (``[(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
+    #: 5)]``), ``value`` an int or bytes; stored as a tuple.  None = the
+    #: server's (default none); a bind's own list replaces the server's.  Not
+    #: for an inherited or adopted socket: it is already bound.
+    socket_options: SocketOptions | None = attrs.field(
+        default=None, converter=socket_options_if_valid, validator=_opt(_check_socket_options)
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.proxy_protocol == "required" and self.trusted_proxies == ():
             _require_trusted(self)
+        if self.reuse_port or self.socket_options:
+            _check_opened(self)
         if self.unix_mode is not None and not _is_socket(self.address):
             if parse_inherited(self.address) is not None:
                 raise ValueError(
@@ -221,6 +264,21 @@ class Bind:
         return self.proxy_protocol == "required"
 
 
+def _check_opened(bind: Bind) -> None:
+    """``reuse_port``/``socket_options`` need a socket we open: not an inherited one,
+    and (``reuse_port``) not a Unix one."""
+    said = "reuse_port=True" if bind.reuse_port else "socket_options"
+    if _is_socket(bind.address) or parse_inherited(bind.address) is not None:
+        raise ValueError(
+            f"Bind({_describe(bind.address)}): {said} cannot apply: {_ALREADY_BOUND} "
+            "(options set before bind() apply to the sockets trionet opens only)"
+        )
+    if bind.reuse_port and _unix_family(bind.address):
+        raise ValueError(
+            f"Bind({_describe(bind.address)}): reuse_port=True applies to tcp:// binds only"
+        )
+
+
 def _require_trusted(bind: Bind) -> None:
     """A TCP bind reading PROXY headers must say whom it trusts to send them."""
     if parse_inherited(bind.address) is not None:
@@ -249,6 +307,8 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
         if inherited is not None:
             # Before the environment: a virtual network refuses these outright.
             _virtual.refuse("trionet.serve", str(inherited), "an inherited descriptor")
+        reuse_port, socket_options = _sockopts(bind, config)
+        if inherited is not None:
             check_inherited(inherited)  # LISTEN_* read, not removed; no descriptor touched
         tls = bind.tls if bind.tls is not None else (config.tls or False)
         unix_mode = bind.unix_mode
@@ -276,6 +336,8 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
                     if bind.handshake_timeout is not None
                     else config.handshake_timeout
                 ),
+                reuse_port=reuse_port,
+                socket_options=socket_options,
             )
         )
     if config.trusted_proxies and not any(bind.uses_proxy_protocol for bind in resolved):
@@ -284,6 +346,35 @@ def resolve_binds(binds: Sequence[BindSpec], config: ServerConfig) -> tuple[Bind
             "reads a PROXY header (say proxy_protocol='required', server-wide or per bind)"
         )
     return tuple(resolved)
+
+
+def _sockopts(bind: Bind, config: ServerConfig) -> tuple[bool, SocketOptions]:
+    """A bind's ``reuse_port`` and ``socket_options``, the server's filling in.
+
+    The server-wide ``reuse_port`` is for the ``tcp://`` binds among them;
+    server-wide ``socket_options`` for every bind trionet opens.  Either one,
+    set server-wide, refuses an inherited or adopted bind unless that bind
+    says ``reuse_port=False`` / ``socket_options=()`` itself: silently not
+    applying them would be worse.
+    """
+    reuse_port = bind.reuse_port
+    socket_options = bind.socket_options
+    opened = not _is_socket(bind.address) and parse_inherited(bind.address) is None
+    if reuse_port is None:
+        reuse_port = config.reuse_port and not (opened and _unix_family(bind.address))
+    if socket_options is None:
+        socket_options = config.socket_options
+    if not opened and (reuse_port or socket_options):
+        said, off = (
+            ("reuse_port=True", "reuse_port=False")
+            if reuse_port
+            else ("socket_options", "socket_options=()")
+        )
+        raise ValueError(
+            f"Bind({_describe(bind.address)}): the server-wide {said} cannot apply: "
+            f"{_ALREADY_BOUND} (say {off} on its Bind to leave it out)"
+        )
+    return reuse_port, socket_options
 
 
 def _is_unix(address: object) -> bool:

@@ -21,8 +21,10 @@ import attrs
 from ._binds import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     PROXY_PROTOCOL_CHOICES,
+    SocketOptions,
     check_server_tls,
     cidrs_if_valid,
+    socket_options_if_valid,
 )
 from ._server._admission import AccessPolicy
 from ._stream import DEFAULT_CLOSE_LINGER, DEFAULT_SCHEDULE_BUDGET
@@ -35,6 +37,7 @@ from ._validate import (
     check_mode,
     check_names,
     check_seconds,
+    check_socket_options,
     is_async_callable,
     none_if_infinite,
     public_call,
@@ -136,6 +139,14 @@ class ServerConfig:
     #: 0 closes at once; finite (a silent peer would hold the descriptor).
     close_linger: float = attrs.field(
         default=DEFAULT_CLOSE_LINGER, validator=validator(check_seconds, infinite=False)
+    )
+    #: Set ``SO_REUSEPORT`` before ``bind()`` on every ``tcp://`` bind that
+    #: does not say otherwise (independent processes sharing a port).
+    reuse_port: bool = attrs.field(default=False, validator=validator(check_bool))
+    #: ``setsockopt`` calls, ``(level, name, value)``, made before ``bind()``
+    #: on every bind trionet opens that does not give its own list.
+    socket_options: SocketOptions = attrs.field(
+        default=(), converter=socket_options_if_valid, validator=validator(check_socket_options)
     )
 
     @classmethod

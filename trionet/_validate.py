@@ -62,6 +62,13 @@ timers), or the idle seconds, more than 0 and at most :data:`MAX_KEEPALIVE`
 *Switches* (``tcp_nodelay``) -- :func:`check_bool`: ``True`` or ``False``;
 ``1`` or ``"yes"`` is a ``TypeError``.
 
+*Socket options* (``socket_options``) -- :func:`check_socket_options`: a
+list or tuple of ``(level, name, value)`` tuples, as for ``setsockopt``:
+``level`` and ``name`` ints in ``0..2**31-1``, ``value`` an int in a C
+``int``'s range or ``bytes``; bools are refused as everywhere.  A wrong
+type (the list, an item, a field) is a ``TypeError``, a wrong length or an
+out-of-range int a ``ValueError``.  They come back as a tuple of tuples.
+
 *Choices* (``handler_errors``; the CLI's ``--log-level``) --
 :func:`check_choice`: a ``str`` among the choices; another ``str`` is a
 ``ValueError``, anything else a ``TypeError``.
@@ -119,6 +126,7 @@ __all__ = [
     "check_mode",
     "check_names",
     "check_seconds",
+    "check_socket_options",
     "is_async_callable",
     "none_if_infinite",
     "normalise_network",
@@ -271,6 +279,49 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, not {value!r}")
     return value
+
+
+_C_INT_MIN: Final = -(2**31)
+_C_INT_MAX: Final = 2**31 - 1
+
+
+def check_socket_options(
+    name: str, value: object, *, none: bool = False
+) -> tuple[tuple[int, int, int | bytes], ...] | None:
+    """``setsockopt`` arguments: a list/tuple of ``(level, name, value)`` tuples, or None.
+
+    Raises:
+        TypeError: not a list or tuple (or None where not allowed), an item
+            that is not a tuple, a level or name that is not an int, a value
+            that is neither an int nor bytes (bools refused).
+        ValueError: an item of another length than 3; a level or name outside
+            ``0..2**31-1``; an int value outside a C ``int``.
+    """
+    if value is None and none:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"{name} must be a list of (level, name, value) tuples "
+            f"([(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)]), not {value!r}"
+        )
+    out: list[tuple[int, int, int | bytes]] = []
+    for item in value:
+        if not isinstance(item, tuple):
+            raise TypeError(f"{name} must hold (level, name, value) tuples, not {item!r}")
+        if len(item) != 3:
+            raise ValueError(f"{name} must hold (level, name, value) tuples of 3, not {item!r}")
+        level, option, setting = item
+        for field, number in (("level", level), ("name", option)):
+            check_integer(f"{name}: {item!r}: {field}", number, expected="an int")
+            if not 0 <= number <= _C_INT_MAX:
+                raise ValueError(f"{name}: {item!r}: {field} must be in 0..2**31-1")
+        if isinstance(setting, int) and not isinstance(setting, bool):
+            if not _C_INT_MIN <= setting <= _C_INT_MAX:
+                raise ValueError(f"{name}: {item!r}: an int value must fit a C int")
+        elif not isinstance(setting, bytes):
+            raise TypeError(f"{name}: {item!r}: the value must be an int or bytes")
+        out.append((level, option, setting))
+    return tuple(out)
 
 
 def check_choice(name: str, value: object, choices: Collection[str]) -> str:

@@ -30,6 +30,11 @@ details that make it production-grade:
   the path as the user wrote it.
 * **Backlog.**  ``None`` asks for 65535 and lets the kernel clamp it to
   ``somaxconn``, as Trio does.
+* **Options before bind.**  ``reuse_port=True`` sets ``SO_REUSEPORT`` and
+  ``socket_options`` are ``setsockopt`` calls, in order, on each socket
+  trionet opens, after its own options and before ``bind()``; one the
+  kernel (or the virtual network) refuses is a :class:`~trionet.ListenError`
+  naming the option and the bind.
 * Sockets come only from ``trio.socket.socket()`` and names only from
   ``trio.socket.getaddrinfo``, so Trio's socket-factory and resolver hooks
   see every call.
@@ -161,7 +166,7 @@ async def open_listeners(binds: Sequence[Bind]) -> list[Listener]:
             if inherited is not None:
                 listeners = _open_inherited(inherited, bind)
             else:
-                listeners = await _open_one(bind.address, _backlog(bind.backlog), bind.unix_mode)
+                listeners = await _open_one(bind)
             for listener in listeners:
                 listener.bind = bind
                 opened.append(listener)
@@ -171,7 +176,8 @@ async def open_listeners(binds: Sequence[Bind]) -> list[Listener]:
     return opened
 
 
-async def _open_one(bind: Any, backlog: int, unix_mode: int | None) -> list[Listener]:
+async def _open_one(resolved: Bind) -> list[Listener]:
+    bind = resolved.address
     if isinstance(bind, _stdlib_socket.socket):
         # A real OS socket: a virtual network cannot simulate it.
         _virtual.refuse("trionet.serve", bind, "an existing OS socket")
@@ -181,9 +187,33 @@ async def _open_one(bind: Any, backlog: int, unix_mode: int | None) -> list[List
             _virtual.refuse("trionet.serve", bind, "an existing OS socket")
         return [_adopt(bind)]
     address = parse_address(bind)
+    backlog = _backlog(resolved.backlog)
     if isinstance(address, UnixAddress):
-        return [await _open_unix(address, backlog, unix_mode)]
-    return await _open_tcp(address, backlog)
+        return [await _open_unix(address, backlog, resolved)]
+    return await _open_tcp(address, backlog, resolved)
+
+
+def _set_options(sock: trio.socket.SocketType, bind: Bind) -> None:
+    """``bind``'s ``SO_REUSEPORT`` and ``socket_options``, before ``bind()``.
+
+    Raises:
+        OSError: one was refused, its text naming it (the caller translates
+            it to a ListenError naming the bind).
+    """
+    options: list[tuple[str, int, int, int | bytes]] = []
+    if bind.reuse_port:
+        reuse = getattr(_stdlib_socket, "SO_REUSEPORT", None)
+        if reuse is None:  # pragma: no cover - platforms without it
+            raise OSError(errno.ENOPROTOOPT, "no SO_REUSEPORT on this platform (reuse_port=True)")
+        options.append(("reuse_port=True", _stdlib_socket.SOL_SOCKET, reuse, 1))
+    for level, name, value in bind.socket_options or ():
+        options.append((f"socket_options {(level, name, value)!r}", level, name, value))
+    for said, level, name, value in options:
+        try:
+            sock.setsockopt(level, name, value)
+        except OSError as exc:
+            what = exc.strerror or str(exc)
+            raise OSError(exc.errno, f"{what} (setting {said})") from exc
 
 
 def _adopt(sock: trio.socket.SocketType) -> Listener:
@@ -267,7 +297,7 @@ async def _resolve_passive(address: TCPAddress) -> list[tuple[Any, ...]]:
     return unique
 
 
-async def _open_tcp(address: TCPAddress, backlog: int) -> list[Listener]:
+async def _open_tcp(address: TCPAddress, backlog: int, bind: Bind) -> list[Listener]:
     infos = await _resolve_passive(address)
     for _attempt in range(_DUAL_STACK_RETRIES):
         port = address.port
@@ -290,6 +320,7 @@ async def _open_tcp(address: TCPAddress, backlog: int) -> list[Listener]:
                         sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
                     if family == _stdlib_socket.AF_INET6:
                         sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
+                    _set_options(sock, bind)
                     target = (sockaddr[0], port, *sockaddr[2:])
                     await sock.bind(target)
                     sock.listen(backlog)
@@ -401,7 +432,7 @@ async def _remove_stale(path: str, address: UnixAddress) -> None:
         raise translate_listen_error(exc, address) from exc
 
 
-async def _open_unix(address: UnixAddress, backlog: int, unix_mode: int | None) -> Listener:
+async def _open_unix(address: UnixAddress, backlog: int, bind: Bind) -> Listener:
     if _AF_UNIX is None:  # pragma: no cover - Windows without AF_UNIX
         raise ListenError(errno.EAFNOSUPPORT, f"cannot listen on {address}: no Unix sockets here")
     # Before any file system access (the stale-file probe, unlink, chmod):
@@ -414,7 +445,9 @@ async def _open_unix(address: UnixAddress, backlog: int, unix_mode: int | None) 
     inode = None
     # Resolved now, next to bind(): the working directory may change later.
     absolute = None if address.is_abstract else _absolute(path)
+    unix_mode = bind.unix_mode
     try:
+        _set_options(sock, bind)
         await sock.bind(address.sockaddr)
         if absolute is not None:
             st = os.lstat(absolute)

@@ -146,6 +146,24 @@ def test_every_serve_flag_reaches_the_server_options() -> None:
     assert not policy.allows(trionet.TCPAddress("10.0.0.1", 1))
 
 
+def test_reuse_port_flag_reaches_the_server_and_the_listener() -> None:
+    assert "reuse_port" not in server_options(build_parser().parse_args(["serve", "echo"]))
+    args = build_parser().parse_args(["serve", "echo", "--reuse-port"])
+    assert trionet.ServerConfig(**server_options(args)).reuse_port is True
+
+
+async def test_two_cli_style_servers_share_a_port_with_reuse_port() -> None:
+    options = server_options(build_parser().parse_args(["serve", "echo", "--reuse-port"]))
+    async with trionet.open_server(_noop, "tcp://127.0.0.1:0", **options) as first:
+        address = first.addresses[0]
+        async with trionet.open_server(_noop, address, **options) as second:
+            assert second.addresses == [address]
+
+
+async def _noop(conn: trionet.Connection) -> None:
+    await conn.aclose()
+
+
 def test_deny_alone_admits_everyone_else() -> None:
     args = build_parser().parse_args(["serve", "echo", "--deny", "10.0.0.0/8"])
     policy = server_options(args)["access"]

@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("--backlog", type=_count, metavar="N", help="listen() queue length")
     srv.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="set SO_REUSEPORT on the tcp:// listeners (independent processes sharing a port)",
+    )
+    srv.add_argument(
         "--grace",
         type=_seconds(infinite=True),
         default=10.0,

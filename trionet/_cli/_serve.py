@@ -159,6 +159,8 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         }
         if args.close_linger is not None:
             options["close_linger"] = args.close_linger
+        if args.reuse_port:
+            options["reuse_port"] = True
         context = server_context(args)
         if context is not None:
             options["tls"] = context
@@ -196,6 +198,7 @@ _FLAG_NAMES: Final = {
     "shutdown_grace": "--grace",
     "unix_mode": "--unix-mode",
     "backlog": "--backlog",
+    "reuse_port": "--reuse-port",
     "close_linger": "--close-linger",
     "handshake_timeout": "--handshake-timeout",
     "tls": "--tls-cert",

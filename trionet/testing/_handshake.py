@@ -25,17 +25,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._base import BOUND, CONNECTED, CONNECTING, format_address, oserror
 from ._pipe import Direction
-from ._socket_io import oserror
+from ._socket import VirtualSocket
 
 if TYPE_CHECKING:
     from ._hosts import Host
     from ._network import VirtualNetwork
-    from ._socket import VirtualSocket
 
 __all__ = ["handshake"]
-
-_CONNECTING, _CONNECTED, _BOUND = 3, 4, 1
 
 
 def _check(sock: VirtualSocket) -> None:
@@ -106,8 +104,8 @@ async def handshake(net: VirtualNetwork, sock: VirtualSocket, ip: str, port: int
     seed = f"trionet/{net.seed}/{local[0]}>{ip}/{index}"
     c2s = Direction(src.name, dst.name, random.Random(seed + "/c2s"), net._delay, net.buffer_size)
     s2c = Direction(dst.name, src.name, random.Random(seed + "/s2c"), net._delay, net.buffer_size)
-    sock._key = f"{_fmt(local)}>{_fmt(peer)}"
-    sock._state = _CONNECTING
+    sock._key = f"{format_address(local)}>{format_address(peer)}"
+    sock._state = CONNECTING
     net._record(sock._key, "connect")
     woken: VirtualSocket | None = None  # the listener whose room wake-up this connect holds
     try:
@@ -143,15 +141,13 @@ async def handshake(net: VirtualNetwork, sock: VirtualSocket, ip: str, port: int
             break
     except BaseException:
         if not sock._closed:
-            sock._state = _BOUND
+            sock._state = BOUND
         if woken is not None and woken._room_waiters:
             woken._room_waiters.popleft().set()  # pass the wake-up on: never strand one
         raise
-    from ._socket import VirtualSocket
-
     server = VirtualSocket(net, family, int(sock.type), sock.proto)
     server._local, server._host, server._epoch = peer, dst, dst.epoch
-    server._attach(f"{_fmt(peer)}>{_fmt(local)}", local, c2s, s2c)
+    server._attach(f"{format_address(peer)}>{format_address(local)}", local, c2s, s2c)
     sock._attach(sock._key, peer, s2c, c2s)
     now = trio.current_time()
     for way, a, b in ((c2s, src, dst), (s2c, dst, src)):
@@ -160,10 +156,5 @@ async def handshake(net: VirtualNetwork, sock: VirtualSocket, ip: str, port: int
     server._other, sock._other = sock, server
     net._adopt(server, c2s, s2c)
     listener._enqueue(server)
-    sock._state = _CONNECTED
+    sock._state = CONNECTED
     net._record(sock._key, "connected")
-
-
-def _fmt(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket as _stdlib
 from typing import TYPE_CHECKING, Any
+
+from ._base import oserror
 
 if TYPE_CHECKING:
     from ._socket import VirtualSocket
@@ -117,10 +118,6 @@ def _family_of(ip: str) -> int:
     return _stdlib.AF_INET6 if ":" in ip else _stdlib.AF_INET
 
 
-def _oserror(code: int, detail: str) -> OSError:
-    return OSError(code, f"{os.strerror(code)} ({detail})")
-
-
 class BindTable:
     """Which (family, address, port) each bound socket holds; the ephemeral port allocator."""
 
@@ -144,7 +141,7 @@ class BindTable:
         if port == 0:
             port = self._ephemeral(family, ip, describe)
         elif self._conflicts(family, ip, port):
-            raise _oserror(errno.EADDRINUSE, f"{ip} port {port} is taken on {describe}")
+            raise oserror(errno.EADDRINUSE, f"{ip} port {port} is taken on {describe}")
         self._by_port.setdefault((family, port), []).append(sock)
         return port
 
@@ -158,7 +155,7 @@ class BindTable:
                 self._next[(family, ip)] = nxt
                 return port
             port = nxt
-        raise _oserror(errno.EADDRNOTAVAIL, f"no ephemeral port is free for {ip} on {describe}")
+        raise oserror(errno.EADDRNOTAVAIL, f"no ephemeral port is free for {ip} on {describe}")
 
     def release(self, sock: VirtualSocket) -> None:
         if sock._local is None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import math
-import os
 import random
 import socket as _stdlib
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import trio
 
 from .. import _virtual
 from . import _safety
+from ._base import oserror
 from ._handshake import handshake
 from ._hosts import AddressBook, BindTable, Host, normalise_ip, parse_sockaddr
 from ._pipe import Direction, Wakeup
@@ -39,10 +39,6 @@ from ._trace import Trace, TraceEvent
 __all__ = ["VirtualNetwork"]
 
 _DIRECTIONS = ("both", "a->b", "b->a")
-
-
-def _oserror(code: int, detail: str) -> OSError:
-    return OSError(code, f"{os.strerror(code)} ({detail})")
 
 
 class VirtualNetwork:
@@ -382,7 +378,7 @@ class VirtualNetwork:
         if ip not in ("0.0.0.0", "::"):
             owner = self._book.owners.get(ip)
             if owner is None:
-                raise _oserror(
+                raise oserror(
                     errno.EADDRNOTAVAIL,
                     f"no host of {self.describe()} has the address {ip}; add it with add_host()",
                 )

@@ -33,34 +33,19 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._base import BOUND, CONNECTED, CONNECTING, LISTENING, NEW, format_address, oserror
 from ._options import READ_ONLY, SocketOptions
 from ._pipe import FIN, Direction, Wakeup
-from ._socket_io import SocketIO, oserror
+from ._socket_io import SocketIO
 
 if TYPE_CHECKING:
     from ._hosts import Host
     from ._network import VirtualNetwork
 
-__all__ = [
-    "BOUND",
-    "CONNECTED",
-    "CONNECTING",
-    "LISTENING",
-    "NEW",
-    "VirtualSocket",
-    "format_address",
-]
+__all__ = ["VirtualSocket"]
 
-NEW, BOUND, LISTENING, CONNECTING, CONNECTED = range(5)
 _SOMAXCONN = 4096
-
-
 _error = oserror
-
-
-def format_address(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class VirtualSocket(SocketIO, trio.socket.SocketType):

@@ -19,26 +19,18 @@ from __future__ import annotations
 import errno
 import math
 import operator
-import os
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._base import CONNECTED, oserror
 from ._pipe import DATA, RST
 
 if TYPE_CHECKING:
     from ._network import VirtualNetwork
     from ._pipe import Direction
 
-__all__ = ["SocketIO", "oserror"]
-
-CONNECTED = 4
-
-
-def oserror(code: int, detail: str = "") -> OSError:
-    """``OSError(code, "strerror (detail)")``."""
-    message = os.strerror(code)
-    return OSError(code, f"{message} ({detail})" if detail else message)
+__all__ = ["SocketIO"]
 
 
 class SocketIO:

@@ -19,9 +19,12 @@ resolved addresses, all under one deadline::
 
 Why not :func:`trio.open_tcp_stream`?
 -------------------------------------
-Its happy-eyeballs loop is our model, but it cannot bind a local *port*,
-report each attempt (it raises a plain ``OSError`` from an ``ExceptionGroup``)
-or run one attempt at a time (``happy_eyeballs_delay=None`` becomes 0.25 s).
+Its happy-eyeballs loop is the model for ours, but it cannot do three things
+we need: bind a local *port* (it binds ``(local_address, 0)`` only), report
+each attempt (it keeps bare ``OSError``s and raises a plain ``OSError`` from an
+``ExceptionGroup``), and run strictly one attempt at a time (it silently turns
+``happy_eyeballs_delay=None`` into 0.25 s).  So we own the loop.  Each round's
+addresses come from ``_resolve``.
 
 Happy eyeballs (RFC 8305)
 -------------------------
@@ -107,7 +110,7 @@ import math
 import socket as _stdlib_socket
 import ssl
 from contextlib import suppress
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -130,13 +133,12 @@ from ._plan import (
     DEFAULT_BACKOFF,
     DEFAULT_HAPPY_EYEBALLS_DELAY,
     DEFAULT_MAX_BACKOFF,
-    WILDCARD_HOSTS,
     AttemptObserver,
     ConnectPlan,
     backoff_delay,
-    interleave_families,
     make_plan,
 )
+from ._resolve import Target, resolve
 
 log = logging.getLogger("trionet.client")
 
@@ -145,62 +147,9 @@ log = logging.getLogger("trionet.client")
 _PERMANENT_SETUP_ERRNOS: Final = frozenset(
     {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EACCES, errno.EINVAL, errno.EPROTONOSUPPORT}
 )
-# ``getaddrinfo`` codes that mean "this name has no address", not "try again".
-_PERMANENT_LOOKUP_CODES: Final = frozenset(
-    code
-    for code in (
-        getattr(_stdlib_socket, "EAI_NONAME", None),
-        getattr(_stdlib_socket, "EAI_FAIL", None),
-    )
-    if code is not None
-)
-
 __all__ = ["connect", "connect_with_plan"]
 
 _AF_UNIX = getattr(_stdlib_socket, "AF_UNIX", None)
-_INET_FAMILIES = (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6)
-
-# One resolved address to try: (family, type, proto, sockaddr, display address).
-_Target = tuple[int, int, int, Any, Address]
-
-
-async def _resolve(run: Run, round_: int) -> list[_Target] | None:
-    """The addresses to try this round, or None (failure recorded)."""
-    address = run.plan.target
-    if isinstance(address, UnixAddress):
-        assert _AF_UNIX is not None
-        return [(_AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, address.sockaddr, address)]
-    host: str | None = None if address.host in WILDCARD_HOSTS else address.host
-    attempt = run.begin(address, round_)
-    try:
-        entries = await trio.socket.getaddrinfo(host, address.port, type=_stdlib_socket.SOCK_STREAM)
-    except OSError as exc:
-        permanent = (
-            isinstance(exc, _stdlib_socket.gaierror) and exc.errno in _PERMANENT_LOOKUP_CODES
-        )
-        run.end(attempt, "failed", exc, retryable=not permanent)
-        return None
-    except BaseException:
-        run.end_interrupted(attempt, winner_found=False)
-        raise
-    entries = [e for e in entries if e[0] in _INET_FAMILIES]
-    local = run.plan.local
-    if local is not None:
-        entries = [e for e in entries if e[0] == local[2]]
-    if not entries:
-        why = f"{address.host or 'the wildcard host'} has no address"
-        if local is not None:
-            version = "IPv4" if local[2] == _stdlib_socket.AF_INET else "IPv6"
-            why = f"{address.host or 'the wildcard host'} has no {version} address "
-            why += f"(to match local_address {local[0]})"
-        run.end(attempt, "failed", OSError(errno.EADDRNOTAVAIL, why), retryable=False)
-        return None
-    # The lookup succeeded: it is not an attempt of its own.
-    run.attempts.remove(attempt)
-    targets: list[_Target] = []
-    for family, type_, proto, _canon, sockaddr in interleave_families(entries):
-        targets.append((family, type_, proto, sockaddr, address_from_sockaddr(family, sockaddr)))
-    return targets
 
 
 def _prepare(
@@ -234,14 +183,14 @@ def _setup_failure(exc: OSError, local: tuple[str, int] | None) -> tuple[OSError
 
 
 async def _race(
-    run: Run, targets: list[_Target], round_: int
-) -> tuple[trio.socket.SocketType, _Target] | None:
+    run: Run, targets: list[Target], round_: int
+) -> tuple[trio.socket.SocketType, Target] | None:
     """Happy eyeballs over ``targets``; the winning socket, or None if all failed."""
     plan = run.plan
     delay = plan.happy_eyeballs_delay
-    winner: tuple[trio.socket.SocketType, _Target] | None = None
+    winner: tuple[trio.socket.SocketType, Target] | None = None
 
-    async def attempt(target: _Target, failed: trio.Event, nursery: trio.Nursery) -> None:
+    async def attempt(target: Target, failed: trio.Event, nursery: trio.Nursery) -> None:
         nonlocal winner
         family, type_, proto, sockaddr, display = target
         record = run.begin(display, round_)
@@ -298,7 +247,7 @@ async def _race(
     return winner
 
 
-def _wrap(sock: trio.socket.SocketType, target: _Target, plan: ConnectPlan) -> Connection:
+def _wrap(sock: trio.socket.SocketType, target: Target, plan: ConnectPlan) -> Connection:
     family, _type, _proto, _sockaddr, display = target
     try:
         peer = address_from_sockaddr(family, sock.getpeername())
@@ -320,7 +269,7 @@ async def connect_with_plan(plan: ConnectPlan) -> Connection:
         _virtual.refuse("trionet.connect", str(plan.target), "a Unix socket")
     run = Run(plan)
     deadline = math.inf if plan.timeout is None else run.t0 + plan.timeout
-    won: tuple[trio.socket.SocketType, _Target] | None = None
+    won: tuple[trio.socket.SocketType, Target] | None = None
     conn: Connection | None = None
     with trio.move_on_at(deadline) as scope:
         run.deadline_scope = scope
@@ -337,7 +286,7 @@ async def connect_with_plan(plan: ConnectPlan) -> Connection:
                 )
                 await trio.sleep(pause)
             run.retryable = False
-            targets = await _resolve(run, round_)
+            targets = await resolve(run, round_)
             if targets is not None:
                 won = await _race(run, targets, round_)
                 if won is not None:

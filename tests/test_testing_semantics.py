@@ -17,14 +17,21 @@ import trionet
 from trionet.testing import VirtualNetwork, fill_stream
 
 
+async def listening(
+    address: tuple[str, int] = ("127.0.0.1", 0), backlog: int = 5
+) -> trio.socket.SocketType:
+    """A virtual socket listening on ``address`` (IPv6 if the address is)."""
+    listener = trio.socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+    await listener.bind(address)
+    listener.listen(backlog)
+    return listener
+
+
 async def socket_pair(
     address: str = "127.0.0.1",
 ) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    listener = trio.socket.socket(family)
-    await listener.bind((address, 0))
-    listener.listen(1)
-    client = trio.socket.socket(family)
+    listener = await listening((address, 0), backlog=1)
+    client = trio.socket.socket(listener.family)
     await client.connect(listener.getsockname())
     server, _ = await listener.accept()
     listener.close()
@@ -197,9 +204,7 @@ async def test_refused_unreachable_and_closed_listener(virtual_network: VirtualN
         await s.connect(("127.0.0.77", 9))
     assert unreachable.value.errno == errno.EHOSTUNREACH
     s.close()
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(5)
+    listener = await listening(backlog=5)
 
     async def close_soon() -> None:
         await trio.testing.wait_all_tasks_blocked()
@@ -214,9 +219,7 @@ async def test_refused_unreachable_and_closed_listener(virtual_network: VirtualN
 async def test_queued_connection_of_a_closed_listener_is_reset(
     virtual_network: VirtualNetwork,
 ) -> None:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(5)
+    listener = await listening(backlog=5)
     client = trio.socket.socket()
     await client.connect(listener.getsockname())
     assert listener.is_readable()
@@ -285,9 +288,7 @@ async def test_bytes_and_fin_of_a_socket_closed_during_a_partition_arrive_after_
     virtual_network: VirtualNetwork, autojump_clock: trio.testing.MockClock
 ) -> None:
     virtual_network.add_host("far.test", "127.0.0.50")
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.50", 80))
-    listener.listen(1)
+    listener = await listening(("127.0.0.50", 80), 1)
     client = trio.socket.socket()
     await client.connect(("127.0.0.50", 80))
     server, _ = await listener.accept()
@@ -314,9 +315,7 @@ async def test_closing_a_socket_ends_its_pending_connect(
     virtual_network: VirtualNetwork, autojump_clock: trio.testing.MockClock
 ) -> None:
     virtual_network.add_host("far.test", "127.0.0.50")
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.50", 80))
-    listener.listen(1)
+    listener = await listening(("127.0.0.50", 80), 1)
     virtual_network.partition("localhost", "far.test")
     client = trio.socket.socket()
 
@@ -337,9 +336,7 @@ async def test_closing_a_socket_ends_its_pending_connect(
 async def test_a_connect_waiting_for_backlog_room_is_refused_when_the_listener_closes(
     virtual_network: VirtualNetwork, autojump_clock: trio.testing.MockClock
 ) -> None:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(0)  # room for one
+    listener = await listening(backlog=0)  # room for one
     first = trio.socket.socket()
     await first.connect(listener.getsockname())
     second = trio.socket.socket()
@@ -359,9 +356,7 @@ async def test_a_connect_waiting_for_backlog_room_is_refused_when_the_listener_c
 async def test_many_pending_connects_are_served_in_order(
     virtual_network: VirtualNetwork, autojump_clock: trio.testing.MockClock
 ) -> None:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
+    listener = await listening(backlog=0)
     connected: list[int] = []
 
     async def client(i: int) -> None:
@@ -437,9 +432,7 @@ async def test_no_connection_is_queued_before_the_handshake_completes(
     virtual_network: VirtualNetwork, autojump_clock: trio.testing.MockClock
 ) -> None:
     virtual_network.add_host("far.test", "127.0.0.50")
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.50", 80))
-    listener.listen(5)
+    listener = await listening(("127.0.0.50", 80), 5)
     virtual_network.partition("far.test", "localhost", direction="a->b")  # SYN-ACKs lost
     client = trio.socket.socket()
     with trio.move_on_after(30):
@@ -476,9 +469,7 @@ async def test_a_woken_connect_that_is_cancelled_passes_its_turn_on(
     virtual_network: VirtualNetwork, autojump_clock: trio.testing.MockClock
 ) -> None:
     virtual_network.set_latency("localhost", "localhost", 1.0)
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
+    listener = await listening(backlog=0)
     first = trio.socket.socket()
     await first.connect(listener.getsockname())
     done: list[str] = []
@@ -512,9 +503,7 @@ async def test_a_woken_connect_that_is_cancelled_passes_its_turn_on(
 async def test_a_larger_backlog_lets_waiting_connects_in(
     virtual_network: VirtualNetwork, autojump_clock: trio.testing.MockClock
 ) -> None:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
+    listener = await listening(backlog=0)
     first = trio.socket.socket()
     await first.connect(listener.getsockname())
     second = trio.socket.socket()

@@ -193,6 +193,23 @@ def openssl_client(openssl: str, port: int, ca: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+async def start_s_client(
+    port: int, tls_ca: Any, tmp_path: Any, *extra: str
+) -> tuple[trio.Process, Output]:
+    """``openssl s_client`` connected to 127.0.0.1:``port``, trusting ``tls_ca``; its output."""
+    openssl = require_program("openssl")
+    ca = f"{tmp_path}/ca.pem"
+    tls_ca.cert_pem.write_to_path(ca)
+    proc = await trio.lowlevel.open_process(
+        openssl_client(openssl, port, ca, *extra),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    return proc, Output(proc.stdout)
+
+
 class Output:
     """Reads a subprocess's output until a word shows up."""
 
@@ -452,18 +469,9 @@ async def test_many_key_updates_from_openssl_leave_the_stream_working(
     tmp_path: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    openssl = require_program("openssl")
     server = await trionet_server(services.echo, tls=server_tls, handler_errors="log")
-    ca = f"{tmp_path}/ca.pem"
-    tls_ca.cert_pem.write_to_path(ca)
-    proc = await trio.lowlevel.open_process(
-        openssl_client(openssl, port_of(server), ca, "-tls1_3"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    out = Output(proc.stdout)
+    proc, out = await start_s_client(port_of(server), tls_ca, tmp_path, "-tls1_3")
+    assert proc.stdin is not None
     try:
         with trio.fail_after(15):
             for i in range(20):
@@ -492,18 +500,9 @@ async def test_a_tls12_renegotiation_attempt_costs_at_most_its_connection(
     tmp_path: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    openssl = require_program("openssl")
     server = await trionet_server(services.echo, tls=server_tls, handler_errors="log")
-    ca = f"{tmp_path}/ca.pem"
-    tls_ca.cert_pem.write_to_path(ca)
-    proc = await trio.lowlevel.open_process(
-        openssl_client(openssl, port_of(server), ca, "-tls1_2"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    out = Output(proc.stdout)
+    proc, out = await start_s_client(port_of(server), tls_ca, tmp_path, "-tls1_2")
+    assert proc.stdin is not None
     try:
         with trio.fail_after(15):
             await proc.stdin.send_all(b"before\n")

@@ -53,6 +53,10 @@ if TYPE_CHECKING:
     from ._stream import ConnectionInfo as ConnectionInfo
     from ._stream import StreamConnection as StreamConnection
     from ._stream import TLSInfo as TLSInfo
+    from ._workers import Supervisor as Supervisor
+    from ._workers import SupervisorReport as SupervisorReport
+    from ._workers import WorkerStartError as WorkerStartError
+    from ._workers import supervise as supervise
 
 #: Public name -> the private module that defines it.
 _EXPORTS: dict[str, str] = {
@@ -92,6 +96,10 @@ _EXPORTS: dict[str, str] = {
     "open_server": "._server._serve",
     "serve": "._server._serve",
     "ServerStats": "._stats",
+    "Supervisor": "._workers",
+    "SupervisorReport": "._workers",
+    "WorkerStartError": "._workers",
+    "supervise": "._workers",
 }
 
 __all__ = [
@@ -121,10 +129,13 @@ __all__ = [
     "ServerStats",
     "ShutdownReport",
     "StreamConnection",
+    "Supervisor",
+    "SupervisorReport",
     "TCPAddress",
     "TLSInfo",
     "TrionetError",
     "UnixAddress",
+    "WorkerStartError",
     "__version__",
     "connect",
     "drain_on_signals",
@@ -132,6 +143,7 @@ __all__ = [
     "parse_address",
     "parse_proxy_header",
     "serve",
+    "supervise",
 ]
 
 

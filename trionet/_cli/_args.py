@@ -15,7 +15,10 @@ from .._validate import check_count, check_mode, check_seconds
 from .._version import __version__
 from ._errors import EXIT_USAGE
 
-__all__ = ["DEFAULT_BIND", "build_parser"]
+__all__ = ["DEFAULT_BIND", "MAX_WORKERS", "UsageError", "build_parser"]
+
+#: The most worker processes ``--workers`` starts (a typo guard, not a tuning knob).
+MAX_WORKERS: Final = 1024
 
 #: Where ``trionet serve`` listens when given no ``--bind`` (also ``make run``).
 DEFAULT_BIND: Final = "tcp://127.0.0.1:7007"
@@ -31,6 +34,17 @@ class _Parser(argparse.ArgumentParser):
         # line and point at --help instead, so scripts and people see the
         # same "trionet: error: ..." shape for every failure.
         self.exit(EXIT_USAGE, f"trionet: error: {message} (see '{self.prog} --help')\n")
+
+
+class UsageError(Exception):
+    """What a :func:`build_parser` ``(raising=True)`` parser raises instead of exiting."""
+
+
+class _RaisingParser(_Parser):
+    """A parser for the Python entry points: errors are exceptions, nothing is printed."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
 
 
 ################################################################
@@ -88,8 +102,34 @@ def _octal(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _workers(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a supervisor runs 1 to {MAX_WORKERS} worker processes"
+        )
+    return value
+
+
+def _descriptor(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a descriptor number") from None
+    if not 0 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a descriptor number")
+    return value
+
+
+def build_parser(*, raising: bool = False) -> argparse.ArgumentParser:
     """The ``trionet`` argument parser (``serve`` and ``connect`` sub-commands).
+
+    Args:
+        raising: errors raise :class:`UsageError` instead of printing and
+            exiting (for :func:`trionet.supervise`).
 
     Returns:
         A parser whose errors print one ``trionet: error: ...`` line and exit 2.
@@ -99,12 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         >>> build_parser().parse_args(["serve", "echo"]).backlog is None
         True
     """
-    parser = _Parser(
+    parser_class = _RaisingParser if raising else _Parser
+    parser = parser_class(
         prog="trionet",
         description="Structured-concurrency networking for Trio: serve and connect.",
     )
     parser.add_argument("--version", action="version", version=f"trionet {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=parser_class
+    )
 
     srv = commands.add_parser(
         "serve",
@@ -215,6 +258,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="a network allowed to send PROXY headers (repeatable; required with "
         "--proxy-protocol on TCP binds); other sources are refused",
     )
+    workers = srv.add_argument_group(
+        "worker processes",
+        "a supervisor opens every --bind once and runs N worker processes that share the "
+        "sockets; SIGHUP replaces them one by one (no connect refused), SIGTERM drains them",
+    )
+    workers.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help=f"run N worker processes under a supervisor (1-{MAX_WORKERS})",
+    )
+    workers.add_argument(
+        "--ready-timeout",
+        type=_seconds(zero=False),
+        default=30.0,
+        metavar="S",
+        help="seconds a starting worker gets to be accepting (default 30)",
+    )
+    # Internal: how a supervisor tells its worker where its channel is.
+    srv.add_argument("--worker-channel", type=_descriptor, help=argparse.SUPPRESS)
     srv.add_argument("--log-level", choices=_LOG_LEVELS, default="info", help="default: info")
 
     con = commands.add_parser(

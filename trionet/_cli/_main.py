@@ -21,6 +21,8 @@ from ._signals import DroppedInterrupts, only_interrupts
 __all__ = ["main"]
 
 _LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: With worker processes, every line says which process wrote it.
+_PROCESS_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,7 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None, interrupts: DroppedInterrupts) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT, stream=sys.stderr)
+    processes = args.command == "serve" and (
+        args.workers is not None or args.worker_channel is not None
+    )
+    log_format = _PROCESS_LOG_FORMAT if processes else _LOG_FORMAT
+    logging.basicConfig(level=args.log_level.upper(), format=log_format, stream=sys.stderr)
     try:
         if args.command == "serve":
             return run_serve(args, interrupts)

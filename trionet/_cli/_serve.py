@@ -168,8 +168,9 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
             raise CLIError("--trusted-proxy needs --proxy-protocol", EXIT_USAGE)
         if args.proxy_protocol:
             if not args.trusted_proxy and any(
-                not spec.startswith("unix:") for spec in bind_specs(args)
-            ):
+                not spec.startswith("unix:") and parse_inherited(spec) is None
+                for spec in bind_specs(args)
+            ):  # an inherited socket's family is checked when it is adopted
                 raise CLIError(
                     "--proxy-protocol needs --trusted-proxy CIDR (the networks of your load "
                     "balancers): trusting every source would let any client claim any address",
@@ -274,9 +275,15 @@ async def _serve(
     options: dict[str, Any],
     grace: float,
     interrupts: DroppedInterrupts,
+    channel_fd: int | None = None,
 ) -> None:
     # Trio's SIGINT handler is in place now, and never raises where it lands.
     interrupts.check()
+    channel = None
+    if channel_fd is not None:  # a worker of a supervisor (``--workers``)
+        from .._workers import _worker
+
+        channel = _worker.open_channel(channel_fd)
     reports: list[ShutdownReport] = []
     latch = SignalLatch()
 
@@ -303,10 +310,16 @@ async def _serve(
             # for this task's next checkpoint: take it here, so that an
             # interrupted start-up never says "listening on".
             await trio.lowlevel.checkpoint()
-            for address in server.addresses:
-                _print(f"listening on {address}")
+            if channel is not None:  # the supervisor says "listening on"
+                await nursery.start(_worker.follow_supervisor, channel, server, grace)
+            else:
+                for address in server.addresses:
+                    _print(f"listening on {address}")
             latch.replay()
     report = reports[0]
+    if channel is not None:
+        await _worker.say_exit(channel, _worker.exit_message(server, report))
+        return
     _print(
         f"shutdown: finished={report.finished} cancelled={report.cancelled} "
         f"in_stages={report.in_stages} swept={report.swept} elapsed={report.elapsed:.3f}s"
@@ -315,6 +328,14 @@ async def _serve(
 
 
 def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
+    if args.workers is not None:
+        from ._workers import run_workers
+
+        return run_workers(args, interrupts)
+    if args.worker_channel is not None:
+        from .._workers._worker import ignore_hangup
+
+        ignore_hangup()
     binds = bind_specs(args)
     options = server_options(args)
     check_serve(binds, options, args.grace)
@@ -327,6 +348,7 @@ def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
             options,
             args.grace,
             interrupts,
+            args.worker_channel,
             restrict_keyboard_interrupt_to_checkpoints=True,
         )
     except ListenError as exc:  # AddressInUse and unresolvable hosts included

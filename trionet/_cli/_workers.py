@@ -1,0 +1,78 @@
+"""``trionet serve --workers N``: a supervisor, its signals, and its combined report.
+
+Everything is checked first, as for one process (the flags, the TLS files,
+the handler -- imported once here, so that a typo is exit 2 and not N
+workers dying young).  Then ``trio.run`` opens the binds, starts the
+workers, and prints ``listening on ...`` once every worker is accepting,
+then ``workers: N ready (pids ...)``.  SIGHUP reloads; SIGINT or SIGTERM
+drains, a second one cuts the grace; at exit it prints the summed
+``shutdown:`` and ``stats:`` lines of every worker, and a ``workers:``
+line (started, crashed, restarted, reloads).  The workers log to the same
+stderr.
+
+SIGINT/SIGTERM before the supervisor is ready: the start-up unwinds, the
+workers started so far are stopped and reaped, and the exit is 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import attrs
+import trio
+
+from .._exceptions import InvalidAddress, ListenError
+from ._errors import EXIT_ERROR, EXIT_OK, CLIError
+from ._signals import DroppedInterrupts, SignalLatch
+
+__all__ = ["run_workers"]
+
+
+def _print(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+async def _supervise(plan: object, interrupts: DroppedInterrupts) -> None:
+    from .._workers._plan import WorkerPlan
+    from .._workers._supervisor import Supervisor, run_plan
+
+    assert isinstance(plan, WorkerPlan)
+    interrupts.check()
+    async with trio.open_nursery() as nursery:
+        supervisor: Supervisor = await nursery.start(run_plan, plan)
+        await nursery.start(supervisor.handle_signals)
+        await trio.lowlevel.checkpoint()  # a Ctrl-C just before: no "listening on"
+        for address in supervisor.addresses:
+            _print(f"listening on {address}")
+        pids = " ".join(str(pid) for pid in supervisor.pids)
+        _print(f"workers: {supervisor.workers} ready (pids {pids})")
+        report = await supervisor.wait_stopped()
+    SignalLatch.ignore()
+    _print(
+        f"shutdown: workers={report.workers} finished={report.finished} "
+        f"cancelled={report.cancelled} in_stages={report.in_stages} swept={report.swept} "
+        f"elapsed={report.elapsed:.3f}s"
+    )
+    _print("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(report.stats).items()))
+    _print(
+        f"workers: started={report.started} crashed={report.crashed} "
+        f"restarted={report.restarted} reloads={report.reloads_done}/{report.reloads} "
+        f"unreported={report.unreported}"
+    )
+
+
+def run_workers(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
+    """Run ``trionet serve ... --workers N`` (see the module notes)."""
+    from .._workers._plan import plan_from_args
+    from .._workers._supervisor import WorkerStartError
+
+    plan = plan_from_args(args)
+    try:
+        trio.run(_supervise, plan, interrupts, restrict_keyboard_interrupt_to_checkpoints=True)
+    except ListenError as exc:
+        raise CLIError(exc.strerror or str(exc)) from None
+    except InvalidAddress as exc:
+        raise CLIError(str(exc)) from None
+    except WorkerStartError as exc:
+        raise CLIError(str(exc), EXIT_ERROR) from None
+    return EXIT_OK

@@ -1,0 +1,246 @@
+"""What a supervisor will run, checked before anything is opened: a :class:`WorkerPlan`.
+
+A worker is ``python -m trionet serve`` -- the command line is the one
+interface a fresh interpreter can be given -- so a plan is built from the
+``serve`` flags, whichever way the supervisor was started:
+
+* ``trionet serve ... --workers N`` hands its parsed arguments to
+  :func:`plan_from_args`;
+* :func:`trionet.supervise` takes the same flags as keywords
+  (``--max-per-host 5`` is ``max_per_host=5``), turns them into arguments,
+  and goes through the same parser and the same checks
+  (:func:`plan_from_options`).
+
+Either way every flag is checked by the code ``trionet serve`` uses, TLS
+files are loaded once, and the handler spec is resolved, before a socket is
+opened or a process started.  The flags that shape the *listening* sockets
+(``--bind``, ``--backlog``, ``--reuse-port``, ``--unix-mode``) are the
+supervisor's: it opens every bind once.  Each worker gets the others, and
+its sockets as ``--bind fd:N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import attrs
+
+from .._cli._args import UsageError, build_parser
+from .._cli._errors import CLIError
+from .._cli._serve import bind_specs, check_serve, resolve_handler, server_options
+
+__all__ = ["SUPERVISOR_FLAGS", "WorkerPlan", "plan_from_args", "plan_from_options"]
+
+#: ``serve`` flags that stay with the supervisor: they shape the listening
+#: sockets (which it opens once), or are its own.
+SUPERVISOR_FLAGS: Final = frozenset(
+    {"bind", "backlog", "reuse_port", "unix_mode", "workers", "ready_timeout", "worker_channel"}
+)
+_NOT_OPTIONS: Final = frozenset({"help", "handler", "command", "worker_channel", "workers"})
+
+
+@attrs.frozen
+class WorkerPlan:
+    """Everything a supervisor needs, checked (internal)."""
+
+    #: The ``serve`` HANDLER argument (``echo`` or ``MODULE:FUNCTION``).
+    handler: str
+    #: The bind specs, as given (the supervisor opens them).
+    binds: tuple[str, ...]
+    #: ``serve`` keyword options (what the supervisor's listeners need).
+    options: Mapping[str, Any]
+    #: The worker's ``serve`` flags, after HANDLER and before its ``--bind fd:N``.
+    worker_flags: tuple[str, ...]
+    workers: int
+    grace: float
+    ready_timeout: float
+
+    def command(self, fds: Sequence[int], channel: int) -> list[str]:
+        """The worker's command line, given its listening descriptors and its channel."""
+        binds = [arg for fd in fds for arg in ("--bind", f"fd:{fd}")]
+        return [
+            sys.executable,
+            "-m",
+            "trionet",
+            "serve",
+            self.handler,
+            *self.worker_flags,
+            *binds,
+            "--worker-channel",
+            str(channel),
+        ]
+
+
+def plan_from_args(args: argparse.Namespace, *, import_handler: bool = True) -> WorkerPlan:
+    """The plan for parsed ``serve`` arguments with ``--workers``.
+
+    Raises:
+        CLIError: what ``trionet serve`` would refuse (with its exit code).
+    """
+    binds = bind_specs(args)
+    options = server_options(args)
+    check_serve(binds, options, args.grace)
+    if args.worker_channel is not None:
+        raise CLIError("--workers and --worker-channel cannot be used together", 2)
+    if import_handler:
+        resolve_handler(args.handler)  # a typo or an import error, said now
+    return WorkerPlan(
+        handler=args.handler,
+        binds=tuple(binds),
+        options=options,
+        worker_flags=tuple(_worker_flags(args)),
+        workers=args.workers,
+        grace=args.grace,
+        ready_timeout=args.ready_timeout,
+    )
+
+
+def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            serve: argparse.ArgumentParser = action.choices["serve"]
+            return serve
+    raise AssertionError("the trionet parser has no serve sub-command")
+
+
+def _worker_flags(args: argparse.Namespace) -> list[str]:
+    """The flags a worker needs: every ``serve`` flag given, but the supervisor's."""
+    flags: list[str] = []
+    for action in _serve_parser(build_parser())._actions:
+        if not action.option_strings or action.dest in SUPERVISOR_FLAGS | _NOT_OPTIONS:
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value == action.default:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            flags.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            for item in value:
+                flags += [flag, str(item)]
+        else:
+            flags += [flag, _text(value)]
+    return flags
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return str(value)
+
+
+def option_names() -> list[str]:
+    """The keyword names :func:`trionet.supervise` accepts (the ``serve`` flags')."""
+    return sorted(
+        action.dest
+        for action in _serve_parser(build_parser())._actions
+        if action.option_strings and action.dest not in _NOT_OPTIONS | {"bind", "ready_timeout"}
+    )
+
+
+def plan_from_options(
+    handler: object,
+    binds: Sequence[object],
+    workers: object,
+    ready_timeout: object,
+    options: Mapping[str, object],
+    call: str = "trionet.supervise()",
+) -> WorkerPlan:
+    """The plan for :func:`trionet.supervise`'s arguments (the ``serve`` flags as keywords).
+
+    Raises:
+        TypeError: a value of the wrong type, or an unknown keyword.
+        ValueError: a value ``trionet serve`` would refuse; the message names
+            ``call`` and the option.
+    """
+    if not isinstance(handler, str):
+        raise TypeError(
+            f"{call}: handler must be a str ('echo' or 'MODULE:FUNCTION', which each worker "
+            f"imports), not {type(handler).__name__}"
+        )
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"{call}: workers must be an int, not {type(workers).__name__}")
+    argv = ["serve", handler, "--workers", str(workers)]
+    for spec in binds:
+        if not isinstance(spec, str):
+            raise TypeError(
+                f"{call}: binds must be str specs (a worker is given its sockets on its "
+                f"command line), not {type(spec).__name__}"
+            )
+        argv += ["--bind", spec]
+    argv += _keyword_flags(call, {"ready_timeout": ready_timeout, **options})
+    try:
+        args = build_parser(raising=True).parse_args(argv)
+    except UsageError as exc:
+        raise ValueError(f"{call}: {_keywords(str(exc))}") from None
+    try:
+        return plan_from_args(args)
+    except CLIError as exc:
+        raise ValueError(f"{call}: {_keywords(str(exc))}") from None
+
+
+def _keyword_flags(call: str, options: Mapping[str, object]) -> list[str]:
+    actions = {
+        action.dest: action
+        for action in _serve_parser(build_parser())._actions
+        if action.option_strings and action.dest not in _NOT_OPTIONS | {"bind"}
+    }
+    flags: list[str] = []
+    for name, value in options.items():
+        action = actions.get(name)
+        if action is None:
+            hint = ""
+            if name == "tls":
+                hint = (
+                    " (an SSLContext cannot cross to a worker process: pass tls_cert= and "
+                    "tls_key= files, which every new worker reads again -- how certificates "
+                    "are rotated)"
+                )
+            raise TypeError(
+                f"{call} got an unknown option {name!r}{hint}; the options are the "
+                f"'trionet serve' flags as keywords: {', '.join(option_names())}"
+            )
+        if value is None:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise TypeError(f"{call}: {name} must be a bool, not {type(value).__name__}")
+            if value:
+                flags.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise TypeError(
+                    f"{call}: {name} must be a str or a list of str, not {type(value).__name__}"
+                )
+            for item in items:
+                flags += [flag, str(item)]
+        else:
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise TypeError(
+                    f"{call}: {name} must be a str or a number, not {type(value).__name__}"
+                )
+            if name == "unix_mode" and isinstance(value, int):
+                value = f"{value:o}"
+            flags += [flag, _text(value)]
+    return flags
+
+
+def _keywords(message: str) -> str:
+    """Say ``--max-per-host`` as ``max_per_host`` (the name the caller used)."""
+    message = message.removeprefix("argument ")
+    words = message.split(" ")
+    for i, word in enumerate(words):
+        head, sep, tail = word.partition("=")
+        core = head.rstrip(":,")
+        if core.startswith("--") and len(core) > 2:
+            name = core[2:].replace("-", "_")
+            words[i] = name + head[len(core) :] + sep + tail
+            if "/" in words[i]:
+                words[i] = words[i].split("/")[0]
+    return " ".join(words)

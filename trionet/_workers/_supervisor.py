@@ -1,0 +1,411 @@
+"""The supervisor: open every bind once, run N workers on the shared sockets, replace them.
+
+Why shared sockets, not one ``SO_REUSEPORT`` listener per worker
+================================================================
+Every worker accepts from the *same* listening sockets, which the
+supervisor opened (or inherited from systemd) once and hands down as
+``fd:N``.  A worker that exits -- crashed, killed, drained for a reload --
+closes its own descriptor only; the socket, its queue of completed
+connections and its half-open ones stay with the kernel, and the other
+workers (and the replacement) accept them.  So a crash refuses no connect,
+and a reload loses none.  With ``SO_REUSEPORT`` each worker would own a
+listener, and the kernel drops the queued and half-open connections of one
+that closes (unless ``net.ipv4.tcp_migrate_req`` is set).
+
+What it does
+============
+* **Start**: all N workers at once; :func:`supervise` reports the
+  :class:`Supervisor` once every one has said *ready* (it accepts).  One
+  that exits first, or is not ready within ``ready_timeout``, fails the
+  start (:class:`WorkerStartError`): a broken handler is an error, not a
+  restart loop.  The supervisor runs no accept loop.
+* **Crash**: a worker that exits unasked is restarted at once; only
+  repeated young deaths back off (:class:`RestartPolicy`).
+* **Reload** (:meth:`Supervisor.reload`, SIGHUP): for each worker in turn,
+  start its replacement, wait for *ready*, then drain the old one (in the
+  background, within its grace).  A replacement that fails leaves the old
+  worker serving and stops the reload.  New workers import the handler and
+  read the TLS files afresh.
+* **Shutdown** (:meth:`Supervisor.shutdown`, SIGTERM/SIGINT): every worker
+  drains within the grace; a second, shorter one cuts it; a worker still
+  running :data:`KILL_AFTER` seconds past its grace is killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import attrs
+import trio
+
+from .._address import Address
+from .._server._listeners import Listener, close_listeners, open_listeners
+from .._server._serve import check_serve_config
+from .._stats import ServerStats
+from ._plan import WorkerPlan, plan_from_options
+from ._process import KILL_AFTER, Worker, describe_exit, spawn
+from ._restart import RestartPolicy
+from ._signals import handle_signals
+
+log = logging.getLogger("trionet.workers")
+
+__all__ = ["Supervisor", "SupervisorReport", "WorkerStartError", "supervise"]
+
+_REPORT_FIELDS = ("finished", "cancelled", "in_stages", "swept")
+
+
+class WorkerStartError(RuntimeError):
+    """A worker exited, or was not ready in time, while the supervisor was starting."""
+
+
+@attrs.frozen
+class SupervisorReport:
+    """What a supervisor did over its life; the stats add up every worker that reported them."""
+
+    #: Worker processes (``--workers``).
+    workers: int
+    #: Worker processes started, replacements and restarts included.
+    started: int
+    #: Workers that exited unasked (crashed, killed).
+    crashed: int
+    #: Restarts after those exits.
+    restarted: int
+    #: Reloads asked for, and those that replaced every worker.
+    reloads: int
+    reloads_done: int
+    #: Every reporting worker's stats, summed (a killed worker's are lost:
+    #: see ``unreported``).
+    stats: ServerStats
+    #: Workers that exited without reporting their stats.
+    unreported: int
+    #: The workers' drain reports, summed (reloads' drains included).
+    finished: int
+    cancelled: int
+    in_stages: int
+    swept: int
+    #: Seconds from the start of the final shutdown to the last worker's exit.
+    elapsed: float
+
+
+class Supervisor:
+    """A running supervisor (what ``nursery.start(supervise, ...)`` returns)."""
+
+    def __init__(self, plan: WorkerPlan, listeners: list[Listener], nursery: trio.Nursery) -> None:
+        self._plan = plan
+        self._listeners = listeners
+        self._fds = [listener.sock.fileno() for listener in listeners]
+        self._nursery = nursery
+        self._current: list[Worker | None] = [None] * plan.workers
+        self._live: set[Worker] = set()
+        self._policies = [RestartPolicy() for _ in range(plan.workers)]
+        self._restarts = trio.CancelScope()
+        self._reload_lock = trio.Lock()
+        self._stopping = False
+        self._stop_started = 0.0
+        self._kill_deadline = math.inf
+        self._kill_scope: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+        self._report: SupervisorReport | None = None
+        self._started = self._crashed = self._restarted = 0
+        self._reloads = self._reloads_done = self._unreported = 0
+        self._sums: dict[str, int] = {}
+
+    # -- what users read -------------------------------------------------
+
+    @property
+    def addresses(self) -> list[Address]:
+        """The addresses the shared sockets listen on (real ports, not ``:0``)."""
+        return [listener.address for listener in self._listeners]
+
+    @property
+    def pids(self) -> list[int]:
+        """The current workers' process ids, by slot (a restarting slot is left out)."""
+        return [worker.pid for worker in self._current if worker is not None]
+
+    @property
+    def workers(self) -> int:
+        return self._plan.workers
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def __repr__(self) -> str:
+        return f"<trionet.Supervisor {self._plan.workers} workers on {self.addresses}>"
+
+    # -- life ------------------------------------------------------------
+
+    async def _spawn(self, slot: int) -> Worker:
+        worker = await spawn(slot, self._plan.command, self._fds)
+        self._started += 1
+        self._live.add(worker)
+        self._nursery.start_soon(self._watch, worker)
+        return worker
+
+    async def _watch(self, worker: Worker) -> None:
+        try:
+            await worker.watch()
+        finally:
+            self._live.discard(worker)
+            self._account(worker)
+        self._after_exit(worker)
+
+    def _account(self, worker: Worker) -> None:
+        final = worker.final
+        stats = final.get("stats") if final else None
+        if isinstance(stats, dict):
+            for key, value in stats.items():
+                if isinstance(value, int):
+                    self._sums[key] = self._sums.get(key, 0) + value
+            shutdown = final.get("shutdown") if final else None
+            if isinstance(shutdown, dict):
+                for key in _REPORT_FIELDS:
+                    value = shutdown.get(key)
+                    if isinstance(value, int):
+                        self._sums["_" + key] = self._sums.get("_" + key, 0) + value
+        else:
+            self._unreported += 1
+
+    def _after_exit(self, worker: Worker) -> None:
+        how = describe_exit(worker.returncode)
+        if worker.retiring or self._stopping:
+            log.info("%s %s", worker, how)
+            return
+        if worker.ready_at is None and self._current[worker.slot] is not worker:
+            return  # a replacement that failed: the reload says so
+        self._crashed += 1
+        started_at = worker.ready_at if worker.ready_at is not None else worker.started
+        lifetime = (worker.exited_at or trio.current_time()) - started_at
+        delay = self._policies[worker.slot].died(lifetime)
+        if self._current[worker.slot] is worker:
+            self._current[worker.slot] = None
+            when = "at once" if delay == 0 else f"in {delay:.1f}s (it keeps dying young)"
+            log.warning("%s %s unasked: restarting %s", worker, how, when)
+            self._nursery.start_soon(self._restart, worker.slot, delay)
+
+    async def _restart(self, slot: int, delay: float) -> None:
+        with self._restarts:
+            await trio.sleep(delay)
+            if self._stopping or self._current[slot] is not None:
+                return
+            worker = await self._spawn(slot)
+            self._current[slot] = worker
+            self._restarted += 1
+
+    async def _start_all(self) -> None:
+        workers = [await self._spawn(slot) for slot in range(self._plan.workers)]
+        for worker in workers:
+            self._current[worker.slot] = worker
+        for worker in workers:
+            if not await self._settle(worker):
+                why = self._why_not_ready(worker)
+                with trio.CancelScope(shield=True):
+                    await self._stop_workers(0.0)
+                raise WorkerStartError(f"{worker} {why}")
+        log.info("%d workers ready", len(workers))
+
+    async def _settle(self, worker: Worker) -> bool:
+        with trio.move_on_after(self._plan.ready_timeout):
+            await worker.settled.wait()
+        return worker.ready.is_set() and not worker.exited.is_set()
+
+    def _why_not_ready(self, worker: Worker) -> str:
+        if worker.exited.is_set():
+            return f"{describe_exit(worker.returncode)} before it was ready (its error is above)"
+        return f"was not ready within {self._plan.ready_timeout}s"
+
+    async def reload(self) -> bool:
+        """Replace every worker, one at a time: the replacement is ready before the old drains.
+
+        Reloads asked for while one runs wait their turn.  Returns True if
+        every worker was replaced; False if a replacement failed (the old
+        worker keeps serving, and the reason is logged) or the supervisor is
+        stopping.
+        """
+        async with self._reload_lock:
+            if self._stopping:
+                return False
+            self._reloads += 1
+            log.info("reload: replacing %d workers", self._plan.workers)
+            for slot in range(self._plan.workers):
+                if self._stopping:
+                    return False
+                new = await self._spawn(slot)
+                if not await self._settle(new):
+                    log.error(
+                        "reload: the replacement %s %s; keeping the old workers",
+                        new,
+                        self._why_not_ready(new),
+                    )
+                    new.retiring = True
+                    if not new.exited.is_set():
+                        new.kill()
+                    return False
+                if self._stopping:
+                    await new.drain(None)
+                    return False
+                old, self._current[slot] = self._current[slot], new
+                if old is not None:
+                    log.info("reload: %s replaced by %s: draining it", old, new)
+                    await old.drain(None)
+            self._reloads_done += 1
+            log.info("reload: done, %d workers replaced", self._plan.workers)
+            return True
+
+    async def shutdown(self, grace: float | None = None) -> SupervisorReport:
+        """Drain every worker within ``grace`` (None: ``--grace``); a later, shorter call cuts it.
+
+        Safe to call more than once and from several tasks: later calls wait
+        for the same shutdown.  A worker still running ``KILL_AFTER`` seconds
+        after its grace is killed.
+        """
+        if grace is not None:
+            _check_grace(grace)
+        effective = self._plan.grace if grace is None else grace
+        deadline = trio.current_time() + effective + KILL_AFTER
+        if self._stopping:
+            if deadline < self._kill_deadline:
+                self._kill_deadline = deadline
+                if self._kill_scope is not None:
+                    self._kill_scope.deadline = deadline
+                for worker in list(self._live):
+                    await worker.drain(grace)
+            return await self.wait_stopped()
+        self._stopping = True
+        self._stop_started = trio.current_time()
+        self._restarts.cancel()
+        log.info("shutdown: draining %d workers (grace %ss)", len(self._live), effective)
+        with trio.CancelScope(shield=True):
+            await self._stop_workers(grace, deadline)
+        self._report = self._make_report()
+        self._stopped.set()
+        return self._report
+
+    async def _stop_workers(self, grace: float | None, deadline: float | None = None) -> None:
+        if deadline is None:
+            deadline = trio.current_time() + (grace or 0.0) + KILL_AFTER
+        self._kill_deadline = deadline
+        for worker in list(self._live):
+            await worker.drain(grace)
+        with trio.CancelScope(deadline=deadline) as self._kill_scope:
+            for worker in list(self._live):
+                await worker.exited.wait()
+        for worker in list(self._live):
+            worker.kill()
+        for worker in list(self._live):
+            await worker.exited.wait()
+
+    async def handle_signals(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> SupervisorReport:
+        """SIGHUP reloads; SIGINT or SIGTERM shuts down, a second one cuts the grace.
+
+        Must run in the main thread.  Reports (``None``) through
+        ``task_status`` once the handlers are in place; returns the report
+        once the supervisor has stopped (however it was stopped).  A signal
+        that arrives after that is dropped (logged at debug level), never
+        passed to the previous handler.
+        """
+        return await handle_signals(self, task_status=task_status)
+
+    async def wait_stopped(self) -> SupervisorReport:
+        """Wait for the shutdown to finish; return its report."""
+        await self._stopped.wait()
+        assert self._report is not None
+        return self._report
+
+    def _make_report(self) -> SupervisorReport:
+        fields = attrs.fields_dict(ServerStats)
+        stats = ServerStats(**{k: v for k, v in self._sums.items() if k in fields})
+        return SupervisorReport(
+            workers=self._plan.workers,
+            started=self._started,
+            crashed=self._crashed,
+            restarted=self._restarted,
+            reloads=self._reloads,
+            reloads_done=self._reloads_done,
+            stats=stats,
+            unreported=self._unreported,
+            finished=self._sums.get("_finished", 0),
+            cancelled=self._sums.get("_cancelled", 0),
+            in_stages=self._sums.get("_in_stages", 0),
+            swept=self._sums.get("_swept", 0),
+            elapsed=trio.current_time() - self._stop_started,
+        )
+
+
+def _check_grace(grace: object) -> None:
+    from .._server._drain import check_grace
+
+    check_grace(grace, "Supervisor.shutdown()")
+
+
+async def supervise(
+    handler: str,
+    *binds: str,
+    workers: int,
+    ready_timeout: float = 30.0,
+    task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> SupervisorReport:
+    """Open ``binds`` once and serve ``handler`` from ``workers`` processes sharing them.
+
+    Each worker is ``python -m trionet serve HANDLER ...``: a fresh
+    interpreter that imports the handler and reads the TLS files itself.
+    ``options`` are the ``trionet serve`` flags as keywords --
+    ``max_connections=500``, ``grace=10``, ``tls_cert="cert.pem"``,
+    ``allow=["10.0.0.0/8"]`` -- checked here, by the same code the command
+    line uses, before anything is opened.  The binds may be inherited
+    (``fd:N``, ``systemd``).
+
+    Reports the :class:`Supervisor` through ``task_status`` once every
+    worker is accepting; runs until :meth:`Supervisor.shutdown` (or
+    :meth:`Supervisor.handle_signals`) has drained the workers, and returns
+    the :class:`SupervisorReport`.  If cancelled, the workers are told to
+    stop at once, killed after a few seconds, and reaped: none is left
+    behind.
+
+    Args:
+        handler: ``echo``/``discard``/``daytime``/``chargen`` or ``MODULE:FUNCTION``.
+        binds: bind specs (default ``tcp://127.0.0.1:7007``).
+        workers: how many worker processes (1 to 1024).
+        ready_timeout: seconds a starting worker gets to be accepting.
+        task_status: reports the :class:`Supervisor`.
+        options: ``trionet serve`` flags, by their Python names.
+
+    Raises:
+        TypeError, ValueError: a bad argument (naming ``trionet.supervise()``
+            and the option), before anything is opened.
+        WorkerStartError: a worker exited, or was not ready in time, at the start.
+        ListenError, InvalidAddress: a bind could not be opened or adopted.
+
+    Example::
+
+        async with trio.open_nursery() as nursery:
+            supervisor = await nursery.start(
+                functools.partial(trionet.supervise, "myapp:handle",
+                                  "tcp://0.0.0.0:8000", workers=4, grace=10))
+            report = await supervisor.handle_signals()
+    """
+    plan = plan_from_options(handler, binds, workers, ready_timeout, options)
+    return await run_plan(plan, task_status=task_status)
+
+
+async def run_plan(
+    plan: WorkerPlan, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
+) -> SupervisorReport:
+    """:func:`supervise` for a checked plan (what the command line calls)."""
+    _, resolved = check_serve_config(list(plan.binds), dict(plan.options), "trionet.supervise()")
+    listeners = await open_listeners(resolved)
+    try:
+        async with trio.open_nursery() as nursery:
+            supervisor = Supervisor(plan, listeners, nursery)
+            await supervisor._start_all()
+            task_status.started(supervisor)
+            report = await supervisor.wait_stopped()
+            nursery.cancel_scope.cancel()  # restarts still waiting
+        return report
+    finally:
+        close_listeners(listeners)

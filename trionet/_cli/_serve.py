@@ -27,7 +27,7 @@ from .._address import parse_address
 from .._binds import resolve_binds
 from .._config import ServerConfig
 from .._exceptions import InvalidAddress, ListenError, LocalProtocolError
-from .._inherited import parse_inherited
+from .._inherited import descriptors, parse_inherited
 from .._server._admission import AccessPolicy
 from .._server._drain import ShutdownReport, check_grace, drain_on_signals
 from .._server._serve import Handler, check_serve_config, serve
@@ -303,6 +303,7 @@ async def _serve(
             server: Server = await nursery.start(
                 functools.partial(serve, handler, *binds, **options)
             )
+            _close_inherited(binds)
             # Install the signal handlers *before* saying we listen: whoever
             # waits for "listening on" may signal us the moment they see it.
             await nursery.start(drain, server)
@@ -325,6 +326,27 @@ async def _serve(
         f"in_stages={report.in_stages} swept={report.swept} elapsed={report.elapsed:.3f}s"
     )
     _print("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(server.stats).items()))
+
+
+def _close_inherited(binds: list[str]) -> None:
+    """Close the inherited descriptors the server has adopted (duplicates of).
+
+    The command is the process they were passed to, and the server holds a
+    duplicate of each: kept open, the original would keep the socket
+    listening after the drain closed the server's copy -- connects would
+    queue where no one accepts them, and be reset at exit instead of
+    refused at once.  (Where a supervisor or systemd holds the socket too,
+    it stays open in them: that is their choice.)
+    """
+    for spec in binds:
+        inherited = parse_inherited(spec)
+        if inherited is None:
+            continue
+        for fd in descriptors(inherited):
+            try:
+                os.close(fd)
+            except OSError:  # pragma: no cover - it was adopted a moment ago
+                log.debug("inherited fd %d was already closed", fd)
 
 
 def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:

@@ -29,9 +29,10 @@ from typing import Any, Final
 
 import attrs
 
-from .._cli._args import UsageError, build_parser
+from .._cli._args import MAX_WORKERS, UsageError, build_parser
 from .._cli._errors import CLIError
 from .._cli._serve import bind_specs, check_serve, resolve_handler, server_options
+from .._validate import check_count, check_seconds, public_call
 
 __all__ = ["SUPERVISOR_FLAGS", "WorkerPlan", "plan_from_args", "plan_from_options"]
 
@@ -148,7 +149,7 @@ def plan_from_options(
     workers: object,
     ready_timeout: object,
     options: Mapping[str, object],
-    call: str = "trionet.supervise()",
+    call: str = "supervise()",
 ) -> WorkerPlan:
     """The plan for :func:`trionet.supervise`'s arguments (the ``serve`` flags as keywords).
 
@@ -162,8 +163,11 @@ def plan_from_options(
             f"{call}: handler must be a str ('echo' or 'MODULE:FUNCTION', which each worker "
             f"imports), not {type(handler).__name__}"
         )
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        raise TypeError(f"{call}: workers must be an int, not {type(workers).__name__}")
+    with public_call(call):
+        count = check_count("workers", workers, minimum=1)
+        check_seconds("ready_timeout", ready_timeout, zero=False, infinite=False)
+    if count is not None and count > MAX_WORKERS:
+        raise ValueError(f"{call}: workers must be <= {MAX_WORKERS}, not {count!r}")
     argv = ["serve", handler, "--workers", str(workers)]
     for spec in binds:
         if not isinstance(spec, str):
@@ -220,13 +224,17 @@ def _keyword_flags(call: str, options: Mapping[str, object]) -> list[str]:
                 )
             for item in items:
                 flags += [flag, str(item)]
-        else:
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise TypeError(
-                    f"{call}: {name} must be a str or a number, not {type(value).__name__}"
-                )
-            if name == "unix_mode" and isinstance(value, int):
-                value = f"{value:o}"
+        elif action.type is None or action.choices is not None:  # text: a path, a level
+            if not isinstance(value, str):
+                raise TypeError(f"{call}: {name} must be a str, not {type(value).__name__}")
+            flags += [flag, value]
+        else:  # a number, checked by the flag's own type
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{call}: {name} must be a number, not {type(value).__name__}")
+            if name == "unix_mode":
+                with public_call(call):
+                    check_count("unix_mode", value, minimum=0)
+                value = f"{int(value):o}"
             flags += [flag, _text(value)]
     return flags
 

@@ -55,7 +55,8 @@ class Worker:
     ready: trio.Event = attrs.field(factory=trio.Event)
     #: Set once it is ready *or* has exited (what a start waits for).
     settled: trio.Event = attrs.field(factory=trio.Event)
-    #: Set once the process has been reaped.
+    #: Set once the process has been reaped *and* the supervisor has taken
+    #: its report (set by the supervisor's watcher, not by :meth:`watch`).
     exited: trio.Event = attrs.field(factory=trio.Event)
     ready_at: float | None = None
     #: True once told to drain (a reload or a shutdown): its exit is expected.
@@ -75,7 +76,7 @@ class Worker:
     async def drain(self, grace: float | None) -> None:
         """Ask the worker to drain (``grace`` None: its own ``--grace``)."""
         self.retiring = True
-        if self.exited.is_set():
+        if self.returncode is not None:
             return
         try:
             await self.channel.send({"command": "drain", "grace": grace})
@@ -88,7 +89,10 @@ class Worker:
             self.process.kill()
 
     async def watch(self) -> None:
-        """Read messages until EOF, then reap; kill and reap if cancelled first."""
+        """Read messages until EOF, then reap; kill and reap if cancelled first.
+
+        Sets ``returncode`` and ``settled``; ``exited`` is the caller's to set.
+        """
         try:
             await self._read()
             await self.process.wait()
@@ -99,7 +103,6 @@ class Worker:
             self.returncode = self.process.returncode
             self.exited_at = trio.current_time()
             self.settled.set()
-            self.exited.set()
             with trio.CancelScope(shield=True):
                 await self.channel.aclose()
 

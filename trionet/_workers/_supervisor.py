@@ -100,7 +100,7 @@ class Supervisor:
         self._current: list[Worker | None] = [None] * plan.workers
         self._live: set[Worker] = set()
         self._policies = [RestartPolicy() for _ in range(plan.workers)]
-        self._restarts = trio.CancelScope()
+        self._restarts: set[trio.CancelScope] = set()
         self._reload_lock = trio.Lock()
         self._stopping = False
         self._stop_started = 0.0
@@ -142,6 +142,8 @@ class Supervisor:
         self._started += 1
         self._live.add(worker)
         self._nursery.start_soon(self._watch, worker)
+        if self._stopping:  # started as the shutdown began: it goes too
+            await worker.drain(self._plan.grace)
         return worker
 
     async def _watch(self, worker: Worker) -> None:
@@ -150,6 +152,7 @@ class Supervisor:
         finally:
             self._live.discard(worker)
             self._account(worker)
+            worker.exited.set()  # only now: a shutdown's report waits for this
         self._after_exit(worker)
 
     def _account(self, worker: Worker) -> None:
@@ -186,13 +189,17 @@ class Supervisor:
             self._nursery.start_soon(self._restart, worker.slot, delay)
 
     async def _restart(self, slot: int, delay: float) -> None:
-        with self._restarts:
-            await trio.sleep(delay)
-            if self._stopping or self._current[slot] is not None:
-                return
-            worker = await self._spawn(slot)
-            self._current[slot] = worker
-            self._restarted += 1
+        with trio.CancelScope() as scope:
+            self._restarts.add(scope)
+            try:
+                await trio.sleep(delay)
+                if self._stopping or self._current[slot] is not None:
+                    return
+                worker = await self._spawn(slot)
+                self._current[slot] = worker
+                self._restarted += 1
+            finally:
+                self._restarts.discard(scope)
 
     async def _start_all(self) -> None:
         workers = [await self._spawn(slot) for slot in range(self._plan.workers)]
@@ -209,10 +216,10 @@ class Supervisor:
     async def _settle(self, worker: Worker) -> bool:
         with trio.move_on_after(self._plan.ready_timeout):
             await worker.settled.wait()
-        return worker.ready.is_set() and not worker.exited.is_set()
+        return worker.ready.is_set() and worker.returncode is None
 
     def _why_not_ready(self, worker: Worker) -> str:
-        if worker.exited.is_set():
+        if worker.returncode is not None:
             return f"{describe_exit(worker.returncode)} before it was ready (its error is above)"
         return f"was not ready within {self._plan.ready_timeout}s"
 
@@ -233,18 +240,18 @@ class Supervisor:
                 if self._stopping:
                     return False
                 new = await self._spawn(slot)
-                if not await self._settle(new):
+                settled = await self._settle(new)
+                if self._stopping:
+                    await new.drain(None)
+                    return False
+                if not settled:
                     log.error(
                         "reload: the replacement %s %s; keeping the old workers",
                         new,
                         self._why_not_ready(new),
                     )
                     new.retiring = True
-                    if not new.exited.is_set():
-                        new.kill()
-                    return False
-                if self._stopping:
-                    await new.drain(None)
+                    new.kill()
                     return False
                 old, self._current[slot] = self._current[slot], new
                 if old is not None:
@@ -275,7 +282,14 @@ class Supervisor:
             return await self.wait_stopped()
         self._stopping = True
         self._stop_started = trio.current_time()
-        self._restarts.cancel()
+        for scope in self._restarts:
+            scope.cancel()
+        # Our copies of the listening sockets go first: once every worker
+        # has swept the queue and closed its own, a connect is refused at
+        # once -- as with one process -- instead of being queued where no
+        # one will accept it and reset when we exit.  (A socket systemd
+        # passed stays open in systemd, which queues for the next start.)
+        close_listeners(self._listeners)
         log.info("shutdown: draining %d workers (grace %ss)", len(self._live), effective)
         with trio.CancelScope(shield=True):
             await self._stop_workers(grace, deadline)
@@ -286,16 +300,19 @@ class Supervisor:
     async def _stop_workers(self, grace: float | None, deadline: float | None = None) -> None:
         if deadline is None:
             deadline = trio.current_time() + (grace or 0.0) + KILL_AFTER
-        self._kill_deadline = deadline
+        self._kill_deadline = min(deadline, self._kill_deadline)
         for worker in list(self._live):
             await worker.drain(grace)
-        with trio.CancelScope(deadline=deadline) as self._kill_scope:
-            for worker in list(self._live):
-                await worker.exited.wait()
+        with trio.CancelScope(deadline=self._kill_deadline) as self._kill_scope:
+            await self._all_exited()
         for worker in list(self._live):
             worker.kill()
-        for worker in list(self._live):
-            await worker.exited.wait()
+        await self._all_exited()
+
+    async def _all_exited(self) -> None:
+        """Wait until every live worker, including one started meanwhile, has been reaped."""
+        while running := [worker for worker in self._live if not worker.exited.is_set()]:
+            await running[0].exited.wait()
 
     async def handle_signals(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -376,7 +393,7 @@ async def supervise(
         options: ``trionet serve`` flags, by their Python names.
 
     Raises:
-        TypeError, ValueError: a bad argument (naming ``trionet.supervise()``
+        TypeError, ValueError: a bad argument (naming ``supervise()``
             and the option), before anything is opened.
         WorkerStartError: a worker exited, or was not ready in time, at the start.
         ListenError, InvalidAddress: a bind could not be opened or adopted.
@@ -397,7 +414,7 @@ async def run_plan(
     plan: WorkerPlan, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
 ) -> SupervisorReport:
     """:func:`supervise` for a checked plan (what the command line calls)."""
-    _, resolved = check_serve_config(list(plan.binds), dict(plan.options), "trionet.supervise()")
+    _, resolved = check_serve_config(list(plan.binds), dict(plan.options), "supervise()")
     listeners = await open_listeners(resolved)
     try:
         async with trio.open_nursery() as nursery:

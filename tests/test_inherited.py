@@ -346,6 +346,16 @@ async def test_systemd_adopts_all_and_unsets_env(passed: list[socket.socket]) ->
         code = "import os; print(os.environ.get('LISTEN_FDS'))"
         out = await trio.run_process([sys.executable, "-c", code], capture_stdout=True)
         assert out.stdout.strip() == b"None"
+        # ... unless asked: what systemd said is there for a child meant to have it.
+        asked = trionet.listen_environment()
+        assert asked == {
+            "LISTEN_PID": str(os.getpid()),
+            "LISTEN_FDS": str(len(passed)),
+            "LISTEN_FDNAMES": "web:admin",
+        }
+        env = {**os.environ, **asked}
+        out = await trio.run_process([sys.executable, "-c", code], capture_stdout=True, env=env)
+        assert out.stdout.strip() == str(len(passed)).encode()
         await server.shutdown(5)
     assert is_open(_inherited.LISTEN_FDS_START) and is_open(_inherited.LISTEN_FDS_START + 1)
 

@@ -269,6 +269,10 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
     "Connection": {"schedule_budget": count(1, none=False), "close_linger": LINGER},
     "Server.shutdown": {"grace": GRACE},
     "drain_on_signals": {"signals": SIGNALS, "grace": GRACE},
+    "supervise": {
+        "workers": [*count(1, none=False), Bad(1025, ValueError, "1025")],
+        "ready_timeout": seconds(zero=False, none=False, infinite=False),
+    },
 }
 
 #: Options whose annotation mentions a number but that are not numbers: an
@@ -285,6 +289,7 @@ CALLS = {
     "Connection": "Connection()",
     "Server.shutdown": "Server.shutdown()",
     "drain_on_signals": "drain_on_signals()",
+    "supervise": "supervise()",
 }
 
 
@@ -338,6 +343,7 @@ def declared_options() -> dict[str, dict[str, tuple[str, object]]]:
         "Connection": _parameters(SocketConnection.__init__, "self", "socket", "peer", "local"),
         "Server.shutdown": _parameters(trionet.Server.shutdown, "self"),
         "drain_on_signals": _parameters(trionet.drain_on_signals, "server", "task_status"),
+        "supervise": _parameters(trionet.supervise, "handler", "task_status"),
     }
 
 
@@ -415,6 +421,8 @@ async def call(entry: str, options: dict[str, Any], server: trionet.Server, sock
         trionet.Connection(sock, **options)
     elif entry == "Server.shutdown":
         await server.shutdown(**options)
+    elif entry == "supervise":
+        await trionet.supervise("echo", LISTEN, **{"workers": 1, **options})
     else:
         assert entry == "drain_on_signals"
         await trionet.drain_on_signals(server, **options)
@@ -520,16 +528,28 @@ CLI = {
     ("serve", "--unix-mode"): ("serve", "unix_mode"),
     ("serve", "--handshake-timeout"): ("serve", "handshake_timeout"),
     ("serve", "--log-level"): ("cli", "log_level"),
+    ("serve", "--workers"): ("supervise", "workers"),
+    ("serve", "--ready-timeout"): ("supervise", "ready_timeout"),
+    ("serve", "--worker-channel"): ("cli", "worker_channel"),
     ("connect", "--timeout"): ("connect", "timeout"),
     ("connect", "--close-linger"): ("connect", "close_linger"),
     ("connect", "--log-level"): ("cli", "log_level"),
 }
-_LOG_LEVEL = choice("debug", "info", "warning", "error", "critical")
+#: The flags that set no library option: their own bad values.
+CLI_ONLY = {
+    "log_level": choice("debug", "info", "warning", "error", "critical"),
+    # Internal (a supervisor's worker): a descriptor number.
+    "worker_channel": [
+        Bad(-1, ValueError, "-1"),
+        Bad("x", TypeError, "x"),
+        Bad(2**31, ValueError, str(2**31)),
+    ],
+}
 
 
 def _cli_rows() -> Iterator[Any]:
     for (command, flag), (entry, option) in CLI.items():
-        bads = _LOG_LEVEL if entry == "cli" else TABLE[entry][option]
+        bads = CLI_ONLY[option] if entry == "cli" else TABLE[entry][option]
         for bad in bads:
             if bad.cli is not None:
                 yield pytest.param(command, flag, bad.cli, id=f"{command} {flag}={bad.cli}")

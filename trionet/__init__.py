@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ._exceptions import ProxyProtocolError as ProxyProtocolError
     from ._exceptions import RemoteProtocolError as RemoteProtocolError
     from ._exceptions import TrionetError as TrionetError
+    from ._inherited import listen_environment as listen_environment
     from ._proxy._info import ProxyInfo as ProxyInfo
     from ._proxy._info import ProxySSL as ProxySSL
     from ._proxy._parse import parse_proxy_header as parse_proxy_header
@@ -84,6 +85,7 @@ _EXPORTS: dict[str, str] = {
     "LocalProtocolError": "._exceptions",
     "MessageTooLong": "._exceptions",
     "ProxyProtocolError": "._exceptions",
+    "listen_environment": "._inherited",
     "ProxyInfo": "._proxy._info",
     "ProxySSL": "._proxy._info",
     "parse_proxy_header": "._proxy._parse",
@@ -139,6 +141,7 @@ __all__ = [
     "__version__",
     "connect",
     "drain_on_signals",
+    "listen_environment",
     "open_server",
     "parse_address",
     "parse_proxy_header",

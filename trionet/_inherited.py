@@ -30,7 +30,9 @@ Choices:
   ``systemd`` bind is opened (``sd_listen_fds(1)``'s *unset_environment*):
   child processes never see them.  What they said is remembered for this
   process, so a later ``serve`` of ``systemd:OTHER`` in the same process
-  still works.  ``fd:N`` binds neither read nor remove them.
+  still works, and :func:`listen_environment` gives them to whoever asks
+  (to pass on to a child on purpose).  ``fd:N`` binds neither read nor
+  remove them.
 """
 
 from __future__ import annotations
@@ -44,7 +46,14 @@ import attrs
 
 from ._exceptions import InvalidAddress
 
-__all__ = ["InheritedSpec", "adopt", "check_inherited", "descriptors", "parse_inherited"]
+__all__ = [
+    "InheritedSpec",
+    "adopt",
+    "check_inherited",
+    "descriptors",
+    "listen_environment",
+    "parse_inherited",
+]
 
 #: How messages name the public call.
 CALL = "trionet.serve"
@@ -134,6 +143,27 @@ def _listen_env(*, take: bool) -> dict[str, str]:
         for key in _ENV:
             os.environ.pop(key, None)
     return values
+
+
+def listen_environment() -> dict[str, str]:
+    """The ``LISTEN_*`` variables systemd passed to this process, for a child you mean to have them.
+
+    A ``systemd`` bind removes ``LISTEN_PID``, ``LISTEN_FDS`` and
+    ``LISTEN_FDNAMES`` from ``os.environ`` when it is opened, so no child
+    process mistakes them for its own.  To pass them on anyway -- a child
+    you start with the same descriptors, which must then set
+    ``LISTEN_PID`` to its own pid, as ``systemd-socket-activate`` does --
+    ask for them here and put them in that child's environment.
+
+    Returns:
+        The variables as they were (from ``os.environ``, or as remembered
+        once removed); empty if none were passed to this process.
+
+    Example::
+
+        env = {**os.environ, **trionet.listen_environment()}
+    """
+    return _listen_env(take=False)
 
 
 def forget_listen_env() -> None:

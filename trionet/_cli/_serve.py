@@ -17,6 +17,7 @@ import functools
 import importlib
 import logging
 import os
+import socket
 import sys
 from typing import Any, Final
 
@@ -275,15 +276,15 @@ async def _serve(
     options: dict[str, Any],
     grace: float,
     interrupts: DroppedInterrupts,
-    channel_fd: int | None = None,
+    channel_sock: socket.socket | None = None,
 ) -> None:
     # Trio's SIGINT handler is in place now, and never raises where it lands.
     interrupts.check()
     channel = None
-    if channel_fd is not None:  # a worker of a supervisor (``--workers``)
+    if channel_sock is not None:  # a worker of a supervisor (``--workers``)
         from .._workers import _worker
 
-        channel = _worker.open_channel(channel_fd)
+        channel = _worker.open_channel(channel_sock)
     reports: list[ShutdownReport] = []
     latch = SignalLatch()
 
@@ -354,14 +355,19 @@ def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
         from ._workers import run_workers
 
         return run_workers(args, interrupts)
-    if args.worker_channel is not None:
-        from .._workers._worker import ignore_hangup
-
-        ignore_hangup()
     binds = bind_specs(args)
     options = server_options(args)
     check_serve(binds, options, args.grace)
     handler = resolve_handler(args.handler)
+    channel = None
+    if args.worker_channel is not None:
+        from .._workers._worker import channel_socket, ignore_hangup
+
+        try:
+            channel = channel_socket(args.worker_channel)
+        except ValueError as exc:
+            raise CLIError(str(exc), EXIT_USAGE) from None
+        ignore_hangup()
     try:
         trio.run(
             _serve,
@@ -370,7 +376,7 @@ def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
             options,
             args.grace,
             interrupts,
-            args.worker_channel,
+            channel,
             restrict_keyboard_interrupt_to_checkpoints=True,
         )
     except ListenError as exc:  # AddressInUse and unresolvable hosts included

@@ -39,22 +39,39 @@ from ._channel import Channel, ChannelError
 
 log = logging.getLogger("trionet.workers")
 
-__all__ = ["exit_message", "follow_supervisor", "ignore_hangup", "open_channel"]
+__all__ = [
+    "channel_socket",
+    "exit_message",
+    "follow_supervisor",
+    "ignore_hangup",
+    "open_channel",
+    "say_exit",
+]
 
 
-def open_channel(fd: int) -> Channel:
-    """Take ownership of the inherited channel descriptor ``fd``.
+def channel_socket(fd: int) -> _stdlib_socket.socket:
+    """Take ownership of the inherited channel descriptor ``fd`` (before ``trio.run``).
 
     Raises:
-        ValueError: ``fd`` is not an open ``AF_UNIX`` stream socket.
+        ValueError: ``fd`` is not an open ``AF_UNIX`` stream socket (left open).
     """
     try:
         sock = _stdlib_socket.socket(fileno=fd)
     except OSError as exc:
-        raise ValueError(f"--worker-channel {fd}: not an open socket ({exc.strerror})") from None
+        raise ValueError(
+            f"--worker-channel {fd}: not an open socket ({exc.strerror}); this flag is "
+            "internal to --workers"
+        ) from None
     if sock.family != _stdlib_socket.AF_UNIX or sock.type != _stdlib_socket.SOCK_STREAM:
         sock.detach()  # not ours to close
-        raise ValueError(f"--worker-channel {fd}: not a Unix stream socket")
+        raise ValueError(
+            f"--worker-channel {fd}: not a Unix stream socket; this flag is internal to --workers"
+        )
+    return sock
+
+
+def open_channel(sock: _stdlib_socket.socket) -> Channel:
+    """The channel over :func:`channel_socket`'s socket (inside ``trio.run``)."""
     return Channel(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
 
 

@@ -17,6 +17,8 @@ workers started so far are stopped and reaped, and the exit is 130.
 from __future__ import annotations
 
 import argparse
+import signal
+from types import FrameType
 
 import attrs
 import trio
@@ -32,7 +34,29 @@ def _print(*parts: object) -> None:
     print(*parts, flush=True)
 
 
-async def _supervise(plan: object, interrupts: DroppedInterrupts) -> None:
+class _HangupLatch:
+    """SIGHUP before the supervisor handles it: noted, and replayed once it does.
+
+    Its default action would end the supervisor -- a ``systemctl reload``
+    that comes as the service starts must not stop it.
+    """
+
+    def __init__(self) -> None:
+        self._caught = False
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self._caught = True
+
+    def install(self) -> None:
+        signal.signal(signal.SIGHUP, self._note)
+
+    def replay(self) -> None:
+        if self._caught:
+            self._caught = False
+            signal.raise_signal(signal.SIGHUP)
+
+
+async def _supervise(plan: object, interrupts: DroppedInterrupts, hangups: _HangupLatch) -> None:
     from .._workers._plan import WorkerPlan
     from .._workers._supervisor import Supervisor, run_plan
 
@@ -41,6 +65,7 @@ async def _supervise(plan: object, interrupts: DroppedInterrupts) -> None:
     async with trio.open_nursery() as nursery:
         supervisor: Supervisor = await nursery.start(run_plan, plan)
         await nursery.start(supervisor.handle_signals)
+        hangups.replay()  # a SIGHUP during the start: a reload now
         await trio.lowlevel.checkpoint()  # a Ctrl-C just before: no "listening on"
         for address in supervisor.addresses:
             _print(f"listening on {address}")
@@ -67,8 +92,16 @@ def run_workers(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
     from .._workers._supervisor import WorkerStartError
 
     plan = plan_from_args(args)
+    hangups = _HangupLatch()
+    hangups.install()
     try:
-        trio.run(_supervise, plan, interrupts, restrict_keyboard_interrupt_to_checkpoints=True)
+        trio.run(
+            _supervise,
+            plan,
+            interrupts,
+            hangups,
+            restrict_keyboard_interrupt_to_checkpoints=True,
+        )
     except ListenError as exc:
         raise CLIError(exc.strerror or str(exc)) from None
     except InvalidAddress as exc:

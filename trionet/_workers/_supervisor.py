@@ -89,6 +89,14 @@ class SupervisorReport:
     elapsed: float
 
 
+@attrs.define(eq=False)
+class _Reload:
+    """A reload waiting for its turn, which later requests join."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: bool = False
+
+
 class Supervisor:
     """A running supervisor (what ``nursery.start(supervise, ...)`` returns)."""
 
@@ -102,6 +110,7 @@ class Supervisor:
         self._policies = [RestartPolicy() for _ in range(plan.workers)]
         self._restarts: set[trio.CancelScope] = set()
         self._reload_lock = trio.Lock()
+        self._queued_reload: _Reload | None = None
         self._stopping = False
         self._stop_started = 0.0
         self._kill_deadline = math.inf
@@ -226,40 +235,56 @@ class Supervisor:
     async def reload(self) -> bool:
         """Replace every worker, one at a time: the replacement is ready before the old drains.
 
-        Reloads asked for while one runs wait their turn.  Returns True if
-        every worker was replaced; False if a replacement failed (the old
-        worker keeps serving, and the reason is logged) or the supervisor is
-        stopping.
+        A reload asked for while one runs waits its turn, and every request
+        made while one waits joins it (a storm of SIGHUPs is one reload after
+        the current one, not one each).  Returns True if every worker was
+        replaced; False if a replacement failed (the old worker keeps
+        serving, and the reason is logged) or the supervisor is stopping.
         """
-        async with self._reload_lock:
+        queued = self._queued_reload
+        if queued is not None:  # join the reload waiting for its turn
+            await queued.done.wait()
+            return queued.result
+        queued = self._queued_reload = _Reload()
+        try:
+            async with self._reload_lock:
+                self._queued_reload = None
+                queued.result = await self._reload()
+        finally:
+            if self._queued_reload is queued:
+                self._queued_reload = None
+            queued.done.set()
+        return queued.result
+
+    async def _reload(self) -> bool:
+        if self._stopping:
+            return False
+        self._reloads += 1
+        log.info("reload: replacing %d workers", self._plan.workers)
+        for slot in range(self._plan.workers):
             if self._stopping:
                 return False
-            self._reloads += 1
-            log.info("reload: replacing %d workers", self._plan.workers)
-            for slot in range(self._plan.workers):
-                if self._stopping:
-                    return False
-                new = await self._spawn(slot)
-                settled = await self._settle(new)
-                if self._stopping:
-                    await new.drain(None)
-                    return False
-                if not settled:
-                    log.error(
-                        "reload: the replacement %s %s; keeping the old workers",
-                        new,
-                        self._why_not_ready(new),
-                    )
-                    new.retiring = True
-                    new.kill()
-                    return False
-                old, self._current[slot] = self._current[slot], new
-                if old is not None:
-                    log.info("reload: %s replaced by %s: draining it", old, new)
-                    await old.drain(None)
-            self._reloads_done += 1
-            log.info("reload: done, %d workers replaced", self._plan.workers)
-            return True
+            new = await self._spawn(slot)
+            settled = await self._settle(new)
+            if self._stopping:
+                await new.drain(None)
+                return False
+            if not settled:
+                log.error(
+                    "reload: the replacement %s %s; keeping the old workers",
+                    new,
+                    self._why_not_ready(new),
+                )
+                new.retiring = True
+                new.kill()
+                return False
+            old, self._current[slot] = self._current[slot], new
+            if old is not None:
+                log.info("reload: %s replaced by %s: draining it", old, new)
+                await old.drain(None)
+        self._reloads_done += 1
+        log.info("reload: done, %d workers replaced", self._plan.workers)
+        return True
 
     async def shutdown(self, grace: float | None = None) -> SupervisorReport:
         """Drain every worker within ``grace`` (None: ``--grace``); a later, shorter call cuts it.

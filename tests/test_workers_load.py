@@ -376,6 +376,29 @@ async def test_sighup_reload_under_load_fails_no_exchange() -> None:
     assert int(report["stats.accepted"]) == counts["exchanges"]
 
 
+async def test_a_sighup_storm_under_load_is_at_most_two_reloads_and_fails_nothing() -> None:
+    """Found by hostile testing: each SIGHUP queued a reload of its own, so a storm
+    replaced every worker once per signal.  Requests made while one waits now join it."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving("workers_app:reply") as served:
+            async with loaded(served.port) as load:
+                await trio.sleep(PHASE / 2)
+                mark = len(served.err.lines)
+                for _ in range(10):
+                    served.signal(signal.SIGHUP)
+                await served.err.wait_for(r"reload: done, 2 workers replaced", mark)
+                await trio.sleep(PHASE / 2)
+            served.signal(signal.SIGTERM)
+            assert await served.exit_code() == 0, served.err.text()
+            report = final_report(served.out.text())
+    counts = load.counts()
+    print(f"\n[SIGHUP x10] {counts}; reloads {report['workers.reloads']}")
+    assert counts["failed"] == counts["refused"] == 0
+    done, asked = report["workers.reloads"].split("/")
+    assert done == asked and 1 <= int(asked) <= 2
+    assert int(report["workers.started"]) == 2 + 2 * int(done)
+
+
 async def test_sigterm_under_load_completes_every_connected_exchange() -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with serving("workers_app:reply") as served:

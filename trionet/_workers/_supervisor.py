@@ -204,7 +204,18 @@ class Supervisor:
                 await trio.sleep(delay)
                 if self._stopping or self._current[slot] is not None:
                     return
-                worker = await self._spawn(slot)
+                try:
+                    worker = await self._spawn(slot)
+                except OSError as exc:  # out of processes or descriptors: try again later
+                    delay = self._policies[slot].died(0.0)
+                    log.error(
+                        "worker %d could not be started (%s): trying again in %.1fs",
+                        slot + 1,
+                        exc,
+                        delay,
+                    )
+                    self._nursery.start_soon(self._restart, slot, delay)
+                    return
                 self._current[slot] = worker
                 self._restarted += 1
             finally:
@@ -264,7 +275,13 @@ class Supervisor:
         for slot in range(self._plan.workers):
             if self._stopping:
                 return False
-            new = await self._spawn(slot)
+            try:
+                new = await self._spawn(slot)
+            except OSError as exc:
+                log.error(
+                    "reload: a replacement could not be started (%s); keeping the old workers", exc
+                )
+                return False
             settled = await self._settle(new)
             if self._stopping:
                 await new.drain(None)

@@ -96,12 +96,6 @@ def test_decoder_refuses_an_unfinished_line_longer_than_max_line() -> None:
         default.feed(b"{" * (MAX_LINE + 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LineDecoder only measures the unfinished tail: a complete line longer than "
-    "max_line that arrives in one feed() is decoded, although its docstring says 'a line "
-    "longer than MAX_LINE is an error' (Channel can so accept lines up to ~2 x MAX_LINE)",
-)
 def test_decoder_refuses_a_complete_line_longer_than_max_line() -> None:
     decoder = LineDecoder(max_line=16)
     with pytest.raises(ChannelError, match="longer than 16 bytes"):

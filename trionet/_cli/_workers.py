@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from .._exceptions import InvalidAddress, ListenError
+from .._unwrap import unwrap_single
 from ._errors import EXIT_ERROR, EXIT_OK, CLIError
 from ._signals import DroppedInterrupts, SignalLatch
 
@@ -62,16 +63,17 @@ async def _supervise(plan: object, interrupts: DroppedInterrupts, hangups: _Hang
 
     assert isinstance(plan, WorkerPlan)
     interrupts.check()
-    async with trio.open_nursery() as nursery:
-        supervisor: Supervisor = await nursery.start(run_plan, plan)
-        await nursery.start(supervisor.handle_signals)
-        hangups.replay()  # a SIGHUP during the start: a reload now
-        await trio.lowlevel.checkpoint()  # a Ctrl-C just before: no "listening on"
-        for address in supervisor.addresses:
-            _print(f"listening on {address}")
-        pids = " ".join(str(pid) for pid in supervisor.pids)
-        _print(f"workers: {supervisor.workers} ready (pids {pids})")
-        report = await supervisor.wait_stopped()
+    with unwrap_single():  # a start-up error is one line, not a group
+        async with trio.open_nursery() as nursery:
+            supervisor: Supervisor = await nursery.start(run_plan, plan)
+            await nursery.start(supervisor.handle_signals)
+            hangups.replay()  # a SIGHUP during the start: a reload now
+            await trio.lowlevel.checkpoint()  # a Ctrl-C just before: no "listening on"
+            for address in supervisor.addresses:
+                _print(f"listening on {address}")
+            pids = " ".join(str(pid) for pid in supervisor.pids)
+            _print(f"workers: {supervisor.workers} ready (pids {pids})")
+            report = await supervisor.wait_stopped()
     SignalLatch.ignore()
     _print(
         f"shutdown: workers={report.workers} finished={report.finished} "

@@ -69,6 +69,8 @@ class LineDecoder:
         self._buffer += data
         messages: list[dict[str, Any]] = []
         while (end := self._buffer.find(b"\n")) >= 0:
+            if end > self._max_line:
+                raise ChannelError(f"a channel line longer than {self._max_line} bytes")
             line = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
             messages.append(_decode(line))

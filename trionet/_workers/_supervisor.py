@@ -44,6 +44,7 @@ from .._address import Address
 from .._server._listeners import Listener, close_listeners, open_listeners
 from .._server._serve import check_serve_config
 from .._stats import ServerStats
+from .._unwrap import unwrap_single
 from ._plan import WorkerPlan, plan_from_options
 from ._process import KILL_AFTER, Worker, describe_exit, spawn
 from ._restart import RestartPolicy
@@ -116,6 +117,9 @@ class Supervisor:
         self._kill_deadline = math.inf
         self._kill_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
+        self._starting = False
+        self._start_failed = trio.Event()
+        self._failed_start: Worker | None = None
         self._report: SupervisorReport | None = None
         self._started = self._crashed = self._restarted = 0
         self._reloads = self._reloads_done = self._unreported = 0
@@ -187,6 +191,10 @@ class Supervisor:
             return
         if worker.ready_at is None and self._current[worker.slot] is not worker:
             return  # a replacement that failed: the reload says so
+        if self._starting:  # the start fails (see _start_all)
+            self._failed_start = self._failed_start or worker
+            self._start_failed.set()
+            return
         self._crashed += 1
         started_at = worker.ready_at if worker.ready_at is not None else worker.started
         lifetime = (worker.exited_at or trio.current_time()) - started_at
@@ -222,15 +230,36 @@ class Supervisor:
                 self._restarts.discard(scope)
 
     async def _start_all(self) -> None:
+        """Start every worker at once; all ready, or a :class:`WorkerStartError`.
+
+        The first worker to exit before it is ready fails the start at once
+        (no restart: a broken handler is an error, not a restart loop); so
+        does one not ready within ``ready_timeout``.
+        """
+        self._starting = True
         workers = [await self._spawn(slot) for slot in range(self._plan.workers)]
         for worker in workers:
             self._current[worker.slot] = worker
-        for worker in workers:
-            if not await self._settle(worker):
-                why = self._why_not_ready(worker)
-                with trio.CancelScope(shield=True):
-                    await self._stop_workers(0.0)
-                raise WorkerStartError(f"{worker} {why}")
+        with trio.move_on_after(self._plan.ready_timeout):
+            async with trio.open_nursery() as nursery:
+
+                async def on_failure() -> None:
+                    await self._start_failed.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(on_failure)
+                for worker in workers:
+                    await worker.ready.wait()
+                nursery.cancel_scope.cancel()
+        self._starting = False
+        failed = self._failed_start or next(
+            (worker for worker in workers if not worker.ready.is_set()), None
+        )
+        if failed is not None:
+            why = self._why_not_ready(failed)
+            with trio.CancelScope(shield=True):
+                await self._stop_workers(0.0)
+            raise WorkerStartError(f"{failed} {why}")
         log.info("%d workers ready", len(workers))
 
     async def _settle(self, worker: Worker) -> bool:
@@ -459,12 +488,13 @@ async def run_plan(
     _, resolved = check_serve_config(list(plan.binds), dict(plan.options), "supervise()")
     listeners = await open_listeners(resolved)
     try:
-        async with trio.open_nursery() as nursery:
-            supervisor = Supervisor(plan, listeners, nursery)
-            await supervisor._start_all()
-            task_status.started(supervisor)
-            report = await supervisor.wait_stopped()
-            nursery.cancel_scope.cancel()  # restarts still waiting
-        return report
+        with unwrap_single():  # WorkerStartError itself, not in a group
+            async with trio.open_nursery() as nursery:
+                supervisor = Supervisor(plan, listeners, nursery)
+                await supervisor._start_all()
+                task_status.started(supervisor)
+                report = await supervisor.wait_stopped()
+                nursery.cancel_scope.cancel()  # restarts still waiting
+            return report
     finally:
         close_listeners(listeners)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ._exceptions import ProxyProtocolError as ProxyProtocolError
     from ._exceptions import RemoteProtocolError as RemoteProtocolError
     from ._exceptions import TrionetError as TrionetError
+    from ._exceptions import WorkerStartError as WorkerStartError
     from ._inherited import listen_environment as listen_environment
     from ._proxy._info import ProxyInfo as ProxyInfo
     from ._proxy._info import ProxySSL as ProxySSL
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
     from ._stream import TLSInfo as TLSInfo
     from ._workers import Supervisor as Supervisor
     from ._workers import SupervisorReport as SupervisorReport
-    from ._workers import WorkerStartError as WorkerStartError
     from ._workers import supervise as supervise
 
 #: Public name -> the private module that defines it.
@@ -100,7 +100,7 @@ _EXPORTS: dict[str, str] = {
     "ServerStats": "._stats",
     "Supervisor": "._workers",
     "SupervisorReport": "._workers",
-    "WorkerStartError": "._workers",
+    "WorkerStartError": "._exceptions",
     "supervise": "._workers",
 }
 

@@ -42,6 +42,7 @@ __all__ = [
     "ProxyProtocolError",
     "RemoteProtocolError",
     "TrionetError",
+    "WorkerStartError",
 ]
 
 
@@ -125,6 +126,16 @@ CONNECT_OUTCOMES = frozenset({"connected", "failed", "abandoned", "timed out", "
 
 def _default_outcome(attempt: ConnectAttempt) -> str:
     return "connected" if attempt.error is None else "failed"
+
+
+class WorkerStartError(TrionetError, RuntimeError):
+    """A worker process exited, or was not ready in time, while a supervisor was starting.
+
+    Raised by :func:`trionet.supervise` (and reported by ``trionet serve
+    --workers`` as one error line, exit 1).  The message names the worker,
+    its pid and how it ended; its own error went to its stderr.  Every
+    worker started so far has been stopped and reaped.
+    """
 
 
 @attrs.frozen

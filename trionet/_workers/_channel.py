@@ -26,13 +26,15 @@ from typing import Any, Final
 
 import trio
 
+from .._exceptions import TrionetError
+
 __all__ = ["MAX_LINE", "Channel", "ChannelError", "LineDecoder", "encode"]
 
 #: The longest message line either side accepts (a stats line is ~600 bytes).
 MAX_LINE: Final = 64 * 1024
 
 
-class ChannelError(Exception):
+class ChannelError(TrionetError):
     """The other end sent something that is not a message (a line too long, bad JSON)."""
 
 

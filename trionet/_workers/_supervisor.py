@@ -41,6 +41,7 @@ import attrs
 import trio
 
 from .._address import Address
+from .._exceptions import WorkerStartError
 from .._server._listeners import Listener, close_listeners, open_listeners
 from .._server._serve import check_serve_config
 from .._stats import ServerStats
@@ -55,10 +56,6 @@ log = logging.getLogger("trionet.workers")
 __all__ = ["Supervisor", "SupervisorReport", "WorkerStartError", "supervise"]
 
 _REPORT_FIELDS = ("finished", "cancelled", "in_stages", "swept")
-
-
-class WorkerStartError(RuntimeError):
-    """A worker exited, or was not ready in time, while the supervisor was starting."""
 
 
 @attrs.frozen

@@ -211,6 +211,16 @@ EXPECTED: dict[str, list[str]] = {
         "discarded=1",
         "pool closed: True",
     ],
+    "worker_processes.py": [
+        "listening on tcp://127.0.0.1:",
+        "workers: 2",
+        "every answer came from a worker: True",
+        "reload replaced every worker: True",
+        "new pids: True",
+        "connections during the reload: True | failed: 0",
+        "started=4 crashed=0 reloads=1/1 unreported=0",
+        "accepted: True",
+    ],
     "cli_session.py": [
         "serve printed: listening on tcp://127.0.0.1:",
         "connect printed: hello from the command line",

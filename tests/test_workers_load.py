@@ -21,6 +21,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
+import pytest
 import trio
 
 import trionet
@@ -130,7 +132,9 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(handler: str, *flags: str) -> AsyncIterator[Served]:
+async def serving(
+    handler: str, *flags: str, inherit: socket.socket | None = None
+) -> AsyncIterator[Served]:
     """Start the supervisor with 2 workers; yield once it printed ``workers: 2 ready``.
 
     Whatever the test did, nothing is left running afterwards: a supervisor
@@ -138,10 +142,18 @@ async def serving(handler: str, *flags: str) -> AsyncIterator[Served]:
     did not end (a killed supervisor's workers would drain for their grace).
     """
     argv = [sys.executable, "-m", "trionet", "serve", handler, "--workers", "2"]
-    argv += ["--bind", "tcp://127.0.0.1:0", *flags]
+    bind = "tcp://127.0.0.1:0" if inherit is None else f"fd:{inherit.fileno()}"
+    argv += ["--bind", bind, *flags]
     process = await trio.lowlevel.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=HERE,
+        pass_fds=() if inherit is None else (inherit.fileno(),),
     )
+    if inherit is not None:
+        inherit.close()  # the supervisor's now: ours would keep it listening
     assert process.stdout is not None and process.stderr is not None
     served = Served(process, Lines("stdout"), Lines("stderr"))
     try:
@@ -492,14 +504,21 @@ async def test_a_second_sigterm_cuts_the_grace() -> None:
     assert report["workers.unreported"] == "0"
 
 
-async def test_a_connect_after_every_worker_stopped_accepting_is_refused() -> None:
+@pytest.mark.parametrize("bind", ["tcp", "inherited"])
+async def test_a_connect_after_every_worker_stopped_accepting_is_refused(bind: str) -> None:
     """Found by this file: the supervisor (and each worker's inherited original
     descriptor) kept the listening socket open through the drain, so a late
     connect completed its handshake and was reset at exit instead of refused.
     The supervisor now closes its copies when the shutdown starts, and a worker
-    closes its inherited originals once it has adopted them."""
+    closes its inherited originals once it has adopted them -- and so does a
+    supervisor started with an inherited socket (``--bind fd:N``)."""
+    inherit = None
+    if bind == "inherited":
+        inherit = socket.socket()
+        inherit.bind(("127.0.0.1", 0))
+        inherit.listen()
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving("workers_app:stuck", "--grace", "30") as served:
+        async with serving("workers_app:stuck", "--grace", "30", inherit=inherit) as served:
             held = await stuck_clients(served, 1)
             mark = len(served.err.lines)
             served.signal(signal.SIGTERM)

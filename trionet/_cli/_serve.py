@@ -46,6 +46,7 @@ log = logging.getLogger("trionet.cli")
 __all__ = [
     "bind_specs",
     "check_serve",
+    "close_inherited",
     "resolve_handler",
     "run_serve",
     "server_options",
@@ -304,7 +305,7 @@ async def _serve(
             server: Server = await nursery.start(
                 functools.partial(serve, handler, *binds, **options)
             )
-            _close_inherited(binds)
+            close_inherited(binds)
             # Install the signal handlers *before* saying we listen: whoever
             # waits for "listening on" may signal us the moment they see it.
             await nursery.start(drain, server)
@@ -329,7 +330,7 @@ async def _serve(
     _print("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(server.stats).items()))
 
 
-def _close_inherited(binds: list[str]) -> None:
+def close_inherited(binds: list[str]) -> None:
     """Close the inherited descriptors the server has adopted (duplicates of).
 
     The command is the process they were passed to, and the server holds a

@@ -10,8 +10,16 @@ drains, a second one cuts the grace; at exit it prints the summed
 line (started, crashed, restarted, reloads).  The workers log to the same
 stderr.
 
-SIGINT/SIGTERM before the supervisor is ready: the start-up unwinds, the
-workers started so far are stopped and reaped, and the exit is 130.
+Before the supervisor is ready, SIGINT unwinds the start-up (the workers
+started so far are stopped and reaped) and the exit is 130; SIGTERM keeps
+its default action, as for one process -- the supervisor ends (-15), and
+its workers, reading end-of-file on their channels, drain and exit.  A
+SIGHUP then is held until the workers are ready, and reloads them.
+
+The inherited descriptors the supervisor adopted (``--bind fd:N``,
+``systemd``) are closed once it has its duplicates, as ``trionet serve``
+does: else they would keep the socket listening after the drain, and a
+late connect would be reset at exit instead of refused.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import trio
 from .._exceptions import InvalidAddress, ListenError
 from .._unwrap import unwrap_single
 from ._errors import EXIT_ERROR, EXIT_OK, CLIError
+from ._serve import close_inherited
 from ._signals import DroppedInterrupts, SignalLatch
 
 __all__ = ["run_workers"]
@@ -66,6 +75,7 @@ async def _supervise(plan: object, interrupts: DroppedInterrupts, hangups: _Hang
     with unwrap_single():  # a start-up error is one line, not a group
         async with trio.open_nursery() as nursery:
             supervisor: Supervisor = await nursery.start(run_plan, plan)
+            close_inherited(list(plan.binds))
             await nursery.start(supervisor.handle_signals)
             hangups.replay()  # a SIGHUP during the start: a reload now
             await trio.lowlevel.checkpoint()  # a Ctrl-C just before: no "listening on"

@@ -72,16 +72,21 @@ class SupervisorReport:
     restarted: int
     #: Reloads asked for, and those that replaced every worker.
     reloads: int
+    #: Reloads that replaced every worker (the others kept the old ones).
     reloads_done: int
     #: Every reporting worker's stats, summed (a killed worker's are lost:
     #: see ``unreported``).
     stats: ServerStats
     #: Workers that exited without reporting their stats.
     unreported: int
-    #: The workers' drain reports, summed (reloads' drains included).
+    #: Handlers that finished by themselves in the workers' drains, summed
+    #: (reloads' drains included; see :class:`~trionet.ShutdownReport`).
     finished: int
+    #: Handlers cancelled when a drain's grace ran out, summed.
     cancelled: int
+    #: Connections closed in their stages by a drain, summed.
     in_stages: int
+    #: Connections found queued when a drain began, and served, summed.
     swept: int
     #: Seconds from the start of the final shutdown to the last worker's exit.
     elapsed: float
@@ -136,10 +141,12 @@ class Supervisor:
 
     @property
     def workers(self) -> int:
+        """How many worker processes it runs (``--workers``)."""
         return self._plan.workers
 
     @property
     def stopping(self) -> bool:
+        """True once :meth:`shutdown` has begun."""
         return self._stopping
 
     def __repr__(self) -> str:
@@ -461,10 +468,12 @@ async def supervise(
         options: ``trionet serve`` flags, by their Python names.
 
     Raises:
-        TypeError, ValueError: a bad argument (naming ``supervise()``
-            and the option), before anything is opened.
+        TypeError: an argument of the wrong type, or an unknown option
+            (naming ``supervise()`` and the option), before anything is opened.
+        ValueError: a bad value, likewise.
         WorkerStartError: a worker exited, or was not ready in time, at the start.
-        ListenError, InvalidAddress: a bind could not be opened or adopted.
+        ListenError: a bind could not be opened.
+        InvalidAddress: an inherited descriptor could not be adopted.
 
     Example::
 

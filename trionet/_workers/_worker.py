@@ -88,7 +88,10 @@ async def follow_supervisor(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Say ``ready``, then obey the supervisor until ``server`` has stopped."""
-    await channel.send({"event": "ready", "pid": os.getpid()})
+    try:
+        await channel.send({"event": "ready", "pid": os.getpid()})
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the supervisor is gone already: obey() reads EOF and drains
     task_status.started()
     async with trio.open_nursery() as nursery:
 

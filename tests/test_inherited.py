@@ -143,6 +143,43 @@ def test_cli_refuses_missing_environment() -> None:
     assert run_main(["serve", "echo", "--bind", "systemd"]) == 2
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one", "workers"])
+@pytest.mark.parametrize(
+    ("which", "problem"),
+    [
+        ("pipe", "is a pipe, not a socket"),
+        ("udp", "is a UDP socket"),
+        ("idle", "is a TCP socket that is not listening"),
+        ("closed", "is not open"),
+    ],
+)
+def test_cli_refuses_a_bad_descriptor_in_one_line_and_closes_nothing(
+    bad_descriptors: dict[str, int], which: str, problem: str, workers: list[str]
+) -> None:
+    # The issue's bad-input table, through the command (one process, and a
+    # supervisor with workers): one error line, exit 1, no worker started,
+    # and the descriptor -- ours -- still open afterwards.
+    fd = bad_descriptors[which]
+    passed = () if which == "closed" else (fd,)
+    result = subprocess.run(
+        [sys.executable, "-m", "trionet", "serve", "echo", "--bind", f"fd:{fd}", *workers],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        pass_fds=passed,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert len(lines) == 1 and lines[0].startswith("trionet: error: invalid address"), lines
+    assert f"fd {fd} {problem}" in lines[0]
+    assert "started" not in result.stderr  # no worker process
+    if which != "closed":
+        os.fstat(fd)  # still open here (and in the child until it exited)
+
+
 def test_cli_reports_a_refused_descriptor_in_one_line() -> None:
     # fd 0 of the child is /dev/null: refused when adopted -- one error line
     # (found by hostile testing: it was a traceback).
@@ -218,6 +255,27 @@ async def test_tls_and_backlog_apply_to_inherited(
         assert resolved.uses_tls and resolved.backlog == 8
         assert await echo_once(server.addresses[0], tls=client_tls) == b"ping"
         await server.shutdown(5)
+    assert is_open(tcp_listener.fileno())
+
+
+async def test_proxy_protocol_applies_to_an_inherited_socket(tcp_listener: socket.socket) -> None:
+    seen: list[object] = []
+
+    async def who(conn: trionet.Connection) -> None:
+        seen.append(conn.peer)
+        await conn.send_all(b"ok")
+
+    bind = trionet.Bind(
+        f"fd:{tcp_listener.fileno()}", proxy_protocol="required", trusted_proxies=["127.0.0.1/32"]
+    )
+    async with trio.open_nursery() as nursery:
+        server: trionet.Server = await nursery.start(functools.partial(trionet.serve, who, bind))
+        stream = await trio.open_tcp_stream(*tcp_listener.getsockname())
+        async with stream:
+            await stream.send_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 80\r\n")
+            assert await stream.receive_some(10) == b"ok"
+        await server.shutdown(5)
+    assert seen == [trionet.TCPAddress("192.0.2.7", 40000)]
     assert is_open(tcp_listener.fileno())
 
 
@@ -419,17 +477,41 @@ def test_cli_serves_passed_socket(tcp_listener: socket.socket, bind: str) -> Non
     assert is_open(tcp_listener.fileno())
 
 
-def test_cli_refuses_a_pid_mismatch(tcp_listener: socket.socket) -> None:
-    env = dict(os.environ, LISTEN_PID="1", LISTEN_FDS="1")
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one", "workers"])
+def test_cli_refuses_a_pid_mismatch(tcp_listener: socket.socket, workers: list[str]) -> None:
+    # The socket really is at descriptor 3 of the child, but LISTEN_PID names
+    # another process: refused before anything is adopted, and left open.
+    argv = [sys.executable, "-c", _WRAPPER_FOR_PID_MISMATCH]
+    env = dict(os.environ, LISTEN_PID="1", LISTEN_FDS="1", TEST_FD=str(tcp_listener.fileno()))
     proc = subprocess.run(
-        [sys.executable, "-m", "trionet", "serve", "echo", "--bind", "systemd"],
+        [*argv, "serve", "echo", "--bind", "systemd", *workers],
         env=env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
+        pass_fds=(tcp_listener.fileno(),),
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("trionet: error: ")
     assert "LISTEN_PID=1 is another process" in proc.stderr
+    assert "descriptor 3 still open" in proc.stdout
+    assert is_open(tcp_listener.fileno())
+
+
+# Puts the caller's socket at descriptor 3, runs the trionet command, then
+# reports whether descriptor 3 is still open (the refusal closed nothing).
+_WRAPPER_FOR_PID_MISMATCH = """import os, sys
+fd = int(os.environ["TEST_FD"])
+os.dup2(fd, 3, inheritable=True)
+from trionet._launch import main
+status = main(sys.argv[1:])
+try:
+    os.fstat(3)
+    print("descriptor 3 still open", flush=True)
+except OSError:
+    print("descriptor 3 closed", flush=True)
+sys.exit(status)
+"""
 
 
 def test_systemd_socket_activate(tmp_path: Path) -> None:

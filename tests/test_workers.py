@@ -466,6 +466,33 @@ def _rewrite(path: Path, text: str) -> None:
     os.utime(path, (before + 10, before + 10))
 
 
+def test_an_old_worker_that_hangs_after_a_reload_is_killed_after_its_grace(cli: Start) -> None:
+    """Found by review: a worker drained by a reload had no deadline -- one that
+    hung (here: a handler shielded from cancellation) lived until the shutdown,
+    and each reload could leave one more behind."""
+    run = supervised(
+        cli, "workers_handlers:shielded", "--workers", "1", "--grace", "1", "--bind", LOCAL
+    )
+    (address,) = run.addresses
+    (old,) = run.pids
+    with connect(address) as client:
+        assert client.recv(4) == b"ack\n"
+        started = time.monotonic()
+        run.signal(signal.SIGHUP)
+        run.wait_err(r"reload: done, 1 workers replaced")
+        run.wait_err(rf"worker 1 \(pid {old}\) did not exit in time: killing it", timeout=15)
+        elapsed = time.monotonic() - started
+        wait_until_gone({old})
+    # grace (1 s) + KILL_AFTER (5 s), not before
+    assert 5.5 < elapsed < 12, elapsed
+    (new,) = children_of(run.pid)
+    assert new != old
+    run.signal(signal.SIGTERM)
+    rc, out, err = run.finish()
+    assert rc == 0, err
+    assert final_line(out, "workers")["unreported"] == "1"  # the killed one
+
+
 def test_a_failed_reload_keeps_the_old_workers_and_a_fixed_one_replaces_them(
     cli: Start, tmp_path: Path
 ) -> None:

@@ -36,3 +36,10 @@ async def stubborn(conn: trionet.Connection) -> None:
     """Say ``ack``, then never finish (only a cut grace ends it)."""
     await conn.send_all(b"ack\n")
     await trio.sleep_forever()
+
+
+async def shielded(conn: trionet.Connection) -> None:
+    """Say ``ack``, then ignore cancellation for a minute: a hung worker that no drain ends."""
+    await conn.send_all(b"ack\n")
+    with trio.CancelScope(shield=True):
+        await trio.sleep(60)

@@ -272,9 +272,8 @@ def build_parser(*, raising: bool = False) -> argparse.ArgumentParser:
     workers.add_argument(
         "--ready-timeout",
         type=_seconds(zero=False),
-        default=30.0,
         metavar="S",
-        help="seconds a starting worker gets to be accepting (default 30)",
+        help="seconds a starting worker gets to be accepting (default 30; needs --workers)",
     )
     # Internal: how a supervisor tells its worker where its channel is.
     srv.add_argument("--worker-channel", type=_descriptor, help=argparse.SUPPRESS)

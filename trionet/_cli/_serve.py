@@ -356,6 +356,8 @@ def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
         from ._workers import run_workers
 
         return run_workers(args, interrupts)
+    if args.ready_timeout is not None:
+        raise CLIError("--ready-timeout needs --workers", EXIT_USAGE)
     binds = bind_specs(args)
     options = server_options(args)
     check_serve(binds, options, args.grace)

@@ -6,6 +6,7 @@ One concept per module::
     _plan        WorkerPlan: the serve flags, checked, split supervisor / worker
     _restart     RestartPolicy: restart at once, back off on repeated young deaths
     _process     one worker process: spawn with its fds, watch, reap, kill
+    _report      SupervisorReport, and the tally of the workers' exit stats
     _supervisor  Supervisor and supervise(): start, crash restarts, reload, shutdown
     _signals     SIGHUP reloads, SIGINT/SIGTERM drain, a second one cuts
     _worker      the worker's side: ready, drain on command or EOF, exit stats
@@ -13,6 +14,8 @@ One concept per module::
 
 from __future__ import annotations
 
-from ._supervisor import Supervisor, SupervisorReport, WorkerStartError, supervise
+from .._exceptions import WorkerStartError
+from ._report import SupervisorReport
+from ._supervisor import Supervisor, supervise
 
 __all__ = ["Supervisor", "SupervisorReport", "WorkerStartError", "supervise"]

@@ -11,8 +11,9 @@ worker its end as ``--worker-channel FD``.  Worker to supervisor::
 
 Supervisor to worker::
 
-    {"command": "drain", "grace": 10.0}      # drain within grace (null: --grace)
-    {"command": "cut"}                       # cancel the remaining handlers now
+    {"command": "drain", "grace": 10.0}      # drain within grace (null: its --grace;
+                                             # "inf": no limit); a later, shorter
+                                             # grace cuts it (0: cancel the handlers)
 
 The channel is also the worker's lifeline: end-of-file means the supervisor
 is gone (even by ``kill -9``), and the worker drains and exits -- no orphans.
@@ -43,8 +44,8 @@ def encode(message: dict[str, Any]) -> bytes:
 
     Example::
 
-        >>> encode({"command": "cut"})
-        b'{"command":"cut"}\\n'
+        >>> encode({"command": "drain", "grace": float("inf")})
+        b'{"command":"drain","grace":"inf"}\\n'
     """
     clean = {
         key: ("inf" if isinstance(value, float) and math.isinf(value) else value)

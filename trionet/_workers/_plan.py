@@ -29,9 +29,11 @@ from typing import Any, Final
 
 import attrs
 
+from .._address import parse_address
 from .._cli._args import MAX_WORKERS, UsageError, build_parser
 from .._cli._errors import CLIError
 from .._cli._serve import bind_specs, check_serve, resolve_handler, server_options
+from .._inherited import check_inherited, parse_inherited
 from .._validate import check_count, check_seconds, public_call
 
 __all__ = ["SUPERVISOR_FLAGS", "WorkerPlan", "plan_from_args", "plan_from_options"]
@@ -41,6 +43,8 @@ __all__ = ["SUPERVISOR_FLAGS", "WorkerPlan", "plan_from_args", "plan_from_option
 SUPERVISOR_FLAGS: Final = frozenset(
     {"bind", "backlog", "reuse_port", "unix_mode", "workers", "ready_timeout", "worker_channel"}
 )
+#: Seconds a starting worker gets to be accepting (``--ready-timeout``).
+DEFAULT_READY_TIMEOUT: Final = 30.0
 _NOT_OPTIONS: Final = frozenset({"help", "handler", "command", "worker_channel", "workers"})
 
 
@@ -96,7 +100,7 @@ def plan_from_args(args: argparse.Namespace, *, import_handler: bool = True) -> 
         worker_flags=tuple(_worker_flags(args)),
         workers=args.workers,
         grace=args.grace,
-        ready_timeout=args.ready_timeout,
+        ready_timeout=DEFAULT_READY_TIMEOUT if args.ready_timeout is None else args.ready_timeout,
     )
 
 
@@ -175,6 +179,13 @@ def plan_from_options(
                 f"{call}: binds must be str specs (a worker is given its sockets on its "
                 f"command line), not {type(spec).__name__}"
             )
+        # A bad spec, or LISTEN_* that do not name us, is InvalidAddress (as
+        # from serve), not the command line's usage error.
+        inherited = parse_inherited(spec)
+        if inherited is None:
+            parse_address(spec)
+        else:
+            check_inherited(inherited)
         argv += ["--bind", spec]
     argv += _keyword_flags(call, {"ready_timeout": ready_timeout, **options})
     try:

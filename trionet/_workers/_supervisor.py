@@ -42,54 +42,19 @@ import trio
 
 from .._address import Address
 from .._exceptions import WorkerStartError
+from .._server._drain import check_grace
 from .._server._listeners import Listener, close_listeners, open_listeners
 from .._server._serve import check_serve_config
-from .._stats import ServerStats
 from .._unwrap import unwrap_single
 from ._plan import WorkerPlan, plan_from_options
 from ._process import KILL_AFTER, Worker, describe_exit, spawn
+from ._report import SupervisorReport, Tally
 from ._restart import RestartPolicy
 from ._signals import handle_signals
 
 log = logging.getLogger("trionet.workers")
 
 __all__ = ["Supervisor", "SupervisorReport", "WorkerStartError", "supervise"]
-
-_REPORT_FIELDS = ("finished", "cancelled", "in_stages", "swept")
-
-
-@attrs.frozen
-class SupervisorReport:
-    """What a supervisor did over its life; the stats add up every worker that reported them."""
-
-    #: Worker processes (``--workers``).
-    workers: int
-    #: Worker processes started, replacements and restarts included.
-    started: int
-    #: Workers that exited unasked (crashed, killed).
-    crashed: int
-    #: Restarts after those exits.
-    restarted: int
-    #: Reloads asked for, and those that replaced every worker.
-    reloads: int
-    #: Reloads that replaced every worker (the others kept the old ones).
-    reloads_done: int
-    #: Every reporting worker's stats, summed (a killed worker's are lost:
-    #: see ``unreported``).
-    stats: ServerStats
-    #: Workers that exited without reporting their stats.
-    unreported: int
-    #: Handlers that finished by themselves in the workers' drains, summed
-    #: (reloads' drains included; see :class:`~trionet.ShutdownReport`).
-    finished: int
-    #: Handlers cancelled when a drain's grace ran out, summed.
-    cancelled: int
-    #: Connections closed in their stages by a drain, summed.
-    in_stages: int
-    #: Connections found queued when a drain began, and served, summed.
-    swept: int
-    #: Seconds from the start of the final shutdown to the last worker's exit.
-    elapsed: float
 
 
 @attrs.define(eq=False)
@@ -125,7 +90,7 @@ class Supervisor:
         self._report: SupervisorReport | None = None
         self._started = self._crashed = self._restarted = 0
         self._reloads = self._reloads_done = self._unreported = 0
-        self._sums: dict[str, int] = {}
+        self._tally = Tally()
 
     # -- what users read -------------------------------------------------
 
@@ -173,19 +138,7 @@ class Supervisor:
         self._after_exit(worker)
 
     def _account(self, worker: Worker) -> None:
-        final = worker.final
-        stats = final.get("stats") if final else None
-        if isinstance(stats, dict):
-            for key, value in stats.items():
-                if isinstance(value, int):
-                    self._sums[key] = self._sums.get(key, 0) + value
-            shutdown = final.get("shutdown") if final else None
-            if isinstance(shutdown, dict):
-                for key in _REPORT_FIELDS:
-                    value = shutdown.get(key)
-                    if isinstance(value, int):
-                        self._sums["_" + key] = self._sums.get("_" + key, 0) + value
-        else:
+        if not self._tally.add(worker.final):
             self._unreported += 1
 
     def _after_exit(self, worker: Worker) -> None:
@@ -332,9 +285,17 @@ class Supervisor:
             if old is not None:
                 log.info("reload: %s replaced by %s: draining it", old, new)
                 await old.drain(None)
+                self._nursery.start_soon(self._deadline, old, self._plan.grace)
         self._reloads_done += 1
         log.info("reload: done, %d workers replaced", self._plan.workers)
         return True
+
+    async def _deadline(self, worker: Worker, grace: float) -> None:
+        """Kill ``worker`` (drained by a reload) if it outlives its grace by ``KILL_AFTER``."""
+        with trio.move_on_after(grace + KILL_AFTER):
+            await worker.exited.wait()
+            return
+        worker.kill()
 
     async def shutdown(self, grace: float | None = None) -> SupervisorReport:
         """Drain every worker within ``grace`` (None: ``--grace``); a later, shorter call cuts it.
@@ -344,7 +305,7 @@ class Supervisor:
         after its grace is killed.
         """
         if grace is not None:
-            _check_grace(grace)
+            check_grace(grace, "Supervisor.shutdown()")
         effective = self._plan.grace if grace is None else grace
         deadline = trio.current_time() + effective + KILL_AFTER
         if self._stopping:
@@ -409,29 +370,16 @@ class Supervisor:
         return self._report
 
     def _make_report(self) -> SupervisorReport:
-        fields = attrs.fields_dict(ServerStats)
-        stats = ServerStats(**{k: v for k, v in self._sums.items() if k in fields})
-        return SupervisorReport(
+        return self._tally.report(
             workers=self._plan.workers,
             started=self._started,
             crashed=self._crashed,
             restarted=self._restarted,
             reloads=self._reloads,
             reloads_done=self._reloads_done,
-            stats=stats,
             unreported=self._unreported,
-            finished=self._sums.get("_finished", 0),
-            cancelled=self._sums.get("_cancelled", 0),
-            in_stages=self._sums.get("_in_stages", 0),
-            swept=self._sums.get("_swept", 0),
             elapsed=trio.current_time() - self._stop_started,
         )
-
-
-def _check_grace(grace: object) -> None:
-    from .._server._drain import check_grace
-
-    check_grace(grace, "Supervisor.shutdown()")
 
 
 async def supervise(

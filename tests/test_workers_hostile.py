@@ -7,9 +7,10 @@ test's own ``trio.run``.  The handlers are ``hostile_workers.py``, which the
 workers import through ``PYTHONPATH``.  Every process a test starts carries a
 token in its environment, and none may outlive the test (:func:`_token`).
 
-A test marked ``xfail(strict=True, reason="BUG: ...")`` reproduces a defect
-of the library: it asserts what the promise says and fails today.  The
-others guard a promise that held under attack.  (``test_workers.py``,
+Each test asserts a promise.  Those whose docstring or name says a defect
+was found reproduce one this file found (they failed before the fix in
+the library, as strict xfails); the others guard a promise that held under
+attack.  (``test_workers.py``,
 ``test_workers_units.py`` and ``test_workers_load.py`` cover the rest; a
 reload's hung old worker, first found here, is ``test_workers.py``'s.)
 """
@@ -249,11 +250,6 @@ def started_pids(err: str) -> list[int]:
 ################################################################
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: LineDecoder lets json's RecursionError out of feed() for deeply nested JSON "
-    "(it catches only ValueError)",
-)
 def test_decoder_turns_deeply_nested_json_into_a_channel_error() -> None:
     with pytest.raises(ChannelError):
         LineDecoder().feed(b"[" * 50_000 + b"\n")  # 50 kB: under MAX_LINE
@@ -286,11 +282,6 @@ async def test_garbage_on_the_channel_costs_that_worker_only() -> None:
     assert (report.crashed, report.restarted) == (1, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a worker that writes deeply nested JSON on its channel crashes the whole "
-    "supervisor with RecursionError (Worker._read catches only ChannelError)",
-)
 async def test_deeply_nested_json_on_the_channel_costs_that_worker_only() -> None:
     before, _after, report = await _supervise_poison(b"deep")
     assert not alive(before[0])
@@ -341,20 +332,10 @@ def _worker_given(line: bytes) -> tuple[int, bytes, str]:
         pytest.param(
             b"[" * 50_000 + b"\n",
             id="deeply-nested-json",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: the worker dies with a RecursionError traceback (follow_supervisor "
-                "catches only ChannelError), sends no exit message",
-            ),
         ),
         pytest.param(
             b'{"command":"drain","grace":1' + b"0" * 400 + b"}\n",
             id="integer-grace-too-big-for-a-float",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: _worker._grace() calls float() on a huge int: OverflowError "
-                "traceback, no exit message",
-            ),
         ),
         pytest.param(b'{"command":"drain","grace":-1}\n', id="negative-grace"),
         pytest.param(b'{"command":"drain","grace":NaN}\n', id="nan-grace"),
@@ -372,12 +353,6 @@ def test_a_worker_drains_on_a_bad_command_without_a_traceback(line: bytes) -> No
 ################################################################
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a worker is started with SIGHUP's default action and ignores it only once "
-    "its command line has loaded: a hang-up of the process group kills workers that are "
-    "starting (here: the whole start fails, exit 1)",
-)
 def test_a_hangup_of_the_process_group_during_the_start_kills_no_worker(
     procs: list[Proc], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -411,13 +386,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: between handle_signals() putting the old handlers back (SIGTERM: default "
-    "action, SIGINT: KeyboardInterrupt) and SignalLatch.ignore(), a signal of a storm kills "
-    "the drained supervisor (-15, no report) or makes it exit 130; seen with a real "
-    "SIGINT/SIGTERM storm in about 1 run of 4",
-)
 @pytest.mark.parametrize("late", ["SIGTERM", "SIGINT"])
 def test_a_signal_just_after_the_drain_does_not_spoil_the_exit(
     procs: list[Proc], monkeypatch: pytest.MonkeyPatch, late: str
@@ -439,11 +407,6 @@ def test_a_signal_just_after_the_drain_does_not_spoil_the_exit(
 ################################################################
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a closed stdout (| head -0) makes the supervisor die with a BrokenPipeError "
-    "traceback at 'listening on' (plain serve too)",
-)
 def test_a_closed_stdout_is_no_traceback(procs: list[Proc]) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
@@ -477,11 +440,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: running out of descriptors while starting the workers (EMFILE from "
-    "spawn) is an OSError traceback, not one 'trionet: error:' line",
-)
 def test_running_out_of_descriptors_at_the_start_is_one_error_line(procs: list[Proc]) -> None:
     run = serve(
         procs, "echo", "--workers", "64", "--bind", LOCAL, "--grace", "1",
@@ -495,12 +453,6 @@ def test_running_out_of_descriptors_at_the_start_is_one_error_line(procs: list[P
     assert re.search(r"^trionet: error: .*Too many open files", err, re.M), err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the worker's command line passes a flag's value as a separate argument: a "
-    "value the supervisor accepted (--tls-cert=-cert.pem) reads as a flag in every worker, "
-    "which exits 2 ('expected one argument') and fails the start",
-)
 def test_a_flag_value_starting_with_a_dash_reaches_the_workers(
     procs: list[Proc], tmp_path: Path, tls_cert: trustme.LeafCert
 ) -> None:
@@ -553,13 +505,6 @@ async def test_a_restart_that_cannot_spawn_is_retried_and_recovers(
 ################################################################
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the supervisor learns of a worker's death only from EOF on its channel; a "
-    "process the worker forked (multiprocessing's fork start method) holds the channel "
-    "open, so a kill -9 goes unnoticed (no restart) and shutdown waits for the helper, "
-    "past grace + KILL_AFTER",
-)
 async def test_a_crash_is_noticed_though_a_forked_helper_holds_the_channel(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -588,12 +533,6 @@ async def test_a_crash_is_noticed_though_a_forked_helper_holds_the_channel(
             kill_quietly(helper)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the supervisor takes a worker as exited only at EOF on its channel: with a "
-    "forked helper holding it, a shutdown waits for the helper (here 15 s) although the "
-    "worker drained at once -- far past grace + KILL_AFTER",
-)
 async def test_a_shutdown_is_not_held_by_a_forked_helper_of_a_worker(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -648,12 +587,6 @@ async def test_a_stopped_worker_is_killed_at_shutdown_after_grace_and_kill_after
 ################################################################
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a crash restart whose spawn is still running when the reload's replacement "
-    "of that slot becomes ready overwrites it in the slot: N+1 workers, one of which no "
-    "reload replaces (Supervisor._restart assigns _current[slot] unconditionally)",
-)
 async def test_a_restart_racing_a_reload_leaves_no_extra_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -688,9 +621,13 @@ async def test_a_restart_racing_a_reload_leaves_no_extra_worker(
             os.kill(first, signal.SIGKILL)  # the old worker dies while its replacement starts
             await until(lambda: len(spawned) == 2 and spawned[1].ready.is_set(), "restarted")
             await until(lambda: reloaded, "reloaded")
-            running = {worker.pid for worker in spawned if alive(worker.pid)}
             try:
-                assert running == set(supervisor.pids), (running, supervisor.pids)
+                # The restart found its slot filled and drained its worker:
+                # soon only the slot's worker runs.
+                await until(
+                    lambda: {w.pid for w in spawned if alive(w.pid)} == set(supervisor.pids),
+                    "one worker per slot",
+                )
             finally:
                 await supervisor.shutdown()
 
@@ -714,11 +651,6 @@ def test_workers_orphaned_before_they_are_ready_exit_quietly(
 ################################################################
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: supervise('-h') / supervise('--help') prints the serve help on stdout and "
-    "raises SystemExit(0): argparse takes the handler for a flag",
-)
 @pytest.mark.parametrize("handler", ["-h", "--help"])
 def test_a_handler_that_looks_like_a_flag_is_a_value_error(
     handler: str, capsys: pytest.CaptureFixture[str]

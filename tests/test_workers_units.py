@@ -10,6 +10,7 @@ flags a worker is given.  The processes themselves are ``test_workers.py``'s.
 from __future__ import annotations
 
 import math
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -132,8 +133,8 @@ def test_decoder_error_names_the_line_but_only_its_start() -> None:
 
 
 def _socket_channels() -> tuple[Channel, Channel]:
-    a, b = trio.socket.socketpair()
-    return Channel(trio.SocketStream(a)), Channel(trio.SocketStream(b))
+    a, b = socket.socketpair()
+    return Channel(a), Channel(b)
 
 
 async def test_channel_messages_in_order_then_none_at_eof() -> None:
@@ -153,8 +154,9 @@ async def test_channel_messages_in_order_then_none_at_eof() -> None:
 
 
 async def test_channel_raises_on_garbage_from_the_peer() -> None:
-    a, b = trio.socket.socketpair()
-    channel = Channel(trio.SocketStream(b))
+    a_raw, b = socket.socketpair()
+    a = trio.socket.from_stdlib_socket(a_raw)
+    channel = Channel(b)
     with trio.fail_after(5):
         await a.send(b"no json here\n")
         with pytest.raises(ChannelError, match="not JSON"):
@@ -384,13 +386,16 @@ def test_an_infinite_grace_and_lists() -> None:
 
 
 def _pairs(flags: tuple[str, ...] | list[str]) -> set[tuple[str, str]]:
-    """``--flag value`` pairs (and ``(--flag, "")`` for a flag without one)."""
+    """``--flag=value`` as pairs (and ``(--flag, "")`` for a flag without one).
+
+    A worker is given ``--flag=VALUE``, one argument, so that a value that
+    starts with ``-`` stays a value (found by test_workers_hostile).
+    """
     pairs = set()
-    for i, flag in enumerate(flags):
-        if not flag.startswith("--"):
-            continue
-        value = flags[i + 1] if i + 1 < len(flags) and not flags[i + 1].startswith("--") else ""
-        pairs.add((flag, value))
+    for flag in flags:
+        assert flag.startswith("--"), flags  # never a separate value argument
+        name, _, value = flag.partition("=")
+        pairs.add((name, value))
     return pairs
 
 

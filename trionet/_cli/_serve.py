@@ -49,6 +49,7 @@ __all__ = [
     "close_inherited",
     "resolve_handler",
     "run_serve",
+    "say",
     "server_options",
 ]
 
@@ -267,8 +268,20 @@ def check_serve(binds: list[str], options: dict[str, Any], grace: float) -> None
         raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
 
 
-def _print(*parts: object) -> None:
-    print(*parts, flush=True)
+def say(*parts: object) -> None:
+    """Print a line of the command's output; a reader that went away is no error.
+
+    With stdout closed (``trionet serve ... | head -1``) the server goes on
+    serving, and its later lines go nowhere -- as the shell's own tools do,
+    without a ``BrokenPipeError`` traceback, now or at exit.
+    """
+    try:
+        print(*parts, flush=True)
+    except BrokenPipeError:
+        # Python would try to flush stdout again at exit, and fail there.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 async def _serve(
@@ -317,17 +330,17 @@ async def _serve(
                 await nursery.start(_worker.follow_supervisor, channel, server, grace)
             else:
                 for address in server.addresses:
-                    _print(f"listening on {address}")
+                    say(f"listening on {address}")
             latch.replay()
     report = reports[0]
     if channel is not None:
         await _worker.say_exit(channel, _worker.exit_message(server, report))
         return
-    _print(
+    say(
         f"shutdown: finished={report.finished} cancelled={report.cancelled} "
         f"in_stages={report.in_stages} swept={report.swept} elapsed={report.elapsed:.3f}s"
     )
-    _print("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(server.stats).items()))
+    say("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(server.stats).items()))
 
 
 def close_inherited(binds: list[str]) -> None:

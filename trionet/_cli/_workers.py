@@ -34,14 +34,10 @@ import trio
 from .._exceptions import InvalidAddress, ListenError
 from .._unwrap import unwrap_single
 from ._errors import EXIT_ERROR, EXIT_OK, CLIError
-from ._serve import close_inherited
+from ._serve import close_inherited, say
 from ._signals import DroppedInterrupts, SignalLatch
 
 __all__ = ["run_workers"]
-
-
-def _print(*parts: object) -> None:
-    print(*parts, flush=True)
 
 
 class _HangupLatch:
@@ -76,22 +72,35 @@ async def _supervise(plan: object, interrupts: DroppedInterrupts, hangups: _Hang
         async with trio.open_nursery() as nursery:
             supervisor: Supervisor = await nursery.start(run_plan, plan)
             close_inherited(list(plan.binds))
-            await nursery.start(supervisor.handle_signals)
+            latch = SignalLatch()
+
+            async def signals(*, task_status: trio.TaskStatus[None]) -> None:
+                # As for one process (see _signals.SignalLatch): the latch
+                # goes beneath handle_signals' handlers with no checkpoint in
+                # between, and once they are removed SIGINT and SIGTERM are
+                # ignored -- a signal in that instant cannot spoil the exit.
+                latch.install()
+                try:
+                    await supervisor.handle_signals(task_status=task_status)
+                finally:
+                    latch.ignore()
+
+            await nursery.start(signals)
             hangups.replay()  # a SIGHUP during the start: a reload now
             await trio.lowlevel.checkpoint()  # a Ctrl-C just before: no "listening on"
             for address in supervisor.addresses:
-                _print(f"listening on {address}")
+                say(f"listening on {address}")
             pids = " ".join(str(pid) for pid in supervisor.pids)
-            _print(f"workers: {supervisor.workers} ready (pids {pids})")
+            say(f"workers: {supervisor.workers} ready (pids {pids})")
+            latch.replay()
             report = await supervisor.wait_stopped()
-    SignalLatch.ignore()
-    _print(
+    say(
         f"shutdown: workers={report.workers} finished={report.finished} "
         f"cancelled={report.cancelled} in_stages={report.in_stages} swept={report.swept} "
         f"elapsed={report.elapsed:.3f}s"
     )
-    _print("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(report.stats).items()))
-    _print(
+    say("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(report.stats).items()))
+    say(
         f"workers: started={report.started} crashed={report.crashed} "
         f"restarted={report.restarted} reloads={report.reloads_done}/{report.reloads} "
         f"unreported={report.unreported}"

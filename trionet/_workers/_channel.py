@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket as _stdlib_socket
 from typing import Any, Final
 
 import trio
@@ -90,7 +91,7 @@ class LineDecoder:
 def _decode(line: bytes) -> dict[str, Any]:
     try:
         value = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         raise ChannelError(f"a channel line that is not JSON: {line[:80]!r}") from None
     if not isinstance(value, dict):
         raise ChannelError(f"a channel line that is not a JSON object: {line[:80]!r}")
@@ -98,10 +99,11 @@ def _decode(line: bytes) -> dict[str, Any]:
 
 
 class Channel:
-    """Messages over a Trio stream: :meth:`send`, and :meth:`receive` (None at EOF)."""
+    """Messages over a socket: :meth:`send`, :meth:`receive` (None at EOF), and more."""
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream) -> None:
-        self._stream = stream
+    def __init__(self, sock: _stdlib_socket.socket) -> None:
+        self._sock = sock  # kept for receive_nowait (Trio's socket wraps this same object)
+        self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self._decoder = LineDecoder()
         self._ready: list[dict[str, Any]] = []
         self._send_lock = trio.Lock()
@@ -121,6 +123,26 @@ class Channel:
                 return None
             self._ready.extend(self._decoder.feed(data))
         return self._ready.pop(0)
+
+    def receive_nowait(self) -> list[dict[str, Any]]:
+        """Every message already received by the kernel, without waiting.
+
+        Once the other process has exited, what it wrote is all in our
+        receive buffer -- even if a process it forked still holds its end
+        open, so that no end-of-file will come.
+        """
+        messages, self._ready = self._ready, []
+        while True:
+            try:
+                data = self._sock.recv(MAX_LINE, _stdlib_socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # reset, closed
+                break
+            if not data:
+                break
+            messages.extend(self._decoder.feed(data))
+        return messages
 
     async def aclose(self) -> None:
         await self._stream.aclose()

@@ -126,9 +126,9 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
             flags.append(flag)
         elif isinstance(action, argparse._AppendAction):
             for item in value:
-                flags += [flag, str(item)]
-        else:
-            flags += [flag, _text(value)]
+                flags.append(f"{flag}={item}")
+        else:  # --flag=VALUE: a value starting with '-' stays a value
+            flags.append(f"{flag}={_text(value)}")
     return flags
 
 
@@ -172,6 +172,11 @@ def plan_from_options(
         check_seconds("ready_timeout", ready_timeout, zero=False, infinite=False)
     if count is not None and count > MAX_WORKERS:
         raise ValueError(f"{call}: workers must be <= {MAX_WORKERS}, not {count!r}")
+    if handler.startswith("-"):
+        raise ValueError(
+            f"{call}: handler {handler!r} is not 'echo', 'discard', 'daytime', 'chargen' "
+            "or 'MODULE:FUNCTION'"
+        )
     argv = ["serve", handler, "--workers", str(workers)]
     for spec in binds:
         if not isinstance(spec, str):
@@ -186,7 +191,7 @@ def plan_from_options(
             parse_address(spec)
         else:
             check_inherited(inherited)
-        argv += ["--bind", spec]
+        argv.append(f"--bind={spec}")
     argv += _keyword_flags(call, {"ready_timeout": ready_timeout, **options})
     try:
         args = build_parser(raising=True).parse_args(argv)
@@ -234,11 +239,11 @@ def _keyword_flags(call: str, options: Mapping[str, object]) -> list[str]:
                     f"{call}: {name} must be a str or a list of str, not {type(value).__name__}"
                 )
             for item in items:
-                flags += [flag, str(item)]
+                flags.append(f"{flag}={item}")
         elif action.type is None or action.choices is not None:  # text: a path, a level
             if not isinstance(value, str):
                 raise TypeError(f"{call}: {name} must be a str, not {type(value).__name__}")
-            flags += [flag, value]
+            flags.append(f"{flag}={value}")
         else:  # a number, checked by the flag's own type
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{call}: {name} must be a number, not {type(value).__name__}")
@@ -246,7 +251,7 @@ def _keyword_flags(call: str, options: Mapping[str, object]) -> list[str]:
                 with public_call(call):
                     check_count("unix_mode", value, minimum=0)
                 value = f"{int(value):o}"
-            flags += [flag, _text(value)]
+            flags.append(f"{flag}={_text(value)}")
     return flags
 
 

@@ -4,7 +4,9 @@
 --worker-channel FD`` with ``subprocess`` (through
 ``trio.lowlevel.open_process``): a fresh interpreter, never a fork inside
 ``trio.run``, given exactly its listening descriptors and its end of a
-socketpair (``pass_fds``; every other descriptor of ours is close-on-exec).
+socketpair (``pass_fds``; every other descriptor of ours is close-on-exec), in a
+process group of its own (so signals sent to the terminal's group reach
+the supervisor only, which passes them on as commands).
 The ``LISTEN_*`` variables of socket activation are not passed on: a
 worker gets its sockets as ``fd:`` binds.
 
@@ -83,9 +85,11 @@ class Worker:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("%s: not told to drain: its channel is closed", self)
 
-    def kill(self) -> None:
+    def kill(self, *, quietly: bool = False) -> None:
+        """SIGKILL it, if still running (logged as late unless ``quietly``)."""
         if self.process.returncode is None:
-            log.warning("%s did not exit in time: killing it", self)
+            if not quietly:
+                log.warning("%s did not exit in time: killing it", self)
             self.process.kill()
 
     async def watch(self) -> None:
@@ -94,8 +98,18 @@ class Worker:
         Sets ``returncode`` and ``settled``; ``exited`` is the caller's to set.
         """
         try:
-            await self._read()
-            await self.process.wait()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read)
+                # The process's exit, not the channel's end-of-file, says it
+                # is gone: a process the worker forked may hold its end of
+                # the channel open long after (multiprocessing does).
+                await self.process.wait()
+                nursery.cancel_scope.cancel()
+            try:
+                for message in self.channel.receive_nowait():  # what it wrote last
+                    self._take(message)
+            except ChannelError as exc:
+                log.error("%s sent a bad message (%s)", self, exc)
         finally:
             if self.process.returncode is None:
                 with trio.CancelScope(shield=True):
@@ -116,14 +130,17 @@ class Worker:
                 return
             if message is None:
                 return
-            event = message.get("event")
-            if event == "ready" and self.ready_at is None:
-                self.ready_at = trio.current_time()
-                log.info("%s ready after %.3fs", self, self.ready_at - self.started)
-                self.ready.set()
-                self.settled.set()
-            elif event == "exit":
-                self.final = message
+            self._take(message)
+
+    def _take(self, message: dict[str, Any]) -> None:
+        event = message.get("event")
+        if event == "ready" and self.ready_at is None and self.process.returncode is None:
+            self.ready_at = trio.current_time()
+            log.info("%s ready after %.3fs", self, self.ready_at - self.started)
+            self.ready.set()
+            self.settled.set()
+        elif event == "exit":
+            self.final = message
 
     async def _stop_now(self) -> None:
         await self.drain(0.0)
@@ -158,13 +175,18 @@ async def spawn(slot: int, command: Any, fds: Sequence[int]) -> Worker:
             pass_fds=(*fds, theirs.fileno()),
             stdin=subprocess.DEVNULL,
             env=env,
+            # A process group of its own: a terminal's Ctrl-C or hang-up
+            # (sent to the foreground group) reaches the supervisor alone,
+            # which tells its workers -- a worker still importing its
+            # handler would die of SIGHUP's default action.
+            process_group=0,
         )
     except BaseException:
         ours.close()
         raise
     finally:
         theirs.close()
-    channel = Channel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+    channel = Channel(ours)
     worker = Worker(slot, process, channel, started=trio.current_time())
     log.info("%s started", worker)
     return worker

@@ -181,6 +181,10 @@ class Supervisor:
                     )
                     self._nursery.start_soon(self._restart, slot, delay)
                     return
+                if self._current[slot] is not None:  # a reload filled it meanwhile
+                    log.info("%s is not needed any more: draining it", worker)
+                    await worker.drain(None)
+                    return
                 self._current[slot] = worker
                 self._restarted += 1
             finally:
@@ -194,9 +198,17 @@ class Supervisor:
         does one not ready within ``ready_timeout``.
         """
         self._starting = True
-        workers = [await self._spawn(slot) for slot in range(self._plan.workers)]
-        for worker in workers:
-            self._current[worker.slot] = worker
+        workers: list[Worker] = []
+        try:
+            for slot in range(self._plan.workers):
+                workers.append(await self._spawn(slot))
+                self._current[slot] = workers[-1]
+        except OSError as exc:  # out of processes or descriptors
+            with trio.CancelScope(shield=True):
+                await self._stop_workers(0.0)
+            raise WorkerStartError(
+                f"worker {len(workers) + 1} could not be started: {exc}"
+            ) from None
         with trio.move_on_after(self._plan.ready_timeout):
             async with trio.open_nursery() as nursery:
 
@@ -214,6 +226,10 @@ class Supervisor:
         )
         if failed is not None:
             why = self._why_not_ready(failed)
+            for worker in workers:
+                if not worker.ready.is_set():  # no connections: nothing to drain
+                    worker.retiring = True
+                    worker.kill(quietly=True)
             with trio.CancelScope(shield=True):
                 await self._stop_workers(0.0)
             raise WorkerStartError(f"{failed} {why}")

@@ -16,8 +16,9 @@ usual (its own SIGINT/SIGTERM drain included) and, through
 
 and once drained sends ``exit`` with its stats and shutdown report, which
 the supervisor adds to its combined stats line.  A signal and a ``drain``
-for the same stop (``systemctl stop`` signals the whole control group; a
-terminal's Ctrl-C the whole process group) start one drain, not two: only
+for the same stop (``systemctl stop`` signals the whole control group;
+workers are in a process group of their own, which ``kill -PGID`` may
+name) start one drain, not two: only
 a *second signal* cuts the grace short.
 """
 
@@ -72,7 +73,7 @@ def channel_socket(fd: int) -> _stdlib_socket.socket:
 
 def open_channel(sock: _stdlib_socket.socket) -> Channel:
     """The channel over :func:`channel_socket`'s socket (inside ``trio.run``)."""
-    return Channel(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+    return Channel(sock)
 
 
 def ignore_hangup() -> None:
@@ -124,7 +125,10 @@ def _grace(value: Any, default: float) -> float:
     if value == "inf":
         return math.inf
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int too big for a float: no limit
+            return math.inf
     return default
 
 

@@ -40,6 +40,8 @@
  * print one JSON object on stdout.  The load generator's own CPU time
  * (getrusage) and, with --server-pid, the server's CPU time (/proc/PID/stat)
  * are reported for the measurement window as a fraction of one core.
+ * --server-pid PID,PID,...: a server of several processes (a supervisor and
+ * its workers): srv_cpu is their sum, and srv_cpus lists each one's share.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -82,7 +84,9 @@ static long opt_window = 256 * 1024;
 static double opt_warmup = 1.0;
 static double opt_duration = 4.0;
 static double opt_hold_timeout = 120.0;
-static int opt_server_pid = 0;
+#define MAX_SERVER_PIDS 64
+static int opt_server_pids[MAX_SERVER_PIDS];
+static int n_server_pids = 0;
 static int opt_src_ips = 0;
 static int opt_tls = 0;
 static const char *opt_tls_ca = NULL;
@@ -135,6 +139,24 @@ static double proc_cpu(int pid) {
     if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1.0;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* --server-pid PID[,PID...] into opt_server_pids; 0 on success. */
+static int parse_server_pids(const char *text) {
+    n_server_pids = 0;
+    while (*text) {
+        char *end;
+        long pid = strtol(text, &end, 10);
+        if (end == text || pid <= 0 || n_server_pids == MAX_SERVER_PIDS)
+            return -1;
+        opt_server_pids[n_server_pids++] = (int)pid;
+        if (*end == ',')
+            end++;
+        else if (*end != '\0')
+            return -1;
+        text = end;
+    }
+    return n_server_pids > 0 ? 0 : -1;
 }
 
 /* Busy (user+nice+system+irq+softirq) and steal time of the whole machine,
@@ -474,7 +496,14 @@ static SSL *tls_handshake_blocking(int fd) {
 static uint64_t t_start, t_measure, t_end;
 static int measuring;
 static uint64_t count, bytes, errors;
-static double cpu0, cpu1, srv0, srv1, busy0, busy1, steal0, steal1;
+static double cpu0, cpu1, busy0, busy1, steal0, steal1;
+/* CPU seconds of each --server-pid process at the start and end of the window. */
+static double srv0[MAX_SERVER_PIDS], srv1[MAX_SERVER_PIDS];
+
+static void server_cpu(double *out) {
+    for (int i = 0; i < n_server_pids; i++)
+        out[i] = proc_cpu(opt_server_pids[i]);
+}
 static uint64_t m_begin, m_end;
 
 static void phase_init(void) {
@@ -486,7 +515,7 @@ static void phase_init(void) {
         measuring = 1;
         m_begin = t_start;
         cpu0 = self_cpu();
-        srv0 = proc_cpu(opt_server_pid);
+        server_cpu(srv0);
         machine_cpu(&busy0, &steal0);
     }
 }
@@ -500,13 +529,13 @@ static int phase_tick(void) {
         hist_reset();
         m_begin = t;
         cpu0 = self_cpu();
-        srv0 = proc_cpu(opt_server_pid);
+        server_cpu(srv0);
         machine_cpu(&busy0, &steal0);
     }
     if (t >= t_end) {
         m_end = t;
         cpu1 = self_cpu();
-        srv1 = proc_cpu(opt_server_pid);
+        server_cpu(srv1);
         machine_cpu(&busy1, &steal1);
         return 0;
     }
@@ -539,19 +568,31 @@ static const char *proxy_fields(void) {
 
 static void report(int conns) {
     double secs = (double)(m_end - m_begin) / 1e9;
-    double srv = (srv0 >= 0 && srv1 >= 0) ? (srv1 - srv0) / secs : -1.0;
+    /* Summed over the server's processes; -1 if any of them is unreadable. */
+    double srv = n_server_pids > 0 ? 0.0 : -1.0;
+    char each[MAX_SERVER_PIDS * 12 + 32] = "";
+    size_t used = 0;
+    for (int i = 0; i < n_server_pids; i++) {
+        double one = (srv0[i] >= 0 && srv1[i] >= 0) ? (srv1[i] - srv0[i]) / secs : -1.0;
+        srv = (srv < 0 || one < 0) ? -1.0 : srv + one;
+        if (n_server_pids > 1)
+            used += (size_t)snprintf(each + used, sizeof each - used, "%s%.4f",
+                                     i ? ", " : ", \"srv_cpus\": [", one);
+    }
+    if (n_server_pids > 1)
+        snprintf(each + used, sizeof each - used, "]");
     double busy = (busy0 >= 0 && busy1 >= 0) ? (busy1 - busy0) / secs : -1.0;
     double steal = (steal0 >= 0 && steal1 >= 0) ? (steal1 - steal0) / secs : -1.0;
     printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %d, \"seconds\": %.6f, "
            "\"count\": %llu, \"rate\": %.3f, \"bytes\": %llu, \"mbps\": %.3f, "
            "\"p50_us\": %.3f, \"p90_us\": %.3f, \"p99_us\": %.3f, \"max_us\": %.3f, "
            "\"lg_cpu\": %.4f, \"srv_cpu\": %.4f, \"machine_cpu\": %.4f, \"steal_cpu\": %.4f, "
-           "\"errors\": %llu%s%s}\n",
+           "\"errors\": %llu%s%s%s}\n",
            opt_mode, conns, opt_size, secs, (unsigned long long)count, (double)count / secs,
            (unsigned long long)bytes, (double)bytes / secs / 1e6, hist_pct(0.50) / 1e3,
            hist_pct(0.90) / 1e3, hist_pct(0.99) / 1e3, (double)hist_max / 1e3,
            (cpu1 - cpu0) / secs, srv, busy, steal, (unsigned long long)errors, tls_fields(),
-           proxy_fields());
+           proxy_fields(), each);
     fflush(stdout);
 }
 
@@ -1136,7 +1177,7 @@ static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s pingpong|bulk|connrate|hold --port P [--host H] [--conns N]\n"
             "       [--size S] [--concurrency K] [--window B] [--warmup S] [--duration S]\n"
-            "       [--hold-timeout S] [--server-pid PID] [--src-ips N]\n"
+            "       [--hold-timeout S] [--server-pid PID[,PID...]] [--src-ips N]\n"
             "       [--tls [--tls-ca FILE]]   (not with bulk)   [--proxy-v2]\n",
             argv0);
     exit(2);
@@ -1177,8 +1218,10 @@ int main(int argc, char **argv) {
             opt_duration = atof(v);
         else if (!strcmp(a, "--hold-timeout"))
             opt_hold_timeout = atof(v);
-        else if (!strcmp(a, "--server-pid"))
-            opt_server_pid = atoi(v);
+        else if (!strcmp(a, "--server-pid")) {
+            if (parse_server_pids(v) != 0)
+                usage(argv[0]);
+        }
         else if (!strcmp(a, "--src-ips"))
             opt_src_ips = atoi(v);
         else if (!strcmp(a, "--tls-ca"))

@@ -196,6 +196,11 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 errors=sum(int(r.get("errors") or 0) for r in results),
                 failed_rounds=len(ms) - len(ok),
                 tls=next((r["tls"] for r in results if r.get("tls")), None),
+                # --workers N: each worker's CPU (the supervisor's is first in
+                # srv_cpus) and its connections halfway through, per round.
+                worker_cpus=[r["srv_cpus"][1:] for r in results if r.get("srv_cpus")],
+                worker_conns=[r["worker_conns"] for r in results if r.get("worker_conns")],
+                supervisor_cpu=_mean([r["srv_cpus"][0] for r in results if r.get("srv_cpus")]),
             )
             rows.append(row)
         base = next((r for r in rows if r["peer"] == baseline and r["status"] == "ok"), None)
@@ -363,6 +368,20 @@ TARGETS: tuple[Target, ...] = (
         Target(f"context: {name}: {short}", key, 1.0, at_most=at_most, peer=peer, context=True)
         for peer, name in (("asyncio", "asyncio streams"), ("uvloop", "uvloop streams"))
         for key, short, at_most in TLS_WORKLOADS
+    ),
+    # trionet serve --workers: what a second worker adds on this machine (the
+    # load generator shares the cores), and what the supervisor costs (none
+    # expected: the workers accept on its socket directly).
+    *(
+        Target(f"context: {name}: {short}", key, 1.0, peer=peer, base=base, context=True)
+        for peer, base, name in (
+            ("trionet-w2", "trionet-w1", "2 workers vs 1"),
+            ("trionet-w1", "trionet-cli", "1 worker vs one process"),
+        )
+        for key, short in (
+            ("pingpong-64x100", "ping-pong 64 B \u00d7100"),
+            ("connrate", "connection rate"),
+        )
     ),
 )
 
@@ -578,6 +597,7 @@ def _explanations(summary: dict[str, Any]) -> list[str]:
             text += f"  No TLS: {', '.join(no_tls)} (— in the summary)."
         notes.append(text)
     notes += _proxy_notes(summary)
+    notes += _workers_notes(summary)
     connrate = workloads.get("tls-connrate")
     if connrate and any(_busy(connrate, r) for r in connrate["rows"] if r["status"] == "ok"):
         notes.append(
@@ -627,6 +647,47 @@ def _proxy_notes(summary: dict[str, Any]) -> list[str]:
     return [text]
 
 
+def _split(parts: Sequence[float], digits: int = 0) -> str:
+    """``70+29``: one round's per-worker figures, worker 1 first."""
+    return "+".join(f"{v:.{digits}f}" for v in parts)
+
+
+def _workers_notes(summary: dict[str, Any]) -> list[str]:
+    """The --workers peers: what is measured over which process, and how the load spread."""
+    peers = [p for p in summary["meta"]["peers"] if p.get("workers")]
+    if not peers:
+        return []
+    labels = ", ".join(p["label"] for p in peers)
+    notes = [
+        f"{labels}: `python -m trionet serve echo --workers N --bind tcp://127.0.0.1:0 "
+        "--backlog 1024`, a supervisor that opens the socket and N worker processes that "
+        "accept on it directly (no hop through the supervisor); ready when it prints "
+        "`listening on`, stopped by SIGTERM (a drain, exit 0 checked).  Server CPU is summed "
+        "over the supervisor and its workers, and so is RSS (RSS per connection: the growth "
+        f"of that sum).  Pinning: {summary['meta']['pinning']}."
+    ]
+    for wl in summary["workloads"]:
+        for row in wl["rows"]:
+            peer = next((p for p in peers if p["key"] == row["peer"]), None)
+            if peer is None or peer["workers"] < 2 or row["status"] != "ok":
+                continue
+            parts = []
+            if row.get("worker_conns"):
+                conns = ", ".join(_split(c) for c in row["worker_conns"])
+                parts.append(
+                    "connections open in each worker (worker 1 + worker 2 ...) halfway through "
+                    f"the measurement, per round: {conns}"
+                )
+            if row.get("worker_cpus"):
+                cpus = ", ".join(_split(c, 2) for c in row["worker_cpus"])
+                parts.append(f"CPU per worker (cores, same order): {cpus}")
+            if row.get("supervisor_cpu") is not None:
+                parts.append(f"supervisor {fmt_pct(row['supervisor_cpu'])} of a core")
+            if parts:
+                notes.append(f"{row['label']}, {wl['short']}: " + "; ".join(parts) + ".")
+    return notes
+
+
 def _notes(summary: dict[str, Any]) -> list[str]:
     """Missing peers, failed rounds, connection errors, disturbed figures."""
     notes: list[str] = []
@@ -645,14 +706,19 @@ def _notes(summary: dict[str, Any]) -> list[str]:
                     notes.append(f"{what}: {row['failed_rounds']} round(s) failed")
                 if row.get("errors"):
                     notes.append(f"{what}: {row['errors']} connection error(s) while measuring")
-                if (row.get("other_cpu") or 0) >= OTHER_BUSY:
-                    busy.append(f"{row['label']} {fmt_pct(row['other_cpu'])}")
+                other, steal = row.get("other_cpu") or 0.0, row.get("steal_cpu") or 0.0
+                if other + steal >= OTHER_BUSY:
+                    busy.append(
+                        f"{row['label']} {fmt_pct(other)}"
+                        + (f" + {fmt_pct(steal)} stolen" if steal >= 0.05 else "")
+                    )
                 if _busy(wl, row) and _is_python(summary, row["peer"]):
                     lg_busy.append(f"{what} lg {row['lg_cpu_max'] * 100:.0f}%")
         if busy:
             notes.append(
-                f"Busy machine during {wl['short']} (CPU used by other processes, in % of a "
-                f"core; these figures are disturbed): {', '.join(busy)}"
+                f"Busy machine during {wl['short']} (CPU used by other processes, and stolen "
+                "by the hypervisor, mean over the rounds, in % of a core; these figures are "
+                f"disturbed): {', '.join(busy)}"
             )
     if lg_busy:
         notes.append(
@@ -666,18 +732,34 @@ def _notes(summary: dict[str, Any]) -> list[str]:
 
 def _meta_lines(meta: dict[str, Any]) -> list[str]:
     v = meta["versions"]
-    return [
-        f"Run: {meta['date']}, {meta['mode']} mode, {meta['rounds']} round(s), "
-        f"{meta['warmup_s']:g} s warm-up + {meta['duration_s']:g} s per measurement, "
-        f"{meta.get('elapsed_s', 0):.0f} s in all",
-        f"Machine: {meta['cpu_model']}, {meta['cpus']} CPUs, Linux {meta['kernel']}, "
-        f"Python {meta['python']}; {meta['pinning']}",
-        f"Versions: trionet {v.get('trionet', '?')}, trio {v.get('trio', '?')}, "
-        f"anyio {v.get('anyio', '?')}, uvloop {v.get('uvloop', '?')}; git {meta['git']}",
-    ] + (
-        ["Profiled with py-spy: sampling slows the Python servers; compare with care"]
-        if meta.get("profiled")
-        else []
+    return (
+        [
+            f"Run: {meta['date']}, {meta['mode']} mode, {meta['rounds']} round(s), "
+            f"{meta['warmup_s']:g} s warm-up + {meta['duration_s']:g} s per measurement, "
+            f"{meta.get('elapsed_s', 0):.0f} s in all",
+            f"Machine: {meta['cpu_model']}, {meta['cpus']} CPUs, Linux {meta['kernel']}, "
+            f"Python {meta['python']}; {meta['pinning']}",
+            f"Versions: trionet {v.get('trionet', '?')}, trio {v.get('trio', '?')}, "
+            f"anyio {v.get('anyio', '?')}, uvloop {v.get('uvloop', '?')}; git {meta['git']}",
+        ]
+        + (
+            [
+                "Load average (1, 5, 15 min): "
+                + " at the start, ".join(
+                    ", ".join(f"{x:.2f}" for x in meta[k])
+                    for k in ("loadavg_start", "loadavg_end")
+                    if meta.get(k)
+                )
+                + (" at the end" if meta.get("loadavg_end") else "")
+            ]
+            if meta.get("loadavg_start")
+            else []
+        )
+        + (
+            ["Profiled with py-spy: sampling slows the Python servers; compare with care"]
+            if meta.get("profiled")
+            else []
+        )
     )
 
 
@@ -811,6 +893,9 @@ COLORS = {
     "trio": "#e07b19",
     "client-trio": "#e07b19",
     "c-epoll": "#7f7f7f",
+    "trionet-cli": "#9e9ac8",
+    "trionet-w1": "#756bb1",
+    "trionet-w2": "#54278f",
 }
 OTHER = "#b9c4a8"
 
@@ -876,15 +961,18 @@ def render_chart(summary: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[len(wls) :]:
         ax.set_visible(False)
     meta = summary["meta"]
-    fig.suptitle(
+    # The pinning of multi-worker peers (after the first "; ") gets a line of its own.
+    pinning, _, workers_pinning = meta["pinning"].partition("; ")
+    lines = [
         f"trionet benchmarks ({meta['mode']}, {meta['rounds']} round(s); "
-        f"{meta['cpu_model']}, {meta['pinning']})\n"
+        f"{meta['cpu_model']}, {pinning})",
+        *([workers_pinning] if workers_pinning else []),
         f"bars: mean over rounds; whiskers: min-max; ratio to {_baseline_label(meta)} "
         "(client workload: to trio.open_tcp_stream)",
-        fontsize=9,
-    )
+    ]
+    fig.suptitle("\n".join(lines), fontsize=9)
     height = fig.get_size_inches()[1]
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # room for the two-line title
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.225 * len(lines) / height))  # room for the title
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

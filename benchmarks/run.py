@@ -1,17 +1,20 @@
 """Run the trionet benchmark suite.
 
-    .venv/bin/python benchmarks/run.py            # full run, about 16 minutes
+    .venv/bin/python benchmarks/run.py            # full run, about 20 minutes
     .venv/bin/python benchmarks/run.py --quick    # ~1 min sanity check
 
 Every echo server runs in its own process pinned to one core; the C load
 generator (or the Python client for the client-side workload) is pinned to
-another.  Peers are alternated within each round (A..Z, then Z..A in the
-next round) so slow drift of the machine hits every peer alike.  The TLS
-workloads run on the peers that can serve TLS, with a certificate made by
-trustme for the run.  The PROXY workloads (a PROXY v2 header on every
-connection) run on the peers that can serve PROXY, each measurement right
-next to the same peer's plain one, and report the ratio to it.  See
-benchmarks/README.md and docs/source/benchmarks.rst.
+another.  A ``trionet serve --workers N`` peer (N >= 2) is a supervisor and
+N worker processes: the supervisor is pinned to N cores, its workers inherit
+them (on 2 cores, the load generator's included; see cli_peer.py).  Peers
+are alternated within each round (A..Z, then Z..A in the next round) so slow
+drift of the machine hits every peer alike.  The TLS workloads run on the
+peers that can serve TLS, with a certificate made by trustme for the run.
+The PROXY workloads (a PROXY v2 header on every connection) run on the peers
+that can serve PROXY, each measurement right next to the same peer's plain
+one, and report the ratio to it.  See benchmarks/README.md and
+docs/source/benchmarks.rst.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ import ssl
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import cli_peer
 import report
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +59,8 @@ TLS_DIR = BUILD / "tls"
 #: The name the certificate is for, and the SNI every TLS client sends.
 TLS_NAME = "localhost"
 HOST = "127.0.0.1"  # loopback only, always
+#: The listen backlog of every server (servers/_common.py BACKLOG; the CLI's --backlog).
+BACKLOG = 1024
 
 
 # --------------------------------------------------------------- catalogue
@@ -72,7 +79,17 @@ class Peer:
     #: Runs the PROXY workloads: its server takes ``--proxy-protocol``
     #: (``proxy_protocol="required"``, ``trusted_proxies=["127.0.0.0/8"]``).
     proxy: bool = False
+    #: The ``trionet serve`` command line rather than a script of servers/:
+    #: started with ``--bind tcp://HOST:0 --backlog 1024``, ready at its
+    #: ``listening on`` line, stopped by SIGTERM (a drain), see cli_peer.py.
+    cli: bool = False
+    #: ``--workers N``: a supervisor and N worker processes sharing its
+    #: socket (0: one process).  CPU, RSS and connections are the workers'.
+    workers: int = 0
 
+
+#: ``python -m trionet serve``: trionet's command line, as the peers with ``cli=True`` run it.
+TRIONET_CLI = ("{python}", "-m", "trionet", "serve")
 
 # ``tls=True``: the peers of the TLS workloads.  trionet's variants could
 # serve TLS too (same script); only the default one runs them, to keep the
@@ -166,6 +183,26 @@ PEERS: tuple[Peer, ...] = (
         False,
     ),
     Peer("c-epoll", "C epoll", ("{build}/echo_epoll",), True),
+    # The command line: one process (the reference for the supervisor's
+    # peers), and a supervisor with 1 and 2 workers that accept on the
+    # socket it opened (no hop through the supervisor).
+    Peer("trionet-cli", "trionet serve", (*TRIONET_CLI, "echo"), False, cli=True),
+    Peer(
+        "trionet-w1",
+        "trionet serve --workers 1",
+        (*TRIONET_CLI, "echo", "--workers", "1"),
+        False,
+        cli=True,
+        workers=1,
+    ),
+    Peer(
+        "trionet-w2",
+        "trionet serve --workers 2",
+        (*TRIONET_CLI, "echo", "--workers", "2"),
+        False,
+        cli=True,
+        workers=2,
+    ),
 )
 BASELINE = "trio"
 
@@ -461,6 +498,33 @@ class Pinning:
     server: tuple[str, ...]
     loadgen: tuple[str, ...]
     description: str
+    #: The CPUs a server of several worker processes gets, in order of
+    #: preference: the server's, the free ones, the load generator's last.
+    cpus: tuple[int, ...] = ()
+
+    def server_for(self, peer: Peer) -> tuple[str, ...]:
+        """taskset prefix of ``peer``'s server: N CPUs for N workers.
+
+        The supervisor is pinned, and its workers inherit its affinity
+        (taskset sets it before exec; children keep it).  With 2 workers on
+        a 2-CPU machine that is both CPUs, the load generator's included.
+        """
+        if not self.server or peer.workers < 2:
+            return self.server
+        return ("taskset", "-c", ",".join(map(str, self.cpus[: peer.workers])))
+
+    def describe(self, peers: Sequence[Peer]) -> str:
+        """The description, plus what the multi-worker peers get."""
+        text = self.description
+        for peer in peers:
+            if self.server and peer.workers >= 2:
+                cpus = self.cpus[: peer.workers]
+                shared = " (the load generator's included)" if self.cpus[-1] in cpus else ""
+                text += (
+                    f"; {peer.key}: supervisor pinned to CPUs {','.join(map(str, cpus))}"
+                    f"{shared}, inherited by its {peer.workers} workers"
+                )
+        return text
 
 
 def choose_pinning(enabled: bool) -> Pinning:
@@ -473,6 +537,7 @@ def choose_pinning(enabled: bool) -> Pinning:
         ("taskset", "-c", str(srv)),
         ("taskset", "-c", str(lg)),
         f"server pinned to CPU {srv}, load generator to CPU {lg} (taskset)",
+        (srv, *(c for c in cpus if c not in (srv, lg)), lg),
     )
 
 
@@ -482,6 +547,14 @@ def read_rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise MeasurementFailed(f"no VmRSS for pid {pid}")
+
+
+def server_rss_kib(pids: Sequence[int]) -> int:
+    """VmRSS summed over a server's processes (supervisor and workers)."""
+    try:
+        return sum(read_rss_kib(pid) for pid in pids)
+    except OSError as exc:
+        raise MeasurementFailed(f"cannot read the server's RSS: {exc}") from exc
 
 
 def read_line(stream: IO[bytes], timeout: float) -> bytes | None:
@@ -553,22 +626,36 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.log_path = LOGS / f"{peer.key}.log"
+        #: ``--workers N``: the pids of the workers (the supervisor is ``pid``).
+        self.workers: list[int] = []
+        #: A CLI peer's exit after its drain (see cli_peer.drain).
+        self.exit: dict[str, Any] | None = None
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def pids(self) -> list[int]:
+        """Every process of the server: the supervisor (or the only one), then the workers."""
+        return [self.pid, *self.workers]
+
     def start(self, timeout: float = 20.0) -> None:
         argv = [
             a.replace("{python}", sys.executable).replace("{build}", str(BUILD))
             for a in self.peer.argv
         ]
-        cmd = [*self.pinning.server, *argv, "--host", HOST, "--port", "0"]
-        if self.tls is not None:
-            cmd += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
-        if self.proxy:
-            cmd.append("--proxy-protocol")
+        pin = self.pinning.server_for(self.peer)
+        if self.peer.cli:
+            tls = None if self.tls is None else (str(self.tls.cert), str(self.tls.key))
+            cmd = [*pin, *cli_peer.command(argv, HOST, BACKLOG, tls, self.proxy)]
+        else:
+            cmd = [*pin, *argv, "--host", HOST, "--port", "0"]
+            if self.tls is not None:
+                cmd += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
+            if self.proxy:
+                cmd.append("--proxy-protocol")
         LOGS.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== {dt.datetime.now().isoformat()} {' '.join(cmd)}\n".encode())
@@ -581,10 +668,18 @@ class Server:
                 stderr=logf,
             )
         assert self.proc.stdout is not None
-        line = read_line(self.proc.stdout, timeout)
-        if line is None or not line.startswith(b"LISTENING "):
-            raise PeerFailed(self._why(line))
-        self.port = int(line.split()[1])
+        if self.peer.cli:
+            try:
+                self.port, self.workers = cli_peer.wait_ready(
+                    self.proc.stdout, self.peer.workers, timeout
+                )
+            except cli_peer.NotReady as exc:
+                raise PeerFailed(self._why(None, str(exc))) from None
+        else:
+            line = read_line(self.proc.stdout, timeout)
+            if line is None or not line.startswith(b"LISTENING "):
+                raise PeerFailed(self._why(line))
+            self.port = int(line.split()[1])
         self._probe(timeout)
 
     def _probe(self, timeout: float) -> None:
@@ -634,7 +729,7 @@ class Server:
             with contextlib.suppress(OSError):
                 tls.unwrap()  # close_notify both ways (bounded by the socket timeout)
 
-    def _why(self, line: bytes | None) -> str:
+    def _why(self, line: bytes | None, said: str | None = None) -> str:
         assert self.proc is not None
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=0.5)
@@ -643,15 +738,22 @@ class Server:
         with contextlib.suppress(OSError):
             tail = error_line(self.log_path.read_text(errors="replace").splitlines())
         if rc is None:
-            return f"no LISTENING line (got {line!r})"
+            return said or f"no LISTENING line (got {line!r})"
         return f"exited with code {rc}: {tail}" if tail else f"exited with code {rc}"
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Running, and every worker it said ready still is (none crashed)."""
+        return (
+            self.proc is not None
+            and self.proc.poll() is None
+            and all(cli_peer.alive(pid) for pid in self.workers)
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
-            kill_group(self.proc)
+            if self.peer.cli:  # SIGTERM: a drain, then the summed stats
+                self.exit = cli_peer.drain(self.proc)
+            kill_group(self.proc)  # anything left in the group
 
 
 def proxy_v2_header(port: int, client: int = 1) -> bytes:
@@ -693,6 +795,8 @@ class Settings:
     pinning: Pinning
     quick: bool
     retries: int = 1
+    #: Seconds to wait, before each measurement, for the machine to be idle (0: do not).
+    quiet_wait: float = 0.0
     profile_dir: Path | None = None
     #: Certificates of this run (made when a TLS workload is selected).
     tls: TlsFiles | None = None
@@ -748,13 +852,31 @@ def measure_loadgen(wl: Workload, server: Server, s: Settings) -> dict[str, Any]
         "--duration",
         str(s.duration),
         "--server-pid",
-        str(server.pid),
+        ",".join(map(str, server.pids)),
         *tls_loadgen_args(wl, s),
         *proxy_loadgen_args(wl),
     ]
-    result = run_json(cmd, timeout=s.warmup + s.duration + 60)
+    if not server.workers:
+        result = run_json(cmd, timeout=s.warmup + s.duration + 60)
+    else:
+        # How the connections spread over the workers: each one's open
+        # sockets halfway through the measurement, less those it had before.
+        before = [cli_peer.socket_count(pid) for pid in server.workers]
+        sample: list[int] = []
+        timer = threading.Timer(
+            s.warmup + s.duration / 2,
+            lambda: sample.extend(cli_peer.socket_count(pid) for pid in server.workers),
+        )
+        timer.start()
+        try:
+            result = run_json(cmd, timeout=s.warmup + s.duration + 60)
+        finally:
+            timer.cancel()
+            timer.join()
+        if len(sample) == len(before):
+            result["worker_conns"] = [n - b for n, b in zip(sample, before, strict=True)]
     if not server.alive():
-        raise MeasurementFailed("server died during the measurement")
+        raise MeasurementFailed("server (or one of its workers) died during the measurement")
     return result
 
 
@@ -767,7 +889,7 @@ def measure_rss(wl: Workload, server: Server, s: Settings) -> dict[str, Any]:
     # allocations (code paths, caches, first arena growth) are in the baseline.
     run_json([*loadgen, *port, "--conns", "200", "--duration", "20", "--hold-timeout", "0"], 40)
     time.sleep(0.3)
-    before = read_rss_kib(server.pid)
+    before = server_rss_kib(server.pids)
     proc = spawn(
         [*loadgen, *port, "--conns", str(conns), "--duration", "30", "--hold-timeout", "60"],
         stdin=subprocess.PIPE,
@@ -785,10 +907,10 @@ def measure_rss(wl: Workload, server: Server, s: Settings) -> dict[str, Any]:
         # Let the server finish setting up the last connections: wait until
         # RSS is stable (bounded).
         time.sleep(0.3)
-        after = read_rss_kib(server.pid)
+        after = server_rss_kib(server.pids)
         for _ in range(20):
             time.sleep(0.1)
-            now = read_rss_kib(server.pid)
+            now = server_rss_kib(server.pids)
             if abs(now - after) <= max(64, after // 200):
                 after = max(after, now)
                 break
@@ -845,6 +967,8 @@ def start_profiler(
     s.profile_dir.mkdir(parents=True, exist_ok=True)
     out = s.profile_dir / f"{wl.key}--{server.peer.key}--r{rnd + 1}.svg"
     cmd = [str(py_spy), "record", "--pid", str(server.pid), "--rate", "250", "--nonblocking"]
+    if server.workers:
+        cmd.append("--subprocesses")  # the workers do the serving
     cmd += ["--duration", str(int(s.warmup + s.duration + 1.5)), "--format", "flamegraph"]
     cmd += ["-o", str(out)]
     with open(LOGS / "py-spy.log", "ab") as logf:
@@ -889,18 +1013,58 @@ def measure_once(run: Run, wl: Workload, peer: Peer, server_peer: Peer, rnd: int
                 result = measure_client(peer, server, run.settings)
         finally:
             finish_profiler(profiler)
+    if server.exit is not None:
+        result["server_exit"] = server.exit
+        crashed = server.exit.get("workers", {}).get("crashed", 0)
+        code = server.exit["returncode"]
+        if code != 0 or crashed:
+            raise MeasurementFailed(f"drained: exit code {code}, {crashed} crashed worker(s)")
     return clean(result)
 
 
 def describe(wl: Workload, result: dict[str, Any]) -> str:
     text = f"{report.fmt_value(result[wl.metric], wl.unit):>12} {wl.unit}"
+    steal = result.get("steal_cpu")
     for name, value in (
         ("lg", result.get("lg_cpu")),
         ("srv", result.get("srv_cpu")),
         ("other", report.other_cpu(result)),
+        ("steal", steal if steal is not None and steal >= 0.05 else None),
     ):
         text += f"  {name} {value:.0%}" if value is not None else ""
     return text
+
+
+def disturbance(result: dict[str, Any]) -> float:
+    """CPU the measurement did not get: other processes' and the hypervisor's (steal), in cores."""
+    return (report.other_cpu(result) or 0.0) + (result.get("steal_cpu") or 0.0)
+
+
+def machine_busy(interval: float = 1.0) -> float:
+    """Cores busy (user+nice+system+irq+softirq) or stolen over ``interval`` (/proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+        return sum(fields[i] for i in (0, 1, 2, 5, 6, 7)), time.monotonic_ns()
+
+    busy0, t0 = sample()
+    time.sleep(interval)
+    busy1, t1 = sample()
+    return (busy1 - busy0) / os.sysconf("SC_CLK_TCK") / ((t1 - t0) / 1e9)
+
+
+def wait_for_quiet(limit: float) -> float:
+    """Wait (at most ``limit`` s) until the machine is idle for 2 s running; the wait in s.
+
+    Nothing of the run is running between two measurements, so what is busy
+    is the rest of the machine (or the hypervisor, as steal).
+    """
+    start = time.monotonic()
+    quiet = 0
+    while quiet < 2 and time.monotonic() - start < limit:
+        quiet = quiet + 1 if machine_busy() < report.OTHER_BUSY else 0
+    return time.monotonic() - start
 
 
 def one(run: Run, wl: Workload, peer: Peer, rnd: int, c_epoll: Peer) -> None:
@@ -915,6 +1079,10 @@ def one(run: Run, wl: Workload, peer: Peer, rnd: int, c_epoll: Peer) -> None:
     for attempt in range(attempts):
         if missing_key in run.missing:
             return
+        if run.settings.quiet_wait > 0:
+            waited = wait_for_quiet(run.settings.quiet_wait)
+            if waited >= 4:  # 2 s is the check itself
+                log(f"    (waited {waited:.0f} s for a quiet machine)")
         t0 = time.monotonic()
         try:
             result = measure_once(run, wl, peer, server_peer, rnd)
@@ -931,13 +1099,12 @@ def one(run: Run, wl: Workload, peer: Peer, rnd: int, c_epoll: Peer) -> None:
                 run.measurements.append(record)
                 return
             break
-        other = report.other_cpu(result)
-        busy = other is not None and other >= report.OTHER_BUSY
+        busy = disturbance(result) >= report.OTHER_BUSY
         log(
             f"    {name:<22} {describe(wl, result)}  ({time.monotonic() - t0:.1f} s)"
             + ("  busy machine: measuring again" if busy and attempt + 1 < attempts else "")
         )
-        if best is None or (other or 0) < (report.other_cpu(best) or 0):
+        if best is None or disturbance(result) < disturbance(best):
             best = result
         if not busy:
             break
@@ -1080,6 +1247,8 @@ def ref_peers(peers: Sequence[Peer], ref: str) -> list[Peer]:
             trionet_path=path,
             tls=p.tls,
             proxy=p.proxy,
+            cli=p.cli,
+            workers=p.workers,
         )
         for p in peers
         if p.key.startswith("trionet")
@@ -1107,10 +1276,12 @@ def metadata(s: Settings, peers: Sequence[Peer], workloads: Sequence[Workload]) 
         "duration_s": s.duration,
         "rss_conns": s.rss_conns,
         "tls_rss_conns": s.tls_rss_conns if any(w.tls for w in workloads) else None,
-        "pinning": s.pinning.description,
+        "pinning": s.pinning.describe(peers),
         "profiled": s.profile_dir is not None,
         "retries": s.retries,
+        "quiet_wait_s": s.quiet_wait,
         "cpus": os.cpu_count(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "cpu_model": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -1119,7 +1290,14 @@ def metadata(s: Settings, peers: Sequence[Peer], workloads: Sequence[Workload]) 
         "baseline": BASELINE,
         "client_baseline": CLIENT_BASELINE,
         "peers": [
-            {"key": p.key, "label": p.label, "python": is_python(p), "tls": p.tls, "proxy": p.proxy}
+            {
+                "key": p.key,
+                "label": p.label,
+                "python": is_python(p),
+                "tls": p.tls,
+                "proxy": p.proxy,
+                "workers": p.workers,
+            }
             for p in peers
         ],
         "clients": [{"key": p.key, "label": p.label, "python": is_python(p)} for p in CLIENTS],
@@ -1170,7 +1348,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--retries",
         type=int,
         default=1,
-        help="measure again when other processes used >= 25%% of a core meanwhile (default 1)",
+        help="measure again when other processes used (or the hypervisor stole) "
+        ">= 25%% of a core meanwhile (default 1)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each measurement, wait up to S seconds for the machine to be idle "
+        "(< 25%% of a core busy or stolen, 2 s running): for a shared machine (default 0: off)",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument(
@@ -1241,6 +1428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pinning=choose_pinning(not args.no_pin),
         quick=args.quick,
         retries=max(0, args.retries),
+        quiet_wait=max(0.0, args.quiet_wait),
     )
     name = args.output or ("quick" if args.quick else "latest")
     if args.profile:
@@ -1275,7 +1463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = metadata(settings, peers, workloads)
     meta["baseline"] = baseline
     log(f"trionet: {meta['versions'].get('trionet')}")
-    log(f"{settings.pinning.description}; {settings.rounds} round(s) of {len(peers)} peers")
+    log(f"{settings.pinning.describe(peers)}; {settings.rounds} round(s) of {len(peers)} peers")
     run = Run(settings)
     started = time.monotonic()
     try:
@@ -1283,6 +1471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted: writing what was measured so far")
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["missing"] = run.missing
 
     data = {"meta": meta, "measurements": run.measurements}

@@ -8,7 +8,9 @@ gets back, and with the descriptor numbers it hands it, is what these
 tests attack.  The spawn is wrapped so that the window is sure: the wrapper
 shields the wait and the real spawn, as the thread itself is shielded.
 
-Each test that reproduces a defect is a strict xfail naming it.
+Both tests reproduced a defect (as strict xfails) until spawns were
+shielded and serialised with the shutdown (``Supervisor._spawn_lock``): a
+restart's worker missed the drain order, or got closed descriptor numbers.
 """
 
 from __future__ import annotations
@@ -87,12 +89,6 @@ async def _restart_racing_shutdown(
     return reports[0], restarted, took
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a crash restart whose spawn returns after a shutdown began is never told "
-    "to drain (Worker.drain raises Cancelled in the cancelled restart scope): the shutdown "
-    "waits grace + KILL_AFTER and SIGKILLs it, its stats lost; with --grace inf it never ends",
-)
 async def test_a_restart_racing_a_shutdown_drains_its_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -105,12 +101,6 @@ async def test_a_restart_racing_a_shutdown_drains_its_worker(
     assert took < 1.5, f"the shutdown took {took:.1f}s (grace 1, kill after 2)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a crash restart whose fork comes after the shutdown closed the listeners "
-    "hands the worker --bind fd:N for descriptors closed or reused (a socketpair, /dev/null): "
-    "the worker fails 'invalid address', outside the report",
-)
 async def test_a_restart_racing_a_shutdown_hands_on_no_closed_descriptor(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -78,6 +78,7 @@ class Supervisor:
         self._policies = [RestartPolicy() for _ in range(plan.workers)]
         self._restarts: set[trio.CancelScope] = set()
         self._reload_lock = trio.Lock()
+        self._spawn_lock = trio.Lock()
         self._queued_reload: _Reload | None = None
         self._stopping = False
         self._stop_started = 0.0
@@ -119,13 +120,23 @@ class Supervisor:
 
     # -- life ------------------------------------------------------------
 
-    async def _spawn(self, slot: int) -> Worker:
-        worker = await spawn(slot, self._plan.command, self._fds)
-        self._started += 1
-        self._live.add(worker)
-        self._nursery.start_soon(self._watch, worker)
-        if self._stopping:  # started as the shutdown began: it goes too
-            await worker.drain(self._plan.grace)
+    async def _spawn(self, slot: int) -> Worker | None:
+        """Start a worker for ``slot``; None once the shutdown has begun.
+
+        The fork and exec run in a thread that a cancellation cannot stop,
+        so they are shielded and hold ``_spawn_lock``, which the shutdown
+        takes before it closes the listening sockets: a worker is never
+        handed closed (or reused) descriptor numbers, and every worker
+        started is in ``_live`` before the shutdown tells them to drain.
+        """
+        async with self._spawn_lock:
+            if self._stopping:
+                return None
+            with trio.CancelScope(shield=True):
+                worker = await spawn(slot, self._plan.command, self._fds)
+            self._started += 1
+            self._live.add(worker)
+            self._nursery.start_soon(self._watch, worker)
         return worker
 
     async def _watch(self, worker: Worker) -> None:
@@ -181,6 +192,8 @@ class Supervisor:
                     )
                     self._nursery.start_soon(self._restart, slot, delay)
                     return
+                if worker is None:  # the shutdown has begun
+                    return
                 if self._current[slot] is not None:  # a reload filled it meanwhile
                     log.info("%s is not needed any more: draining it", worker)
                     await worker.drain(None)
@@ -201,8 +214,10 @@ class Supervisor:
         workers: list[Worker] = []
         try:
             for slot in range(self._plan.workers):
-                workers.append(await self._spawn(slot))
-                self._current[slot] = workers[-1]
+                worker = await self._spawn(slot)
+                assert worker is not None  # no shutdown before the start ends
+                workers.append(worker)
+                self._current[slot] = worker
         except OSError as exc:  # out of processes or descriptors
             with trio.CancelScope(shield=True):
                 await self._stop_workers(0.0)
@@ -278,12 +293,15 @@ class Supervisor:
             if self._stopping:
                 return False
             try:
-                new = await self._spawn(slot)
+                spawned = await self._spawn(slot)
             except OSError as exc:
                 log.error(
                     "reload: a replacement could not be started (%s); keeping the old workers", exc
                 )
                 return False
+            if spawned is None:  # the shutdown has begun
+                return False
+            new = spawned
             settled = await self._settle(new)
             if self._stopping:
                 await new.drain(None)
@@ -336,14 +354,16 @@ class Supervisor:
         self._stop_started = trio.current_time()
         for scope in self._restarts:
             scope.cancel()
-        # Our copies of the listening sockets go first: once every worker
-        # has swept the queue and closed its own, a connect is refused at
-        # once -- as with one process -- instead of being queued where no
-        # one will accept it and reset when we exit.  (A socket systemd
-        # passed stays open in systemd, which queues for the next start.)
-        close_listeners(self._listeners)
-        log.info("shutdown: draining %d workers (grace %ss)", len(self._live), effective)
         with trio.CancelScope(shield=True):
+            async with self._spawn_lock:  # a spawn under way ends first (see _spawn)
+                pass
+            # Our copies of the listening sockets go first: once every worker
+            # has swept the queue and closed its own, a connect is refused at
+            # once -- as with one process -- instead of being queued where no
+            # one will accept it and reset when we exit.  (A socket systemd
+            # passed stays open in systemd, which queues for the next start.)
+            close_listeners(self._listeners)
+            log.info("shutdown: draining %d workers (grace %ss)", len(self._live), effective)
             await self._stop_workers(grace, deadline)
         self._report = self._make_report()
         self._stopped.set()

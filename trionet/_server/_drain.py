@@ -216,6 +216,7 @@ async def drain_on_signals(
         check_grace(grace, "drain_on_signals()")
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("drain_on_signals must run in the main thread (signal handlers do)")
+
     # Not trio.open_signal_receiver: at exit it re-raises the signals its
     # iterator has not yielded yet -- and any still on their way to it --
     # with the previous handlers back in place.  A second Ctrl-C that lands
@@ -223,19 +224,7 @@ async def drain_on_signals(
     # trio.run) or kill the process (SIGTERM's default action) after the
     # drain it was meant to hurry has finished.  Every signal that reaches
     # our handler is ours; once the drain is over it has nothing left to do.
-    token = trio.lowlevel.current_trio_token()
-    send, receive = trio.open_memory_channel[int](math.inf)
-
-    def deliver(signum: int) -> None:  # in Trio's thread, soon after the handler ran
-        try:
-            send.send_nowait(signum)
-        except trio.ClosedResourceError:
-            log.debug("received %s as the drain finished: nothing left to do", _signal_name(signum))
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        token.run_sync_soon(deliver, signum)
-
-    async def on_signals(nursery: trio.Nursery) -> None:
+    async def on_signals(nursery: trio.Nursery, receive: trio.MemoryReceiveChannel[int]) -> None:
         first = True
         async for signum in receive:
             name = _signal_name(signum)
@@ -247,13 +236,40 @@ async def drain_on_signals(
                 log.warning("received %s again: cancelling the remaining handlers", name)
                 nursery.start_soon(server.shutdown, 0)
 
-    with _signal_handlers(signals, handler), send, receive:
+    with delivered_signals(signals, "the drain") as receive:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(on_signals, nursery)
+            nursery.start_soon(on_signals, nursery, receive)
             task_status.started()
             await server.wait_stopped()
             nursery.cancel_scope.cancel()
     return await server.wait_stopped()
+
+
+@contextlib.contextmanager
+def delivered_signals(
+    signals: Sequence[int], what: str
+) -> Iterator[trio.MemoryReceiveChannel[int]]:
+    """Handlers of our own for ``signals``; each signal that arrives, in a channel.
+
+    The previous handlers are put back on exit, and a signal that arrives
+    after it -- ``what`` has finished -- is dropped with a debug line (see
+    ``drain_on_signals`` for why not ``trio.open_signal_receiver``).  Used
+    by :func:`drain_on_signals` and the worker supervisor.
+    """
+    token = trio.lowlevel.current_trio_token()
+    send, receive = trio.open_memory_channel[int](math.inf)
+
+    def deliver(signum: int) -> None:  # in Trio's thread, soon after the handler ran
+        try:
+            send.send_nowait(signum)
+        except trio.ClosedResourceError:
+            log.debug("received %s as %s finished: nothing left to do", _signal_name(signum), what)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        token.run_sync_soon(deliver, signum)
+
+    with _signal_handlers(signals, handler), send, receive:
+        yield receive
 
 
 @contextlib.contextmanager

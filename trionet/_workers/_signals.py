@@ -4,21 +4,20 @@ Handlers of our own (not ``trio.open_signal_receiver``, which at exit
 re-raises what its iterator has not taken with the previous handlers back:
 a SIGHUP arriving as the supervisor stops would then kill it by its default
 action).  Every signal that reaches the handler is ours; one that comes
-after the stop is dropped.  The same reasoning as ``drain_on_signals``.
+after the stop is dropped.  The same reasoning, and the same machinery
+(``delivered_signals``), as ``drain_on_signals``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
-from types import FrameType
 from typing import TYPE_CHECKING, Final
 
 import trio
 
-from .._server._drain import _signal_handlers
+from .._server._drain import delivered_signals
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor, SupervisorReport
@@ -37,19 +36,8 @@ async def handle_signals(
     """See :meth:`Supervisor.handle_signals`."""
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("Supervisor.handle_signals must run in the main thread")
-    token = trio.lowlevel.current_trio_token()
-    send, receive = trio.open_memory_channel[int](math.inf)
 
-    def deliver(signum: int) -> None:
-        try:
-            send.send_nowait(signum)
-        except trio.ClosedResourceError:
-            log.debug("signal %d after the supervisor stopped: nothing to do", signum)
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        token.run_sync_soon(deliver, signum)
-
-    async def on_signals(nursery: trio.Nursery) -> None:
+    async def on_signals(nursery: trio.Nursery, receive: trio.MemoryReceiveChannel[int]) -> None:
         stops = 0
         async for signum in receive:
             if signum == signal.SIGHUP:
@@ -65,9 +53,9 @@ async def handle_signals(
                 log.warning("received %s again: cutting the grace", name)
                 nursery.start_soon(supervisor.shutdown, 0.0)
 
-    with _signal_handlers(SUPERVISOR_SIGNALS, handler), send, receive:
+    with delivered_signals(SUPERVISOR_SIGNALS, "the supervisor") as receive:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(on_signals, nursery)
+            nursery.start_soon(on_signals, nursery, receive)
             task_status.started()
             await supervisor.wait_stopped()
             nursery.cancel_scope.cancel()

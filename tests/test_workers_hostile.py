@@ -29,7 +29,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -508,9 +509,14 @@ async def test_a_restart_that_cannot_spawn_is_retried_and_recovers(
 ################################################################
 
 
-async def test_a_crash_is_noticed_though_a_forked_helper_holds_the_channel(
+@asynccontextmanager
+async def forked_helper_worker(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+) -> AsyncIterator[tuple[trionet.Supervisor, int]]:
+    """One worker whose handler module forked a helper holding the channel: (supervisor, helper).
+
+    The helper is killed afterwards, whatever happened.
+    """
     pidfile = tmp_path / "helper.pid"
     monkeypatch.setenv(FORK_PIDFILE, str(pidfile))
     helper = 0
@@ -524,49 +530,43 @@ async def test_a_crash_is_noticed_though_a_forked_helper_holds_the_channel(
                 )
                 helper = int(pidfile.read_text())
                 assert alive(helper)
-                (victim,) = supervisor.pids
-                os.kill(victim, signal.SIGKILL)
-                # A restart is "at once": well under a second.
-                restarted = await poll(lambda: supervisor.pids not in ([], [victim]), 3)
-                kill_quietly(helper)  # let the supervisor go on either way
-                assert restarted, "the dead worker was not noticed in 3 s"
-                await supervisor.shutdown()
+                yield supervisor, helper
     finally:
         if helper:
             kill_quietly(helper)
+
+
+async def test_a_crash_is_noticed_though_a_forked_helper_holds_the_channel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async with forked_helper_worker(monkeypatch, tmp_path) as (supervisor, helper):
+        (victim,) = supervisor.pids
+        os.kill(victim, signal.SIGKILL)
+        # A restart is "at once": well under a second.
+        restarted = await poll(lambda: supervisor.pids not in ([], [victim]), 3)
+        kill_quietly(helper)  # let the supervisor go on either way
+        assert restarted, "the dead worker was not noticed in 3 s"
+        await supervisor.shutdown()
 
 
 async def test_a_shutdown_is_not_held_by_a_forked_helper_of_a_worker(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    pidfile = tmp_path / "helper.pid"
-    monkeypatch.setenv(FORK_PIDFILE, str(pidfile))
-    helper = 0
-    try:
-        with trio.fail_after(3 * TIMEOUT):
-            async with trio.open_nursery() as nursery:
-                supervisor: trionet.Supervisor = await nursery.start(
-                    functools.partial(
-                        trionet.supervise, "hostile_workers:hello", LOCAL, workers=1, grace=0
-                    )
-                )
-                helper = int(pidfile.read_text())
-                (worker,) = supervisor.pids
-                reports: list[trionet.SupervisorReport] = []
+    async with forked_helper_worker(monkeypatch, tmp_path) as (supervisor, helper):
+        (worker,) = supervisor.pids
+        reports: list[trionet.SupervisorReport] = []
 
-                async def shutdown() -> None:
-                    reports.append(await supervisor.shutdown())
+        async def shutdown() -> None:
+            reports.append(await supervisor.shutdown())
 
-                nursery.start_soon(shutdown)  # shielded inside: it cannot be cut from here
-                # The promise: done within grace (0) + KILL_AFTER.
-                done = await poll(lambda: reports, KILL_AFTER + 1)
-                worker_gone = not alive(worker)
-                kill_quietly(helper)  # let the shutdown end either way
-        assert worker_gone, "the worker did not drain"
-        assert done, f"the shutdown took longer than grace + {KILL_AFTER}s"
-    finally:
-        if helper:
-            kill_quietly(helper)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(shutdown)  # shielded inside: it cannot be cut from here
+            # The promise: done within grace (0) + KILL_AFTER.
+            done = await poll(lambda: reports, KILL_AFTER + 1)
+            worker_gone = not alive(worker)
+            kill_quietly(helper)  # let the shutdown end either way
+    assert worker_gone, "the worker did not drain"
+    assert done, f"the shutdown took longer than grace + {KILL_AFTER}s"
 
 
 async def test_a_stopped_worker_is_killed_at_shutdown_after_grace_and_kill_after() -> None:

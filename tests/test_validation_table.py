@@ -273,6 +273,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "workers": [*count(1, none=False), Bad(1025, ValueError, "1025")],
         "ready_timeout": seconds(zero=False, none=False, infinite=False),
     },
+    "write_stats": {"interval": seconds(zero=False, none=False, infinite=False)},
 }
 
 #: Options whose annotation mentions a number but that are not numbers: an
@@ -290,6 +291,7 @@ CALLS = {
     "Server.shutdown": "Server.shutdown()",
     "drain_on_signals": "drain_on_signals()",
     "supervise": "supervise()",
+    "write_stats": "write_stats()",
 }
 
 
@@ -344,6 +346,7 @@ def declared_options() -> dict[str, dict[str, tuple[str, object]]]:
         "Server.shutdown": _parameters(trionet.Server.shutdown, "self"),
         "drain_on_signals": _parameters(trionet.drain_on_signals, "server", "task_status"),
         "supervise": _parameters(trionet.supervise, "handler", "task_status"),
+        "write_stats": _parameters(trionet.write_stats, "server", "path", "task_status"),
     }
 
 
@@ -421,6 +424,8 @@ async def call(entry: str, options: dict[str, Any], server: trionet.Server, sock
         trionet.Connection(sock, **options)
     elif entry == "Server.shutdown":
         await server.shutdown(**options)
+    elif entry == "write_stats":
+        await trionet.write_stats(server, "stats.json", **options)
     elif entry == "supervise":
         await trionet.supervise("echo", LISTEN, **{"workers": 1, **options})
     else:
@@ -531,6 +536,7 @@ CLI = {
     ("serve", "--workers"): ("supervise", "workers"),
     ("serve", "--ready-timeout"): ("supervise", "ready_timeout"),
     ("serve", "--worker-channel"): ("cli", "worker_channel"),
+    ("serve", "--stats-interval"): ("write_stats", "interval"),
     ("connect", "--timeout"): ("connect", "timeout"),
     ("connect", "--close-linger"): ("connect", "close_linger"),
     ("connect", "--log-level"): ("cli", "log_level"),

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from ._server._serve import serve as serve
     from ._server._server import Server as Server
     from ._stats import ServerStats as ServerStats
+    from ._stats_file import stats_snapshot as stats_snapshot
+    from ._stats_file import write_stats as write_stats
     from ._stream import Connection as Connection
     from ._stream import ConnectionInfo as ConnectionInfo
     from ._stream import StreamConnection as StreamConnection
@@ -98,6 +100,8 @@ _EXPORTS: dict[str, str] = {
     "open_server": "._server._serve",
     "serve": "._server._serve",
     "ServerStats": "._stats",
+    "stats_snapshot": "._stats_file",
+    "write_stats": "._stats_file",
     "Supervisor": "._workers",
     "SupervisorReport": "._workers",
     "WorkerStartError": "._exceptions",
@@ -146,7 +150,9 @@ __all__ = [
     "parse_address",
     "parse_proxy_header",
     "serve",
+    "stats_snapshot",
     "supervise",
+    "write_stats",
 ]
 
 

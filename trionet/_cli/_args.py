@@ -275,6 +275,19 @@ def build_parser(*, raising: bool = False) -> argparse.ArgumentParser:
         metavar="S",
         help="seconds a starting worker gets to be accepting (default 30; needs --workers)",
     )
+    stats = srv.add_argument_group(
+        "stats file",
+        "a JSON snapshot for other processes (monitoring): the counters, live connections, "
+        "open descriptors, Trio tasks and resident memory, rewritten atomically; with "
+        "--workers, the supervisor writes every worker's",
+    )
+    stats.add_argument("--stats-file", metavar="PATH", help="write the snapshot to PATH")
+    stats.add_argument(
+        "--stats-interval",
+        type=_seconds(zero=False),
+        metavar="S",
+        help="seconds between snapshots (default 1; needs --stats-file)",
+    )
     # Internal: how a supervisor tells its worker where its channel is.
     srv.add_argument("--worker-channel", type=_descriptor, help=argparse.SUPPRESS)
     srv.add_argument("--log-level", choices=_LOG_LEVELS, default="info", help="default: info")

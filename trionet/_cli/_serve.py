@@ -34,6 +34,7 @@ from .._server._drain import ShutdownReport, check_grace, drain_on_signals
 from .._server._serve import Handler, check_serve_config, serve
 from .._server._server import Server
 from .._services import SERVICES
+from .._stats_file import check_stats_path, write_stats
 from .._unwrap import unwrap_single
 from .._validate import is_async_callable
 from ._args import DEFAULT_BIND
@@ -46,6 +47,7 @@ log = logging.getLogger("trionet.cli")
 __all__ = [
     "bind_specs",
     "check_serve",
+    "check_stats_file",
     "close_inherited",
     "resolve_handler",
     "run_serve",
@@ -291,6 +293,8 @@ async def _serve(
     grace: float,
     interrupts: DroppedInterrupts,
     channel_sock: socket.socket | None = None,
+    stats_file: str | None = None,
+    stats_interval: float | None = None,
 ) -> None:
     # Trio's SIGINT handler is in place now, and never raises where it lands.
     interrupts.check()
@@ -326,8 +330,16 @@ async def _serve(
             # for this task's next checkpoint: take it here, so that an
             # interrupted start-up never says "listening on".
             await trio.lowlevel.checkpoint()
+            if stats_file is not None:  # written once before "listening on"
+                await nursery.start(
+                    functools.partial(
+                        write_stats, server, stats_file, interval=stats_interval or 1.0
+                    )
+                )
             if channel is not None:  # the supervisor says "listening on"
                 await nursery.start(_worker.follow_supervisor, channel, server, grace)
+                if stats_interval is not None:  # the supervisor writes the stats file
+                    nursery.start_soon(_worker.report_stats, channel, server, stats_interval)
             else:
                 for address in server.addresses:
                     say(f"listening on {address}")
@@ -364,6 +376,23 @@ def close_inherited(binds: list[str]) -> None:
                 log.debug("inherited fd %d was already closed", fd)
 
 
+def check_stats_file(args: argparse.Namespace) -> str | None:
+    """``--stats-file`` checked (its directory exists), or None; ``--stats-interval`` needs it.
+
+    Raises:
+        CLIError: a bad path, or ``--stats-interval`` alone (exit 2).
+    """
+    if args.stats_file is None:
+        if args.stats_interval is not None and args.worker_channel is None:
+            raise CLIError("--stats-interval needs --stats-file", EXIT_USAGE)
+        return None
+    try:
+        return check_stats_path("--stats-file", args.stats_file)
+    except (TypeError, ValueError) as exc:
+        message = str(exc).replace("--stats-file: path ", "--stats-file ")
+        raise CLIError(message, EXIT_USAGE) from None
+
+
 def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
     if args.workers is not None:
         from ._workers import run_workers
@@ -371,6 +400,7 @@ def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
         return run_workers(args, interrupts)
     if args.ready_timeout is not None:
         raise CLIError("--ready-timeout needs --workers", EXIT_USAGE)
+    stats_file = check_stats_file(args)
     binds = bind_specs(args)
     options = server_options(args)
     check_serve(binds, options, args.grace)
@@ -393,6 +423,8 @@ def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
             args.grace,
             interrupts,
             channel,
+            stats_file,
+            args.stats_interval,
             restrict_keyboard_interrupt_to_checkpoints=True,
         )
     except ListenError as exc:  # AddressInUse and unresolvable hosts included

@@ -64,7 +64,8 @@ class _HangupLatch:
 
 async def _supervise(plan: object, interrupts: DroppedInterrupts, hangups: _HangupLatch) -> None:
     from .._workers._plan import WorkerPlan
-    from .._workers._supervisor import Supervisor, run_plan
+    from .._workers._supervise import run_plan
+    from .._workers._supervisor import Supervisor
 
     assert isinstance(plan, WorkerPlan)
     interrupts.check()
@@ -109,8 +110,8 @@ async def _supervise(plan: object, interrupts: DroppedInterrupts, hangups: _Hang
 
 def run_workers(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
     """Run ``trionet serve ... --workers N`` (see the module notes)."""
+    from .._exceptions import WorkerStartError
     from .._workers._plan import plan_from_args
-    from .._workers._supervisor import WorkerStartError
 
     plan = plan_from_args(args)
     hangups = _HangupLatch()

@@ -32,7 +32,13 @@ import attrs
 from .._address import parse_address
 from .._cli._args import MAX_WORKERS, UsageError, build_parser
 from .._cli._errors import CLIError
-from .._cli._serve import bind_specs, check_serve, resolve_handler, server_options
+from .._cli._serve import (
+    bind_specs,
+    check_serve,
+    check_stats_file,
+    resolve_handler,
+    server_options,
+)
 from .._inherited import check_inherited, parse_inherited
 from .._validate import check_count, check_seconds, public_call
 
@@ -41,7 +47,16 @@ __all__ = ["SUPERVISOR_FLAGS", "WorkerPlan", "plan_from_args", "plan_from_option
 #: ``serve`` flags that stay with the supervisor: they shape the listening
 #: sockets (which it opens once), or are its own.
 SUPERVISOR_FLAGS: Final = frozenset(
-    {"bind", "backlog", "reuse_port", "unix_mode", "workers", "ready_timeout", "worker_channel"}
+    {
+        "bind",
+        "backlog",
+        "reuse_port",
+        "unix_mode",
+        "workers",
+        "ready_timeout",
+        "worker_channel",
+        "stats_file",
+    }
 )
 #: Seconds a starting worker gets to be accepting (``--ready-timeout``).
 DEFAULT_READY_TIMEOUT: Final = 30.0
@@ -63,6 +78,9 @@ class WorkerPlan:
     workers: int
     grace: float
     ready_timeout: float
+    #: ``--stats-file``: the supervisor writes every worker's snapshot there.
+    stats_file: str | None = None
+    stats_interval: float = 1.0
 
     def command(self, fds: Sequence[int], channel: int) -> list[str]:
         """The worker's command line, given its listening descriptors and its channel."""
@@ -91,16 +109,23 @@ def plan_from_args(args: argparse.Namespace, *, import_handler: bool = True) -> 
     check_serve(binds, options, args.grace)
     if args.worker_channel is not None:
         raise CLIError("--workers and --worker-channel cannot be used together", 2)
+    stats_file = check_stats_file(args)
     if import_handler:
         resolve_handler(args.handler)  # a typo or an import error, said now
+    flags = _worker_flags(args)
+    stats_interval = 1.0 if args.stats_interval is None else args.stats_interval
+    if stats_file is not None and args.stats_interval is None:
+        flags.append(f"--stats-interval={stats_interval}")  # workers report to us
     return WorkerPlan(
         handler=args.handler,
         binds=tuple(binds),
         options=options,
-        worker_flags=tuple(_worker_flags(args)),
+        worker_flags=tuple(flags),
         workers=args.workers,
         grace=args.grace,
         ready_timeout=DEFAULT_READY_TIMEOUT if args.ready_timeout is None else args.ready_timeout,
+        stats_file=stats_file,
+        stats_interval=stats_interval,
     )
 
 

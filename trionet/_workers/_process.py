@@ -67,6 +67,8 @@ class Worker:
     final: dict[str, Any] | None = None
     returncode: int | None = None
     exited_at: float | None = None
+    #: Its latest ``stats`` snapshot (with ``--stats-file``).
+    snapshot: dict[str, Any] | None = None
 
     @property
     def pid(self) -> int:
@@ -141,6 +143,8 @@ class Worker:
             self.settled.set()
         elif event == "exit":
             self.final = message
+        elif event == "stats" and isinstance(message.get("snapshot"), dict):
+            self.snapshot = message["snapshot"]
 
     async def _stop_now(self) -> None:
         await self.drain(0.0)

@@ -78,6 +78,10 @@ class Tally:
                     self._drains[key] += value
         return True
 
+    def stats(self) -> dict[str, int]:
+        """The summed stats of the workers that have exited and reported."""
+        return dict(self._stats)
+
     def report(self, **life: Any) -> SupervisorReport:
         """The :class:`SupervisorReport`: these sums and the supervisor's own counts."""
         fields = attrs.fields_dict(ServerStats)

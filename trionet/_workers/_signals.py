@@ -20,7 +20,8 @@ import trio
 from .._server._drain import delivered_signals
 
 if TYPE_CHECKING:
-    from ._supervisor import Supervisor, SupervisorReport
+    from ._report import SupervisorReport
+    from ._supervisor import Supervisor
 
 log = logging.getLogger("trionet.workers")
 

@@ -43,10 +43,9 @@ import trio
 from .._address import Address
 from .._exceptions import WorkerStartError
 from .._server._drain import check_grace
-from .._server._listeners import Listener, close_listeners, open_listeners
-from .._server._serve import check_serve_config
-from .._unwrap import unwrap_single
-from ._plan import WorkerPlan, plan_from_options
+from .._server._listeners import Listener, close_listeners
+from .._stats_file import process_snapshot
+from ._plan import WorkerPlan
 from ._process import KILL_AFTER, Worker, describe_exit, spawn
 from ._report import SupervisorReport, Tally
 from ._restart import RestartPolicy
@@ -54,7 +53,7 @@ from ._signals import handle_signals
 
 log = logging.getLogger("trionet.workers")
 
-__all__ = ["Supervisor", "SupervisorReport", "WorkerStartError", "supervise"]
+__all__ = ["Supervisor"]
 
 
 @attrs.define(eq=False)
@@ -405,6 +404,39 @@ class Supervisor:
         assert self._report is not None
         return self._report
 
+    def snapshot(self) -> dict[str, Any]:
+        """What ``--stats-file`` holds: this process, every live worker's latest snapshot, sums.
+
+        ``totals`` adds up the live workers' latest stats and the final stats
+        of those that have exited; ``exited`` is the latter alone.
+        """
+        workers = []
+        totals = self._tally.stats()
+        for worker in sorted(self._live, key=lambda w: (w.slot, w.started)):
+            state = (
+                "retiring" if worker.retiring else "ready" if worker.ready.is_set() else "starting"
+            )
+            latest = worker.snapshot or {}
+            workers.append({**latest, "slot": worker.slot + 1, "pid": worker.pid, "state": state})
+            for key, value in (latest.get("stats") or {}).items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    totals[key] = totals.get(key, 0) + value
+        return {
+            **process_snapshot(),
+            "supervisor": True,
+            "stopped": self._stopped.is_set(),
+            "stopping": self._stopping,
+            "workers": workers,
+            "exited": self._tally.stats(),
+            "totals": totals,
+            "started": self._started,
+            "crashed": self._crashed,
+            "restarted": self._restarted,
+            "reloads": self._reloads,
+            "reloads_done": self._reloads_done,
+            "unreported": self._unreported,
+        }
+
     def _make_report(self) -> SupervisorReport:
         return self._tally.report(
             workers=self._plan.workers,
@@ -416,75 +448,3 @@ class Supervisor:
             unreported=self._unreported,
             elapsed=trio.current_time() - self._stop_started,
         )
-
-
-async def supervise(
-    handler: str,
-    *binds: str,
-    workers: int,
-    ready_timeout: float = 30.0,
-    task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
-    **options: Any,
-) -> SupervisorReport:
-    """Open ``binds`` once and serve ``handler`` from ``workers`` processes sharing them.
-
-    Each worker is ``python -m trionet serve HANDLER ...``: a fresh
-    interpreter that imports the handler and reads the TLS files itself.
-    ``options`` are the ``trionet serve`` flags as keywords --
-    ``max_connections=500``, ``grace=10``, ``tls_cert="cert.pem"``,
-    ``allow=["10.0.0.0/8"]`` -- checked here, by the same code the command
-    line uses, before anything is opened.  The binds may be inherited
-    (``fd:N``, ``systemd``).
-
-    Reports the :class:`Supervisor` through ``task_status`` once every
-    worker is accepting; runs until :meth:`Supervisor.shutdown` (or
-    :meth:`Supervisor.handle_signals`) has drained the workers, and returns
-    the :class:`SupervisorReport`.  If cancelled, the workers are told to
-    stop at once, killed after a few seconds, and reaped: none is left
-    behind.
-
-    Args:
-        handler: ``echo``/``discard``/``daytime``/``chargen`` or ``MODULE:FUNCTION``.
-        binds: bind specs (default ``tcp://127.0.0.1:7007``).
-        workers: how many worker processes (1 to 1024).
-        ready_timeout: seconds a starting worker gets to be accepting.
-        task_status: reports the :class:`Supervisor`.
-        options: ``trionet serve`` flags, by their Python names.
-
-    Raises:
-        TypeError: an argument of the wrong type, or an unknown option
-            (naming ``supervise()`` and the option), before anything is opened.
-        ValueError: a bad value, likewise.
-        WorkerStartError: a worker exited, or was not ready in time, at the start.
-        ListenError: a bind could not be opened.
-        InvalidAddress: an inherited descriptor could not be adopted.
-
-    Example::
-
-        async with trio.open_nursery() as nursery:
-            supervisor = await nursery.start(
-                functools.partial(trionet.supervise, "myapp:handle",
-                                  "tcp://0.0.0.0:8000", workers=4, grace=10))
-            report = await supervisor.handle_signals()
-    """
-    plan = plan_from_options(handler, binds, workers, ready_timeout, options)
-    return await run_plan(plan, task_status=task_status)
-
-
-async def run_plan(
-    plan: WorkerPlan, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
-) -> SupervisorReport:
-    """:func:`supervise` for a checked plan (what the command line calls)."""
-    _, resolved = check_serve_config(list(plan.binds), dict(plan.options), "supervise()")
-    listeners = await open_listeners(resolved)
-    try:
-        with unwrap_single():  # WorkerStartError itself, not in a group
-            async with trio.open_nursery() as nursery:
-                supervisor = Supervisor(plan, listeners, nursery)
-                await supervisor._start_all()
-                task_status.started(supervisor)
-                report = await supervisor.wait_stopped()
-                nursery.cancel_scope.cancel()  # restarts still waiting
-            return report
-    finally:
-        close_listeners(listeners)

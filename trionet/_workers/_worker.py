@@ -46,6 +46,7 @@ __all__ = [
     "follow_supervisor",
     "ignore_hangup",
     "open_channel",
+    "report_stats",
     "say_exit",
 ]
 
@@ -150,3 +151,19 @@ async def say_exit(channel: Channel, message: dict[str, Any]) -> None:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         log.debug("worker %d: could not send its stats: the supervisor is gone", os.getpid())
     await channel.aclose()
+
+
+async def report_stats(channel: Channel, server: Server, interval: float) -> None:
+    """Send the supervisor a ``stats`` snapshot every ``interval`` seconds until ``server`` stops.
+
+    The supervisor writes them, every worker's, to its ``--stats-file``.
+    """
+    from .._stats_file import stats_snapshot
+
+    while not server.stopped:
+        try:
+            await channel.send({"event": "stats", "snapshot": stats_snapshot(server)})
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the supervisor is gone: follow_supervisor drains
+        with trio.move_on_after(interval):
+            await server.wait_stopped()

@@ -211,6 +211,15 @@ EXPECTED: dict[str, list[str]] = {
         "discarded=1",
         "pool closed: True",
     ],
+    "stats_file.py": [
+        "keys: connections descriptors draining pid rss_kib stats stopped tasks time",
+        "pid is ours: True",
+        "live connections: 1 | tasks > 1: True",
+        "accepted: 1 | stopped: False",
+        "last: stopped=True connections=0",
+        "closed=1 bytes_received=6",
+        "temporary files left: []",
+    ],
     "worker_processes.py": [
         "listening on tcp://127.0.0.1:",
         "workers: 2",

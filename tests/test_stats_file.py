@@ -534,3 +534,28 @@ def test_workers_stats_file(cli: Start, tmp_path: Path) -> None:
     assert last["totals"]["accepted"] == last["exited"]["accepted"] == printed["accepted"]
     assert last["totals"] == printed
     assert temporaries(tmp_path) == []
+
+
+@pytest.mark.usefixtures("workers_env")
+def test_workers_a_stats_file_that_cannot_be_written_spoils_no_exit(
+    cli: Start, tmp_path: Path
+) -> None:
+    """Found by review: the supervisor's last write, after the stop, was not
+    guarded -- a removed directory turned a clean drain into a traceback and
+    exit 1, with no report."""
+    directory = tmp_path / "stats"
+    directory.mkdir()
+    path = directory / "stats.json"
+    proc = cli(
+        "serve", "echo", "--workers", "1", "--bind", LOCAL,
+        "--stats-file", str(path), "--stats-interval", "0.1",
+    )  # fmt: skip
+    proc.listening()
+    ready_pids(proc)
+    read_json(path)
+    directory.rename(tmp_path / "gone")  # every later write fails
+    rc, out, err = proc.stop(signal.SIGTERM)
+    assert rc == 0, err
+    assert "Traceback" not in err, err
+    assert "cannot write the stats file" in err
+    assert re.search(r"^workers: started=1 ", out, re.M), out

@@ -9,6 +9,7 @@ interval, and a last one after the stop.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
@@ -20,6 +21,8 @@ from .._unwrap import unwrap_single
 from ._plan import WorkerPlan, plan_from_options
 from ._report import SupervisorReport
 from ._supervisor import Supervisor
+
+log = logging.getLogger("trionet.stats")
 
 __all__ = ["run_plan", "supervise"]
 
@@ -90,14 +93,19 @@ async def run_plan(
                 await supervisor._start_all()
                 if plan.stats_file is not None:
                     stats_file = plan.stats_file
-                    nursery.start_soon(
+                    await nursery.start(  # written once before we report ready
                         periodic_json, stats_file, supervisor.snapshot, plan.stats_interval
                     )
                 task_status.started(supervisor)
                 report = await supervisor.wait_stopped()
                 nursery.cancel_scope.cancel()  # restarts still waiting, the stats file
             if plan.stats_file is not None:  # the last snapshot: stopped, final sums
-                await trio.to_thread.run_sync(write_json, plan.stats_file, supervisor.snapshot())
+                try:
+                    await trio.to_thread.run_sync(
+                        write_json, plan.stats_file, supervisor.snapshot()
+                    )
+                except OSError as exc:  # the stats never stop the server, nor its exit
+                    log.warning("cannot write the stats file %s: %s", plan.stats_file, exc)
             return report
     finally:
         close_listeners(listeners)

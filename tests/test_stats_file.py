@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +34,8 @@ import trio
 from cliproc import TIMEOUT, CLIProcess, Start, assert_one_error_line
 
 import trionet
+from trionet._stats_file import periodic_json, write_json
+from trionet._workers._channel import ChannelError, LineDecoder
 from trionet.testing import wait_until
 
 LOCAL = "tcp://127.0.0.1:0"
@@ -110,7 +113,7 @@ def poll_file(
 
 
 def temporaries(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
+    return sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))  # .x.tmp too
 
 
 def assert_snapshot_shape(snap: dict[str, Any]) -> None:
@@ -283,11 +286,13 @@ async def test_a_write_failure_is_a_warning_and_writing_resumes(
     [
         (5, TypeError, "path must be a str or os.PathLike, not int"),
         (b"stats.json", TypeError, "not bytes"),
-        ("", ValueError, "non-empty"),
+        ("", ValueError, "must name a file"),
         ("missing/stats.json", ValueError, "no directory"),
         ("", ValueError, "is a directory"),  # the test's directory itself
+        ("a\0b.json", ValueError, "must name a file"),
+        ("newdir/", ValueError, "must name a file"),
     ],
-    ids=["int", "bytes", "empty", "missing-directory", "a-directory"],
+    ids=["int", "bytes", "empty", "missing-directory", "a-directory", "nul", "trailing-slash"],
 )
 async def test_a_bad_path_is_refused_before_anything_is_written(
     nursery: trio.Nursery,
@@ -300,13 +305,93 @@ async def test_a_bad_path_is_refused_before_anything_is_written(
     if fragment == "is a directory":
         path = tmp_path
     elif isinstance(path, str) and path:
-        path = tmp_path / path
+        path = os.path.join(tmp_path, path)  # a str: Path would drop a trailing slash
     with pytest.raises(error) as info:
         await trionet.write_stats(server, path, interval=0.01)  # type: ignore[arg-type]
     assert str(info.value).startswith("write_stats(): "), info.value
     assert fragment in str(info.value), info.value
     assert os.listdir(tmp_path) == []
     assert server.stats.accepted == 0 and not server.stopped
+    await server.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "device"])
+async def test_a_path_that_is_not_a_regular_file_is_refused(
+    nursery: trio.Nursery, tmp_path: Path, kind: str
+) -> None:
+    """Found by hostile review: the atomic rename replaced whatever was at the
+    path -- as root, ``--stats-file /dev/null`` would have replaced /dev/null."""
+    server = await start_server(nursery)
+    path = tmp_path / "stats.json"
+    target = tmp_path / "target"
+    target.write_text("keep me")
+    if kind == "symlink":
+        path.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+    before = os.lstat(path)
+    with pytest.raises(ValueError, match="it would be replaced"):
+        await trionet.write_stats(server, path, interval=1.0)
+    after = os.lstat(path)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert target.read_text() == "keep me"
+    await server.shutdown()
+
+
+async def test_two_writers_of_one_path_never_show_a_torn_file(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Found by hostile review: two writers in one process shared one temporary
+    name (``PATH.PID.tmp``), and readers saw broken JSON.  The temporary file
+    is now ``mkstemp``'s: exclusive, unguessable, one per write."""
+    path = tmp_path / "stats.json"
+    for _ in range(2):
+        server = await start_server(nursery)
+        await nursery.start(functools.partial(trionet.write_stats, server, path, interval=0.01))
+    count, seen = await trio.to_thread.run_sync(hammer, path, 2000, 40, 20.0)
+    assert count >= 2000 and len(seen) >= 40
+
+
+async def test_a_planted_symlink_is_never_followed(tmp_path: Path) -> None:
+    """Found by hostile review: the temporary name was predictable and opened
+    through symlinks, so whoever could write the directory could make the
+    server overwrite any file.  Every name an old writer would have used is
+    planted here; the victim stays intact."""
+    victim = tmp_path / "victim"
+    victim.write_text("SECRET")
+    path = tmp_path / "stats.json"
+    (tmp_path / f"stats.json.{os.getpid()}.tmp").symlink_to(victim)
+    write_json(str(path), {"a": 1})
+    assert victim.read_text() == "SECRET"
+    assert json.loads(path.read_text()) == {"a": 1} and not path.is_symlink()
+
+
+async def test_a_value_that_is_not_json_is_a_warning(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by hostile review: a NaN in a snapshot (a worker's, say) raised
+    ValueError out of the writer and stopped the supervisor."""
+    path = tmp_path / "stats.json"
+    nursery.start_soon(periodic_json, str(path), lambda: {"x": math.nan}, 0.01)
+    await wait_until(lambda: "cannot write the stats file" in caplog.text, timeout=10)
+    await wait_until(lambda: caplog.text.count("cannot write the stats file") >= 2, timeout=10)
+    assert not path.exists()  # nothing half-written; and the writer keeps going
+
+
+def test_a_worker_cannot_send_nan_on_its_channel() -> None:
+    with pytest.raises(ChannelError, match="not JSON"):
+        LineDecoder().feed(b'{"event":"stats","snapshot":{"x":NaN}}\n')
+
+
+async def test_an_interval_below_the_minimum_is_refused(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    server = await start_server(nursery)
+    with pytest.raises(ValueError, match=r"interval must be >= 0\.01"):
+        await trionet.write_stats(server, tmp_path / "s.json", interval=1e-9)
+    assert os.listdir(tmp_path) == []
     await server.shutdown()
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
+import tempfile
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,7 +41,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trionet.stats")
 
-__all__ = ["check_stats_path", "process_snapshot", "stats_snapshot", "write_json", "write_stats"]
+__all__ = [
+    "MIN_INTERVAL",
+    "check_interval",
+    "check_stats_path",
+    "process_snapshot",
+    "stats_snapshot",
+    "write_json",
+    "write_stats",
+]
 
 _PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
 
@@ -110,28 +120,74 @@ def stats_snapshot(server: Server) -> dict[str, Any]:
     }
 
 
+#: The shortest interval between two snapshots: a smaller one would make
+#: the writer a busy loop (a snapshot walks every connection and task).
+MIN_INTERVAL = 0.01
+
+
+def check_interval(call: str, interval: object) -> float:
+    """Seconds between snapshots: a finite number >= :data:`MIN_INTERVAL`."""
+    with public_call(call):
+        seconds = check_seconds("interval", interval, zero=False, infinite=False)
+    assert seconds is not None
+    if seconds < MIN_INTERVAL:
+        raise ValueError(f"{call}: interval must be >= {MIN_INTERVAL} seconds, not {interval!r}")
+    return seconds
+
+
 def check_stats_path(call: str, path: object) -> str:
-    """A stats file path: a ``str``/``PathLike`` in a directory that exists."""
+    """A stats file path: a file name in a directory that exists; a regular file if it exists.
+
+    Anything else already at the path -- a device, a FIFO, a symlink, a
+    directory -- is refused: the atomic rename would replace it (as root,
+    ``/dev/null`` itself).
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{call}: path must be a str or os.PathLike, not {type(path).__name__}")
     text = os.fspath(path)
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"{call}: path must be a non-empty file name, not {path!r}")
+    if not isinstance(text, str):
+        raise TypeError(f"{call}: path must be a str or os.PathLike, not {type(path).__name__}")
+    if not text or "\0" in text or not os.path.basename(text):
+        raise ValueError(f"{call}: path must name a file, not {text!r}")
     directory = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(directory):
         raise ValueError(f"{call}: path {text!r}: no directory {directory!r} to write it in")
-    if os.path.isdir(text):
-        raise ValueError(f"{call}: path {text!r} is a directory")
+    try:
+        mode = os.lstat(text).st_mode
+    except FileNotFoundError:
+        return text
+    except OSError as exc:
+        raise ValueError(f"{call}: path {text!r}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        what = (
+            "a directory"
+            if stat.S_ISDIR(mode)
+            else "a symlink"
+            if stat.S_ISLNK(mode)
+            else ("not a regular file")
+        )
+        raise ValueError(f"{call}: path {text!r} is {what}: it would be replaced")
     return text
 
 
 def write_json(path: str, value: dict[str, Any]) -> None:
-    """Write ``value`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
-    temporary = f"{path}.{os.getpid()}.tmp"
+    """Write ``value`` to ``path`` atomically (a temporary file, then ``os.replace``).
+
+    The temporary file is made by :func:`tempfile.mkstemp` in the same
+    directory: a name no one can guess, created exclusively (``O_EXCL``, so
+    never through a symlink someone planted), and not shared by two writers.
+
+    Raises:
+        OSError: the write failed (nothing is left behind).
+        ValueError: ``value`` is not JSON (a NaN, say).
+    """
+    data = json.dumps(value, separators=(",", ":"), allow_nan=False) + "\n"
+    directory, name = os.path.split(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            json.dump(value, file, separators=(",", ":"), allow_nan=False)
-            file.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), 0o644)
+            file.write(data)
         os.replace(temporary, path)
     except BaseException:
         try:
@@ -157,7 +213,7 @@ async def write_stats(
     Args:
         server: the server to report.
         path: the file; its directory must exist.
-        interval: seconds between writes (> 0, finite).
+        interval: seconds between writes (finite, at least 0.01).
 
     Raises:
         TypeError, ValueError: a bad ``path`` or ``interval``, naming the
@@ -170,8 +226,7 @@ async def write_stats(
             nursery.start_soon(trionet.write_stats, server, "/run/myapp/stats.json")
     """
     call = "write_stats()"
-    with public_call(call):
-        check_seconds("interval", interval, zero=False, infinite=False)
+    check_interval(call, interval)
     text = check_stats_path(call, path)
     await periodic_json(text, lambda: stats_snapshot(server), interval, server, task_status)
 
@@ -191,7 +246,7 @@ async def periodic_json(
         try:
             with trio.CancelScope(shield=True):  # never leave a temporary file behind
                 await trio.to_thread.run_sync(write_json, path, value)
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:  # a full disk; a value not JSON
             if warnings.allow():
                 log.warning("cannot write the stats file %s: %s", path, exc)
 

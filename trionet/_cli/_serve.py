@@ -34,7 +34,7 @@ from .._server._drain import ShutdownReport, check_grace, drain_on_signals
 from .._server._serve import Handler, check_serve_config, serve
 from .._server._server import Server
 from .._services import SERVICES
-from .._stats_file import check_stats_path, write_stats
+from .._stats_file import MIN_INTERVAL, check_stats_path, write_stats
 from .._unwrap import unwrap_single
 from .._validate import is_async_callable
 from ._args import DEFAULT_BIND
@@ -382,6 +382,8 @@ def check_stats_file(args: argparse.Namespace) -> str | None:
     Raises:
         CLIError: a bad path, or ``--stats-interval`` alone (exit 2).
     """
+    if args.stats_interval is not None and args.stats_interval < MIN_INTERVAL:
+        raise CLIError(f"--stats-interval must be >= {MIN_INTERVAL} seconds", EXIT_USAGE)
     if args.stats_file is None:
         if args.stats_interval is not None and args.worker_channel is None:
             raise CLIError("--stats-interval needs --stats-file", EXIT_USAGE)

@@ -90,12 +90,17 @@ class LineDecoder:
 
 def _decode(line: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(line)
+        value = json.loads(line, parse_constant=_no_constant)
     except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         raise ChannelError(f"a channel line that is not JSON: {line[:80]!r}") from None
     if not isinstance(value, dict):
         raise ChannelError(f"a channel line that is not a JSON object: {line[:80]!r}")
     return value
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN``, ``Infinity``: not JSON (and not writable to a stats file)."""
+    raise ValueError(f"{name} is not JSON")
 
 
 class Channel:

@@ -104,7 +104,7 @@ async def run_plan(
                     await trio.to_thread.run_sync(
                         write_json, plan.stats_file, supervisor.snapshot()
                     )
-                except OSError as exc:  # the stats never stop the server, nor its exit
+                except (OSError, ValueError, TypeError) as exc:  # never stops the exit
                     log.warning("cannot write the stats file %s: %s", plan.stats_file, exc)
             return report
     finally:

@@ -23,7 +23,6 @@ import signal
 import socket
 import stat
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import attrs
 import pytest
 import trio
 from cliproc import TIMEOUT, CLIProcess, Start, assert_one_error_line
+from procs import marked_processes
 
 import trionet
 from trionet._stats_file import periodic_json, write_json
@@ -39,7 +39,6 @@ from trionet._workers._channel import ChannelError, LineDecoder
 from trionet.testing import wait_until
 
 LOCAL = "tcp://127.0.0.1:0"
-TESTS_DIR = Path(__file__).resolve().parent
 TOKEN_VAR = "TRIONET_TEST_WORKERS_RUN"
 READY = re.compile(r"workers: (\d+) ready \(pids ([\d ]+)\)")
 STATS_FIELDS = {field.name for field in attrs.fields(trionet.ServerStats)}
@@ -492,38 +491,11 @@ def test_cli_stats_usage_errors_are_one_line(
 ################################################################
 
 
-def _with_token(token: str) -> list[int]:
-    needle = f"{TOKEN_VAR}={token}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in env.split(b"\0") and state != "Z":
-            found.append(int(entry))
-    return found
-
-
 @pytest.fixture
 def workers_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Workers find ``workers_handlers``; none of this test's processes survives it."""
-    token = uuid.uuid4().hex
-    monkeypatch.setenv(TOKEN_VAR, token)
-    path = [str(TESTS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    deadline = time.monotonic() + 2 * TIMEOUT
-    while (left := _with_token(token)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes of this test left behind: {left}"
+    with marked_processes(monkeypatch, TOKEN_VAR, 2 * TIMEOUT):
+        yield
 
 
 def ready_pids(proc: CLIProcess) -> list[int]:

@@ -26,7 +26,6 @@ import socket
 import ssl
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,72 +35,22 @@ import trio
 import trustme
 from cliproc import TIMEOUT, CLIProcess, Start, assert_one_error_line
 from conftest import require_program
+from procs import (
+    LISTEN_VARS,
+    alive,
+    children_of,
+    cmdline,
+    environ,
+    marked_processes,
+    with_token,
+)
 from workers_handlers import FAIL_IN_WORKERS
 
 import trionet
 
 LOCAL = "tcp://127.0.0.1:0"
-TESTS_DIR = Path(__file__).resolve().parent
 TOKEN_VAR = "TRIONET_TEST_WORKERS_RUN"
-LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 READY = re.compile(r"workers: (\d+) ready \(pids ([\d ]+)\)")
-
-################################################################
-# /proc: processes seen from the outside
-################################################################
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of ``pid``, or None if there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
-    return fields[0], int(fields[1])
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie is not: it has exited, and waits only to be reaped)."""
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def _pids() -> Iterator[int]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            yield int(entry)
-
-
-def children_of(parent: int) -> set[int]:
-    """The live child processes of ``parent``."""
-    return {pid for pid in _pids() if (stat := _stat(pid)) and stat[1] == parent and stat[0] != "Z"}
-
-
-def cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-
-
-def environ(pid: int) -> dict[str, str]:
-    """The environment ``pid`` was started with."""
-    raw = Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
-    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
-
-
-def with_token(token: str) -> list[int]:
-    """Live processes (ours excepted) whose environment carries ``token``."""
-    needle = f"{TOKEN_VAR}={token}".encode()
-    found = []
-    for pid in _pids():
-        if pid == os.getpid():
-            continue
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue  # gone, or not ours
-        if needle in env.split(b"\0") and alive(pid):
-            found.append(pid)
-    return found
 
 
 def wait_until_gone(pids: list[int] | set[int], timeout: float = TIMEOUT) -> None:
@@ -120,21 +69,10 @@ def _token(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     supervisor has exited or been killed, and its workers must follow
     (the orphaned ones within their drain).
     """
-    token = uuid.uuid4().hex
-    monkeypatch.setenv(TOKEN_VAR, token)
-    path = [str(TESTS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # a rewritten module is read again
     monkeypatch.delenv(FAIL_IN_WORKERS, raising=False)
-    for name in LISTEN_VARS:
-        monkeypatch.delenv(name, raising=False)
-    yield token
-    deadline = time.monotonic() + 2 * TIMEOUT
-    while (left := with_token(token)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes of this test left behind: {[cmdline(p) for p in left]}"
+    with marked_processes(monkeypatch, TOKEN_VAR, 2 * TIMEOUT) as token:
+        yield token
 
 
 ################################################################
@@ -366,7 +304,7 @@ def test_a_worker_failing_at_start_fails_the_supervisor_and_leaves_nothing(
     assert len(started) == 2, err  # and none restarted
     # The supervisor reaped every worker before it exited.
     assert not [pid for pid in started if alive(pid)]
-    assert with_token(_token) == []
+    assert with_token(TOKEN_VAR, _token) == []
 
 
 def test_a_worker_failing_at_start_is_one_error_line(
@@ -607,7 +545,7 @@ def test_workers_of_a_killed_supervisor_exit_by_themselves(cli: Start, _token: s
     gone.add(int(run.wait_err(r"worker (\d+): the supervisor is gone: draining").group(1)))
     assert gone == set(run.pids)
     wait_until_gone(run.pids)
-    assert with_token(_token) == []
+    assert with_token(TOKEN_VAR, _token) == []
     with pytest.raises(ConnectionRefusedError):  # the last holder of the socket is gone
         connect(address).close()
 
@@ -771,7 +709,7 @@ async def test_cancelling_supervise_leaves_no_worker_running(_token: str) -> Non
             nursery.cancel_scope.cancel()
         stopped = trio.current_time() - started
     assert not [pid for pid in pids if alive(pid)]  # stopped and reaped, not orphaned
-    assert with_token(_token) == []
+    assert with_token(TOKEN_VAR, _token) == []
     assert stopped < 5.0, stopped  # they drained at once: not killed after KILL_AFTER
 
 
@@ -798,7 +736,7 @@ async def test_supervise_fails_the_start_and_leaves_nothing(
             pytest.fail("supervise() started with workers that cannot import their handler")
     assert error is not None
     assert re.match(r"worker \d \(pid \d+\) exited with status 1 before it was ready", str(error))
-    assert with_token(_token) == []
+    assert with_token(TOKEN_VAR, _token) == []
 
 
 async def test_supervise_raises_worker_start_error_itself(

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +37,7 @@ import trio
 import trio.testing
 import trustme
 from hostile_workers import FORK_PIDFILE, IMPORT_DELAY
+from procs import alive, marked_processes
 
 import trionet
 from trionet._workers import _supervisor
@@ -46,7 +46,6 @@ from trionet._workers._process import KILL_AFTER, Worker
 from trionet._workers._process import spawn as real_spawn
 
 LOCAL = "tcp://127.0.0.1:0"
-TESTS_DIR = Path(__file__).resolve().parent
 TOKEN_VAR = "TRIONET_TEST_WORKERS_HOSTILE"
 #: Bound of every single wait.
 TIMEOUT = 15.0
@@ -55,31 +54,6 @@ STARTED = r"worker (\d+) \(pid (\d+)\) started"
 ################################################################
 # Processes, seen through /proc
 ################################################################
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie has exited: it only waits to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def with_token(token: str) -> list[int]:
-    """Live processes (this one excepted) whose environment carries ``token``."""
-    needle = f"{TOKEN_VAR}={token}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if needle in env.split(b"\0") and alive(int(entry)):
-            found.append(int(entry))
-    return found
 
 
 def left_alive(pids: list[int], timeout: float = TIMEOUT) -> list[int]:
@@ -123,21 +97,10 @@ async def until(condition: Callable[[], object], what: str) -> None:
 @pytest.fixture(autouse=True)
 def _token(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Workers import ``hostile_workers``; every process of the test is marked; none survives."""
-    token = uuid.uuid4().hex
-    monkeypatch.setenv(TOKEN_VAR, token)
-    path = [str(TESTS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
     monkeypatch.delenv(FORK_PIDFILE, raising=False)
     monkeypatch.delenv(IMPORT_DELAY, raising=False)
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        monkeypatch.delenv(name, raising=False)
-    yield token
-    deadline = time.monotonic() + TIMEOUT
-    while (left := with_token(token)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in left:
-        kill_quietly(pid)
-    assert not left, f"processes of this test left behind: {left}"
+    with marked_processes(monkeypatch, TOKEN_VAR, TIMEOUT) as token:
+        yield token
 
 
 ################################################################

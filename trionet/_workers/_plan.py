@@ -22,6 +22,7 @@ its sockets as ``--bind fd:N``.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -129,31 +130,41 @@ def plan_from_args(args: argparse.Namespace, *, import_handler: bool = True) -> 
     )
 
 
-def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    for action in parser._actions:
+@functools.cache
+def _serve_flags() -> dict[str, argparse.Action]:
+    """The ``serve`` sub-command's flags that are options, by name (built once)."""
+    for action in build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction):
             serve: argparse.ArgumentParser = action.choices["serve"]
-            return serve
+            return {
+                flag.dest: flag
+                for flag in serve._actions
+                if flag.option_strings and flag.dest not in _NOT_OPTIONS
+            }
     raise AssertionError("the trionet parser has no serve sub-command")
+
+
+def _as_args(action: argparse.Action, value: Any) -> list[str]:
+    """``value`` (a checked one) as the flag's arguments, each ``--flag=VALUE``.
+
+    One argument per value: a value that starts with ``-`` stays a value.
+    """
+    flag = action.option_strings[0]
+    if isinstance(action, argparse._StoreTrueAction):
+        return [flag] if value else []
+    if isinstance(action, argparse._AppendAction):
+        return [f"{flag}={item}" for item in value]
+    return [f"{flag}={_text(value)}"]
 
 
 def _worker_flags(args: argparse.Namespace) -> list[str]:
     """The flags a worker needs: every ``serve`` flag given, but the supervisor's."""
     flags: list[str] = []
-    for action in _serve_parser(build_parser())._actions:
-        if not action.option_strings or action.dest in SUPERVISOR_FLAGS | _NOT_OPTIONS:
+    for name, action in _serve_flags().items():
+        value = getattr(args, name, None)
+        if name in SUPERVISOR_FLAGS or value is None or value == action.default:
             continue
-        value = getattr(args, action.dest, None)
-        if value is None or value == action.default:
-            continue
-        flag = action.option_strings[0]
-        if isinstance(action, argparse._StoreTrueAction):
-            flags.append(flag)
-        elif isinstance(action, argparse._AppendAction):
-            for item in value:
-                flags.append(f"{flag}={item}")
-        else:  # --flag=VALUE: a value starting with '-' stays a value
-            flags.append(f"{flag}={_text(value)}")
+        flags += _as_args(action, value)
     return flags
 
 
@@ -165,11 +176,7 @@ def _text(value: object) -> str:
 
 def option_names() -> list[str]:
     """The keyword names :func:`trionet.supervise` accepts (the ``serve`` flags')."""
-    return sorted(
-        action.dest
-        for action in _serve_parser(build_parser())._actions
-        if action.option_strings and action.dest not in _NOT_OPTIONS | {"bind", "ready_timeout"}
-    )
+    return sorted(name for name in _serve_flags() if name not in {"bind", "ready_timeout"})
 
 
 def plan_from_options(
@@ -229,14 +236,9 @@ def plan_from_options(
 
 
 def _keyword_flags(call: str, options: Mapping[str, object]) -> list[str]:
-    actions = {
-        action.dest: action
-        for action in _serve_parser(build_parser())._actions
-        if action.option_strings and action.dest not in _NOT_OPTIONS | {"bind"}
-    }
     flags: list[str] = []
     for name, value in options.items():
-        action = actions.get(name)
+        action = _serve_flags().get(name) if name != "bind" else None
         if action is None:
             hint = ""
             if name == "tls":
@@ -251,24 +253,18 @@ def _keyword_flags(call: str, options: Mapping[str, object]) -> list[str]:
             )
         if value is None:
             continue
-        flag = action.option_strings[0]
         if isinstance(action, argparse._StoreTrueAction):
             if not isinstance(value, bool):
                 raise TypeError(f"{call}: {name} must be a bool, not {type(value).__name__}")
-            if value:
-                flags.append(flag)
         elif isinstance(action, argparse._AppendAction):
-            items = [value] if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)):
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, (list, tuple)):
                 raise TypeError(
                     f"{call}: {name} must be a str or a list of str, not {type(value).__name__}"
                 )
-            for item in items:
-                flags.append(f"{flag}={item}")
         elif action.type is None or action.choices is not None:  # text: a path, a level
             if not isinstance(value, str):
                 raise TypeError(f"{call}: {name} must be a str, not {type(value).__name__}")
-            flags.append(f"{flag}={value}")
         else:  # a number, checked by the flag's own type
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{call}: {name} must be a number, not {type(value).__name__}")
@@ -276,7 +272,7 @@ def _keyword_flags(call: str, options: Mapping[str, object]) -> list[str]:
                 with public_call(call):
                     check_count("unix_mode", value, minimum=0)
                 value = f"{int(value):o}"
-            flags.append(f"{flag}={_text(value)}")
+        flags += _as_args(action, value)
     return flags
 
 

@@ -344,11 +344,11 @@ from trionet._launch import main
 
 ignore = _signals.SignalLatch.ignore
 
-def late_signal_then_ignore():
+def late_signal_then_ignore(self):
     os.kill(os.getpid(), getattr(signal, os.environ["LATE_SIGNAL"]))
-    ignore()
+    ignore(self)
 
-_signals.SignalLatch.ignore = staticmethod(late_signal_then_ignore)
+_signals.SignalLatch.ignore = late_signal_then_ignore
 sys.exit(main(sys.argv[1:]))
 """
 

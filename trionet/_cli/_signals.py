@@ -82,14 +82,17 @@ class SignalLatch:
     :meth:`replay`-ed to them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] = DRAIN_SIGNALS) -> None:
+        #: What it holds: SIGINT and SIGTERM; for a supervisor, also SIGHUP
+        #: from its start until its handlers are in place.
+        self._signals = signals
         self._caught: list[int] = []
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self._caught.append(signum)
 
     def install(self) -> None:
-        for signum in DRAIN_SIGNALS:
+        for signum in self._signals:
             signal.signal(signum, self._note)
 
     def replay(self) -> None:
@@ -98,9 +101,8 @@ class SignalLatch:
         for signum in caught:
             signal.raise_signal(signum)
 
-    @staticmethod
-    def ignore() -> None:
-        for signum in DRAIN_SIGNALS:
+    def ignore(self) -> None:
+        for signum in self._signals:
             signal.signal(signum, signal.SIG_IGN)
 
 

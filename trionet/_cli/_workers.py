@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-from types import FrameType
 
 import attrs
 import trio
@@ -40,29 +39,7 @@ from ._signals import DroppedInterrupts, SignalLatch
 __all__ = ["run_workers"]
 
 
-class _HangupLatch:
-    """SIGHUP before the supervisor handles it: noted, and replayed once it does.
-
-    Its default action would end the supervisor -- a ``systemctl reload``
-    that comes as the service starts must not stop it.
-    """
-
-    def __init__(self) -> None:
-        self._caught = False
-
-    def _note(self, signum: int, frame: FrameType | None) -> None:
-        self._caught = True
-
-    def install(self) -> None:
-        signal.signal(signal.SIGHUP, self._note)
-
-    def replay(self) -> None:
-        if self._caught:
-            self._caught = False
-            signal.raise_signal(signal.SIGHUP)
-
-
-async def _supervise(plan: object, interrupts: DroppedInterrupts, hangups: _HangupLatch) -> None:
+async def _supervise(plan: object, interrupts: DroppedInterrupts, hangups: SignalLatch) -> None:
     from .._workers._plan import WorkerPlan
     from .._workers._supervise import run_plan
     from .._workers._supervisor import Supervisor
@@ -114,7 +91,10 @@ def run_workers(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
     from .._workers._plan import plan_from_args
 
     plan = plan_from_args(args)
-    hangups = _HangupLatch()
+    # SIGHUP's default action would end the supervisor: held from here (the
+    # command ignored it while it loaded) and replayed as a reload once the
+    # workers are ready -- a "systemctl reload" as the service starts.
+    hangups = SignalLatch((signal.SIGHUP,))
     hangups.install()
     try:
         trio.run(

@@ -1,0 +1,1 @@
+"""trionet chaos soak: a long run under injected faults, with a report."""

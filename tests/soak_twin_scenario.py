@@ -126,7 +126,7 @@ class Result:
     counts: dict[str, int] = attrs.Factory(dict)  # what the clients saw, summed over waves
     stats: list[trionet.ServerStats] = attrs.Factory(list)  # each server's (one per epoch)
     violations: list[str] = attrs.Factory(list)
-    peak_active: int = 0
+    peak_handlers: int = 0  # handlers running at once, at most
     connections_left: int = -1
     open_sockets: list[str] = attrs.Factory(list)
     tasks_before: int = 0
@@ -156,6 +156,7 @@ class Scenario:
         self.server_done = trio.Event()
         self.server_scope = trio.CancelScope()
         self.waves_active = 0
+        self.handlers = 0
         self.done = trio.Event()
         self.origin = trio.current_time()  # plan times are relative to this
 
@@ -174,6 +175,18 @@ class Scenario:
     # -- the server ------------------------------------------------------
 
     async def handler(self, conn: trionet.Connection) -> None:
+        # max_connections bounds the handlers running at once (stats.active
+        # also counts connections queued for a slot).
+        self.handlers += 1
+        self.result.peak_handlers = max(self.result.peak_handlers, self.handlers)
+        if self.handlers > MAX_CONNECTIONS:
+            self.note(f"{self.handlers} handlers running > max_connections {MAX_CONNECTIONS}")
+        try:
+            await self._lines(conn)
+        finally:
+            self.handlers -= 1
+
+    async def _lines(self, conn: trionet.Connection) -> None:
         while True:
             try:
                 line = await conn.receive_until(b"\n", max_size=MAX_LINE)
@@ -433,9 +446,6 @@ class Scenario:
                 s = self.server.stats
                 if s.accepted != s.active + s.closed:
                     self.note(f"accepted != active + closed: {s}")
-                if s.active > MAX_CONNECTIONS:
-                    self.note(f"active {s.active} > max_connections {MAX_CONNECTIONS}")
-                self.result.peak_active = max(self.result.peak_active, s.active)
             await trio.sleep(SAMPLE_EVERY)
 
     async def run(self) -> Result:

@@ -230,6 +230,11 @@ EXPECTED: dict[str, list[str]] = {
         "started=4 crashed=0 reloads=1/1 unreported=0",
         "accepted: True",
     ],
+    "slow_clients.py": [
+        "fresh client served: R hello",
+        "within 2 s: True",
+        "slow senders closed: True",
+    ],
     "cli_session.py": [
         "serve printed: listening on tcp://127.0.0.1:",
         "connect printed: hello from the command line",

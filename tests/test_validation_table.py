@@ -114,6 +114,17 @@ def seconds(*, zero: bool, none: bool, infinite: bool) -> list[Bad]:
     return bad
 
 
+#: A rate in bytes per second (``min_receive_rate``): finite, > 0, or None (off).
+RATE = [
+    Bad(0, ValueError, "0"),
+    Bad(-1, ValueError, "-1"),
+    Bad(NAN, ValueError, "nan"),
+    Bad(INF, ValueError, "inf"),
+    Bad(-INF, ValueError, "-inf"),
+    Bad(10**400, ValueError, "1e400"),
+    Bad(True, TypeError),
+    Bad("100", TypeError, "fast"),
+]
 KEEPALIVE = [
     Bad(0, ValueError),
     Bad(-1, ValueError),
@@ -224,6 +235,8 @@ SERVER = {
     "max_connections": count(1, none=True),
     "max_connections_per_host": count(1, none=True),
     "idle_timeout": LIMIT,
+    "min_receive_rate": RATE,
+    "min_receive_grace": seconds(zero=False, none=False, infinite=False),
     "unix_mode": MODE,
     "schedule_budget": count(1, none=False),
     "tls": SERVER_TLS,
@@ -530,6 +543,8 @@ CLI = {
     ("serve", "--max-per-host"): ("serve", "max_connections_per_host"),
     ("serve", "--idle-timeout"): ("serve", "idle_timeout"),
     ("serve", "--close-linger"): ("serve", "close_linger"),
+    ("serve", "--min-receive-rate"): ("serve", "min_receive_rate"),
+    ("serve", "--min-receive-grace"): ("serve", "min_receive_grace"),
     ("serve", "--unix-mode"): ("serve", "unix_mode"),
     ("serve", "--handshake-timeout"): ("serve", "handshake_timeout"),
     ("serve", "--log-level"): ("cli", "log_level"),

@@ -36,6 +36,7 @@ from ._validate import (
     check_keepalive,
     check_mode,
     check_names,
+    check_rate,
     check_seconds,
     check_socket_options,
     is_async_callable,
@@ -106,6 +107,21 @@ class ServerConfig:
         default=None,
         converter=none_if_infinite,
         validator=validator(check_seconds, none=True, zero=False),
+    )
+    #: The slowloris defence (None: off): while a peer sends a message the
+    #: server has not answered yet, it must average at least this many bytes
+    #: per second, judged once it has been sending for ``min_receive_grace``
+    #: seconds; a slower peer is closed (``stats.slow_closed``).  With
+    #: ``max_connections``, the server also keeps accepting beyond the limit
+    #: into a waiting room where the same rule is applied to what the kernel
+    #: holds for each waiting peer (see the slow-clients how-to).
+    min_receive_rate: float | None = attrs.field(
+        default=None, validator=validator(check_rate, none=True)
+    )
+    #: Seconds a peer may send below ``min_receive_rate`` before it is judged
+    #: (> 0, finite).
+    min_receive_grace: float = attrs.field(
+        default=1.0, validator=validator(check_seconds, zero=False, infinite=False)
     )
     #: Permission bits for Unix socket files (applied before ``listen()``).
     unix_mode: int | None = attrs.field(default=None, validator=validator(check_mode))

@@ -45,6 +45,10 @@ class ServerStats:
     accept_errors: int = 0
     #: Connections closed by the idle timeout.
     idle_closed: int = 0
+    #: Connections closed by the slowloris defence (``min_receive_rate``):
+    #: they kept sending, too slowly, a message the server never answered --
+    #: in their handler, or while they waited in the waiting room for a slot.
+    slow_closed: int = 0
     #: Connections found queued in the kernel when a drain began, and served.
     swept: int = 0
     #: Connections lingering now: their handler has ended and they count as
@@ -86,6 +90,7 @@ class Counters:
         "rejected_access",
         "rejected_limit",
         "resets",
+        "slow_closed",
         "stage_failures",
         "swept",
         "tls_failures",
@@ -103,6 +108,7 @@ class Counters:
         self.rejected_limit = 0
         self.accept_errors = 0
         self.idle_closed = 0
+        self.slow_closed = 0
         self.swept = 0
         self.tls_failures = 0
         self.stage_failures = 0

@@ -202,6 +202,25 @@ def check_seconds(
     return seconds
 
 
+def check_rate(name: str, value: object, *, none: bool = False) -> float | None:
+    """A rate in bytes per second: a finite number > 0, or None if ``none`` allows it.
+
+    Raises:
+        TypeError: not an int/float (bools refused), or None when not allowed.
+        ValueError: NaN, zero, negative or infinite (a rate no peer can meet
+            would close every connection; None switches the check off).
+    """
+    if value is None and none:
+        return None
+    if not _is_number(value):
+        kind = "None or a number of bytes per second" if none else "a number of bytes per second"
+        raise TypeError(f"{name} must be {kind}, not {value!r}")
+    rate = _as_float(value)  # type: ignore[arg-type]
+    if math.isnan(rate) or rate <= 0 or math.isinf(rate):
+        raise ValueError(f"{name} must be a finite number of bytes per second > 0, not {value!r}")
+    return rate
+
+
 def check_limit(name: str, value: object, *, zero: bool = False) -> float | None:
     """A limit in seconds you may lift: None or infinity for "no limit" (returned as None).
 

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from typing import Final, NoReturn
 
-from .._validate import check_count, check_mode, check_seconds
+from .._validate import check_count, check_mode, check_rate, check_seconds
 from .._version import __version__
 from ._errors import EXIT_USAGE
 
@@ -75,6 +75,21 @@ def _seconds(*, zero: bool = True, infinite: bool = False) -> Callable[[str], fl
         return value
 
     return seconds
+
+
+def _rate(text: str) -> float:
+    """An argument type for a rate in bytes per second (``check_rate``): finite, > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes per second") from None
+    try:
+        check_rate("value", value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a finite number of bytes per second > 0"
+        ) from None
+    return value
 
 
 def _count(text: str) -> int:
@@ -202,6 +217,20 @@ def build_parser(*, raising: bool = False) -> argparse.ArgumentParser:
         type=_seconds(zero=False, infinite=True),
         metavar="S",
         help="close connections idle (no bytes either way) for S seconds",
+    )
+    srv.add_argument(
+        "--min-receive-rate",
+        type=_rate,
+        metavar="BYTES_PER_S",
+        help="slowloris defence: close a peer that sends a message the server has not "
+        "answered slower than this on average (judged after --min-receive-grace); with "
+        "--max-connections, also keep accepting into a waiting room judged the same way",
+    )
+    srv.add_argument(
+        "--min-receive-grace",
+        type=_seconds(zero=False),
+        metavar="S",
+        help="seconds a peer may send below --min-receive-rate before it is judged (default 1)",
     )
     srv.add_argument(
         "--close-linger",

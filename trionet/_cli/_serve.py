@@ -162,6 +162,12 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
             "idle_timeout": args.idle_timeout,
             "unix_mode": args.unix_mode,
         }
+        if args.min_receive_rate is not None:
+            options["min_receive_rate"] = args.min_receive_rate
+        if args.min_receive_grace is not None:
+            if args.min_receive_rate is None:
+                raise CLIError("--min-receive-grace needs --min-receive-rate", EXIT_USAGE)
+            options["min_receive_grace"] = args.min_receive_grace
         if args.close_linger is not None:
             options["close_linger"] = args.close_linger
         if args.reuse_port:
@@ -206,6 +212,8 @@ _FLAG_NAMES: Final = {
     "backlog": "--backlog",
     "reuse_port": "--reuse-port",
     "close_linger": "--close-linger",
+    "min_receive_rate": "--min-receive-rate",
+    "min_receive_grace": "--min-receive-grace",
     "handshake_timeout": "--handshake-timeout",
     "tls": "--tls-cert",
     "trusted_proxies": "--trusted-proxy",

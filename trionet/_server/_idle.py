@@ -1,4 +1,4 @@
-"""The idle reaper: one task and one coarse clock for every connection's idle timeout.
+"""The reaper: one task and one coarse clock for every connection's idle and slow-sender rules.
 
 A timer (or a task) per connection would cost memory and a heap operation per
 byte-moving call.  Instead the reaper reads the byte counters the connections
@@ -31,31 +31,72 @@ cancel scope) at the same moment; :meth:`IdleReaper.scan` skips connections
 whose ``scope`` is still None, so a connection is never closed before its
 handler ran.
 
+Slow senders (``min_receive_rate``)
+-----------------------------------
+``idle_timeout`` never fires for a slowloris peer: it sends a byte now and
+then, so bytes keep moving.  With a rate ``R`` and a grace ``G``, the same
+scan also keeps, per connection, a *message clock*: it starts at the scan
+that first sees the peer's bytes arrive while the server has sent nothing
+since, counts what the peer sends from then on, and stops when the server
+sends anything (the message was answered).  At a scan that sees more of the
+peer's bytes, a message older than ``G`` that averages below ``R`` bytes per
+second closes the connection (``stats.slow_closed``).  Judged only when the
+peer *sends*: a peer that went quiet (waiting for a reply the handler is
+still computing, or between requests) is never judged by rate -- silence is
+``idle_timeout``'s business.  Like the idle clock, the message clock starts
+at the scan that noticed the bytes, so it is never longer than the truth.
+
+A server at ``max_connections`` stops accepting, and the kernel's queue is
+first in, first out: under a flood of slow senders a fresh client queues
+behind all of them, and evicting slot holders one grace period at a time
+would take minutes to reach it.  So with ``min_receive_rate`` the server
+keeps accepting into a *waiting room* (``QUEUED`` records without a slot,
+up to :data:`WAITING_ROOM_MIN` or ``max_connections``, whichever is
+larger), and the reaper applies the same rule there to what the kernel
+holds unread for each waiting peer (``FIONREAD``): a peer whose unread bytes
+keep growing, slower than ``R`` after ``G`` seconds, is closed before it
+ever gets a slot, while a peer that sent its request and waits is left
+alone.  A waiting peer seen still sending is also sent to the back of the
+slot queue: slots go first to the peers that have finished sending, first
+come, first served among them.  So a fresh client that sent its request
+gets the next slot that frees, and the senders that were ahead of it are
+closed within about ``G`` plus a tick.  (A waiting
+connection of a custom socket factory has no descriptor, and is not judged
+until it has a slot.)  The message clock restarts when the handler starts:
+time spent in the waiting room is the server's doing.
+
 Cost
 ----
 One scan touches every live connection: a dict walk and two attribute reads
-each, about 10 ms per 100,000 connections, four times a second at most.
+each, about 10 ms per 100,000 connections, four times a second at most; with
+``min_receive_rate``, a few more reads per connection, and one ``ioctl`` per
+connection in the waiting room.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import trio
+
+from .._stream._sockopts import pending_bytes
+from ._record import QUEUED
 
 if TYPE_CHECKING:
     from .._stats import Counters
 
 log = logging.getLogger("trionet.idle")
 
-__all__ = ["IdleReaper"]
+__all__ = ["WAITING_ROOM_MIN", "IdleReaper"]
 
 #: Longest interval between two scans (seconds).
 MAX_TICK = 0.25
 #: Shortest interval between two scans (seconds), whatever the timeout.
 MIN_TICK = 0.05
+#: The smallest waiting room (connections) with ``min_receive_rate``.
+WAITING_ROOM_MIN = 1024
 
 
 class _Conn(Protocol):
@@ -78,31 +119,67 @@ class Watched(Protocol):
     seen_bytes: int
     seen_at: float
     scope: trio.CancelScope | None
+    state: int
+
+
+class Rated(Watched, Protocol):
+    """What the slow-sender rule needs besides (the server's ``RatedRecord``)."""
+
+    raw: object
+    rate_rx: int
+    rate_tx: int
+    rate_since: float
+    rate_bytes: int
+    ticket: trio.Event | None
 
 
 class IdleReaper:
-    """Closes connections that moved no bytes for ``timeout`` seconds (internal).
+    """Closes idle connections and slow senders (internal).
 
     Args:
-        timeout: the idle timeout in seconds (> 0).
+        timeout: the idle timeout in seconds (> 0), or None (no idle rule).
         conns: the server's live connections, by id (read, never modified).
-        counters: where ``idle_closed`` is counted.
+        counters: where ``idle_closed`` and ``slow_closed`` are counted.
+        rate: ``min_receive_rate`` in bytes per second, or None (no slow-sender
+            rule); the records are then :class:`Rated`.
+        grace: ``min_receive_grace`` in seconds.
+        to_back: sends a waiting connection's ticket to the back of the slot
+            queue (when its peer is seen still sending).
     """
 
-    __slots__ = ("_conns", "_counters", "tick", "timeout")
+    __slots__ = ("_conns", "_counters", "_to_back", "grace", "rate", "tick", "timeout")
 
-    def __init__(self, timeout: float, conns: Mapping[int, Watched], counters: Counters) -> None:
+    def __init__(
+        self,
+        timeout: float | None,
+        conns: Mapping[int, Watched],
+        counters: Counters,
+        *,
+        rate: float | None = None,
+        grace: float = 1.0,
+        to_back: Callable[[trio.Event], object] | None = None,
+    ) -> None:
         self.timeout = timeout
-        self.tick = max(MIN_TICK, min(timeout / 4, MAX_TICK))
+        self.rate = rate
+        self.grace = grace
+        spans = [t for t in (timeout, grace if rate is not None else None) if t is not None]
+        self.tick = max(MIN_TICK, min(min(spans, default=MAX_TICK * 4) / 4, MAX_TICK))
         self._conns = conns
         self._counters = counters
+        self._to_back = to_back
 
     def watch(self, rec: Watched, scope: trio.CancelScope | None) -> None:
-        """Start the clock for a connection (called when its handler starts in ``scope``)."""
+        """Start the clocks for a connection (called when its handler starts in ``scope``)."""
         rec.scope = scope
         conn = rec.conn
-        rec.seen_bytes = conn.bytes_received + conn.bytes_sent
+        rx, tx = conn.bytes_received, conn.bytes_sent
+        rec.seen_bytes = rx + tx
         rec.seen_at = trio.current_time()
+        if self.rate is not None:
+            rated: Rated = rec  # type: ignore[assignment]
+            rated.rate_rx, rated.rate_tx = rx, tx
+            rated.rate_since = -1.0  # the waiting room's clock is not the peer's
+            rated.raw = None
 
     async def run(self) -> None:
         """Scan every ``tick`` seconds until cancelled."""
@@ -116,27 +193,85 @@ class IdleReaper:
             self.scan(now)
 
     def scan(self, now: float) -> int:
-        """One pass: stamp connections that made progress, close those idle too long.
+        """One pass: stamp connections that made progress, close idle ones and slow senders.
 
         Connections whose handler has not started yet (not watched, no
-        ``scope``, or still in their stages) are skipped.  Returns how many
+        ``scope``, or still in their stages) are skipped -- except, with
+        ``min_receive_rate``, those in the waiting room.  Returns how many
         connections were closed.
         """
         timeout = self.timeout
+        rate = self.rate
         closed = 0
         for rec in list(self._conns.values()):
             scope = rec.scope
-            if scope is None or rec.seen_at < 0:  # not watched (yet)
+            if scope is None:
                 continue
             conn = rec.conn
-            total = conn.bytes_received + conn.bytes_sent
+            if rec.seen_at < 0:  # not watched (yet)
+                if (
+                    rate is not None
+                    and rec.state == QUEUED
+                    and not conn.closed
+                    and self._waiting_too_slow(rec, rate, now)  # type: ignore[arg-type]
+                ):
+                    closed += self._close_slow(rec, scope)
+                continue
+            rx, tx = conn.bytes_received, conn.bytes_sent
+            total = rx + tx
             if total != rec.seen_bytes:
                 rec.seen_bytes = total
                 rec.seen_at = now
-            elif now - rec.seen_at >= timeout and not conn.closed:
+                if rate is not None and self._too_slow(rec, rx, tx, rate, now):  # type: ignore[arg-type]
+                    closed += self._close_slow(rec, scope)
+            elif timeout is not None and now - rec.seen_at >= timeout and not conn.closed:
                 log.debug("closing connection #%d: idle for %.1f s", conn.id, now - rec.seen_at)
                 self._counters.idle_closed += 1
                 closed += 1
                 scope.cancel()
                 conn.close()
         return closed
+
+    def _too_slow(self, rec: Rated, rx: int, tx: int, rate: float, now: float) -> bool:
+        # The message clock of a connection in its handler (module notes).
+        received = rx - rec.rate_rx
+        answered = tx != rec.rate_tx
+        rec.rate_rx, rec.rate_tx = rx, tx
+        if answered:
+            rec.rate_since = -1.0  # the server answered: that message is over
+            return False
+        if received <= 0:
+            return False
+        if rec.rate_since < 0:
+            rec.rate_since = now
+            rec.rate_bytes = received
+            return False
+        rec.rate_bytes += received
+        elapsed = now - rec.rate_since
+        return elapsed >= self.grace and rec.rate_bytes < rate * elapsed
+
+    def _waiting_too_slow(self, rec: Rated, rate: float, now: float) -> bool:
+        # The same clock in the waiting room, on the kernel's count of unread bytes.
+        raw = rec.raw
+        if raw is None:
+            return False
+        unread = pending_bytes(raw)
+        if unread is None or unread <= rec.rate_rx:
+            return False  # nothing new (or unknown): not judged
+        rec.rate_rx = unread
+        # Still sending: wait behind the peers that have sent their request.
+        if self._to_back is not None and rec.ticket is not None:
+            self._to_back(rec.ticket)
+        if rec.rate_since < 0:
+            rec.rate_since = now
+            return False
+        elapsed = now - rec.rate_since
+        return elapsed >= self.grace and unread < rate * elapsed
+
+    def _close_slow(self, rec: Watched, scope: trio.CancelScope) -> int:
+        conn = rec.conn
+        log.debug("closing connection #%d: sending below min_receive_rate", conn.id)
+        self._counters.slow_closed += 1
+        scope.cancel()
+        conn.close()
+        return 1

@@ -25,9 +25,10 @@ from .._stream import Connection
 if TYPE_CHECKING:
     from ._stages import StagePlan
 
-__all__ = ["HANDLER", "QUEUED", "STAGES", "ConnectionRecord", "WatchedRecord"]
+__all__ = ["HANDLER", "QUEUED", "STAGES", "ConnectionRecord", "RatedRecord", "WatchedRecord"]
 
-#: Waiting for a slot (swept during a drain beyond ``max_connections``).
+#: Waiting for a slot (swept during a drain beyond ``max_connections``, or in
+#: the waiting room of ``min_receive_rate``).
 QUEUED: Final = 0
 #: Running its stages (TLS handshake, ...).
 STAGES: Final = 1
@@ -79,3 +80,35 @@ class WatchedRecord(ConnectionRecord):
         self.scope = None
         self.seen_bytes = 0
         self.seen_at = -1.0
+
+
+class RatedRecord(WatchedRecord):
+    """A :class:`WatchedRecord` on a server with ``min_receive_rate`` (internal).
+
+    The receive-rate clock the reaper keeps (``trionet._server._idle``):
+    ``rate_rx``/``rate_tx`` are the byte counts seen at the last scan (in the
+    waiting room, ``rate_rx`` is the kernel's count of unread bytes);
+    ``rate_since`` is when the peer began the message the server has not
+    answered yet (-1: none), and ``rate_bytes`` what it sent of it since.
+    ``raw`` is the accepted socket, read (``FIONREAD``) while the connection
+    waits for a slot; None where there is no descriptor.  ``ticket`` is its
+    place in the slot queue while it waits (None otherwise).
+    """
+
+    __slots__ = ("rate_bytes", "rate_rx", "rate_since", "rate_tx", "raw", "ticket")
+
+    def __init__(
+        self,
+        conn: Connection,
+        hostkey: Hashable | None,
+        state: int,
+        plan: StagePlan | None,
+        raw: object,
+    ) -> None:
+        super().__init__(conn, hostkey, state, plan)
+        self.raw = raw
+        self.ticket: trio.Event | None = None
+        self.rate_rx = 0
+        self.rate_tx = 0
+        self.rate_since = -1.0
+        self.rate_bytes = 0

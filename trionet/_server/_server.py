@@ -147,6 +147,7 @@ class Server:
             rejected_limit=c.rejected_limit,
             accept_errors=c.accept_errors,
             idle_closed=c.idle_closed,
+            slow_closed=c.slow_closed,
             swept=c.swept,
             lingering=self._table.lingering_now(),
             tls_failures=c.tls_failures,

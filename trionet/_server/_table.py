@@ -67,9 +67,9 @@ from .._stream._sockopts import AF_UNIX, arm_reset, configure_tcp_socket
 from ._admission import REFUSED, Admission
 from ._capacity import Capacity
 from ._handler_errors import NOT_ERRORS, HandlerErrors
-from ._idle import IdleReaper
+from ._idle import WAITING_ROOM_MIN, IdleReaper
 from ._listeners import Listener
-from ._record import HANDLER, QUEUED, STAGES, ConnectionRecord, WatchedRecord
+from ._record import HANDLER, QUEUED, STAGES, ConnectionRecord, RatedRecord, WatchedRecord
 from ._stages import StagePlan, run_stages, start_stages
 
 log = logging.getLogger("trionet.server")
@@ -114,11 +114,31 @@ class ConnectionTable:
         )
         #: For the stages (``StageHost``): is there a gate to run after them?
         self.gated = self._admission is not None
+        rate = config.min_receive_rate
         self.reaper = (
-            IdleReaper(config.idle_timeout, self.records, counters)
-            if config.idle_timeout is not None
+            IdleReaper(
+                config.idle_timeout,
+                self.records,
+                counters,
+                rate=rate,
+                grace=config.min_receive_grace,
+                to_back=self.capacity.to_back,
+            )
+            if config.idle_timeout is not None or rate is not None
             else None
         )
+        #: With ``min_receive_rate`` and ``max_connections``: how many
+        #: connections may wait for a slot beyond the limit (the reaper
+        #: judges them there; see ``_idle``); None: no waiting room.
+        self._waiting_limit = (
+            max(WAITING_ROOM_MIN, config.max_connections)
+            if rate is not None and config.max_connections is not None
+            else None
+        )
+        #: Connections waiting for a slot now (waiting room and drain sweep).
+        self._waiting = 0
+        #: Wakes an accept loop waiting for a slot or for room in the waiting room.
+        self._room: trio.Event | None = None
         self._options = ConnOptions.of(config.schedule_budget, config.close_linger, True)
         self.nursery: trio.Nursery | None = None
         # -- the drain, as connections see it (ConnectionOwner) --
@@ -192,10 +212,32 @@ class ConnectionTable:
     # For the accept loops (AcceptTarget)
 
     def has_capacity(self) -> bool:
-        return self.capacity.has_room()
+        if self.capacity.has_room():
+            return True
+        limit = self._waiting_limit
+        return limit is not None and self._waiting < limit
 
     async def wait_for_capacity(self) -> None:
-        await self.capacity.wait()
+        # Not in the slot queue: that is for connections (a swept one, one in
+        # the waiting room, one accepted on the generic path).  An accept
+        # loop woken from it, then finding nothing to accept, would strand
+        # the slot it was handed while connections wait behind it.
+        while not self.has_capacity():
+            ev = self._room
+            if ev is None:
+                ev = self._room = trio.Event()
+            await ev.wait()
+
+    def _room_changed(self) -> None:
+        # A slot was given back or a waiter left the waiting room.
+        ev = self._room
+        if ev is not None:
+            self._room = None
+            ev.set()
+
+    def _give_back(self) -> None:
+        self.capacity.give_back()
+        self._room_changed()
 
     async def wait_descriptor_freed(self, timeout: float) -> None:
         """Sleep up to ``timeout``, waking early when a connection's descriptor closes."""
@@ -286,18 +328,24 @@ class ConnectionTable:
         nursery = self.nursery
         assert nursery is not None
         capacity = self.capacity
-        if swept and not capacity.has_room():
+        if not capacity.has_room():
             # Queue for a slot here, in accept order: the tasks themselves
-            # first run in whatever order the scheduler picks.
-            rec = self._record(conn, hostkey, plan, QUEUED)
+            # first run in whatever order the scheduler picks.  Who gets
+            # here: a connection swept during a drain, one let into the
+            # waiting room (min_receive_rate), or one accepted on the
+            # generic path (no descriptor), which cannot check for a slot
+            # between its wait and accept() -- two accept loops may both
+            # have seen the last free slot.
+            rec = self._record(conn, hostkey, plan, QUEUED, sock)
             ev = capacity.queue()
             try:
                 nursery.start_soon(self._task, rec, ev, name=_TASK_NAME)
             except BaseException:
                 capacity.leave(ev)
                 raise
+            self._waiting += 1
         else:
-            rec = self._record(conn, hostkey, plan, HANDLER if plan is None else STAGES)
+            rec = self._record(conn, hostkey, plan, HANDLER if plan is None else STAGES, None)
             nursery.start_soon(self._task, rec, name=_TASK_NAME)
             capacity.take()
         self.records[conn.id] = rec
@@ -306,10 +354,20 @@ class ConnectionTable:
             self.counters.swept += 1
 
     def _record(
-        self, conn: Connection, hostkey: Hashable | None, plan: StagePlan | None, state: int
+        self,
+        conn: Connection,
+        hostkey: Hashable | None,
+        plan: StagePlan | None,
+        state: int,
+        sock: Any,
     ) -> ConnectionRecord:
-        # The lean record unless the connection has stages or an idle clock.
-        if plan is None and self.reaper is None:
+        # The lean record unless the connection has stages or an idle clock;
+        # a rated one with min_receive_rate (``sock``: read while it waits).
+        reaper = self.reaper
+        if reaper is not None and reaper.rate is not None:
+            raw = sock if isinstance(sock, _stdlib_socket.socket) else None
+            return RatedRecord(conn, hostkey, state, plan, raw)
+        if plan is None and reaper is None:
             return ConnectionRecord(conn, hostkey, state)
         return WatchedRecord(conn, hostkey, state, plan)
 
@@ -326,7 +384,8 @@ class ConnectionTable:
         reaper = self.reaper
         try:
             if slot is not None:
-                await self.capacity.wait(slot)
+                if not await self._wait_for_slot(rec, slot):
+                    return  # closed by the reaper while it waited (a slow sender)
                 self.capacity.take()
                 running = True
                 rec.state = HANDLER if rec.plan is None else STAGES
@@ -351,6 +410,25 @@ class ConnectionTable:
             how = self._release(rec, running=running, ended=ended)
         if how != _NO_LINGER:
             await self._linger(rec.conn, how)
+
+    async def _wait_for_slot(self, rec: ConnectionRecord, slot: trio.Event) -> bool:
+        """Wait in the queue for a slot; False if the reaper closed the connection meanwhile."""
+        try:
+            if not isinstance(rec, RatedRecord):
+                await self.capacity.wait(slot)
+                return True
+            # In the waiting room the reaper judges the peer by what the
+            # kernel holds for it, and cancels this wait if it is too slow.
+            rec.ticket = slot
+            with trio.CancelScope() as rec.scope:
+                await self.capacity.wait(slot)
+                rec.scope = rec.ticket = None
+                return True
+            rec.ticket = None
+            return False
+        finally:
+            self._waiting -= 1
+            self._room_changed()
 
     def admit_after_stages(self, rec: ConnectionRecord) -> bool:
         """The admission gate, after the stages (``StageHost``); False: refused and aborted."""
@@ -413,7 +491,7 @@ class ConnectionTable:
         # (A handler that closed its connection itself owns that close, and
         # perhaps its linger: nothing to do here.)
         if running and how != _LINGER_IN_SLOT:
-            self.capacity.give_back()
+            self._give_back()
         if how == _NO_LINGER:
             self._descriptor_freed()
         elif how == _LINGER:
@@ -452,7 +530,7 @@ class ConnectionTable:
             conn.close()
         finally:
             if how == _LINGER_IN_SLOT:
-                self.capacity.give_back()
+                self._give_back()
             else:
                 self._lingering_slotless -= 1
             self._descriptor_freed()

@@ -430,3 +430,58 @@ async def test_a_waiting_room_peer_that_sent_its_request_is_served_in_turn() -> 
                 while not reply.endswith(b"\n"):
                     reply += await second.recv(100)
             assert reply == b"R two\n"
+
+
+################################################################
+# Found by the soak
+################################################################
+
+
+async def test_soak_found_a_reaped_reader_woken_for_data_saw_closed_not_cancelled() -> None:
+    """Found by the chaos soak: a slow sender's handler raised ClosedResourceError.
+
+    The reaper closes a slow sender with ``scope.cancel(); conn.close()``.  A
+    handler already woken for the peer's byte -- rescheduled, not yet run --
+    found the connection closed and raised ``ClosedResourceError``, which the
+    server counted in ``handler_errors`` and logged at ERROR (1 to 33 times a
+    minute in the soak).  It must see the cancellation instead.  Here the
+    close runs in the same scheduler batch as the reader's wake-up (both are
+    woken by bytes sent at once), in either order, many times.
+    """
+    outcomes: dict[str, int] = {}
+    for _ in range(60):
+        a, b = trio.socket.socketpair()
+        c, d = trio.socket.socketpair()
+        conn = trionet.Connection(a)
+        scope = trio.CancelScope()
+
+        async def reader(conn: trionet.Connection = conn, scope: trio.CancelScope = scope) -> None:
+            with scope:
+                try:
+                    await conn.receive_some(10)
+                except trio.ClosedResourceError:
+                    outcomes["closed"] = outcomes.get("closed", 0) + 1
+                    return
+                outcomes["data"] = outcomes.get("data", 0) + 1
+                return
+            outcomes["cancelled"] = outcomes.get("cancelled", 0) + 1
+
+        async def closer(
+            conn: trionet.Connection = conn,
+            scope: trio.CancelScope = scope,
+            d: trio.socket.SocketType = d,
+        ) -> None:
+            await d.recv(1)  # woken in the same I/O batch as the reader
+            scope.cancel()
+            conn.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(closer)
+            await trio.testing.wait_all_tasks_blocked()
+            b._sock.send(b"x")  # type: ignore[attr-defined]
+            c._sock.send(b"y")  # type: ignore[attr-defined]
+        for s_ in (b, c, d):
+            s_.close()
+    assert "closed" not in outcomes, outcomes
+    assert outcomes.get("cancelled", 0) > 0, outcomes

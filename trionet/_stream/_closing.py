@@ -28,7 +28,7 @@ check.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import trio
 
@@ -48,6 +48,20 @@ _EOF_SENT, _EOF_SEEN = 1, 2
 
 def _closed_error() -> trio.ClosedResourceError:
     return trio.ClosedResourceError("this connection was already closed")
+
+
+async def _closed_while_waiting() -> NoReturn:
+    """A wait ended, but the connection was closed before this task ran again.
+
+    Whoever closes a connection under its handler -- the reaper (idle
+    timeout, slow sender), the grace period's end -- cancels the handler's
+    scope first, and then what the handler must see is ``Cancelled``, not a
+    ``ClosedResourceError`` that would count (and log) as its own error.  A
+    task woken for data just before the close has not reached a checkpoint
+    since the cancel, so look here; anyone else gets the ClosedResourceError.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    raise _closed_error()
 
 
 class OrderlyClose:

@@ -75,9 +75,10 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from ._base import _EOF_SEEN, Connection, _closed_error
+from ._base import _EOF_SEEN, Connection
 from ._buffered import DEFAULT_RECEIVE_SIZE
 from ._checkpoints import schedule_point as _schedule_point
+from ._closing import _closed_while_waiting
 from ._poller import READ as _READ
 from ._sockopts import pending_bytes, try_recv
 
@@ -198,7 +199,7 @@ class SocketReceiving(Connection):
                 while True:
                     await checkpoint()
                     if self._closed:  # closed by another task while we yielded
-                        raise _closed_error()
+                        await _closed_while_waiting()
                     data = try_recv(raw, max_bytes)
                     if data is not None:
                         self.bytes_received += len(data)
@@ -232,7 +233,7 @@ class SocketReceiving(Connection):
                     # KeyboardInterrupt struck between park() and the trap.
                     self._rtask = None
                 if self._closed:  # woken for data, but closed before we ran
-                    raise _closed_error()
+                    await _closed_while_waiting()
                 data = try_recv(raw, max_bytes)
                 if data is None:
                     if interruptible and self._drain_stops_iteration():

@@ -33,8 +33,9 @@ from trio.lowlevel import (
     wait_writable,
 )
 
-from ._base import _EOF_SENT, Connection, _closed_error
+from ._base import _EOF_SENT, Connection
 from ._checkpoints import schedule_point as _schedule_point
+from ._closing import _closed_while_waiting
 from ._poller import WRITE as _WRITE
 from ._sockopts import try_send
 
@@ -120,7 +121,7 @@ class SocketSending(Connection):
                     finally:
                         self._wtask = None  # (see the receive side)
                     if self._closed:  # woken to write, but closed before we ran
-                        raise _closed_error()
+                        await _closed_while_waiting()
                     with view[sent:] as rest:
                         n = try_send(raw, rest)
                     sent += n
@@ -162,7 +163,7 @@ class SocketSending(Connection):
                     else:
                         await self.socket.wait_writable()
                     if self._closed:
-                        raise _closed_error()
+                        await _closed_while_waiting()
                     return
                 except trio.ClosedResourceError:
                     if self._closed:

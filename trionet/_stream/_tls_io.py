@@ -46,8 +46,9 @@ from trio.lowlevel import (
     wait_writable,
 )
 
-from ._base import _EOF_SEEN, _closed_error
+from ._base import _EOF_SEEN
 from ._checkpoints import schedule_point as _schedule_point
+from ._closing import _closed_while_waiting
 from ._poller import READ as _READ
 from ._poller import WRITE as _WRITE
 from ._socket import SocketConnection
@@ -140,7 +141,7 @@ class TLSTransport(SocketConnection):
                 self._rx_iter_waiting = False
                 self._rtask = None
             if self._closed:
-                raise _closed_error()
+                await _closed_while_waiting()
 
     async def _raw_recv_generic(self, max_bytes: int, interruptible: bool) -> bytes | None:
         self._waits += 1  # every path below is a checkpoint
@@ -192,7 +193,7 @@ class TLSTransport(SocketConnection):
                     finally:
                         self._wtask = None
                     if self._closed and not self._final_flush:
-                        raise _closed_error()
+                        await _closed_while_waiting()
                     with view[sent:] as rest:
                         sent += try_send(raw, rest)
             return True

@@ -36,7 +36,14 @@ use.  Importing it imports Trio: ``trionet._launch`` does that inside
 from ._args import DEFAULT_BIND, build_parser
 from ._errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CLIError
 from ._main import main
-from ._serve import bind_specs, check_serve, resolve_handler, server_options
+from ._serve import (
+    bind_roles,
+    bind_specs,
+    check_serve,
+    resolve_handler,
+    serve_binds,
+    server_options,
+)
 
 __all__ = [
     "DEFAULT_BIND",
@@ -45,10 +52,12 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "CLIError",
+    "bind_roles",
     "bind_specs",
     "build_parser",
     "check_serve",
     "main",
     "resolve_handler",
+    "serve_binds",
     "server_options",
 ]

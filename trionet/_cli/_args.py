@@ -187,6 +187,20 @@ def build_parser(*, raising: bool = False) -> argparse.ArgumentParser:
             f"systemd, systemd:NAME; repeatable (default {DEFAULT_BIND})"
         ),
     )
+    srv.add_argument(
+        "--plain-bind",
+        action="append",
+        metavar="SPEC",
+        help="like --bind, but this one serves plain TCP: no TLS and no PROXY header, "
+        "whatever --tls-cert and --proxy-protocol say (repeatable)",
+    )
+    srv.add_argument(
+        "--proxy-bind",
+        action="append",
+        metavar="SPEC",
+        help="like --bind, but this one reads a PROXY header first (from --trusted-proxy "
+        "sources), then plain TCP: a load balancer's port (repeatable)",
+    )
     srv.add_argument("--backlog", type=_count, metavar="N", help="listen() queue length")
     srv.add_argument(
         "--reuse-port",

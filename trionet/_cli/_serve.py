@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from .._address import parse_address
-from .._binds import resolve_binds
+from .._binds import Bind, resolve_binds
 from .._config import ServerConfig
 from .._exceptions import InvalidAddress, ListenError, LocalProtocolError
 from .._inherited import descriptors, parse_inherited
@@ -45,6 +45,7 @@ from ._tls import server_context
 log = logging.getLogger("trionet.cli")
 
 __all__ = [
+    "bind_roles",
     "bind_specs",
     "check_serve",
     "check_stats_file",
@@ -52,6 +53,7 @@ __all__ = [
     "resolve_handler",
     "run_serve",
     "say",
+    "serve_binds",
     "server_options",
 ]
 
@@ -175,12 +177,25 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         context = server_context(args)
         if context is not None:
             options["tls"] = context
-        if args.trusted_proxy is not None and not args.proxy_protocol:
-            raise CLIError("--trusted-proxy needs --proxy-protocol", EXIT_USAGE)
+        if args.trusted_proxy is not None and not args.proxy_protocol and not args.proxy_bind:
+            raise CLIError("--trusted-proxy needs --proxy-protocol or --proxy-bind", EXIT_USAGE)
+        if (
+            args.proxy_bind
+            and not args.trusted_proxy
+            and any(
+                not spec.startswith("unix:") and parse_inherited(spec) is None
+                for spec in args.proxy_bind
+            )
+        ):
+            raise CLIError(
+                "--proxy-bind needs --trusted-proxy CIDR (the networks of your load "
+                "balancers): trusting every source would let any client claim any address",
+                EXIT_USAGE,
+            )
         if args.proxy_protocol:
             if not args.trusted_proxy and any(
                 not spec.startswith("unix:") and parse_inherited(spec) is None
-                for spec in bind_specs(args)
+                for spec in args.bind or [DEFAULT_BIND]
             ):  # an inherited socket's family is checked when it is adopted
                 raise CLIError(
                     "--proxy-protocol needs --trusted-proxy CIDR (the networks of your load "
@@ -190,13 +205,14 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
             options["proxy_protocol"] = "required"
             options["trusted_proxies"] = args.trusted_proxy or ()
         if args.handshake_timeout is not None:
-            if context is None and not args.proxy_protocol:
+            if context is None and not args.proxy_protocol and not args.proxy_bind:
                 raise CLIError(
-                    "--handshake-timeout needs --tls-cert or --proxy-protocol", EXIT_USAGE
+                    "--handshake-timeout needs --tls-cert, --proxy-protocol or --proxy-bind",
+                    EXIT_USAGE,
                 )
             options["handshake_timeout"] = args.handshake_timeout
         config = ServerConfig(**options)  # validate now, before anything is opened
-        resolve_binds(bind_specs(args), config)  # and each bind with them
+        resolve_binds(serve_binds(args), config)  # and each bind with them
     except (TypeError, ValueError) as exc:
         raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
     return options
@@ -240,7 +256,9 @@ def bind_specs(args: argparse.Namespace) -> list[str]:
     Raises:
         CLIError: a malformed spec (exit 2).
     """
-    binds: list[str] = args.bind or [DEFAULT_BIND]
+    binds: list[str] = [*(args.bind or ()), *(args.plain_bind or ()), *(args.proxy_bind or ())]
+    if not binds:
+        binds = [DEFAULT_BIND]
     for spec in binds:
         try:
             if parse_inherited(spec) is None:  # fd:N, systemd[:NAME]: syntax checked
@@ -250,7 +268,54 @@ def bind_specs(args: argparse.Namespace) -> list[str]:
     return binds
 
 
-def check_serve(binds: list[str], options: dict[str, Any], grace: float) -> None:
+#: What a bind spec came from: ``--bind``, ``--plain-bind``, ``--proxy-bind``.
+BIND, PLAIN, PROXY = "bind", "plain-bind", "proxy-bind"
+
+
+def bind_roles(args: argparse.Namespace) -> list[str]:
+    """Which flag each of :func:`bind_specs` came from: ``bind``, ``plain-bind``, ``proxy-bind``."""
+    roles = [
+        *(BIND for _ in args.bind or ()),
+        *(PLAIN for _ in args.plain_bind or ()),
+        *(PROXY for _ in args.proxy_bind or ()),
+    ]
+    return roles or [BIND]
+
+
+def as_bind(spec: str, role: str, trusted: list[str] | None) -> str | Bind:
+    """One spec as ``serve`` takes it: as given (``--bind``), or a ``Bind`` with overrides."""
+    if role == PLAIN:
+        return Bind(spec, tls=False, proxy_protocol="off")
+    if role == PROXY:
+        unix = spec.startswith("unix:")
+        return Bind(
+            spec,
+            tls=False,
+            proxy_protocol="required",
+            trusted_proxies=None if unix else tuple(trusted or ()),
+        )
+    return spec
+
+
+def serve_binds(args: argparse.Namespace) -> list[str | Bind]:
+    """Every bind, for ``serve``: ``--bind`` specs take the server-wide TLS and PROXY
+    options; ``--plain-bind`` ones serve neither; ``--proxy-bind`` ones read a PROXY
+    header from ``--trusted-proxy`` sources, without TLS.
+
+    Raises:
+        CLIError: a malformed spec (exit 2).
+    """
+    specs = bind_specs(args)
+    try:
+        return [
+            as_bind(spec, role, args.trusted_proxy)
+            for spec, role in zip(specs, bind_roles(args), strict=True)
+        ]
+    except (TypeError, ValueError) as exc:  # e.g. a TCP --proxy-bind without --trusted-proxy
+        raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
+
+
+def check_serve(binds: list[str | Bind], options: dict[str, Any], grace: float) -> None:
     """Whatever else the library checks before opening a socket, checked now.
 
     ``bind_specs`` and ``server_options`` check each spec and option on its
@@ -267,7 +332,7 @@ def check_serve(binds: list[str], options: dict[str, Any], grace: float) -> None
 
         >>> args = build_parser().parse_args(
         ...     ["serve", "echo", "--bind", "unix:@x", "--unix-mode", "600"])
-        >>> check_serve(bind_specs(args), server_options(args), args.grace)
+        >>> check_serve(serve_binds(args), server_options(args), args.grace)
         Traceback (most recent call last):
         trionet._cli._errors.CLIError: --unix-mode=0o600 cannot apply to the abstract name ...
     """
@@ -296,7 +361,7 @@ def say(*parts: object) -> None:
 
 async def _serve(
     handler: Handler,
-    binds: list[str],
+    binds: list[str | Bind],
     options: dict[str, Any],
     grace: float,
     interrupts: DroppedInterrupts,
@@ -363,7 +428,7 @@ async def _serve(
     say("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(server.stats).items()))
 
 
-def close_inherited(binds: list[str]) -> None:
+def close_inherited(binds: list[str | Bind] | list[str]) -> None:
     """Close the inherited descriptors the server has adopted (duplicates of).
 
     The command is the process they were passed to, and the server holds a
@@ -373,8 +438,8 @@ def close_inherited(binds: list[str]) -> None:
     refused at once.  (Where a supervisor or systemd holds the socket too,
     it stays open in them: that is their choice.)
     """
-    for spec in binds:
-        inherited = parse_inherited(spec)
+    for bind in binds:
+        inherited = parse_inherited(bind if isinstance(bind, str) else bind.address)
         if inherited is None:
             continue
         for fd in descriptors(inherited):
@@ -411,8 +476,8 @@ def run_serve(args: argparse.Namespace, interrupts: DroppedInterrupts) -> int:
     if args.ready_timeout is not None:
         raise CLIError("--ready-timeout needs --workers", EXIT_USAGE)
     stats_file = check_stats_file(args)
-    binds = bind_specs(args)
     options = server_options(args)
+    binds = serve_binds(args)
     check_serve(binds, options, args.grace)
     handler = resolve_handler(args.handler)
     channel = None

@@ -34,10 +34,12 @@ from .._address import parse_address
 from .._cli._args import MAX_WORKERS, UsageError, build_parser
 from .._cli._errors import CLIError
 from .._cli._serve import (
+    bind_roles,
     bind_specs,
     check_serve,
     check_stats_file,
     resolve_handler,
+    serve_binds,
     server_options,
 )
 from .._inherited import check_inherited, parse_inherited
@@ -50,6 +52,8 @@ __all__ = ["SUPERVISOR_FLAGS", "WorkerPlan", "plan_from_args", "plan_from_option
 SUPERVISOR_FLAGS: Final = frozenset(
     {
         "bind",
+        "plain_bind",
+        "proxy_bind",
         "backlog",
         "reuse_port",
         "unix_mode",
@@ -82,10 +86,22 @@ class WorkerPlan:
     #: ``--stats-file``: the supervisor writes every worker's snapshot there.
     stats_file: str | None = None
     stats_interval: float = 1.0
+    #: Which flag each bind spec came from (``bind``, ``plain-bind``,
+    #: ``proxy-bind``): a worker is given each descriptor opened for it under
+    #: the same flag.  Empty: all ``bind``.
+    roles: tuple[str, ...] = ()
 
-    def command(self, fds: Sequence[int], channel: int) -> list[str]:
-        """The worker's command line, given its listening descriptors and its channel."""
-        binds = [arg for fd in fds for arg in ("--bind", f"fd:{fd}")]
+    def command(
+        self, fds: Sequence[int], channel: int, roles: Sequence[str] | None = None
+    ) -> list[str]:
+        """The worker's command line, given its listening descriptors and its channel.
+
+        ``roles``: the flag for each descriptor (default ``bind`` for all).
+        """
+        roles = roles or ("bind",) * len(fds)
+        binds = [
+            arg for fd, role in zip(fds, roles, strict=True) for arg in (f"--{role}", f"fd:{fd}")
+        ]
         return [
             sys.executable,
             "-m",
@@ -107,7 +123,7 @@ def plan_from_args(args: argparse.Namespace, *, import_handler: bool = True) -> 
     """
     binds = bind_specs(args)
     options = server_options(args)
-    check_serve(binds, options, args.grace)
+    check_serve(serve_binds(args), options, args.grace)
     if args.worker_channel is not None:
         raise CLIError("--workers and --worker-channel cannot be used together", 2)
     stats_file = check_stats_file(args)
@@ -127,6 +143,7 @@ def plan_from_args(args: argparse.Namespace, *, import_handler: bool = True) -> 
         ready_timeout=DEFAULT_READY_TIMEOUT if args.ready_timeout is None else args.ready_timeout,
         stats_file=stats_file,
         stats_interval=stats_interval,
+        roles=tuple(bind_roles(args)),
     )
 
 

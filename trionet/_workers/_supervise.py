@@ -86,10 +86,14 @@ async def run_plan(
     """:func:`supervise` for a checked plan (what the command line calls)."""
     _, resolved = check_serve_config(list(plan.binds), dict(plan.options), "supervise()")
     listeners = await open_listeners(resolved)
+    # Each descriptor goes to the workers under the flag of the spec it was
+    # opened for (a spec may open several: systemd, a name with two addresses).
+    role_of = dict(zip(map(id, resolved), plan.roles or ("bind",) * len(resolved), strict=True))
+    roles = [role_of[id(listener.bind)] for listener in listeners]
     try:
         with unwrap_single():  # WorkerStartError itself, not in a group
             async with trio.open_nursery() as nursery:
-                supervisor = Supervisor(plan, listeners, nursery)
+                supervisor = Supervisor(plan, listeners, nursery, roles)
                 await supervisor._start_all()
                 if plan.stats_file is not None:
                     stats_file = plan.stats_file

@@ -33,8 +33,10 @@ What it does
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -67,10 +69,18 @@ class _Reload:
 class Supervisor:
     """A running supervisor (what ``nursery.start(supervise, ...)`` returns)."""
 
-    def __init__(self, plan: WorkerPlan, listeners: list[Listener], nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        plan: WorkerPlan,
+        listeners: list[Listener],
+        nursery: trio.Nursery,
+        roles: Sequence[str] | None = None,
+    ) -> None:
         self._plan = plan
         self._listeners = listeners
         self._fds = [listener.sock.fileno() for listener in listeners]
+        #: The worker's command line for its descriptors (each under its bind's flag).
+        self._command = functools.partial(plan.command, roles=roles)
         self._nursery = nursery
         self._current: list[Worker | None] = [None] * plan.workers
         self._live: set[Worker] = set()
@@ -132,7 +142,7 @@ class Supervisor:
             if self._stopping:
                 return None
             with trio.CancelScope(shield=True):
-                worker = await spawn(slot, self._plan.command, self._fds)
+                worker = await spawn(slot, self._command, self._fds)
             self._started += 1
             self._live.add(worker)
             self._nursery.start_soon(self._watch, worker)

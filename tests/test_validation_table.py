@@ -236,7 +236,7 @@ SERVER = {
     "max_connections_per_host": count(1, none=True),
     "idle_timeout": LIMIT,
     "min_receive_rate": RATE,
-    "min_receive_grace": seconds(zero=False, none=False, infinite=False),
+    "min_receive_grace": seconds(zero=False, none=True, infinite=False),
     "unix_mode": MODE,
     "schedule_budget": count(1, none=False),
     "tls": SERVER_TLS,

@@ -45,7 +45,10 @@ from ._validate import (
     validator,
 )
 
-__all__ = ["HANDLER_ERRORS", "ServerConfig"]
+__all__ = ["DEFAULT_MIN_RECEIVE_GRACE", "HANDLER_ERRORS", "ServerConfig"]
+
+#: ``min_receive_grace`` when not given (seconds).
+DEFAULT_MIN_RECEIVE_GRACE: Final = 1.0
 
 #: What ``handler_errors`` may be.
 HANDLER_ERRORS: Final = ("log", "raise")
@@ -119,9 +122,10 @@ class ServerConfig:
         default=None, validator=validator(check_rate, none=True)
     )
     #: Seconds a peer may send below ``min_receive_rate`` before it is judged
-    #: (> 0, finite).
-    min_receive_grace: float = attrs.field(
-        default=1.0, validator=validator(check_seconds, zero=False, infinite=False)
+    #: (> 0, finite; None: :data:`DEFAULT_MIN_RECEIVE_GRACE`).  Only with
+    #: ``min_receive_rate``.
+    min_receive_grace: float | None = attrs.field(
+        default=None, validator=validator(check_seconds, none=True, zero=False, infinite=False)
     )
     #: Permission bits for Unix socket files (applied before ``listen()``).
     unix_mode: int | None = attrs.field(default=None, validator=validator(check_mode))
@@ -164,6 +168,18 @@ class ServerConfig:
     socket_options: SocketOptions = attrs.field(
         default=(), converter=socket_options_if_valid, validator=validator(check_socket_options)
     )
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_receive_grace is not None and self.min_receive_rate is None:
+            raise ValueError(
+                "min_receive_grace needs min_receive_rate (the grace of a rule that is off)"
+            )
+
+    @property
+    def receive_grace(self) -> float:
+        """``min_receive_grace``, or its default."""
+        grace = self.min_receive_grace
+        return DEFAULT_MIN_RECEIVE_GRACE if grace is None else grace
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], call: str = "serve()") -> ServerConfig:

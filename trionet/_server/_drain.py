@@ -134,9 +134,10 @@ class ShutdownReport:
     Every connection still open when the drain began, or swept during it,
     ends up in exactly one place: ``finished``, ``cancelled``, ``in_stages``
     (closed before its handler ever ran), or -- closed by the idle timeout
-    while the drain was running -- ``stats.idle_closed`` (in none of the
-    fields).  So ``finished + cancelled + in_stages`` can be smaller than the
-    number of connections the drain started with, never larger.
+    or as a slow sender while the drain was running -- ``stats.idle_closed``
+    or ``stats.slow_closed`` (in none of the fields).  So ``finished +
+    cancelled + in_stages`` can be smaller than the number of connections the
+    drain started with, never larger.
     """
 
     #: Handlers that returned (or raised) by themselves during the drain,

@@ -40,7 +40,11 @@ that first sees the peer's bytes arrive while the server has sent nothing
 since, counts what the peer sends from then on, and stops when the server
 sends anything (the message was answered).  At a scan that sees more of the
 peer's bytes, a message older than ``G`` that averages below ``R`` bytes per
-second closes the connection (``stats.slow_closed``).  Judged only when the
+second closes the connection (``stats.slow_closed``).  What *arrived* is
+counted, not what the handler read: the bytes read plus those the kernel
+still holds unread (``FIONREAD``, asked only at a scan that sees the read
+count move), so a handler that reads slowly, or computes between two
+reads, never makes its fast peer look slow.  Judged only when the
 peer *sends*: a peer that went quiet (waiting for a reply the handler is
 still computing, or between requests) is never judged by rate -- silence is
 ``idle_timeout``'s business.  Like the idle clock, the message clock starts
@@ -51,14 +55,15 @@ first in, first out: under a flood of slow senders a fresh client queues
 behind all of them, and evicting slot holders one grace period at a time
 would take minutes to reach it.  So with ``min_receive_rate`` the server
 keeps accepting into a *waiting room* (``QUEUED`` records without a slot,
-up to :data:`WAITING_ROOM_MIN` or ``max_connections``, whichever is
-larger), and the reaper applies the same rule there to what the kernel
-holds unread for each waiting peer (``FIONREAD``): a peer whose unread bytes
-keep growing, slower than ``R`` after ``G`` seconds, is closed before it
-ever gets a slot, while a peer that sent its request and waits is left
-alone.  A waiting peer seen still sending is also sent to the back of the
-slot queue: slots go first to the peers that have finished sending, first
-come, first served among them.  So a fresh client that sent its request
+up to :data:`WAITING_ROOM`), and the reaper applies the same rule there to
+what the kernel holds unread for each waiting peer (``FIONREAD``): a peer
+whose unread bytes keep growing, slower than ``R`` after ``G`` seconds, is
+closed before it ever gets a slot, while a peer that sent its request and
+waits is left alone.  Each scan also sends to the back of the slot queue,
+in accept order, every waiting peer still sending and every one that has
+sent nothing yet: slots go first to the peers that have sent their request,
+first come, first served among them (and among the silent ones, so a
+protocol where the server speaks first keeps its order).  So a fresh client that sent its request
 gets the next slot that frees, and the senders that were ahead of it are
 closed within about ``G`` plus a tick.  (A waiting
 connection of a custom socket factory has no descriptor, and is not judged
@@ -89,14 +94,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trionet.idle")
 
-__all__ = ["WAITING_ROOM_MIN", "IdleReaper"]
+__all__ = ["WAITING_ROOM", "IdleReaper"]
 
 #: Longest interval between two scans (seconds).
 MAX_TICK = 0.25
 #: Shortest interval between two scans (seconds), whatever the timeout.
 MIN_TICK = 0.05
-#: The smallest waiting room (connections) with ``min_receive_rate``.
-WAITING_ROOM_MIN = 1024
+#: How many connections may wait in the waiting room (``min_receive_rate``
+#: with ``max_connections``).  Fixed: it is needed most where slots are few,
+#: and each waiting connection costs the scan an ``ioctl`` (~2 us).
+WAITING_ROOM = 1024
 
 
 class _Conn(Protocol):
@@ -131,6 +138,11 @@ class Rated(Watched, Protocol):
     rate_since: float
     rate_bytes: int
     ticket: trio.Event | None
+
+
+def _unread(raw: object) -> int | None:
+    """Bytes the kernel holds unread on ``raw`` (None: no descriptor, or closed)."""
+    return None if raw is None else pending_bytes(raw)
 
 
 class IdleReaper:
@@ -177,9 +189,8 @@ class IdleReaper:
         rec.seen_at = trio.current_time()
         if self.rate is not None:
             rated: Rated = rec  # type: ignore[assignment]
-            rated.rate_rx, rated.rate_tx = rx, tx
+            rated.rate_rx, rated.rate_tx = rx + (_unread(rated.raw) or 0), tx
             rated.rate_since = -1.0  # the waiting room's clock is not the peer's
-            rated.raw = None
 
     async def run(self) -> None:
         """Scan every ``tick`` seconds until cancelled."""
@@ -233,10 +244,12 @@ class IdleReaper:
         return closed
 
     def _too_slow(self, rec: Rated, rx: int, tx: int, rate: float, now: float) -> bool:
-        # The message clock of a connection in its handler (module notes).
-        received = rx - rec.rate_rx
+        # The message clock of a connection in its handler (module notes):
+        # on what arrived -- read, or waiting in the kernel to be read.
+        arrived = rx + (_unread(rec.raw) or 0)
+        received = arrived - rec.rate_rx
         answered = tx != rec.rate_tx
-        rec.rate_rx, rec.rate_tx = rx, tx
+        rec.rate_rx, rec.rate_tx = arrived, tx
         if answered:
             rec.rate_since = -1.0  # the server answered: that message is over
             return False
@@ -252,12 +265,13 @@ class IdleReaper:
 
     def _waiting_too_slow(self, rec: Rated, rate: float, now: float) -> bool:
         # The same clock in the waiting room, on the kernel's count of unread bytes.
-        raw = rec.raw
-        if raw is None:
-            return False
-        unread = pending_bytes(raw)
-        if unread is None or unread <= rec.rate_rx:
-            return False  # nothing new (or unknown): not judged
+        unread = _unread(rec.raw)
+        if unread is None:
+            return False  # no descriptor: not judged
+        if unread <= rec.rate_rx:
+            if unread == 0 and self._to_back is not None and rec.ticket is not None:
+                self._to_back(rec.ticket)  # nothing sent yet: behind those who did
+            return False  # nothing new: not judged
         rec.rate_rx = unread
         # Still sending: wait behind the peers that have sent their request.
         if self._to_back is not None and rec.ticket is not None:

@@ -67,7 +67,7 @@ from .._stream._sockopts import AF_UNIX, arm_reset, configure_tcp_socket
 from ._admission import REFUSED, Admission
 from ._capacity import Capacity
 from ._handler_errors import NOT_ERRORS, HandlerErrors
-from ._idle import WAITING_ROOM_MIN, IdleReaper
+from ._idle import WAITING_ROOM, IdleReaper
 from ._listeners import Listener
 from ._record import HANDLER, QUEUED, STAGES, ConnectionRecord, RatedRecord, WatchedRecord
 from ._stages import StagePlan, run_stages, start_stages
@@ -121,7 +121,7 @@ class ConnectionTable:
                 self.records,
                 counters,
                 rate=rate,
-                grace=config.min_receive_grace,
+                grace=config.receive_grace,
                 to_back=self.capacity.to_back,
             )
             if config.idle_timeout is not None or rate is not None
@@ -131,9 +131,7 @@ class ConnectionTable:
         #: connections may wait for a slot beyond the limit (the reaper
         #: judges them there; see ``_idle``); None: no waiting room.
         self._waiting_limit = (
-            max(WAITING_ROOM_MIN, config.max_connections)
-            if rate is not None and config.max_connections is not None
-            else None
+            WAITING_ROOM if rate is not None and config.max_connections is not None else None
         )
         #: Connections waiting for a slot now (waiting room and drain sweep).
         self._waiting = 0
@@ -335,7 +333,9 @@ class ConnectionTable:
             # waiting room (min_receive_rate), or one accepted on the
             # generic path (no descriptor), which cannot check for a slot
             # between its wait and accept() -- two accept loops may both
-            # have seen the last free slot.
+            # have seen the last free slot (or the last place in the waiting
+            # room, which may then hold up to listeners - 1 more: queued
+            # anyway, never refused -- it was accepted).
             rec = self._record(conn, hostkey, plan, QUEUED, sock)
             ev = capacity.queue()
             try:
@@ -345,7 +345,7 @@ class ConnectionTable:
                 raise
             self._waiting += 1
         else:
-            rec = self._record(conn, hostkey, plan, HANDLER if plan is None else STAGES, None)
+            rec = self._record(conn, hostkey, plan, HANDLER if plan is None else STAGES, sock)
             nursery.start_soon(self._task, rec, name=_TASK_NAME)
             capacity.take()
         self.records[conn.id] = rec
@@ -362,7 +362,8 @@ class ConnectionTable:
         sock: Any,
     ) -> ConnectionRecord:
         # The lean record unless the connection has stages or an idle clock;
-        # a rated one with min_receive_rate (``sock``: read while it waits).
+        # a rated one with min_receive_rate (``sock``: what the kernel holds
+        # unread on it is read, with FIONREAD, by the reaper).
         reaper = self.reaper
         if reaper is not None and reaper.rate is not None:
             raw = sock if isinstance(sock, _stdlib_socket.socket) else None

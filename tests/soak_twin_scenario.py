@@ -36,7 +36,10 @@ SERVER_IP, PLAIN_PORT, TLS_PORT = "127.0.0.10", 7000, 7443
 CANARIES = (("canary-a", "127.0.0.21", False), ("canary-b", "127.0.0.22", False))
 TLS_CANARY = ("canary-t", "127.0.0.23", True)
 RESET_IP, HALF_IP, SILENT_IP, LONG_IP = "127.0.0.31", "127.0.0.32", "127.0.0.33", "127.0.0.34"
-LIMIT_IP, DENIED_IP = "127.0.0.35", "127.0.0.66"
+LIMIT_IP, DENIED_IP, TRICKLE_IP = "127.0.0.35", "127.0.0.66", "127.0.0.36"
+#: The slowloris defence: the rate (bytes/s) and grace, and the tricklers per
+#: wave, each sending one byte every TRICKLE_EVERY seconds (far below the rate).
+RATE, RATE_GRACE, TRICKLERS, TRICKLE_EVERY = 20.0, 2.0, 2, 0.5
 FLOOD_IPS = tuple(f"127.0.0.{n}" for n in range(41, 49))
 MAX_CONNECTIONS, PER_HOST, IDLE, MAX_LINE = 20, 3, 30.0, 1024
 CANARY_PAUSE = 1.0  # between a canary's exchanges
@@ -215,6 +218,8 @@ class Scenario:
                     max_connections=MAX_CONNECTIONS,
                     max_connections_per_host=PER_HOST,
                     idle_timeout=IDLE,
+                    min_receive_rate=RATE,
+                    min_receive_grace=RATE_GRACE,
                     access=trionet.AccessPolicy(deny=[f"{DENIED_IP}/32"]),
                     shutdown_grace=5.0,
                 )
@@ -324,6 +329,28 @@ class Scenario:
             for _ in range(self.plan.counts["silent"]):
                 await nursery.start(one)  # one after another: a replayable port order
 
+    async def tricklers(self) -> None:
+        async def one(task_status: trio.TaskStatus[None]) -> None:
+            conn = await self.dial(TRICKLE_IP)
+            task_status.started()
+            start = trio.current_time()
+            try:
+                with trio.fail_after(RATE_GRACE + 10):
+                    for _ in range(1000):  # one byte at a time, never a whole line
+                        await conn.send_all(b"t")
+                        await trio.sleep(TRICKLE_EVERY)
+            except trio.BrokenResourceError:
+                pass  # reset by the server: closed as a slow sender
+            lived = trio.current_time() - start
+            conn.close()
+            if lived < RATE_GRACE:
+                self.note(f"trickler closed after {lived:.3f} s, inside the grace")
+            self.bump("slow")
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(TRICKLERS):
+                await nursery.start(one)  # one after another: a replayable port order
+
     async def long_lines(self) -> None:
         for _ in range(self.plan.counts["long"]):
             conn = await self.dial(LONG_IP)
@@ -394,6 +421,7 @@ class Scenario:
             self.resetters,
             self.half_closers,
             self.silent,
+            self.tricklers,
             self.long_lines,
             self.denied,
             lambda: self.flood(
@@ -455,7 +483,9 @@ class Scenario:
         for name, ip, _tls in (*CANARIES, TLS_CANARY):
             net.add_host(f"{name}.test", ip)
             net.set_latency(f"{name}.test", "server.test", 0.005, jitter=0.005)
-        for n, ip in enumerate((RESET_IP, HALF_IP, SILENT_IP, LONG_IP, LIMIT_IP, DENIED_IP)):
+        for n, ip in enumerate(
+            (RESET_IP, HALF_IP, SILENT_IP, LONG_IP, LIMIT_IP, DENIED_IP, TRICKLE_IP)
+        ):
             net.add_host(f"abuse-{n}.test", ip)
         for n, ip in enumerate(FLOOD_IPS):
             net.add_host(f"flood-{n}.test", ip)

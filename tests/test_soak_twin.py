@@ -4,8 +4,9 @@ The scenario (``tests/soak_twin_scenario.py``) runs about four virtual
 minutes per seed under ``autojump_clock`` -- canaries doing checked
 request/response while partitions, latency spikes, resets and a crash and
 restart of the server host hit them, and two waves of abuse (resetters,
-half-closers, silent and over-long clients, floods beyond the per-host limit
-and beyond ``max_connections``, a denied host) hit the server.  These tests
+half-closers, silent and over-long clients, slowloris tricklers against
+``min_receive_rate``, floods beyond the per-host limit and beyond
+``max_connections``, a denied host) hit the server.  These tests
 check the invariants at the sample points and at the end.
 
 Definitions.  A canary exchange *completes* when its reply arrives; a reply
@@ -18,7 +19,7 @@ server must reach the canary unless its exchange was interrupted.  After each
 fault ends, the canary completes an exchange within ``RECOVERY_BOUND`` (10
 virtual seconds).  Server counters match the clients exactly
 (``rejected_access``, ``rejected_limit``, ``protocol_errors``,
-``idle_closed``), except ``resets``: a bounded range, since a canary
+``idle_closed``, ``slow_closed``), except ``resets``: a bounded range, since a canary
 connection reset while still in the accept queue never reaches a handler.
 
 Every failure message starts with the seed.  To replay one seed::
@@ -127,7 +128,13 @@ def problems(result: Result) -> list[str]:
     # Counters, summed over the server's two lives (before the crash, after it).
     total = {
         field: sum(getattr(s, field) for s in result.stats)
-        for field in ("rejected_access", "rejected_limit", "protocol_errors", "idle_closed")
+        for field in (
+            "rejected_access",
+            "rejected_limit",
+            "protocol_errors",
+            "idle_closed",
+            "slow_closed",
+        )
     }
     for s in result.stats:
         if s.accepted != s.active + s.closed or s.handler_errors:
@@ -137,6 +144,7 @@ def problems(result: Result) -> list[str]:
         "rejected_limit": counts.get("limit_refused", 0),
         "protocol_errors": counts.get("protocol", 0),
         "idle_closed": counts.get("idle", 0),
+        "slow_closed": counts.get("slow", 0),
     }
     out += [f"{k}: server {total[k]}, clients {v}" for k, v in expected.items() if total[k] != v]
     # Resets: every resetter, plus at most one per canary connection a reset fault broke (a

@@ -19,8 +19,9 @@ class ServerStats:
 
     #: Connections accepted and handed to a handler (includes ``swept``).
     accepted: int = 0
-    #: Connections accepted and not yet closed: handlers running, or (swept
-    #: during a drain beyond ``max_connections``) waiting for a slot.
+    #: Connections accepted and not yet closed: handlers running, or waiting
+    #: for a ``max_connections`` slot (swept during a drain, or in the waiting
+    #: room of ``min_receive_rate``) -- so it may exceed ``max_connections``.
     active: int = 0
     #: Connections closed (``accepted == active + closed``), counted when
     #: their FIN is sent -- a lingering close is counted at its start.

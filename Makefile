@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test test-long lint docs bench bench-quick clean
+.PHONY: run test test-long lint docs bench bench-quick soak clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ bench: $(VENV)/.bench
 ## make bench-quick: a ~1 minute subset, a pre-commit sanity check
 bench-quick: $(VENV)/.bench
 	$(PY) benchmarks/run.py --quick
+
+## make soak: the chaos soak (MINUTES=5, WORKERS=0); results in SOAK_OUT (see benchmarks/soak)
+MINUTES  ?= 5
+WORKERS  ?= 0
+SOAK_OUT ?= benchmarks/results/soak-latest
+soak: $(VENV)/.bench
+	$(PY) -m benchmarks.soak --minutes $(MINUTES) --workers $(WORKERS) --out $(SOAK_OUT)
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache

@@ -33,7 +33,7 @@ FLAGS = [
     "--max-per-host", "40",
     "--idle-timeout", "3",
     "--min-receive-rate", "100",
-    "--min-receive-grace", "1",
+    "--min-receive-grace", "0.5",
     "--handshake-timeout", "2",
     "--stats-interval", "0.2",
     "--log-level", "info",

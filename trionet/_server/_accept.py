@@ -23,11 +23,12 @@ line per spin.  We:
   two lines per closed connection.  Bursts themselves are rate-limited too
   (a few per minute per listener), so a server flapping at its limit for
   hours writes a handful of lines, not thousands;
-* back off with a jittered, doubling delay (10 ms up to a cap of 0.5 s);
+* back off with a jittered, doubling delay (10 ms up to a cap of 0.25 s);
   a successful accept resets the delay; and
 * retry at once when one of the server's own connections closes (the usual
   way a descriptor frees up), so recovery comes within moments of relief --
-  and at most 0.5 s after descriptors free up any other way.
+  and at most 0.25 s after descriptors free up any other way (a failed
+  accept() four times a second costs nothing; a client waiting for it does).
 
 *Anything else* (``EBADF``, ``EINVAL``: the listener itself is broken) is a
 real error and propagates, translated.
@@ -100,7 +101,7 @@ _BATCH = 64
 _MAX_BACKLOG = 0xFFFF
 _SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 _BACKOFF_FIRST = 0.01
-_BACKOFF_CAP = 0.5
+_BACKOFF_CAP = 0.25
 # At most this many bursts logged per listener per _BURST_LOG_PERIOD seconds.
 _BURST_LOG_LIMIT = 3
 _BURST_LOG_PERIOD = 60.0

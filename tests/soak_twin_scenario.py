@@ -512,7 +512,7 @@ class Scenario:
             if report.cancelled:
                 self.note(f"the final drain cancelled handlers: {report}")
             result.stats.append(server.stats)
-        result.open_sockets = sorted(repr(s) for s in net._sockets)  # no public API for it
+        result.open_sockets = [repr(s) for s in net.open_sockets()]
         result.tasks_after = count_tasks()
         result.trace = net.trace
         return result

@@ -474,8 +474,9 @@ async def test_a_freed_slot_wakes_one_waiter_and_a_cancelled_one_passes_it_on() 
         name: str, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
     ) -> None:
         with trio.CancelScope() as scope:
+            ticket = capacity.queue()  # in start order: FIFO
             task_status.started(scope)
-            await capacity.wait()
+            await capacity.wait(ticket)
             capacity.take()
             got.append(name)
 
@@ -496,7 +497,7 @@ async def test_a_freed_slot_wakes_one_waiter_and_a_cancelled_one_passes_it_on() 
                 free_a_slot()
                 await trio.testing.wait_all_tasks_blocked()
     assert got == ["b", "c", "d", "e"]
-    assert not capacity._waiters
+    assert not capacity._waiters and capacity.waiting == 0
 
 
 async def test_max_connections_per_host_rejects_the_excess(

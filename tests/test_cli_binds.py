@@ -18,7 +18,8 @@ from cliproc import TIMEOUT, Start, assert_one_error_line, run_main
 
 import trionet
 from trionet._cli._args import build_parser
-from trionet._cli._serve import bind_roles, bind_specs, serve_binds, server_options
+from trionet._cli._binds import bind_roles, bind_specs, serve_binds
+from trionet._cli._serve import server_options
 from trionet._workers._plan import plan_from_args
 
 LOCAL = "tcp://127.0.0.1:0"

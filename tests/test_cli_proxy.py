@@ -18,7 +18,8 @@ from cliproc import TIMEOUT, CLIProcess, Start, assert_one_error_line, run_main
 
 import trionet
 from trionet._cli._args import build_parser
-from trionet._cli._serve import bind_specs, check_serve, server_options
+from trionet._cli._binds import bind_specs
+from trionet._cli._serve import check_serve, server_options
 
 LOCAL = "tcp://127.0.0.1:0"
 PROXY_FLAGS = ("--proxy-protocol", "--trusted-proxy", "127.0.0.0/8")

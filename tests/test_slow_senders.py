@@ -6,6 +6,10 @@ byte every 100 ms and reconnecting when closed) against a real server with
 ``max_connections=100``.  Without the defence a fresh client is locked out;
 with it, the fresh client is served within 2 s -- the promise of the option
 (see docs/source/howto/slow-clients.rst), held here with several clients.
+The test runs with ``min_receive_grace=0.5`` (the soak's setting): the wait
+is about one grace plus a scan, so the 2-s bound keeps a full second of
+margin for a loaded CI machine; with the default grace of 1 s the docs
+report 0.9--1.6 s, measured.
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ async def run_flood(
 ) -> tuple[trionet.ServerStats, list[float | None]]:
     options: dict[str, object] = {"max_connections": 100}
     if defence:
-        options.update(min_receive_rate=100, min_receive_grace=1.0)
+        options.update(min_receive_rate=100, min_receive_grace=0.5)
     waits: list[float | None] = []
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
@@ -121,11 +125,11 @@ async def run_flood(
             await wait_for(lambda: server.stats.active >= 100, 20, "the flood to fill every slot")
             await trio.sleep(1.5)  # let the flood settle into its steady state
             for _ in range(probes):
+                wait: float | None = None
                 with trio.move_on_after(4 if defence else 3):
-                    waits.append(await fresh_exchange(port))
-                    await trio.sleep(0.3)  # spread the probes over the flood's cycle
-                    continue
-                waits.append(None)
+                    wait = await fresh_exchange(port)
+                waits.append(wait)
+                await trio.sleep(0.3)  # spread the probes over the flood's cycle
             stats = server.stats
         nursery.cancel_scope.cancel()
     return stats, waits

@@ -267,8 +267,11 @@ async def test_max_connections_holds_across_two_listeners(
             )
             a = await trionet.connect("tcp://server.test:7000")
             b = await trionet.connect("tcp://server.test:7001")
-            await trio.sleep(1)
-            assert (running, server.stats.active) == (1, 2)  # one runs, one waits
+            with trio.fail_after(5):  # both accepted: one runs, one waits for the slot
+                while server.stats.active < 2:  # noqa: ASYNC110 - no event for "accepted"
+                    await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (running, server.stats.active) == (1, 2)
             # Whichever got the slot, ending it lets the other one in.
             for conn in (a, b):
                 await conn.send_all(b"end")

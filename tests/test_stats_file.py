@@ -616,3 +616,12 @@ def test_workers_a_stats_file_that_cannot_be_written_spoils_no_exit(
     assert "Traceback" not in err, err
     assert "cannot write the stats file" in err
     assert re.search(r"^workers: started=1 ", out, re.M), out
+
+
+async def test_not_a_server_is_refused_naming_the_call(tmp_path: Path) -> None:
+    # Found by review: write_stats(None, path) raised a bare AttributeError.
+    with pytest.raises(TypeError, match=r"write_stats\(\): server must be a trionet.Server"):
+        await trionet.write_stats(None, tmp_path / "s.json")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"stats_snapshot\(\): server must be a trionet.Server"):
+        trionet.stats_snapshot("server")  # type: ignore[arg-type]
+    assert not (tmp_path / "s.json").exists()

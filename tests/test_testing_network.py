@@ -621,3 +621,21 @@ async def test_a_crashed_hosts_own_sockets_are_dead(
         assert dead.cancelled_caught  # blocks until cancelled: its process is gone
     for s in (client, server_side, listener):
         s.close()
+
+
+async def test_open_sockets_lists_what_is_not_closed_yet() -> None:
+    net = VirtualNetwork(seed=1)
+    with net.install():
+        net.add_host("a.test", "127.0.0.20")
+        assert net.open_sockets() == []
+        listener = trio.socket.socket()
+        await listener.bind(("127.0.0.20", 80))
+        listener.listen(4)
+        client = trio.socket.socket()
+        await client.connect(("127.0.0.20", 80))
+        server_side, _ = await listener.accept()
+        assert len(net.open_sockets()) == 3
+        assert "listening" in repr(net.open_sockets())
+        for sock in (client, server_side, listener):
+            sock.close()
+        assert net.open_sockets() == []

@@ -111,6 +111,7 @@ def stats_snapshot(server: Server) -> dict[str, Any]:
 
         print(json.dumps(trionet.stats_snapshot(server)))
     """
+    _check_server("stats_snapshot()", server)
     return {
         **process_snapshot(),
         "connections": len(server.connections),
@@ -118,6 +119,13 @@ def stats_snapshot(server: Server) -> dict[str, Any]:
         "stopped": server.stopped,
         "stats": attrs.asdict(server.stats),
     }
+
+
+def _check_server(call: str, server: object) -> None:
+    from ._server._server import Server  # (the server imports nothing from here)
+
+    if not isinstance(server, Server):
+        raise TypeError(f"{call}: server must be a trionet.Server, not {type(server).__name__}")
 
 
 #: The shortest interval between two snapshots: a smaller one would make
@@ -216,8 +224,8 @@ async def write_stats(
         interval: seconds between writes (finite, at least 0.01).
 
     Raises:
-        TypeError, ValueError: a bad ``path`` or ``interval``, naming the
-            call, before anything is written.
+        TypeError, ValueError: a bad ``server``, ``path`` or ``interval``,
+            naming the call, before anything is written.
 
     Example::
 
@@ -226,6 +234,7 @@ async def write_stats(
             nursery.start_soon(trionet.write_stats, server, "/run/myapp/stats.json")
     """
     call = "write_stats()"
+    _check_server(call, server)
     check_interval(call, interval)
     text = check_stats_path(call, path)
     await periodic_json(text, lambda: stats_snapshot(server), interval, server, task_status)

@@ -34,16 +34,10 @@ use.  Importing it imports Trio: ``trionet._launch`` does that inside
 """
 
 from ._args import DEFAULT_BIND, build_parser
+from ._binds import bind_roles, bind_specs, serve_binds
 from ._errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CLIError
 from ._main import main
-from ._serve import (
-    bind_roles,
-    bind_specs,
-    check_serve,
-    resolve_handler,
-    serve_binds,
-    server_options,
-)
+from ._serve import check_serve, resolve_handler, server_options
 
 __all__ = [
     "DEFAULT_BIND",

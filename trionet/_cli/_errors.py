@@ -35,7 +35,14 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CLIError"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CLIError",
+    "option_message",
+]
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -53,3 +60,33 @@ class CLIError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# ServerConfig names options by their Python names; say them as flags.
+_FLAG_NAMES: Final = {
+    "max_connections_per_host": "--max-per-host",
+    "max_connections": "--max-connections",
+    "idle_timeout": "--idle-timeout",
+    "shutdown_grace": "--grace",
+    "unix_mode": "--unix-mode",
+    "backlog": "--backlog",
+    "reuse_port": "--reuse-port",
+    "close_linger": "--close-linger",
+    "min_receive_rate": "--min-receive-rate",
+    "min_receive_grace": "--min-receive-grace",
+    "handshake_timeout": "--handshake-timeout",
+    "tls": "--tls-cert",
+    "trusted_proxies": "--trusted-proxy",
+    "proxy_protocol": "--proxy-protocol",
+}
+
+
+def option_message(message: str) -> str:
+    """A library message (``serve(): max_connections must be ...``) said with its flag."""
+    message = message.removeprefix("serve(): ")  # the library names its call; we name flags
+    if message.startswith("Bind(") and "): " in message:
+        message = message.split("): ", 1)[1]  # the message names the bind again
+    for name, flag in _FLAG_NAMES.items():
+        if message.startswith((name + " ", name + "=", name + ":")):
+            return flag + message[len(name) :]
+    return message

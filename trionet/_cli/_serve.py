@@ -19,16 +19,15 @@ import logging
 import os
 import socket
 import sys
-from typing import Any, Final
+from typing import Any
 
 import attrs
 import trio
 
-from .._address import parse_address
 from .._binds import Bind, resolve_binds
 from .._config import ServerConfig
 from .._exceptions import InvalidAddress, ListenError, LocalProtocolError
-from .._inherited import descriptors, parse_inherited
+from .._inherited import parse_inherited
 from .._server._admission import AccessPolicy
 from .._server._drain import ShutdownReport, check_grace, drain_on_signals
 from .._server._serve import Handler, check_serve_config, serve
@@ -38,22 +37,19 @@ from .._stats_file import MIN_INTERVAL, check_stats_path, write_stats
 from .._unwrap import unwrap_single
 from .._validate import is_async_callable
 from ._args import DEFAULT_BIND
-from ._errors import EXIT_OK, EXIT_USAGE, CLIError
+from ._binds import close_inherited, serve_binds
+from ._errors import EXIT_OK, EXIT_USAGE, CLIError, option_message
 from ._signals import DRAIN_SIGNALS, DroppedInterrupts, SignalLatch
 from ._tls import server_context
 
 log = logging.getLogger("trionet.cli")
 
 __all__ = [
-    "bind_roles",
-    "bind_specs",
     "check_serve",
     "check_stats_file",
-    "close_inherited",
     "resolve_handler",
     "run_serve",
     "say",
-    "serve_binds",
     "server_options",
 ]
 
@@ -214,105 +210,8 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         config = ServerConfig(**options)  # validate now, before anything is opened
         resolve_binds(serve_binds(args), config)  # and each bind with them
     except (TypeError, ValueError) as exc:
-        raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
+        raise CLIError(option_message(str(exc)), EXIT_USAGE) from None
     return options
-
-
-# ServerConfig names options by their Python names; say them as flags.
-_FLAG_NAMES: Final = {
-    "max_connections_per_host": "--max-per-host",
-    "max_connections": "--max-connections",
-    "idle_timeout": "--idle-timeout",
-    "shutdown_grace": "--grace",
-    "unix_mode": "--unix-mode",
-    "backlog": "--backlog",
-    "reuse_port": "--reuse-port",
-    "close_linger": "--close-linger",
-    "min_receive_rate": "--min-receive-rate",
-    "min_receive_grace": "--min-receive-grace",
-    "handshake_timeout": "--handshake-timeout",
-    "tls": "--tls-cert",
-    "trusted_proxies": "--trusted-proxy",
-    "proxy_protocol": "--proxy-protocol",
-}
-
-
-def _option_message(message: str) -> str:
-    message = message.removeprefix("serve(): ")  # the library names its call; we name flags
-    if message.startswith("Bind(") and "): " in message:
-        message = message.split("): ", 1)[1]  # the message names the bind again
-    for name, flag in _FLAG_NAMES.items():
-        if message.startswith((name + " ", name + "=", name + ":")):
-            return flag + message[len(name) :]
-    return message
-
-
-def bind_specs(args: argparse.Namespace) -> list[str]:
-    """The ``--bind`` specs given, or ``[DEFAULT_BIND]``; each checked by ``parse_address``.
-
-    ``fd:N``, ``systemd`` and ``systemd:NAME`` (inherited sockets) are checked
-    by ``parse_inherited``; their ``LISTEN_*`` variables by ``check_serve``.
-
-    Raises:
-        CLIError: a malformed spec (exit 2).
-    """
-    binds: list[str] = [*(args.bind or ()), *(args.plain_bind or ()), *(args.proxy_bind or ())]
-    if not binds:
-        binds = [DEFAULT_BIND]
-    for spec in binds:
-        try:
-            if parse_inherited(spec) is None:  # fd:N, systemd[:NAME]: syntax checked
-                parse_address(spec)
-        except InvalidAddress as exc:
-            raise CLIError(str(exc), EXIT_USAGE) from None
-    return binds
-
-
-#: What a bind spec came from: ``--bind``, ``--plain-bind``, ``--proxy-bind``.
-BIND, PLAIN, PROXY = "bind", "plain-bind", "proxy-bind"
-
-
-def bind_roles(args: argparse.Namespace) -> list[str]:
-    """Which flag each of :func:`bind_specs` came from: ``bind``, ``plain-bind``, ``proxy-bind``."""
-    roles = [
-        *(BIND for _ in args.bind or ()),
-        *(PLAIN for _ in args.plain_bind or ()),
-        *(PROXY for _ in args.proxy_bind or ()),
-    ]
-    return roles or [BIND]
-
-
-def as_bind(spec: str, role: str, trusted: list[str] | None) -> str | Bind:
-    """One spec as ``serve`` takes it: as given (``--bind``), or a ``Bind`` with overrides."""
-    if role == PLAIN:
-        return Bind(spec, tls=False, proxy_protocol="off")
-    if role == PROXY:
-        unix = spec.startswith("unix:")
-        return Bind(
-            spec,
-            tls=False,
-            proxy_protocol="required",
-            trusted_proxies=None if unix else tuple(trusted or ()),
-        )
-    return spec
-
-
-def serve_binds(args: argparse.Namespace) -> list[str | Bind]:
-    """Every bind, for ``serve``: ``--bind`` specs take the server-wide TLS and PROXY
-    options; ``--plain-bind`` ones serve neither; ``--proxy-bind`` ones read a PROXY
-    header from ``--trusted-proxy`` sources, without TLS.
-
-    Raises:
-        CLIError: a malformed spec (exit 2).
-    """
-    specs = bind_specs(args)
-    try:
-        return [
-            as_bind(spec, role, args.trusted_proxy)
-            for spec, role in zip(specs, bind_roles(args), strict=True)
-        ]
-    except (TypeError, ValueError) as exc:  # e.g. a TCP --proxy-bind without --trusted-proxy
-        raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
 
 
 def check_serve(binds: list[str | Bind], options: dict[str, Any], grace: float) -> None:
@@ -340,7 +239,7 @@ def check_serve(binds: list[str | Bind], options: dict[str, Any], grace: float) 
         check_serve_config(binds, options)
         check_grace(grace)
     except (TypeError, ValueError, LocalProtocolError) as exc:  # InvalidAddress included
-        raise CLIError(_option_message(str(exc)), EXIT_USAGE) from None
+        raise CLIError(option_message(str(exc)), EXIT_USAGE) from None
 
 
 def say(*parts: object) -> None:
@@ -426,27 +325,6 @@ async def _serve(
         f"in_stages={report.in_stages} swept={report.swept} elapsed={report.elapsed:.3f}s"
     )
     say("stats: " + " ".join(f"{k}={v}" for k, v in attrs.asdict(server.stats).items()))
-
-
-def close_inherited(binds: list[str | Bind] | list[str]) -> None:
-    """Close the inherited descriptors the server has adopted (duplicates of).
-
-    The command is the process they were passed to, and the server holds a
-    duplicate of each: kept open, the original would keep the socket
-    listening after the drain closed the server's copy -- connects would
-    queue where no one accepts them, and be reset at exit instead of
-    refused at once.  (Where a supervisor or systemd holds the socket too,
-    it stays open in them: that is their choice.)
-    """
-    for bind in binds:
-        inherited = parse_inherited(bind if isinstance(bind, str) else bind.address)
-        if inherited is None:
-            continue
-        for fd in descriptors(inherited):
-            try:
-                os.close(fd)
-            except OSError:  # pragma: no cover - it was adopted a moment ago
-                log.debug("inherited fd %d was already closed", fd)
 
 
 def check_stats_file(args: argparse.Namespace) -> str | None:

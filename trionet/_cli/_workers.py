@@ -32,8 +32,9 @@ import trio
 
 from .._exceptions import InvalidAddress, ListenError
 from .._unwrap import unwrap_single
+from ._binds import close_inherited
 from ._errors import EXIT_ERROR, EXIT_OK, CLIError
-from ._serve import close_inherited, say
+from ._serve import say
 from ._signals import DroppedInterrupts, SignalLatch
 
 __all__ = ["run_workers"]

@@ -47,16 +47,17 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 import attrs
 import trio
 
-from .._address import Address, TCPAddress, UnixAddress
+from .._address import Address, TCPAddress, UnixAddress, address_from_sockaddr
 from .._stream import Connection, ConnectionInfo
-from .._stream._sockopts import read_peer_credentials
+from .._stream._sockopts import AF_UNIX, arm_reset, read_peer_credentials
 from .._validate import check_count, normalise_network
 
 if TYPE_CHECKING:
     from .._ratelimit import RateLimiter
     from .._stats import Counters
+    from ._listeners import Listener
 
-__all__ = ["AccessCheck", "AccessPolicy"]
+__all__ = ["AccessCheck", "AccessPolicy", "family_of", "local_address", "reset_close"]
 
 #: Refusals are the server's decisions: logged where the docs say to look.
 log = logging.getLogger("trionet.server")
@@ -398,3 +399,33 @@ class Admission:
             log.debug("refused %s: over max_connections_per_host", peer)
             return REFUSED
         return key
+
+
+# -- at accept: the refusal, and what the gate is told --
+
+
+def reset_close(sock: _socket.socket | trio.socket.SocketType) -> None:
+    """Close with RST (SO_LINGER 0): the peer learns at once, we keep no TIME_WAIT.
+
+    Unix sockets have no reset; they are simply closed (the peer sees EOF or
+    ``ECONNRESET`` if it had sent data we never read).
+    """
+    arm_reset(sock)
+    sock.close()
+
+
+def local_address(sock: Any, listener: Listener, family: int) -> Address | None:
+    """The accepted socket's real local address if the listener is a wildcard, else None."""
+    if not listener.wildcard:
+        return None
+    try:
+        return address_from_sockaddr(family, sock.getsockname())
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def family_of(address: Address) -> int:
+    """The socket family of a peer's address (for the gate)."""
+    if isinstance(address, UnixAddress):
+        return int(AF_UNIX or 0)
+    return int(_socket.AF_INET6 if ":" in address.host else _socket.AF_INET)

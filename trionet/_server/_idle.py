@@ -42,8 +42,8 @@ sends anything (the message was answered).  At a scan that sees more of the
 peer's bytes, a message older than ``G`` that averages below ``R`` bytes per
 second closes the connection (``stats.slow_closed``).  What *arrived* is
 counted, not what the handler read: the bytes read plus those the kernel
-still holds unread (``FIONREAD``, asked only at a scan that sees the read
-count move), so a handler that reads slowly, or computes between two
+still holds unread (``FIONREAD``, asked only at a scan that sees the
+connection's byte counts move), so a handler that reads slowly, or computes between two
 reads, never makes its fast peer look slow.  Judged only when the
 peer *sends*: a peer that went quiet (waiting for a reply the handler is
 still computing, or between requests) is never judged by rate -- silence is

@@ -63,8 +63,8 @@ from .._stream._hooks import (
     mark_drain,
     server_connection,
 )
-from .._stream._sockopts import AF_UNIX, arm_reset, configure_tcp_socket
-from ._admission import REFUSED, Admission
+from .._stream._sockopts import AF_UNIX, configure_tcp_socket
+from ._admission import REFUSED, Admission, family_of, local_address, reset_close
 from ._capacity import Capacity
 from ._handler_errors import NOT_ERRORS, HandlerErrors
 from ._idle import WAITING_ROOM, IdleReaper
@@ -74,7 +74,7 @@ from ._stages import StagePlan, run_stages, start_stages
 
 log = logging.getLogger("trionet.server")
 
-__all__ = ["ConnectionTable", "reset_close"]
+__all__ = ["ConnectionTable"]
 
 #: Stands in for the handler's cancel scope when there is no idle timeout.
 _NO_SCOPE: contextlib.nullcontext[None] = contextlib.nullcontext()
@@ -82,16 +82,6 @@ _NO_SCOPE: contextlib.nullcontext[None] = contextlib.nullcontext()
 _TASK_NAME = "trionet connection"
 #: What ``_release`` asks of the connection task afterwards.
 _NO_LINGER, _LINGER, _LINGER_IN_SLOT = 0, 1, 2
-
-
-def reset_close(sock: _stdlib_socket.socket | trio.socket.SocketType) -> None:
-    """Close with RST (SO_LINGER 0): the peer learns at once, we keep no TIME_WAIT.
-
-    Unix sockets have no reset; they are simply closed (the peer sees EOF or
-    ``ECONNRESET`` if it had sent data we never read).
-    """
-    arm_reset(sock)
-    sock.close()
 
 
 class ConnectionTable:
@@ -107,14 +97,19 @@ class ConnectionTable:
         )
         self.sweep_log = RateLimiter(burst=3, period=60.0)
         self.records: dict[int, ConnectionRecord] = {}
-        self.capacity = Capacity(config.max_connections)
+        rate = config.min_receive_rate
+        #: ``max_connections``, and with ``min_receive_rate`` the waiting room
+        #: (where the reaper judges the peers waiting for a slot; see ``_idle``).
+        self.capacity = Capacity(
+            config.max_connections,
+            WAITING_ROOM if rate is not None and config.max_connections is not None else None,
+        )
         #: The admission gate; None admits everyone (nothing to decide).
         self._admission = Admission.create(
             config.access, config.max_connections_per_host, counters, self.error_log
         )
         #: For the stages (``StageHost``): is there a gate to run after them?
         self.gated = self._admission is not None
-        rate = config.min_receive_rate
         self.reaper = (
             IdleReaper(
                 config.idle_timeout,
@@ -127,16 +122,6 @@ class ConnectionTable:
             if config.idle_timeout is not None or rate is not None
             else None
         )
-        #: With ``min_receive_rate`` and ``max_connections``: how many
-        #: connections may wait for a slot beyond the limit (the reaper
-        #: judges them there; see ``_idle``); None: no waiting room.
-        self._waiting_limit = (
-            WAITING_ROOM if rate is not None and config.max_connections is not None else None
-        )
-        #: Connections waiting for a slot now (waiting room and drain sweep).
-        self._waiting = 0
-        #: Wakes an accept loop waiting for a slot or for room in the waiting room.
-        self._room: trio.Event | None = None
         self._options = ConnOptions.of(config.schedule_budget, config.close_linger, True)
         self.nursery: trio.Nursery | None = None
         # -- the drain, as connections see it (ConnectionOwner) --
@@ -210,32 +195,10 @@ class ConnectionTable:
     # For the accept loops (AcceptTarget)
 
     def has_capacity(self) -> bool:
-        if self.capacity.has_room():
-            return True
-        limit = self._waiting_limit
-        return limit is not None and self._waiting < limit
+        return self.capacity.accepting()
 
     async def wait_for_capacity(self) -> None:
-        # Not in the slot queue: that is for connections (a swept one, one in
-        # the waiting room, one accepted on the generic path).  An accept
-        # loop woken from it, then finding nothing to accept, would strand
-        # the slot it was handed while connections wait behind it.
-        while not self.has_capacity():
-            ev = self._room
-            if ev is None:
-                ev = self._room = trio.Event()
-            await ev.wait()
-
-    def _room_changed(self) -> None:
-        # A slot was given back or a waiter left the waiting room.
-        ev = self._room
-        if ev is not None:
-            self._room = None
-            ev.set()
-
-    def _give_back(self) -> None:
-        self.capacity.give_back()
-        self._room_changed()
+        await self.capacity.wait_accepting()
 
     async def wait_descriptor_freed(self, timeout: float) -> None:
         """Sleep up to ``timeout``, waking early when a connection's descriptor closes."""
@@ -285,7 +248,7 @@ class ConnectionTable:
             if gate.wants_local:
                 # A callable may decide on the local address too: give it the
                 # real one, not a wildcard listener's 0.0.0.0.
-                local = _local_address(sock, listener, family)
+                local = local_address(sock, listener, family)
             hostkey = gate.admit(sock, peer, local or listener.address, family)
             if hostkey is REFUSED:
                 reset_close(sock)
@@ -343,7 +306,6 @@ class ConnectionTable:
             except BaseException:
                 capacity.leave(ev)
                 raise
-            self._waiting += 1
         else:
             rec = self._record(conn, hostkey, plan, HANDLER if plan is None else STAGES, sock)
             nursery.start_soon(self._task, rec, name=_TASK_NAME)
@@ -414,22 +376,18 @@ class ConnectionTable:
 
     async def _wait_for_slot(self, rec: ConnectionRecord, slot: trio.Event) -> bool:
         """Wait in the queue for a slot; False if the reaper closed the connection meanwhile."""
-        try:
-            if not isinstance(rec, RatedRecord):
-                await self.capacity.wait(slot)
-                return True
-            # In the waiting room the reaper judges the peer by what the
-            # kernel holds for it, and cancels this wait if it is too slow.
-            rec.ticket = slot
-            with trio.CancelScope() as rec.scope:
-                await self.capacity.wait(slot)
-                rec.scope = rec.ticket = None
-                return True
-            rec.ticket = None
-            return False
-        finally:
-            self._waiting -= 1
-            self._room_changed()
+        if not isinstance(rec, RatedRecord):
+            await self.capacity.wait(slot)
+            return True
+        # In the waiting room the reaper judges the peer by what the kernel
+        # holds for it, and cancels this wait if it is too slow.
+        rec.ticket = slot
+        with trio.CancelScope() as rec.scope:
+            await self.capacity.wait(slot)
+            rec.scope = rec.ticket = None
+            return True
+        rec.ticket = None
+        return False
 
     def admit_after_stages(self, rec: ConnectionRecord) -> bool:
         """The admission gate, after the stages (``StageHost``); False: refused and aborted."""
@@ -437,7 +395,7 @@ class ConnectionTable:
         if gate is None:
             return True
         conn = rec.conn
-        hostkey = gate.admit(conn, conn.peer, conn.local, _family_of(conn.peer))
+        hostkey = gate.admit(conn, conn.peer, conn.local, family_of(conn.peer))
         if hostkey is REFUSED:
             conn.abort()  # counted in rejected_access / rejected_limit by the gate
             return False
@@ -492,7 +450,7 @@ class ConnectionTable:
         # (A handler that closed its connection itself owns that close, and
         # perhaps its linger: nothing to do here.)
         if running and how != _LINGER_IN_SLOT:
-            self._give_back()
+            self.capacity.give_back()
         if how == _NO_LINGER:
             self._descriptor_freed()
         elif how == _LINGER:
@@ -531,7 +489,7 @@ class ConnectionTable:
             conn.close()
         finally:
             if how == _LINGER_IN_SLOT:
-                self._give_back()
+                self.capacity.give_back()
             else:
                 self._lingering_slotless -= 1
             self._descriptor_freed()
@@ -543,19 +501,3 @@ class ConnectionTable:
         if ev is not None:
             self._freed = None
             ev.set()
-
-
-def _local_address(sock: Any, listener: Listener, family: int) -> Address | None:
-    """The accepted socket's real local address if the listener is a wildcard, else None."""
-    if not listener.wildcard:
-        return None
-    try:
-        return address_from_sockaddr(family, sock.getsockname())
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _family_of(address: Address) -> int:
-    if isinstance(address, UnixAddress):
-        return int(AF_UNIX or 0)
-    return int(_stdlib_socket.AF_INET6 if ":" in address.host else _stdlib_socket.AF_INET)

@@ -32,16 +32,9 @@ import attrs
 
 from .._address import parse_address
 from .._cli._args import MAX_WORKERS, UsageError, build_parser
+from .._cli._binds import bind_roles, bind_specs, serve_binds
 from .._cli._errors import CLIError
-from .._cli._serve import (
-    bind_roles,
-    bind_specs,
-    check_serve,
-    check_stats_file,
-    resolve_handler,
-    serve_binds,
-    server_options,
-)
+from .._cli._serve import check_serve, check_stats_file, resolve_handler, server_options
 from .._inherited import check_inherited, parse_inherited
 from .._validate import check_count, check_seconds, public_call
 

@@ -331,6 +331,14 @@ class VirtualNetwork:
         target.crashed = False
         self._changed.fire()
 
+    def open_sockets(self) -> list[VirtualSocket]:
+        """The network's sockets not closed yet (listening ones included), in a stable order.
+
+        What a test asserts is empty once everything it opened is closed:
+        nothing left open, by the server or by its clients.
+        """
+        return sorted(self._sockets, key=lambda s: (s._key, repr(s)))
+
     # ------------------------------------------------------------------
     # The trace
 

@@ -88,6 +88,16 @@ def summary(result: dict) -> str:  # type: ignore[type-arg]
         f"faults {f['faults']}  warnings {f['warnings']}  errors {f['errors']}"
     )
     lines.append(
+        f"rolling 5-s p99 outside faults: worst {f['canary_p99_rolling_worst_ms']} ms "
+        f"(bound {f['canary_p99_bound_ms']} ms)  warnings {f['warnings']} "
+        f"(cap {f['warnings_cap']})  idle silences {f['idle_silences_s']} s"
+    )
+    for label, procs in f["per_process"].items():
+        lines.append(
+            f"  {label}: "
+            + ", ".join(f"pid {p['pid']} fds {p['fds']} tasks {p['tasks']}" for p in procs)
+        )
+    lines.append(
         f"recovery per window {[r['recovery_s'] for r in f['recoveries']]} s; "
         f"{'PASS' if result['ok'] else 'FAIL'}"
     )

@@ -34,7 +34,9 @@ Outcomes of an exchange:
     report counts them in ``in_stages``; ``finish.py`` checks the count).
 ``stalled``
     a new connection that got no reply in time (queued behind a fault,
-    never served): not lost, nothing was accepted.
+    never served): not lost, nothing was accepted -- but only a descriptor
+    window may cause it: a stall outside every such window fails the run
+    (``bounds.stall_check``: a leaked slot looks like this).
 ``connect_refused``, ``connect_timeout``
     the connect itself failed (the server restarting), or the TLS handshake.
 ``handshake_aborted``
@@ -81,6 +83,15 @@ class Drains:
         """A request sent at ``sent_at`` went out during a drain (or up to 5 s after)."""
         return any(start <= sent_at <= end + 5.0 for start, end in self.windows)
 
+    def overlaps(self, start: float, end: float) -> bool:
+        """A connection open from ``start`` to ``end`` was open during a drain (no margin).
+
+        For clients that know when their connection began and ended (a slow
+        writer, a slow reader, a resetter): one that connected after the new
+        server was listening, or ended before the drain began, was not in it.
+        """
+        return any(begin <= end and start <= until for begin, until in self.windows)
+
 
 @dataclass
 class CanaryStats:
@@ -92,6 +103,8 @@ class CanaryStats:
     #: Completion times of the fresh canary's successful exchanges.
     fresh_ok: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: (sent, given up, label) of each ``stalled`` exchange (monotonic times).
+    stalls: list[tuple[float, float, str]] = field(default_factory=list)
 
     def record(self, outcome: str, detail: str = "") -> None:
         """Count an outcome; keep the first few failures' details."""
@@ -197,6 +210,7 @@ async def _exchange(conn: _Conn, seq: int, stats: CanaryStats, drains: Drains) -
         stats.record("drain_unserved")
     elif conn.exchanges == 0 and how == "timeout":
         stats.record("stalled")
+        stats.stalls.append((sent_at, done_at, conn.label))
     else:
         stats.record(
             "lost",

@@ -127,18 +127,38 @@ class SampleChecker:
 def leak_checks(
     label: str, baseline: Reading, now: Reading, fd_slack: int = 2
 ) -> list[dict[str, Any]]:
-    """The server is back where it was: descriptors (within ``fd_slack``), tasks, connections."""
+    """Each process is back where it was: descriptors (within ``fd_slack``), tasks, connections.
+
+    Per process, by pid (the supervisor and each worker, or the one server),
+    never on sums: +3 descriptors in one worker and -3 in another is a
+    leak.  Tasks must equal the baseline exactly (one more is a leak, one
+    fewer a lost task).  A pid in one reading and not the other (a worker
+    that died and was replaced) fails both checks.
+    """
     lingering = int(now.totals.get("lingering", 0))
+    before = {p.pid: p for p in baseline.processes}
+    after = {p.pid: p for p in now.processes}
+    fds, tasks = [], []
+    fds_ok = tasks_ok = set(before) == set(after) and bool(before)
+    for pid in sorted(set(before) | set(after)):
+        b, a = before.get(pid), after.get(pid)
+        if b is None or a is None:
+            fds.append(f"pid {pid}: {'gone' if a is None else 'new'}")
+            continue
+        fds.append(f"pid {pid} {b.fds}->{a.fds}")
+        tasks.append(f"pid {pid} {b.tasks}->{a.tasks}")
+        fds_ok = fds_ok and abs(a.fds - b.fds) <= fd_slack
+        tasks_ok = tasks_ok and a.tasks == b.tasks
     return [
         check(
-            f"{label}: descriptors back to baseline",
-            abs(now.fds - baseline.fds) <= fd_slack,
-            f"baseline {baseline.fds}, now {now.fds} (tolerance ±{fd_slack})",
+            f"{label}: descriptors back to baseline, per process",
+            fds_ok,
+            f"{', '.join(fds)} (tolerance ±{fd_slack} each)",
         ),
         check(
-            f"{label}: tasks back to baseline",
-            now.tasks <= baseline.tasks,
-            f"baseline {baseline.tasks}, now {now.tasks}",
+            f"{label}: tasks back to baseline, per process",
+            tasks_ok,
+            ", ".join(tasks) or "no processes",
         ),
         check(
             f"{label}: no live connections",
@@ -148,11 +168,22 @@ def leak_checks(
     ]
 
 
+#: A formatted log line (``%(asctime)s %(levelname)s ...``: the date and time are two fields).
 _LEVEL = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+#: A line at ERROR or CRITICAL in another format (``ERROR:name:...``, ``[ERROR]``, ...).
+_ERROR_WORD = re.compile(r"(?:^|[\s\[(])(ERROR|CRITICAL)(?:[\s:\])]|$)")
+#: A traceback's first line, anywhere in a line (Trio prints
+#: ``  + Exception Group Traceback (most recent call last):``).
+_TRACEBACK = "Traceback (most recent call last)"
 
 
 def scan_log(path: Path) -> dict[str, Any]:
-    """Count a server log's WARNING and ERROR/CRITICAL lines and tracebacks, with examples."""
+    """Count a server log's WARNING and ERROR/CRITICAL lines and tracebacks, with examples.
+
+    An error is any line with a traceback's first line anywhere in it, any
+    formatted line at ERROR or CRITICAL, and any other line that names one
+    of those levels as a word.
+    """
     levels: Counter[str] = Counter()
     errors: list[str] = []
     warnings: Counter[str] = Counter()
@@ -162,14 +193,20 @@ def scan_log(path: Path) -> dict[str, Any]:
         text = ""
     for line in text.splitlines():
         match = _LEVEL.match(line)
-        if line.startswith("Traceback"):
+        level = match.group(1) if match else None
+        if _TRACEBACK in line:
             levels["TRACEBACK"] += 1
             errors.append(line)
-        elif match:
-            levels[match.group(1)] += 1
-            if match.group(1) in ("ERROR", "CRITICAL"):
+        elif level is None:
+            word = _ERROR_WORD.search(line)
+            if word:
+                levels[word.group(1)] += 1
                 errors.append(line)
-            elif match.group(1) == "WARNING":
+        else:
+            levels[level] += 1
+            if level in ("ERROR", "CRITICAL"):
+                errors.append(line)
+            elif level == "WARNING":
                 warnings[re.sub(r"\d+", "N", line.split(" ", 3)[-1])[:120]] += 1
     return {
         "levels": dict(levels),

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import trio
 
 from .canary import Drains
-from .handler import big_reply, reply_for
+from .handler import MAX_BIG, big_reply, reply_for
 from .net import (
     CONNECT_ERRORS,
     Tallies,
     Tally,
+    closed_by_peer,
     connect_from,
     drain_until_eof,
     proxy_v1,
@@ -45,6 +46,7 @@ SOURCES: dict[str, str | list[str]] = {
     "proxy_untrusted": "127.0.0.18",
     "canary_tls": "127.0.0.19",
     "probe": "127.0.0.21",
+    "idler": "127.0.0.22",
     "denied": "127.0.0.66",
     "flood_per_host": "127.0.0.77",
     "flood_connections": [f"127.0.0.{n}" for n in range(90, 94)],
@@ -79,15 +81,26 @@ class Clients:
     tallies: Tallies
     drains: Drains
     handshake_timeout: float = 2.0
+    #: The server's ``--idle-timeout`` (the idlers and the held flood connections wait it out).
+    idle_timeout: float = 3.0
+    #: Seconds of silence before the server closed each idler (see ``idle.py``).
+    idle_silences: list[float] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
 
     async def _connect(
         self, tally: Tally, source: str, address: tuple[str, int], timeout: float = 10.0
     ) -> trio.SocketStream | None:
-        """Connect, counting a failure as ``connect_refused`` / ``connect_timeout``."""
+        """Connect, counting a failure as ``connect_refused`` / ``connect_timeout``.
+
+        ``cut_connecting``: the end of a phase came first.  The server may
+        have accepted such a connection, but it never got a byte from us.
+        """
         tally.attempts += 1
         try:
             return await connect_from(source, address, timeout)
+        except trio.Cancelled:
+            tally.count("cut_connecting")  # a phase ended before connect() returned
+            raise
         except ConnectionResetError:
             tally.count("connect_reset")  # accepted and reset before connect() returned
         except CONNECT_ERRORS:
@@ -97,63 +110,111 @@ class Clients:
         await trio.sleep(0.1)
         return None
 
-    async def slowloris(self, source: str, hold: float = 8.0) -> None:
-        """One byte every 100 ms, never a whole line; give up after ``hold`` s, reconnect."""
+    async def _trickle(self, stream: trio.SocketStream, seconds: float) -> bool:
+        """One byte every 100 ms for up to ``seconds``; True as soon as the server closes."""
+        with trio.move_on_after(seconds):
+            try:
+                while True:
+                    await stream.send_all(b"x")
+                    with trio.move_on_after(0.1):
+                        if not await stream.receive_some(4096):
+                            return True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return True
+        return False
+
+    async def slowloris(self, source: str, hold: float = 8.0, cut_wait: float = 2.0) -> None:
+        """One byte every 100 ms, never a whole line; give up after ``hold`` s, reconnect.
+
+        Cut at a phase end, a connection is not simply dropped (its outcome
+        unknown): a non-blocking read first tells whether the server had
+        closed it already, and if not the trickle goes on (shielded) for up
+        to ``cut_wait`` s -- past ``--min-receive-grace`` and a reaper tick --
+        so the server's judgement is seen.  ``cut_open``: it was not.
+        Closes during a drain (the connection's lifetime overlaps one) are
+        ``closed_in_drain``: the drain or the rate check may have closed it.
+        """
         tally = self.tallies["slowloris"]
         while True:
             stream = await self._connect(tally, source, self.plain)
             if stream is None:
                 continue
-            async with stream:
-                closed = trio.Event()
-
-                async def watch(
-                    stream: trio.SocketStream = stream, closed: trio.Event = closed
-                ) -> None:
-                    await drain_until_eof(stream, hold + 5.0)
-                    closed.set()
-
-                started = time.monotonic()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(watch)
-                    outcome = "gave_up"
-                    with trio.move_on_after(hold):
-                        try:
-                            while not closed.is_set():
-                                await stream.send_all(b"x")
-                                with trio.move_on_after(0.1):
-                                    await closed.wait()
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            pass
-                        outcome = "closed_by_server"
-                    if outcome == "closed_by_server" and self.drains.covers(started):
+            started = time.monotonic()
+            outcome = ""
+            try:
+                closed = await self._trickle(stream, hold)
+                outcome = "closed_by_server" if closed else "gave_up"
+            finally:
+                with trio.CancelScope(shield=True):
+                    if not outcome:  # cut by the end of a phase
+                        closed = bool(closed_by_peer(stream)) or await self._trickle(
+                            stream, cut_wait
+                        )
+                        outcome = "closed_by_server" if closed else "cut_open"
+                    if outcome == "closed_by_server" and self.drains.overlaps(
+                        started, time.monotonic()
+                    ):
                         outcome = "closed_in_drain"
                     tally.count(outcome)
-                    nursery.cancel_scope.cancel()
+                    await trio.aclose_forcefully(stream)
 
-    async def slow_reader(self, source: str, hold: float = 6.0) -> None:
-        """Ask for a big reply and do not read it for ``hold`` s; then see what is left."""
+    async def slow_reader(self, source: str, hold: float = 6.0, early: float = 2.0) -> None:
+        """Ask for a big reply and do not read it for ``hold`` s; then read it to the end.
+
+        The server's idle timeout closes every one it served (no bytes move
+        while we hold, and after the reply it waits for a request that never
+        comes): ``closed_by_server`` / ``reset_by_server`` outside drains are
+        ``idle_closed``.  Cut at a phase end, one held less than ``early`` s
+        (under the idle timeout) is ``cut_early`` -- not idle yet -- and the
+        others are read to the end (shielded), as after the hold.
+        """
         tally = self.tallies["slow_reader"]
         while True:
             stream = await self._connect(tally, source, self.plain)
             if stream is None:
                 continue
-            async with stream:
+            started = time.monotonic()
+            outcome = ""
+            got = bytearray()
+            try:
                 try:
                     await stream.send_all(b"BIG 4000000\n")
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    tally.count("reset_by_server")
+                    outcome = "send_failed"
                     continue
                 await trio.sleep(hold)
-                data, how = await drain_until_eof(stream, 5.0)
-                if big_reply(len(data)) != data:
-                    tally.count("corrupt")
-                else:
-                    tally.count(
-                        {"eof": "closed_by_server", "reset": "reset_by_server"}.get(how, "open")
-                    )
-                if how in ("timeout", "limit"):
-                    reset_close(stream)  # unread data: the close resets anyway
+                outcome = await self._read_big(stream, started, got)
+            finally:
+                with trio.CancelScope(shield=True):
+                    if not outcome:  # cut by the end of a phase
+                        if time.monotonic() - started < early:
+                            outcome = "cut_early"
+                        else:
+                            outcome = await self._read_big(stream, started, got)
+                    tally.count(outcome)
+                    await trio.aclose_forcefully(stream)
+
+    async def _read_big(self, stream: trio.SocketStream, started: float, got: bytearray) -> str:
+        """Read a slow reader's reply (into ``got``) to end-of-file: its outcome."""
+        how = "timeout"
+        with trio.move_on_after(self.idle_timeout + 3.0):
+            try:
+                while len(got) <= MAX_BIG:
+                    chunk = await stream.receive_some(1 << 16)
+                    if not chunk:
+                        how = "eof"
+                        break
+                    got += chunk
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                how = "reset"
+        if big_reply(len(got)) != got:
+            return "corrupt"
+        if how == "timeout" or len(got) > MAX_BIG:
+            reset_close(stream)  # unread data: the close resets anyway
+            return "open"
+        if self.drains.overlaps(started, time.monotonic()):
+            return f"{how}_in_drain"
+        return {"eof": "closed_by_server", "reset": "reset_by_server"}[how]
 
     async def half_closer(self, source: str) -> None:
         """Send a request, ``shutdown(SHUT_WR)``, read the reply to end-of-file and check it."""
@@ -183,7 +244,12 @@ class Clients:
                     tally.count(f"lost_{how}")
 
     async def resetter(self, source: str) -> None:
-        """Reset connections mid-request and mid-reply, alternately."""
+        """Reset connections mid-request and mid-reply, alternately.
+
+        ``reset_mid_reply``: part of the reply had arrived (so the handler
+        was sending, or done and waiting for the next request) when we reset,
+        outside any drain: the server must count it in ``resets``.
+        """
         tally = self.tallies["resetter"]
         mid_reply = False
         while True:
@@ -191,12 +257,21 @@ class Clients:
             stream = await self._connect(tally, source, self.plain)
             if stream is None:
                 continue
+            started = time.monotonic()
             try:
                 if mid_reply:
                     await stream.send_all(b"BIG 1000000\n")
+                    chunk = None
                     with trio.move_on_after(10.0):
-                        await stream.receive_some(65536)
-                    tally.count("reset_mid_reply")
+                        chunk = await stream.receive_some(65536)
+                    if chunk is None:
+                        tally.count("reset_unanswered")
+                    elif not chunk:
+                        tally.count("closed_by_server")
+                    elif self.drains.overlaps(started, time.monotonic()):
+                        tally.count("reset_mid_reply_in_drain")
+                    else:
+                        tally.count("reset_mid_reply")
                 else:
                     await stream.send_all(b"RST partial request")
                     await trio.sleep(0.05)
@@ -306,57 +381,3 @@ class Clients:
             payload = self._header(PROXY_CLIENT) + b"PING\n"
             await self._one_shot(tally, source, payload, "served", "refused", address=self.proxy)
             await trio.sleep(0.3)
-
-    async def flood(self, category: str, sources: list[str], per_source: int) -> None:
-        """Open ``per_source`` connections from each source at once; each asks for one reply.
-
-        Outcomes: ``served`` (the reply came), ``refused`` (reset or closed
-        with no reply: the per-host limit), ``timeout``.  Served connections
-        stay open until every one has its outcome, so the per-host count
-        stays up (the idle timeout may close them first: they were served).
-        """
-        tally = self.tallies[category]
-        done = trio.Event()
-        remaining = len(sources) * per_source
-
-        async def one(source: str) -> None:
-            nonlocal remaining
-            stream = await self._connect(tally, source, self.plain, timeout=20.0)
-            try:
-                if stream is None:
-                    return
-                async with stream:
-                    line = b"F " + os.urandom(8).hex().encode()
-                    data, how = b"", "timeout"
-                    with trio.move_on_after(20.0):
-                        try:
-                            await stream.send_all(line + b"\n")
-                            while len(data) < len(reply_for(line)):
-                                chunk = await stream.receive_some(4096)
-                                if not chunk:
-                                    how = "eof"
-                                    break
-                                data += chunk
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            how = "reset"
-                    if data == reply_for(line):
-                        tally.count("served")
-                    elif data:
-                        tally.count("corrupt")
-                    else:
-                        tally.count("refused" if how != "timeout" else "timeout")
-                    remaining -= 1
-                    if remaining == 0:
-                        done.set()
-                    with trio.move_on_after(25.0):
-                        await done.wait()
-            finally:
-                if stream is None:
-                    remaining -= 1
-                    if remaining == 0:
-                        done.set()
-
-        async with trio.open_nursery() as nursery:
-            for source in sources:
-                for _ in range(per_source):
-                    nursery.start_soon(one, source)

@@ -47,8 +47,8 @@ class Faults:
         self.windows.append(window)
         return window
 
-    def squeeze(self, limits: dict[int, int]) -> str:
-        """Lower each pid's soft RLIMIT_NOFILE to ``limits[pid]`` (below what it has open)."""
+    def squeeze(self, limits: dict[int, int]) -> tuple[str, int]:
+        """Lower each pid's soft RLIMIT_NOFILE to ``limits[pid]``; (detail, how many took)."""
         parts = []
         for pid, low in limits.items():
             try:
@@ -60,7 +60,7 @@ class Faults:
                 continue
             self.squeezed.append((pid, old))
             parts.append(f"pid {pid}: {now_open} open, soft limit {old[0]} -> {low}")
-        return "; ".join(parts)
+        return "; ".join(parts), len(self.squeezed)
 
     def restore(self) -> None:
         """Put back every squeezed limit (processes gone since are skipped)."""
@@ -73,17 +73,18 @@ class Faults:
 
     async def fd_exhaustion(
         self, server: ServerProcess, limits: dict[int, int], seconds: float
-    ) -> float:
-        """Squeeze for ``seconds`` (see :meth:`squeeze`), restore; the end (monotonic)."""
+    ) -> tuple[float, int]:
+        """Squeeze for ``seconds`` (see :meth:`squeeze`), restore; (end, processes squeezed)."""
         start = time.monotonic()
+        squeezed = 0
         try:
-            detail = self.squeeze(limits)
+            detail, squeezed = self.squeeze(limits)
             await trio.sleep(seconds)
         finally:
             self.restore()
         end = time.monotonic()
         self.add("fd_exhaustion", start, end, f"{server.name}: {detail}")
-        return end
+        return end, squeezed
 
     async def restart(self, server: ServerProcess, ledger: Ledger, drains: Drains) -> int | None:
         """Drain-and-restart a single-process server on the same port; its exit status."""

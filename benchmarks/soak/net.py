@@ -9,6 +9,7 @@ so churn does not run a source address out of ephemeral ports.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 import time
@@ -22,6 +23,7 @@ __all__ = [
     "CONNECT_ERRORS",
     "Tally",
     "Tallies",
+    "closed_by_peer",
     "connect_from",
     "drain_until_eof",
     "proxy_v1",
@@ -128,6 +130,34 @@ def reset_close(stream: trio.SocketStream) -> None:
     except OSError:
         pass
     stream.socket.close()
+
+
+def closed_by_peer(stream: trio.SocketStream, most: int = 128) -> bool | None:
+    """Without waiting: has the peer closed or reset the connection?
+
+    Reads (and drops) what is pending, non-blocking, up to ``most`` reads:
+    True at end-of-file or a reset, False when nothing more is there yet
+    (the connection is open), None when ``most`` reads did not get through
+    the pending bytes.
+    """
+    try:
+        fd = stream.socket.fileno()
+    except (OSError, AttributeError):
+        return True
+    if fd < 0:
+        return True
+    for _ in range(most):
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT):
+                return True
+            raise
+        if not chunk:
+            return True
+    return None
 
 
 def peer_gone(exc: BaseException) -> bool:

@@ -168,11 +168,17 @@ def _figure_rows(figures: Mapping[str, Any]) -> list[tuple[str, str]]:
             f"{fmt_float(f.get('canary_p50_ms'), 2, 'ms')} / "
             f"{fmt_float(f.get('canary_p99_ms'), 2, 'ms')}",
         ),
+        (
+            "Canary rolling 5-s p99 outside faults (worst / bound)",
+            f"{fmt_float(f.get('canary_p99_rolling_worst_ms'), 2, 'ms')} / "
+            f"{fmt_float(f.get('canary_p99_bound_ms'), 0, 'ms')}",
+        ),
         ("Recovery after fd exhaustion", fmt_float(f.get("recovery_s"), 2, "s")),
         (
             "WARNING / ERROR log lines",
             f"{fmt_int(f.get('warnings'))} / {fmt_int(f.get('errors'))}",
         ),
+        ("WARNING cap (derived from the rate limits)", fmt_int(f.get("warnings_cap"))),
     ]
 
 

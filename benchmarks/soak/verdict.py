@@ -12,7 +12,7 @@ from typing import Any
 from .checks import check
 from .net import Tallies
 
-__all__ = ["counter_checks", "client_checks"]
+__all__ = ["client_checks", "counter_checks", "idle_check"]
 
 
 def _connected(tallies: Tallies, category: str) -> int:
@@ -24,7 +24,8 @@ def _connected(tallies: Tallies, category: str) -> int:
 def _unknown(tallies: Tallies, category: str) -> int:
     """Connections whose outcome no one saw: timed out, or cut by the end of a phase."""
     tally = tallies[category]
-    return tally.outcomes["timeout"] + max(0, tally.attempts - sum(tally.outcomes.values()))
+    cut = tally.outcomes["cut_connecting"] + max(0, tally.attempts - sum(tally.outcomes.values()))
+    return tally.outcomes["timeout"] + cut
 
 
 def _refused(tallies: Tallies, category: str) -> int:
@@ -34,21 +35,29 @@ def _refused(tallies: Tallies, category: str) -> int:
 
 
 def _range(name: str, value: int, low: int, high: int, what: str) -> dict[str, Any]:
-    exact = (
-        "exact" if low == high else f"range [{low}, {high}]: {high - low} client(s) gave up first"
-    )
+    exact = "exact" if low == high else f"range [{low}, {high}]: {high - low} unknown"
     return check(name, low <= value <= high, f"server {value}; clients {what} ({exact})")
 
 
 #: Outcomes after which the client closed a connection the server may still
 #: have held (it gave up, timed out or was cut): the server may count a reset.
-_ABANDONED = ("stalled", "timeout", "gave_up", "closed_in_drain", "drain_unanswered", "failed")
+_ABANDONED = (
+    "stalled",
+    "timeout",
+    "gave_up",
+    "closed_in_drain",
+    "drain_unanswered",
+    "failed",
+    "cut_open",
+    "cut_unserved",
+    "not_closed",
+)
 
 
 def _cut(tallies: Tallies, category: str) -> int:
-    """Connections of ``category`` with no outcome: cut by the end of a phase."""
+    """Connections of ``category`` cut by the end of a phase with no outcome, or connecting."""
     tally = tallies[category]
-    return max(0, tally.attempts - sum(tally.outcomes.values()))
+    return tally.outcomes["cut_connecting"] + max(0, tally.attempts - sum(tally.outcomes.values()))
 
 
 def counter_checks(tallies: Tallies, delta: dict[str, int]) -> list[dict[str, Any]]:
@@ -133,14 +142,20 @@ def counter_checks(tallies: Tallies, delta: dict[str, int]) -> list[dict[str, An
     )
     loris = tallies["slowloris"].outcomes
     closed = loris["closed_by_server"]
-    maybe = loris["closed_in_drain"] + loris["gave_up"] + _cut(tallies, "slowloris")
+    # Cut while connecting: not a byte sent, so no rate to judge -- not counted.
+    no_outcome = max(0, tallies["slowloris"].attempts - sum(loris.values()))
+    maybe = loris["closed_in_drain"] + loris["gave_up"] + loris["cut_open"] + no_outcome
     out.append(
         _range(
             "slowloris closed by the server == slow_closed",
             delta.get("slow_closed", 0),
             closed,
             closed + maybe,
-            f"closed {closed} outside drains; in drains, given up or cut {maybe}",
+            f"closed {closed} outside drains; maybe: closed during a drain "
+            f"{loris['closed_in_drain']}, given up after the hold (queued in the kernel) "
+            f"{loris['gave_up']}, open when cut at a phase end {loris['cut_open']}, "
+            f"no outcome {no_outcome} (cut while connecting, not counted: "
+            f"{loris['cut_connecting']})",
         )
     )
     out.append(
@@ -156,15 +171,20 @@ def counter_checks(tallies: Tallies, delta: dict[str, int]) -> list[dict[str, An
         for name in list(tallies)
         if name not in ("resetter", "slow_reader")
     )
+    # The lower bound: a reset after part of the reply had arrived (outside
+    # drains) hit a handler that was sending or waiting for the next request.
+    mid_reply = tallies["resetter"].outcomes["reset_mid_reply"]
+    resets = delta.get("resets", 0)
     out.append(
         check(
-            "resets <= resetter + slow-reader + abandoned connections",
-            delta.get("resets", 0) <= resetting + abandoned,
-            f"server resets {delta.get('resets', 0)}; resetter and slow-reader connections "
-            f"{resetting}, others given up or cut mid-exchange (unread data: a reset) "
-            f"{abandoned}",
+            "mid-reply resets <= resets <= resetter + slow-reader + abandoned connections",
+            mid_reply <= resets <= resetting + abandoned,
+            f"server resets {resets}; at least the resetters' mid-reply resets outside drains "
+            f"{mid_reply}; at most resetter and slow-reader connections {resetting} + others "
+            f"given up or cut mid-exchange (unread data: a reset) {abandoned}",
         )
     )
+    out.append(idle_check(tallies, delta.get("idle_closed", 0)))
     out.append(
         check(
             "no handler errors",
@@ -173,6 +193,44 @@ def counter_checks(tallies: Tallies, delta: dict[str, int]) -> list[dict[str, An
         )
     )
     return out
+
+
+def idle_check(tallies: Tallies, idle_closed: int) -> dict[str, Any]:
+    """Idlers, slow readers and held flood connections the server closed == ``idle_closed``.
+
+    Exact when each saw its close (``idle.py``, ``Clients.slow_reader``);
+    the range's width is named: slow readers whose connection was open
+    during a drain (the drain or the idle timeout closed it), slow readers
+    and idlers the server had not closed within the idle timeout + 5 s, and
+    held flood connections likewise.
+    """
+    idler = tallies["idler"].outcomes
+    reader = tallies["slow_reader"].outcomes
+    held = tallies["flood_held"].outcomes
+    seen = {
+        "idlers": idler["idle_closed"],
+        "slow readers": reader["closed_by_server"] + reader["reset_by_server"],
+        "held flood connections": held["idle_closed"],
+    }
+    unknown = {
+        "slow readers in a drain": reader["eof_in_drain"] + reader["reset_in_drain"],
+        "slow readers still open": reader["open"],
+        "idlers not closed in time": idler["not_closed"],
+        "held flood connections not closed in time": held["not_closed"],
+        "slow readers with no outcome": max(
+            0, tallies["slow_reader"].attempts - sum(reader.values())
+        ),
+    }
+    low = sum(seen.values())
+    what = ", ".join(f"{k} {v}" for k, v in seen.items())
+    maybe = ", ".join(f"{k} {v}" for k, v in unknown.items() if v)
+    return _range(
+        "idlers + slow readers + held flood connections closed by the server == idle_closed",
+        idle_closed,
+        low,
+        low + sum(unknown.values()),
+        what + (f"; maybe: {maybe}" if maybe else ""),
+    )
 
 
 def client_checks(tallies: Tallies) -> list[dict[str, Any]]:
@@ -188,7 +246,14 @@ def client_checks(tallies: Tallies) -> list[dict[str, Any]]:
     for category, (outcome, what) in expect_no.items():
         n = tallies[category].outcomes[outcome]
         out.append(check(f"{category}: never {outcome}", n == 0, f"{n}: {what}" if n else "0"))
-    for category in ("half_closer", "slow_reader", "flood_connections", "flood_per_host", "probe"):
+    for category in (
+        "half_closer",
+        "slow_reader",
+        "flood_connections",
+        "flood_per_host",
+        "probe",
+        "idler",
+    ):
         outcomes = tallies[category].outcomes
         bad = {k: v for k, v in outcomes.items() if k == "corrupt" or k.startswith("lost")}
         out.append(

@@ -45,6 +45,23 @@ def big_reply(n: int) -> bytes:
     return _PATTERN * whole + _PATTERN[:rest]
 
 
+#: ``BIG n`` is sent from this one block, a whole number of patterns long, a
+#: chunk at a time -- as a streaming handler would: a 4 MB ``bytes`` per slow
+#: reader made the RSS check measure the allocator's retained heap after the
+#: peaks (+25 % in the first 30-minute reference run), not trionet.
+_BLOCK = _PATTERN * max(1, 65536 // len(_PATTERN))
+
+
+async def send_big(conn: trionet.Connection, n: int) -> None:
+    """Send :func:`big_reply` ``(n)``'s bytes, a block at a time (no 4 MB buffer)."""
+    left = max(0, min(n, MAX_BIG))
+    view = memoryview(_BLOCK)
+    while left > 0:
+        chunk = min(left, len(_BLOCK))
+        await conn.send_all(view[:chunk])
+        left -= chunk
+
+
 class _DrainWatch:
     """Cancels the handler's wait for a request once a drain has begun (after an allowance)."""
 
@@ -79,7 +96,7 @@ async def _serve(conn: trionet.Connection, watch: _DrainWatch) -> None:
                 size = int(line[4:])
             except ValueError:
                 size = 0
-            await conn.send_all(big_reply(size))
+            await send_big(conn, size)
         else:
             await conn.send_all(reply_for(line))
         if conn.draining.is_set():
